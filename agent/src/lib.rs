@@ -1,0 +1,143 @@
+//! The Flotilla agent: joins a hub, syncs its node's desired pods over QUIC into a local cache,
+//! and runs them under wasmtime, on its own when the hub is away. `main.rs` wraps [`start`].
+pub mod artifacts;
+pub mod cache;
+pub mod config;
+pub mod identity;
+pub mod logs;
+pub mod node;
+pub mod pod;
+pub mod runtime;
+pub mod supervisor;
+pub mod sync;
+
+use anyhow::Context as _;
+use flotilla_proto::api::Pod;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// State the agent's tasks share.
+pub struct Shared {
+    pub cfg: Config,
+    pub cache: cache::Cache,
+    pub runtime: Arc<runtime::wasm::WasmRuntime>,
+    /// The current hub connection; None while the hub is unreachable.
+    pub hub: watch::Sender<Option<quinn::Connection>>,
+    /// Compiled artifacts by digest, shared by every pod that runs them.
+    pub artifacts: Mutex<HashMap<String, runtime::wasm::Artifact>>,
+    logs: Mutex<HashMap<String, logs::PodLog>>,
+    pub tracker: TaskTracker,
+}
+
+impl Shared {
+    fn log_key(namespace: &str, name: &str) -> String {
+        format!("{namespace}/{name}")
+    }
+
+    /// The pod's log, opened on first use. Files are named by uid so a re-created pod with the
+    /// same name starts a fresh log.
+    pub fn log_for(&self, pod: &Pod) -> logs::PodLog {
+        let key = Self::log_key(pod.namespace(), &pod.metadata.name);
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = logs.get(&key) {
+            return l.clone();
+        }
+        let path = self.cfg.data_dir.join("logs").join(format!("{}_{}_{}.log", pod.namespace(), pod.metadata.name, pod.metadata.uid));
+        let log = logs::PodLog::open(&path, self.cfg.log_max_bytes).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, path = %path.display(), "cannot open pod log; logging to a temp file");
+            logs::PodLog::open(&std::env::temp_dir().join(format!("flotilla-{}.log", pod.metadata.uid)), self.cfg.log_max_bytes)
+                .expect("temp dir must be writable")
+        });
+        logs.insert(key, log.clone());
+        log
+    }
+
+    pub fn log_named(&self, namespace: &str, name: &str) -> Option<logs::PodLog> {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).get(&Self::log_key(namespace, name)).cloned()
+    }
+
+    /// Drops a removed pod's log (Kubernetes deletes logs with the pod).
+    pub fn forget_log(&self, pod: &Pod) {
+        if let Some(l) = self.logs.lock().unwrap_or_else(|p| p.into_inner()).remove(&Self::log_key(pod.namespace(), &pod.metadata.name)) {
+            l.remove();
+        }
+    }
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    pub node_name: String,
+    pub shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl AgentHandle {
+    /// Stops syncing and every workload (wasm guests are interrupted), bounded by a grace period.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.tracker.wait()).await.is_err() {
+            tracing::warn!(node = %self.node_name, "agent tasks did not stop within 10s");
+        }
+    }
+
+    /// Whether the agent currently has a live hub connection.
+    pub fn connected(&self) -> bool {
+        self.shared.hub.borrow().is_some()
+    }
+}
+
+/// Starts the agent. With a stored identity it starts its cached workloads at once, hub or not;
+/// otherwise it joins the hub with the configured token first.
+pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
+    flotilla_transport::install_crypto_provider();
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("failed to create data dir {}", cfg.data_dir.display()))?;
+    let identity = match identity::Identity::load(&cfg.data_dir)? {
+        Some(id) => {
+            if id.node_name != cfg.node_name {
+                anyhow::bail!(
+                    "data dir {} belongs to node {:?}, not {:?}",
+                    cfg.data_dir.display(),
+                    id.node_name,
+                    cfg.node_name
+                );
+            }
+            id
+        }
+        None => {
+            let token = cfg.token.as_deref().context("this agent has not joined a hub yet: pass --token (from `fleet token create`) and --hub")?;
+            let hub = cfg.hub.context("this agent has not joined a hub yet: pass --hub ADDRESS")?;
+            identity::Identity::join(&cfg.data_dir, hub, token, &cfg.node_name).await.context("failed to join the hub")?
+        }
+    };
+    let cache = cache::Cache::open(&cfg.data_dir.join("agent.redb")).context("failed to open the agent cache")?;
+    let runtime = runtime::wasm::WasmRuntime::new(runtime::wasm::RuntimeConfig {
+        cache_dir: cfg.data_dir.join("compiled"),
+        node_memory_bytes: cfg.memory_bytes.unwrap_or_else(node::total_memory),
+        max_instances: cfg.max_instances,
+    })
+    .context("failed to start the wasm runtime")?;
+    let tracker = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        cfg,
+        cache,
+        runtime: Arc::new(runtime),
+        hub: watch::channel(None).0,
+        artifacts: Mutex::new(HashMap::new()),
+        logs: Mutex::new(HashMap::new()),
+        tracker: tracker.clone(),
+    });
+    let cancel = CancellationToken::new();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (reports_tx, reports_rx) = watch::channel(Default::default());
+    tracker.spawn(supervisor::run(shared.clone(), events_rx, events_tx.clone(), reports_tx, cancel.child_token(), tracker.clone()));
+    tracker.spawn(sync::run(shared.clone(), identity, events_tx, reports_rx, cancel.child_token()));
+    tracing::info!(node = %shared.cfg.node_name, "agent started");
+    Ok(AgentHandle { node_name: shared.cfg.node_name.clone(), shared, cancel, tracker })
+}

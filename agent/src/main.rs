@@ -1,0 +1,53 @@
+//! `flotilla-agent`: parses flags, starts the agent, waits for a signal, shuts down.
+use clap::Parser;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "flotilla-agent", version, about = "The Flotilla agent: runs a node's WASI workloads")]
+struct Args {
+    /// The hub's QUIC address (needed for the first join; remembered afterwards).
+    #[arg(long, env = "FLOTILLA_HUB")]
+    hub: Option<std::net::SocketAddr>,
+    /// Join token from `fleet token create` (first start only).
+    #[arg(long, env = "FLOTILLA_TOKEN")]
+    token: Option<String>,
+    /// Node name (default: the host name).
+    #[arg(long, env = "FLOTILLA_NODE_NAME")]
+    node_name: Option<String>,
+    #[arg(long, env = "FLOTILLA_AGENT_DATA", default_value = "/var/lib/flotilla/agent")]
+    data_dir: PathBuf,
+    /// Address to serve workloads on and report as the node's InternalIP.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: std::net::IpAddr,
+    /// Extra node labels, KEY=VALUE.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "node".into())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let mut cfg = flotilla_agent::Config::new(args.data_dir, args.node_name.unwrap_or_else(hostname));
+    cfg.hub = args.hub;
+    cfg.token = args.token;
+    cfg.node_ip = args.node_ip;
+    let mut labels = BTreeMap::new();
+    for l in args.labels {
+        let (k, v) = l.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {l:?}: expected KEY=VALUE"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    cfg.labels = labels;
+    let agent = flotilla_agent::start(cfg).await?;
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! One pod's life on this node: fetch its artifact, run it under wasmtime with its restart
+//! policy and back-off, serve it if it is a wasi:http component, and report its status.
+use crate::Shared;
+use crate::runtime::wasm::{Artifact, ArtifactKind, GuestSpec};
+use crate::supervisor::Event;
+use flotilla_proto::api::{Condition, ContainerState, ContainerStatus, Pod, PodStatus, StateRunning, StateTerminated, StateWaiting};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Annotation bounding one wasi:http request's run time (a guest stuck in a loop is interrupted).
+pub const REQUEST_TIMEOUT_ANNOTATION: &str = "flotilla.io/request-timeout";
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A container that ran this long without failing has its back-off reset (as in Kubernetes).
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+struct Reporter {
+    uid: String,
+    events: mpsc::UnboundedSender<Event>,
+    status: PodStatus,
+    container: ContainerStatus,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+impl Reporter {
+    fn send(&mut self, phase: &str) {
+        self.status.phase = phase.to_string();
+        let ready = self.container.ready;
+        let cond = |t: &str, ok: bool| Condition { type_: t.into(), status: if ok { "True" } else { "False" }.into(), ..Default::default() };
+        self.status.conditions = vec![cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", ready), cond("Ready", ready)];
+        self.status.container_statuses = vec![self.container.clone()];
+        let _ = self.events.send(Event::Status { uid: self.uid.clone(), status: self.status.clone() });
+    }
+
+    fn waiting(&mut self, reason: &str, message: Option<String>) {
+        self.container.ready = false;
+        self.container.state = ContainerState { waiting: Some(StateWaiting { reason: Some(reason.into()), message }), ..Default::default() };
+        let phase = if self.container.restart_count > 0 { "Running" } else { "Pending" };
+        self.send(phase);
+    }
+
+    fn running(&mut self, started: &str, ready: bool) {
+        self.container.ready = ready;
+        self.container.state = ContainerState { running: Some(StateRunning { started_at: started.into() }), ..Default::default() };
+        self.status.start_time.get_or_insert_with(|| started.to_string());
+        self.send("Running");
+    }
+
+    fn terminated(&mut self, code: i32, reason: &str, started: &str) -> ContainerState {
+        ContainerState {
+            terminated: Some(StateTerminated {
+                exit_code: code,
+                reason: Some(reason.into()),
+                started_at: Some(started.into()),
+                finished_at: Some(now()),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Runs until cancelled (pod removed) or, for pods that do not restart, until done.
+pub async fn run(shared: Arc<Shared>, pod: Pod, events: mpsc::UnboundedSender<Event>, cancel: CancellationToken) {
+    let uid = pod.metadata.uid.clone();
+    let Some(container) = pod.spec.containers.first().cloned() else {
+        let _ = events.send(Event::Exited { uid });
+        return;
+    };
+    let node_ip = shared.cfg.node_ip.to_string();
+    let mut rep = Reporter {
+        uid: uid.clone(),
+        events: events.clone(),
+        status: PodStatus { host_ip: Some(node_ip.clone()), pod_ip: Some(node_ip.clone()), ..Default::default() },
+        container: ContainerStatus { name: container.name.clone(), image: container.image.clone(), ..Default::default() },
+    };
+    rep.waiting("ContainerCreating", None);
+    let log = shared.log_for(&pod);
+    let mut backoff = shared.cfg.backoff_base;
+
+    // Pull: retried with back-off until it works or the pod is removed.
+    let artifact = loop {
+        match crate::artifacts::load(&shared, &container.image).await {
+            Ok(a) => break a,
+            Err(e) => {
+                warn!(pod = %pod.metadata.name, error = %e, "image pull failed");
+                log.note(&format!("failed to pull {}: {e}", container.image));
+                rep.waiting("ErrImagePull", Some(e.to_string()));
+                if sleep_or_cancel(backoff, &cancel).await {
+                    return exited(&events, uid);
+                }
+                rep.waiting("ImagePullBackOff", Some(e.to_string()));
+                backoff = (backoff * 2).min(shared.cfg.backoff_max);
+            }
+        }
+    };
+    rep.container.image_id = artifact.digest.clone();
+    backoff = shared.cfg.backoff_base;
+
+    let spec = Arc::new(guest_spec(&shared, &pod, &container, log.clone()));
+    let policy = pod.spec.restart_policy().to_string();
+    loop {
+        let started_at = now();
+        let started = Instant::now();
+        let outcome = match artifact.kind {
+            ArtifactKind::HttpComponent => serve(&shared, &artifact, &pod, &container, spec.clone(), &mut rep, &started_at, &cancel).await,
+            ArtifactKind::CommandComponent | ArtifactKind::CoreModule => {
+                rep.running(&started_at, true);
+                shared.runtime.run_command(&artifact, &spec, cancel.clone()).await.map(|s| (s.code, s.reason)).map_err(anyhow::Error::from)
+            }
+        };
+        if cancel.is_cancelled() {
+            return exited(&events, uid);
+        }
+        let (code, reason) = outcome.unwrap_or_else(|e| (128, format!("Error: {e}")));
+        log.note(&format!("container {} exited with code {code} ({reason})", container.name));
+        let last = rep.terminated(code, &reason, &started_at);
+        let restart = match policy.as_str() {
+            "Always" => true,
+            "OnFailure" => code != 0,
+            _ => false,
+        };
+        if !restart {
+            rep.container.ready = false;
+            rep.container.state = last;
+            rep.send(if code == 0 { "Succeeded" } else { "Failed" });
+            info!(pod = %pod.metadata.name, code, "pod finished");
+            // Stay until the pod is removed, so status and logs remain visible.
+            cancel.cancelled().await;
+            return exited(&events, uid);
+        }
+        if started.elapsed() >= BACKOFF_RESET {
+            backoff = shared.cfg.backoff_base;
+        }
+        rep.container.last_state = Some(last);
+        rep.container.restart_count += 1;
+        let msg = format!("back-off {} restarting failed container={} pod={}", humantime::format_duration(backoff), container.name, pod.metadata.name);
+        rep.waiting("CrashLoopBackOff", Some(msg));
+        if sleep_or_cancel(backoff, &cancel).await {
+            return exited(&events, uid);
+        }
+        backoff = (backoff * 2).min(shared.cfg.backoff_max);
+    }
+}
+
+fn exited(events: &mpsc::UnboundedSender<Event>, uid: String) {
+    let _ = events.send(Event::Exited { uid });
+}
+
+/// Sleeps unless cancelled first; true when cancelled.
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+/// Serves a wasi:http pod on its hostPort (or a port the agent picks) until cancelled.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    shared: &Shared,
+    artifact: &Artifact,
+    pod: &Pod,
+    container: &flotilla_proto::api::Container,
+    spec: Arc<GuestSpec>,
+    rep: &mut Reporter,
+    started_at: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(i32, String)> {
+    let port = container.ports.iter().find_map(|p| p.host_port).unwrap_or(0) as u16;
+    let addr = std::net::SocketAddr::new(shared.cfg.node_ip, port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    rep.status.endpoint = Some(local.to_string());
+    rep.running(started_at, true);
+    info!(pod = %pod.metadata.name, endpoint = %local, "serving wasi:http pod");
+    shared.runtime.serve_http(artifact, spec, listener, cancel.clone()).await?;
+    Ok((0, "Completed".into()))
+}
+
+fn guest_spec(shared: &Shared, pod: &Pod, c: &flotilla_proto::api::Container, log: crate::logs::PodLog) -> GuestSpec {
+    let node_ip = shared.cfg.node_ip.to_string();
+    let env = c
+        .env
+        .iter()
+        .map(|e| {
+            let value = match e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
+                Some(f) => match f.field_path.as_str() {
+                    "metadata.name" => pod.metadata.name.clone(),
+                    "metadata.namespace" => pod.namespace().to_string(),
+                    "metadata.uid" => pod.metadata.uid.clone(),
+                    "spec.nodeName" => pod.spec.node_name.clone().unwrap_or_default(),
+                    "status.podIP" | "status.hostIP" => node_ip.clone(),
+                    _ => String::new(),
+                },
+                None => e.value.clone().unwrap_or_default(),
+            };
+            (e.name.clone(), value)
+        })
+        .collect();
+    let request_timeout = pod
+        .metadata
+        .annotations
+        .get(REQUEST_TIMEOUT_ANNOTATION)
+        .and_then(|v| humantime::parse_duration(v).ok())
+        .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+    GuestSpec {
+        pod: format!("{}/{}", pod.namespace(), pod.metadata.name),
+        args: c.command.iter().chain(c.args.iter()).cloned().collect(),
+        env,
+        memory_limit_bytes: c.resources.limits.get("memory").and_then(|q| q.bytes().ok()),
+        request_timeout,
+        log,
+        allow_outbound_http: false,
+    }
+}

@@ -1,0 +1,2 @@
+//! Workload runtimes. Only `runtime::wasm` touches wasmtime.
+pub mod wasm;

@@ -1,0 +1,173 @@
+//! The link to the hub: connects (reconnecting with back-off), resumes the watch from the cached
+//! revision, writes changes to the cache, sends heartbeats and pod statuses, and answers the
+//! hub's requests (logs). Losing the hub never stops workloads; it only pauses this loop.
+use crate::Shared;
+use crate::cache::Change;
+use crate::supervisor::{Event, Reports};
+use anyhow::Context as _;
+use flotilla_proto::api::Pod;
+use flotilla_proto::wire::{AgentRequest, Request, Response, WatchEvent};
+use flotilla_transport::{TransportError, recv_frame, send_frame};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub async fn run(
+    shared: Arc<Shared>,
+    identity: crate::identity::Identity,
+    events: mpsc::UnboundedSender<Event>,
+    mut reports: watch::Receiver<Reports>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    let hub_addr = shared.cfg.hub.unwrap_or(identity.hub);
+    loop {
+        let cfg = match identity.client_config() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "invalid node identity");
+                return;
+            }
+        };
+        let connected = tokio::select! {
+            _ = cancel.cancelled() => return,
+            c = flotilla_transport::connect(hub_addr, cfg) => c,
+        };
+        match connected {
+            Ok((endpoint, conn)) => {
+                info!(hub = %hub_addr, "connected to hub");
+                backoff = Duration::from_millis(200);
+                shared.hub.send_replace(Some(conn.clone()));
+                let result = session(&shared, &conn, &events, &mut reports, &cancel).await;
+                shared.hub.send_replace(None);
+                conn.close(0u32.into(), b"agent session ended");
+                endpoint.close(0u32.into(), b"");
+                match result {
+                    Ok(()) => return,
+                    Err(e) => warn!(error = %e, "lost the hub; workloads keep running from the local cache"),
+                }
+            }
+            Err(e) => debug!(hub = %hub_addr, error = %e, "hub unreachable"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One connected period. Returns Ok only when cancelled.
+async fn session(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    events: &mpsc::UnboundedSender<Event>,
+    reports: &mut watch::Receiver<Reports>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    report_node(shared, conn).await?;
+    let from = shared.cache.revision()?;
+    let (_wsend, mut wrecv, ()) = {
+        let (mut s, r) = conn.open_bi().await?;
+        send_frame(&mut s, &Request::Watch { from_revision: from }).await?;
+        (s, r, ())
+    };
+    // Everything we know goes up on (re)connect; afterwards only changes.
+    let mut sent: Reports = Default::default();
+    let mut heartbeat = tokio::time::interval(shared.cfg.heartbeat);
+    heartbeat.tick().await;
+    reports.mark_changed();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            ev = recv_frame::<WatchEvent>(&mut wrecv) => {
+                let ev = ev?.context("hub closed the watch")?;
+                apply(shared, ev)?;
+                let _ = events.send(Event::Desired);
+            }
+            _ = heartbeat.tick() => report_node(shared, conn).await?,
+            changed = reports.changed() => {
+                if changed.is_err() { return Ok(()) }
+                let current = reports.borrow_and_update().clone();
+                let changed: Vec<_> = current.iter().filter(|(k, v)| sent.get(*k) != Some(v)).map(|(_, v)| v.clone()).collect();
+                if !changed.is_empty() {
+                    let (_, _, resp): (_, _, Response) = flotilla_transport::request(conn, &Request::ReportPods { pods: changed }).await?;
+                    if let Response::Error { message } = resp { warn!(error = %message, "hub refused pod statuses") }
+                    sent = current;
+                }
+            }
+            s = conn.accept_bi() => {
+                let (send, recv) = s?;
+                let shared = shared.clone();
+                let cancel = cancel.clone();
+                shared.tracker.clone().spawn(async move {
+                    if let Err(e) = hub_request(&shared, send, recv, cancel).await {
+                        debug!(error = %e, "hub request failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn parse_pod(json: &str) -> anyhow::Result<Pod> {
+    serde_json::from_str(json).context("hub sent an unreadable pod")
+}
+
+fn apply(shared: &Shared, ev: WatchEvent) -> anyhow::Result<()> {
+    match ev {
+        WatchEvent::Snapshot { revision, pods } => {
+            let pods = pods.iter().map(|p| parse_pod(p)).collect::<anyhow::Result<Vec<_>>>()?;
+            debug!(revision, pods = pods.len(), "desired state snapshot");
+            shared.cache.apply(Change::Replace(pods), revision)?;
+        }
+        WatchEvent::Put { revision, pod } => shared.cache.apply(Change::Put(parse_pod(&pod)?), revision)?,
+        WatchEvent::Deleted { revision, uid, .. } => shared.cache.apply(Change::Delete { uid }, revision)?,
+        WatchEvent::Bookmark { revision } => shared.cache.set_revision(revision)?,
+    }
+    Ok(())
+}
+
+async fn report_node(shared: &Shared, conn: &quinn::Connection) -> anyhow::Result<()> {
+    let node = crate::node::describe(&shared.cfg);
+    let req = Request::ReportNode { node: serde_json::to_string(&node)? };
+    let (_, _, resp): (_, _, Response) = flotilla_transport::request(conn, &req).await?;
+    if let Response::Error { message } = resp {
+        warn!(error = %message, "hub refused node status");
+    }
+    Ok(())
+}
+
+/// Serves a request the hub opened on our connection.
+async fn hub_request(shared: &Shared, mut send: quinn::SendStream, mut recv: quinn::RecvStream, cancel: CancellationToken) -> Result<(), TransportError> {
+    let Some(req) = recv_frame::<AgentRequest>(&mut recv).await? else { return Ok(()) };
+    match req {
+        AgentRequest::Logs { namespace, name, tail, follow } => {
+            let Some(log) = shared.log_named(&namespace, &name) else {
+                send_frame(&mut send, &Response::Error { message: format!("pod {namespace}/{name} has no logs on this node") }).await?;
+                let _ = send.finish();
+                return Ok(());
+            };
+            // Subscribe before reading the tail so nothing written in between is lost.
+            let mut live = log.subscribe();
+            let tail = log.tail(tail.map(|t| t as usize))?;
+            send_frame(&mut send, &Response::LogStream).await?;
+            send.write_all(&tail).await?;
+            while follow {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = send.stopped() => break,
+                    chunk = live.recv() => match chunk {
+                        Ok(bytes) => send.write_all(&bytes).await?,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    },
+                }
+            }
+            let _ = send.finish();
+        }
+    }
+    Ok(())
+}

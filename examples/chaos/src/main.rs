@@ -1,0 +1,56 @@
+//! chaos: wasi:http component that misbehaves on demand (spin, grow memory, panic) for tests.
+
+use std::hint::black_box;
+use wstd::http::{Body, Error, Request, Response, StatusCode};
+
+const DEFAULT_GROW_MIB: usize = 256;
+const MIB: usize = 1024 * 1024;
+const PAGE: usize = 4096;
+
+#[wstd::http_server]
+async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
+    match request.uri().path() {
+        "/" => Ok(Response::new("chaos ok\n".into())),
+        "/loop" => spin(),
+        "/grow" => match grow_mib(request.uri().query()) {
+            Some(mb) => Ok(Response::new(grow(mb).into())),
+            None => status(StatusCode::BAD_REQUEST, "bad mb\n"),
+        },
+        "/panic" => panic!("chaos: /panic requested"),
+        _ => status(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn status(code: StatusCode, body: &str) -> Result<Response<Body>, Error> {
+    Ok(Response::builder().status(code).body(body.into())?)
+}
+
+/// Burns CPU forever; `black_box` keeps the optimizer from eliding the loop.
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// Reads `mb=N` from the query string; `None` if present but unparsable.
+fn grow_mib(query: Option<&str>) -> Option<usize> {
+    let value = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("mb="));
+    match value {
+        Some(v) => v.parse().ok(),
+        None => Some(DEFAULT_GROW_MIB),
+    }
+}
+
+/// Allocates `mb` MiB and writes to every page so the memory is really committed.
+fn grow(mb: usize) -> String {
+    let mut buf = vec![0u8; mb.saturating_mul(MIB)];
+    for page in buf.chunks_mut(PAGE) {
+        page[0] = 1;
+    }
+    black_box(&mut buf);
+    format!("grew {mb} MiB\n")
+}

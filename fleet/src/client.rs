@@ -1,0 +1,148 @@
+//! A connection to the hub with the admin credential, and one method per API request.
+use anyhow::{Context as _, bail};
+use flotilla_hub::config::ClientFile;
+use flotilla_proto::api::{Kind, Object};
+use flotilla_proto::wire::{Applied, Request, Response};
+use flotilla_transport::send_frame;
+use sha2::{Digest, Sha256};
+use std::net::ToSocketAddrs;
+use tokio::io::AsyncWriteExt;
+
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+fn unexpected(r: Response) -> anyhow::Error {
+    match r {
+        Response::Error { message } => anyhow::anyhow!("{message}"),
+        other => anyhow::anyhow!("unexpected answer from hub: {other:?}"),
+    }
+}
+
+impl Client {
+    pub async fn connect(cfg: &ClientFile) -> anyhow::Result<Client> {
+        flotilla_transport::install_crypto_provider();
+        let addr = cfg
+            .hub
+            .to_socket_addrs()
+            .with_context(|| format!("invalid hub address {:?}", cfg.hub))?
+            .next()
+            .with_context(|| format!("hub address {:?} did not resolve", cfg.hub))?;
+        let tls = flotilla_transport::client_config(&cfg.ca, &cfg.cert, &cfg.key)?;
+        let (endpoint, conn) = tokio::time::timeout(std::time::Duration::from_secs(10), flotilla_transport::connect(addr, tls))
+            .await
+            .with_context(|| format!("timed out connecting to hub {addr}"))?
+            .with_context(|| format!("failed to connect to hub {addr}"))?;
+        Ok(Client { endpoint, conn })
+    }
+
+    async fn call(&self, req: &Request) -> anyhow::Result<Response> {
+        let (_s, _r, resp) = flotilla_transport::request(&self.conn, req).await?;
+        Ok(resp)
+    }
+
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+
+    /// Applies objects (already parsed and validated locally; the hub validates again).
+    pub async fn apply(&self, objects: &[Object]) -> anyhow::Result<Vec<Applied>> {
+        let objects = objects.iter().map(|o| o.to_json_string()).collect();
+        match self.call(&Request::Apply { objects }).await? {
+            Response::Applied { results } => Ok(results),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Parses manifest text and applies it; returns warnings and results.
+    pub async fn apply_text(&self, text: &str) -> anyhow::Result<(Vec<String>, Vec<Applied>)> {
+        let parsed = flotilla_proto::manifest::parse(text).map_err(|errs| {
+            anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+        })?;
+        let warnings = parsed.iter().flat_map(|p| p.warnings.clone()).collect();
+        let objects: Vec<Object> = parsed.into_iter().map(|p| p.object).collect();
+        Ok((warnings, self.apply(&objects).await?))
+    }
+
+    pub async fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> anyhow::Result<Vec<Object>> {
+        let req = Request::Get { kind, namespace: namespace.map(String::from), name: name.map(String::from) };
+        match self.call(&req).await? {
+            Response::Objects { items, .. } => items
+                .iter()
+                .map(|j| Object::from_json_str(j).context("hub sent an unreadable object"))
+                .collect(),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn pods(&self, namespace: Option<&str>) -> anyhow::Result<Vec<flotilla_proto::api::Pod>> {
+        Ok(self
+            .get(Kind::Pod, namespace, None)
+            .await?
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Pod(p) => Some(p),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> anyhow::Result<()> {
+        match self.call(&Request::Delete { kind, namespace: namespace.into(), name: name.into() }).await? {
+            Response::Ok => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn scale(&self, namespace: &str, name: &str, replicas: i32) -> anyhow::Result<()> {
+        match self.call(&Request::Scale { namespace: namespace.into(), name: name.into(), replicas }).await? {
+            Response::Ok => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn create_token(&self, ttl_secs: Option<u64>, max_uses: Option<u32>) -> anyhow::Result<String> {
+        match self.call(&Request::CreateToken { ttl_secs, max_uses }).await? {
+            Response::Token { token } => Ok(token),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Uploads a wasm file as `name:tag`; returns its digest.
+    pub async fn push(&self, bytes: &[u8], name: &str, tag: &str) -> anyhow::Result<String> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let (mut send, mut recv) = self.conn.open_bi().await?;
+        let req = Request::PushBlob { name: name.into(), tag: tag.into(), digest: digest.clone(), size: bytes.len() as u64 };
+        send_frame(&mut send, &req).await?;
+        send.write_all(bytes).await?;
+        let _ = send.finish();
+        match flotilla_transport::recv_frame::<Response>(&mut recv).await?.context("hub closed the stream")? {
+            Response::Pushed { digest } => Ok(digest),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Streams a pod's log into `out` (until the end, or forever with `follow`).
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        tail: Option<u32>,
+        follow: bool,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> anyhow::Result<()> {
+        let req = Request::Logs { namespace: namespace.into(), name: name.into(), tail, follow };
+        let (_send, mut recv, resp) = flotilla_transport::request::<_, Response>(&self.conn, &req).await?;
+        if resp != Response::LogStream {
+            bail!(unexpected(resp));
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Some(n) = recv.read(&mut buf).await? {
+            out.write_all(&buf[..n]).await?;
+            out.flush().await?;
+        }
+        Ok(())
+    }
+}

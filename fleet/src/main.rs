@@ -1,0 +1,356 @@
+//! `fleet`: the kubectl-like CLI. The only binary that prints for humans.
+#![allow(clippy::print_stdout)]
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use fleet::output::{self, Format};
+use fleet::{Client, up};
+use flotilla_hub::config::ClientFile;
+use flotilla_proto::api::{Kind, Object};
+use flotilla_proto::wire::ApplyAction;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(name = "fleet", version, about = "Drive a Flotilla fleet: apply manifests, inspect pods and nodes, join agents")]
+struct Cli {
+    /// Credential file written by the hub (`<hub data>/admin.yaml`) or by `fleet up`.
+    #[arg(long, global = true, env = "FLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override the hub address from the config file.
+    #[arg(long, global = true, env = "FLEET_HUB")]
+    hub: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a hub and a local agent in this process, deploy examples/hello and print its URL.
+    Up {
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: std::net::SocketAddr,
+        /// Where hub and agent keep their state (default: ~/.local/share/flotilla).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The examples directory (default: ./examples).
+        #[arg(long, default_value = "examples")]
+        examples: PathBuf,
+        /// Do not deploy the example.
+        #[arg(long)]
+        no_example: bool,
+        #[arg(long, default_value = "local")]
+        node_name: String,
+    },
+    /// Create or update objects from YAML files, a directory, or stdin (-).
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// List objects: fleet get pods|deployments|nodes|namespaces|configmaps|secrets [NAME].
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short, long)]
+        output: Option<String>,
+    },
+    /// Show an object in detail.
+    Describe {
+        kind: String,
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Delete objects by kind and name, or those in files.
+    Delete {
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Set a deployment's replicas: fleet scale deployment/NAME --replicas N.
+    Scale {
+        target: String,
+        name: Option<String>,
+        #[arg(long)]
+        replicas: i32,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Print a pod's logs.
+    Logs {
+        pod: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<i64>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Store a wasm file on the hub as NAME[:TAG] for pods' `image:`.
+    Push { file: PathBuf, image: String },
+    /// Join tokens for agents.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Print client and hub versions.
+    Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Print a new join token (pins this hub's CA).
+    Create {
+        /// Lifetime such as 30m, 24h (default 24h; 0 = never expires).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(long)]
+        max_uses: Option<u32>,
+    },
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn default_config() -> PathBuf {
+    home().join(".config/flotilla/config.yaml")
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let path = cli.config.clone().unwrap_or_else(default_config);
+    let mut file = ClientFile::read(&path).with_context(|| "no hub credential: run `fleet up`, or pass --config <hub data dir>/admin.yaml".to_string())?;
+    if let Some(h) = &cli.hub {
+        file.hub = h.clone();
+    }
+    Client::connect(&file).await
+}
+
+fn kind_arg(s: &str) -> anyhow::Result<Kind> {
+    Kind::from_cli(s).with_context(|| format!("the server doesn't have a resource type {s:?}"))
+}
+
+fn read_manifests(files: &[String]) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for f in files {
+        if f == "-" {
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            text.push_str("\n---\n");
+            continue;
+        }
+        let path = Path::new(f);
+        let mut paths = vec![];
+        if path.is_dir() {
+            for e in std::fs::read_dir(path).with_context(|| format!("failed to read {f}"))? {
+                let p = e?.path();
+                if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+                    paths.push(p);
+                }
+            }
+            paths.sort();
+        } else {
+            paths.push(path.to_path_buf());
+        }
+        for p in paths {
+            text.push_str(&std::fs::read_to_string(&p).with_context(|| format!("failed to read {}", p.display()))?);
+            text.push_str("\n---\n");
+        }
+    }
+    Ok(text)
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.cmd {
+        Cmd::Up { listen, data_dir, examples, no_example, node_name } => {
+            let data_dir = data_dir.clone().unwrap_or_else(|| home().join(".local/share/flotilla"));
+            let config_path = cli.config.clone().unwrap_or_else(default_config);
+            let opts = up::UpOptions {
+                data_dir,
+                listen: *listen,
+                config_path: config_path.clone(),
+                node_name: node_name.clone(),
+                examples: (!no_example).then(|| examples.clone()),
+            };
+            let running = up::up(opts, &mut |m| eprintln!("• {m}")).await?;
+            eprintln!("• fleet config written to {}", config_path.display());
+            if let Some(url) = &running.url {
+                println!("{url}");
+                eprintln!("• try: curl {url}   |   fleet get pods -o wide   |   Ctrl-C to stop");
+            }
+            tokio::signal::ctrl_c().await?;
+            eprintln!("• shutting down");
+            running.shutdown().await;
+        }
+        Cmd::Apply { files } => {
+            let text = read_manifests(files)?;
+            let client = connect(&cli).await?;
+            let (warnings, results) = client.apply_text(&text).await?;
+            for w in warnings {
+                eprintln!("Warning: {w}");
+            }
+            for r in results {
+                let verb = match r.action {
+                    ApplyAction::Created => "created",
+                    ApplyAction::Configured => "configured",
+                    ApplyAction::Unchanged => "unchanged",
+                };
+                println!("{}/{} {verb}", r.kind.resource(), r.name);
+            }
+            client.close().await;
+        }
+        Cmd::Get { kind, name, namespace, all_namespaces, output } => {
+            let format = Format::parse(output.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+            let kinds: Vec<Kind> = kind.split(',').map(kind_arg).collect::<anyhow::Result<_>>()?;
+            let client = connect(&cli).await?;
+            let ns = if *all_namespaces { None } else { Some(namespace.clone().unwrap_or_else(|| "default".into())) };
+            for (i, k) in kinds.iter().enumerate() {
+                let objs = client.get(*k, ns.as_deref(), name.as_deref()).await?;
+                if objs.is_empty() && matches!(format, Format::Table | Format::Wide) {
+                    match (&ns, k.namespaced()) {
+                        (Some(ns), true) => eprintln!("No resources found in {ns} namespace."),
+                        _ => eprintln!("No resources found"),
+                    }
+                    continue;
+                }
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", output::render(*k, &objs, format, *all_namespaces));
+            }
+            client.close().await;
+        }
+        Cmd::Describe { kind, name, namespace } => {
+            let k = kind_arg(kind)?;
+            let client = connect(&cli).await?;
+            let objs = client.get(k, Some(namespace.as_deref().unwrap_or("default")), Some(name)).await?;
+            for o in &objs {
+                print!("{}", describe(o));
+            }
+            client.close().await;
+        }
+        Cmd::Delete { kind, name, files, namespace } => {
+            let client = connect(&cli).await?;
+            let mut targets: Vec<(Kind, String, String)> = Vec::new();
+            if !files.is_empty() {
+                let parsed = flotilla_proto::manifest::parse(&read_manifests(files)?)
+                    .map_err(|e| anyhow::anyhow!("{}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
+                for p in parsed {
+                    let key = p.object.key();
+                    targets.push((key.kind, key.namespace, key.name));
+                }
+            } else {
+                let (Some(kind), Some(name)) = (kind, name) else { bail!("usage: fleet delete KIND NAME | -f FILE") };
+                let (kind, name) = match kind.split_once('/') {
+                    Some((k, n)) => (k.to_string(), n.to_string()),
+                    None => (kind.clone(), name.clone()),
+                };
+                targets.push((kind_arg(&kind)?, namespace.clone().unwrap_or_else(|| "default".into()), name));
+            }
+            let mut failed = false;
+            for (k, ns, n) in targets {
+                match client.delete(k, &ns, &n).await {
+                    Ok(()) => println!("{}/{n} deleted", k.resource()),
+                    Err(e) => {
+                        eprintln!("Error from server (NotFound): {e}");
+                        failed = true;
+                    }
+                }
+            }
+            client.close().await;
+            if failed {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Scale { target, name, replicas, namespace } => {
+            let (kind, name) = match (target.split_once('/'), name) {
+                (Some((k, n)), _) => (k.to_string(), n.to_string()),
+                (None, Some(n)) => (target.clone(), n.clone()),
+                (None, None) => bail!("usage: fleet scale deployment/NAME --replicas N"),
+            };
+            if kind_arg(&kind)? != Kind::Deployment {
+                bail!("fleet scale supports deployments only");
+            }
+            let client = connect(&cli).await?;
+            client.scale(namespace.as_deref().unwrap_or("default"), &name, *replicas).await?;
+            println!("deployment.apps/{name} scaled");
+            client.close().await;
+        }
+        Cmd::Logs { pod, follow, tail, namespace } => {
+            let client = connect(&cli).await?;
+            let tail = tail.and_then(|t| u32::try_from(t).ok());
+            let mut out = tokio::io::stdout();
+            let pod = pod.strip_prefix("pod/").unwrap_or(pod);
+            client.logs(namespace.as_deref().unwrap_or("default"), pod, tail, *follow, &mut out).await?;
+            client.close().await;
+        }
+        Cmd::Push { file, image } => {
+            let bytes = std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+            let (name, tag) = image.split_once(':').unwrap_or((image.as_str(), "latest"));
+            let client = connect(&cli).await?;
+            let digest = client.push(&bytes, name, tag).await?;
+            println!("{name}:{tag} {digest}");
+            client.close().await;
+        }
+        Cmd::Token { cmd: TokenCmd::Create { ttl, max_uses } } => {
+            let ttl = humantime::parse_duration(ttl).with_context(|| format!("--ttl {ttl:?}: expected a duration like 30m or 24h"))?;
+            let client = connect(&cli).await?;
+            let token = client.create_token((!ttl.is_zero()).then_some(ttl.as_secs()), *max_uses).await?;
+            println!("{token}");
+            client.close().await;
+        }
+        Cmd::Version => {
+            println!("fleet {}", flotilla_proto::VERSION);
+            if let Ok(client) = connect(&cli).await {
+                println!("hub: reachable, protocol {}", flotilla_proto::wire::PROTOCOL_VERSION);
+                client.close().await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A readable, kubectl-describe-like view: the object as YAML, with conditions summarised.
+fn describe(o: &Object) -> String {
+    let m = o.meta();
+    let mut out = format!("Name:         {}\n", m.name);
+    if let Some(ns) = &m.namespace {
+        out.push_str(&format!("Namespace:    {ns}\n"));
+    }
+    out.push_str(&format!("Kind:         {}\nUID:          {}\nCreated:      {} ({} ago)\n", o.kind(), m.uid, m.creation_timestamp, output::age(&m.creation_timestamp)));
+    if !m.labels.is_empty() {
+        out.push_str(&format!("Labels:       {}\n", m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")));
+    }
+    if let Object::Pod(p) = o {
+        out.push_str(&format!("Node:         {}\nStatus:       {}\nEndpoint:     {}\n", p.spec.node_name.as_deref().unwrap_or("<none>"), output::pod_status(p), p.status.endpoint.as_deref().unwrap_or("<none>")));
+        for c in &p.status.conditions {
+            out.push_str(&format!("Condition:    {}={} {}\n", c.type_, c.status, c.message.as_deref().unwrap_or("")));
+        }
+    }
+    let mut v = o.to_json();
+    if let Some(map) = v.as_object_mut() {
+        map.remove("metadata");
+        map.remove("apiVersion");
+        map.remove("kind");
+    }
+    out.push_str("---\n");
+    out.push_str(&serde_yaml_ng::to_string(&v).unwrap_or_default());
+    out
+}

@@ -1,0 +1,257 @@
+//! kubectl-style output: tables with the usual columns, AGE like kubectl, and YAML/JSON.
+use flotilla_proto::api::{Kind, Object, Pod};
+use std::time::{Duration, SystemTime};
+
+/// kubectl's HumanDuration: 45s, 3m12s, 17m, 5h3m, 20h, 3d4h, 12d.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (m, h, days) = (s / 60, s / 3600, s / 86400);
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
+    } else if h < 3 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if days < 8 {
+        if h % 24 == 0 { format!("{days}d") } else { format!("{days}d{}h", h % 24) }
+    } else {
+        format!("{days}d")
+    }
+}
+
+pub fn age(timestamp: &str) -> String {
+    humantime::parse_rfc3339(timestamp)
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(human_duration)
+        .unwrap_or_else(|| "<unknown>".into())
+}
+
+/// Left-aligned columns separated by three spaces, as kubectl prints them.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            out.push_str(c);
+            if i + 1 < n {
+                out.push_str(&" ".repeat(widths[i] - c.len() + 3));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(|s| s.as_str()).collect());
+    }
+    out
+}
+
+/// The STATUS column of `get pods`: a waiting/terminated reason wins over the phase.
+pub fn pod_status(p: &Pod) -> String {
+    for c in &p.status.container_statuses {
+        if let Some(r) = c.state.waiting.as_ref().and_then(|w| w.reason.clone()) {
+            return r;
+        }
+        if let Some(r) = c.state.terminated.as_ref().and_then(|t| t.reason.clone()) {
+            return r;
+        }
+    }
+    if p.spec.node_name.is_none() && p.status.conditions.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False") {
+        return "Pending".into();
+    }
+    if p.status.phase.is_empty() { "Pending".into() } else { p.status.phase.clone() }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+    Name,
+}
+
+impl Format {
+    pub fn parse(s: Option<&str>) -> Result<Format, String> {
+        Ok(match s {
+            None => Format::Table,
+            Some("wide") => Format::Wide,
+            Some("yaml") => Format::Yaml,
+            Some("json") => Format::Json,
+            Some("name") => Format::Name,
+            Some(o) => return Err(format!("unable to match a printer suitable for the output format {o:?}, allowed formats are: json, name, wide, yaml")),
+        })
+    }
+}
+
+/// Renders objects of one kind.
+pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bool) -> String {
+    match format {
+        Format::Yaml => {
+            if objects.len() == 1 {
+                return serde_yaml_ng::to_string(&objects[0].to_json()).unwrap_or_default();
+            }
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects.iter().map(|o| o.to_json()).collect::<Vec<_>>()});
+            return serde_yaml_ng::to_string(&list).unwrap_or_default();
+        }
+        Format::Json => {
+            if objects.len() == 1 {
+                return serde_json::to_string_pretty(&objects[0].to_json()).unwrap_or_default() + "\n";
+            }
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects.iter().map(|o| o.to_json()).collect::<Vec<_>>()});
+            return serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
+        }
+        Format::Name => {
+            return objects.iter().map(|o| format!("{}/{}\n", kind.resource(), o.meta().name)).collect();
+        }
+        Format::Table | Format::Wide => {}
+    }
+    let wide = format == Format::Wide;
+    let (mut header, mut rows): (Vec<&str>, Vec<Vec<String>>) = match kind {
+        Kind::Pod => {
+            let mut h = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
+            if wide {
+                h.extend(["IP", "NODE", "ENDPOINT"]);
+            }
+            let rows = objects
+                .iter()
+                .filter_map(|o| if let Object::Pod(p) = o { Some(p) } else { None })
+                .map(|p| {
+                    let ready = p.status.container_statuses.iter().filter(|c| c.ready).count();
+                    let mut r = vec![
+                        p.metadata.name.clone(),
+                        format!("{ready}/{}", p.spec.containers.len()),
+                        pod_status(p),
+                        p.restarts().to_string(),
+                        age(&p.metadata.creation_timestamp),
+                    ];
+                    if wide {
+                        r.push(p.status.pod_ip.clone().unwrap_or_else(|| "<none>".into()));
+                        r.push(p.spec.node_name.clone().unwrap_or_else(|| "<none>".into()));
+                        r.push(p.status.endpoint.clone().unwrap_or_else(|| "<none>".into()));
+                    }
+                    r
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::Deployment => {
+            let mut h = vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"];
+            if wide {
+                h.extend(["IMAGES", "SELECTOR"]);
+            }
+            let rows = objects
+                .iter()
+                .filter_map(|o| if let Object::Deployment(d) = o { Some(d) } else { None })
+                .map(|d| {
+                    let mut r = vec![
+                        d.metadata.name.clone(),
+                        format!("{}/{}", d.status.ready_replicas, d.spec.replicas.unwrap_or(1)),
+                        d.status.updated_replicas.to_string(),
+                        d.status.available_replicas.to_string(),
+                        age(&d.metadata.creation_timestamp),
+                    ];
+                    if wide {
+                        r.push(d.spec.template.spec.containers.iter().map(|c| c.image.clone()).collect::<Vec<_>>().join(","));
+                        r.push(d.spec.selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+                    }
+                    r
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::Node => {
+            let mut h = vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"];
+            if wide {
+                h.extend(["INTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "ARCH"]);
+            }
+            let rows = objects
+                .iter()
+                .filter_map(|o| if let Object::Node(n) = o { Some(n) } else { None })
+                .map(|n| {
+                    let mut status = if n.is_ready() { "Ready".to_string() } else { "NotReady".to_string() };
+                    if n.spec.unschedulable {
+                        status.push_str(",SchedulingDisabled");
+                    }
+                    let mut r = vec![
+                        n.metadata.name.clone(),
+                        status,
+                        "<none>".into(),
+                        age(&n.metadata.creation_timestamp),
+                        n.status.node_info.kubelet_version.clone(),
+                    ];
+                    if wide {
+                        r.push(n.internal_ip().unwrap_or("<none>").to_string());
+                        r.push(n.status.node_info.operating_system.clone());
+                        r.push(n.status.node_info.kernel_version.clone());
+                        r.push(n.status.node_info.architecture.clone());
+                    }
+                    r
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::Namespace => (
+            vec!["NAME", "STATUS", "AGE"],
+            objects.iter().map(|o| vec![o.meta().name.clone(), "Active".into(), age(&o.meta().creation_timestamp)]).collect(),
+        ),
+        Kind::ConfigMap => (
+            vec!["NAME", "DATA", "AGE"],
+            objects
+                .iter()
+                .filter_map(|o| if let Object::ConfigMap(c) = o { Some(c) } else { None })
+                .map(|c| vec![c.metadata.name.clone(), (c.data.len() + c.binary_data.len()).to_string(), age(&c.metadata.creation_timestamp)])
+                .collect(),
+        ),
+        Kind::Secret => (
+            vec!["NAME", "TYPE", "DATA", "AGE"],
+            objects
+                .iter()
+                .filter_map(|o| if let Object::Secret(s) = o { Some(s) } else { None })
+                .map(|s| {
+                    vec![
+                        s.metadata.name.clone(),
+                        s.type_.clone().unwrap_or_else(|| "Opaque".into()),
+                        s.data.len().to_string(),
+                        age(&s.metadata.creation_timestamp),
+                    ]
+                })
+                .collect(),
+        ),
+    };
+    if all_namespaces && kind.namespaced() {
+        header.insert(0, "NAMESPACE");
+        for (r, o) in rows.iter_mut().zip(objects) {
+            r.insert(0, o.meta().namespace.clone().unwrap_or_default());
+        }
+    }
+    table(&header, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_like_kubectl() {
+        let d = |s| human_duration(Duration::from_secs(s));
+        assert_eq!([d(5), d(119), d(192), d(600), d(3 * 3600 + 120), d(20 * 3600), d(3 * 86400 + 4 * 3600), d(12 * 86400)], ["5s", "119s", "3m12s", "10m", "3h2m", "20h", "3d4h", "12d"]);
+    }
+
+    #[test]
+    fn aligned_table() {
+        let t = table(&["NAME", "READY"], &[vec!["web-1".into(), "1/1".into()], vec!["a".into(), "0/1".into()]]);
+        assert_eq!(t, "NAME    READY\nweb-1   1/1\na       0/1\n");
+    }
+}

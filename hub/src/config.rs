@@ -1,0 +1,67 @@
+//! Hub configuration and the CLI credential file (`admin.yaml`) the hub writes for `fleet`.
+use crate::pki::{Pki, write_private};
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Extra DNS names / IPs for the hub certificate.
+    pub tls_san: Vec<String>,
+    /// The address written into admin.yaml (defaults to the bound address).
+    pub advertise_address: Option<String>,
+    /// A node whose agent has not reported for this long becomes NotReady.
+    pub node_grace: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config { data_dir: data_dir.into(), tls_san: Vec::new(), advertise_address: None, node_grace: Duration::from_secs(40) }
+    }
+}
+
+/// How `fleet` reaches and authenticates to a hub: like a kubeconfig, with the PEMs inline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientFile {
+    pub hub: String,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl ClientFile {
+    pub fn for_hub(pki: &Pki, hub: &str) -> ClientFile {
+        ClientFile {
+            hub: hub.to_string(),
+            ca: pki.ca_pem.clone(),
+            cert: pki.admin_cert_pem.clone(),
+            key: pki.admin_key_pem.clone(),
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        let text = serde_yaml_ng::to_string(self)?;
+        write_private(path, text.as_bytes()).with_context(|| format!("failed to write {}", path.display()))
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<ClientFile> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: invalid fleet config", path.display()))
+    }
+}
+
+/// Reads a 32-byte key, creating it (mode 0600) on first use.
+pub fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
+    if let Ok(bytes) = std::fs::read(path) {
+        return bytes.try_into().map_err(|_| anyhow::anyhow!("{}: expected 32 bytes", path.display()));
+    }
+    let key: [u8; 32] = rand::random();
+    write_private(path, &key)?;
+    Ok(key)
+}

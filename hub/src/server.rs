@@ -1,0 +1,719 @@
+//! The hub's QUIC server: authenticates each connection by its client certificate, then serves
+//! one request per stream. CLI (admin) requests, agent requests and joins are all handled here.
+use crate::Hub;
+use crate::store::{StoreError, StoreEvent, Tx};
+use crate::tokens;
+use flotilla_proto::api::{Condition, Deployment, Kind, Node, Object, ObjectKey, Pod, PodStatus};
+use flotilla_proto::manifest;
+use flotilla_proto::wire::{AgentRequest, Applied, ApplyAction, PodReport, Request, Response, WatchEvent};
+use flotilla_transport::{Identity, TransportError, check_hello, hello, peer_identity, recv_frame, send_frame};
+use redb::ReadableTable;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// Connected agents, for proxying CLI requests (logs) and for node liveness.
+#[derive(Default)]
+pub struct AgentRegistry {
+    inner: Mutex<HashMap<String, AgentEntry>>,
+}
+
+struct AgentEntry {
+    conn: Option<quinn::Connection>,
+    last_seen: Instant,
+    last_written: Option<Instant>,
+}
+
+impl AgentRegistry {
+    fn connected(&self, node: &str, conn: quinn::Connection) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(node.to_string()).or_insert(AgentEntry { conn: None, last_seen: Instant::now(), last_written: None });
+        e.conn = Some(conn);
+        e.last_seen = Instant::now();
+    }
+
+    fn disconnected(&self, node: &str, conn: &quinn::Connection) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = m.get_mut(node)
+            && e.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            e.conn = None;
+        }
+    }
+
+    pub fn connection(&self, node: &str) -> Option<quinn::Connection> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(node).and_then(|e| e.conn.clone())
+    }
+
+    /// How long ago the node last reported, if it has since the hub started.
+    pub fn last_seen(&self, node: &str) -> Option<Duration> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(node).map(|e| e.last_seen.elapsed())
+    }
+
+    /// Records a heartbeat; returns true when the node object should be written (not every
+    /// heartbeat is worth a durable write and a watch event).
+    fn heartbeat(&self, node: &str) -> bool {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(node.to_string()).or_insert(AgentEntry { conn: None, last_seen: Instant::now(), last_written: None });
+        e.last_seen = Instant::now();
+        let due = e.last_written.is_none_or(|w| w.elapsed() >= Duration::from_secs(30));
+        if due {
+            e.last_written = Some(Instant::now());
+        }
+        due
+    }
+}
+
+pub async fn serve(hub: Arc<Hub>, endpoint: quinn::Endpoint, cancel: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            _ = cancel.cancelled() => break,
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+        };
+        let hub = hub.clone();
+        let cancel = cancel.clone();
+        let t = tracker.clone();
+        tracker.spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    if let Err(e) = connection(hub, conn, cancel, t).await {
+                        debug!(remote = %remote, error = %e, "connection ended");
+                    }
+                }
+                Err(e) => debug!(remote = %remote, error = %e, "handshake failed"),
+            }
+        });
+    }
+}
+
+async fn connection(hub: Arc<Hub>, conn: quinn::Connection, cancel: CancellationToken, tracker: TaskTracker) -> Result<(), TransportError> {
+    let identity = peer_identity(&conn);
+    // Version handshake on the first stream.
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let theirs: flotilla_proto::wire::Hello = recv_frame(&mut recv).await?.ok_or(TransportError::Closed)?;
+    send_frame(&mut send, &hello()).await?;
+    let _ = send.finish();
+    if let Err(e) = check_hello(&theirs) {
+        conn.close(1u32.into(), b"protocol version mismatch");
+        return Err(e);
+    }
+    if let Identity::Node(name) = &identity {
+        info!(node = %name, remote = %conn.remote_address(), "agent connected");
+        hub.agents.connected(name, conn.clone());
+    }
+    let result = loop {
+        let (send, recv) = tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(e) => break Err(e.into()),
+            },
+        };
+        let hub = hub.clone();
+        let identity = identity.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = stream(hub, identity, send, recv, cancel).await {
+                debug!(error = %e, "stream failed");
+            }
+        });
+    };
+    if let Identity::Node(name) = &identity {
+        info!(node = %name, "agent disconnected");
+        hub.agents.disconnected(name, &conn);
+    }
+    result
+}
+
+fn error(message: impl std::fmt::Display) -> Response {
+    Response::Error { message: message.to_string() }
+}
+
+async fn stream(
+    hub: Arc<Hub>,
+    identity: Identity,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    cancel: CancellationToken,
+) -> Result<(), TransportError> {
+    let Some(req) = recv_frame::<Request>(&mut recv).await? else { return Ok(()) };
+    let response = match (&identity, req) {
+        (Identity::Admin, Request::Apply { objects }) => apply(&hub, objects),
+        (Identity::Admin, Request::Get { kind, namespace, name }) => get(&hub, kind, namespace, name),
+        (Identity::Admin, Request::Delete { kind, namespace, name }) => delete(&hub, kind, &namespace, &name),
+        (Identity::Admin, Request::Scale { namespace, name, replicas }) => scale(&hub, &namespace, &name, replicas),
+        (Identity::Admin, Request::CreateToken { ttl_secs, max_uses }) => create_token(&hub, ttl_secs, max_uses),
+        (Identity::Admin, Request::PushBlob { name, tag, digest, size }) => push(&hub, &name, &tag, &digest, size, &mut recv).await,
+        (Identity::Admin, Request::Logs { namespace, name, tail, follow }) => {
+            return logs(&hub, &namespace, &name, tail, follow, send).await;
+        }
+        (Identity::Anonymous, Request::Join { token, node_name, csr_pem }) => join(&hub, &token, &node_name, &csr_pem),
+        (Identity::Node(node), Request::Watch { from_revision }) => {
+            return watch(&hub, node, from_revision, send, cancel).await;
+        }
+        (Identity::Node(node), Request::ReportNode { node: json }) => report_node(&hub, node, &json),
+        (Identity::Node(node), Request::ReportPods { pods }) => report_pods(&hub, node, pods),
+        (Identity::Node(_), Request::ResolveImage { image }) => resolve_image(&hub, &image),
+        (Identity::Node(_), Request::FetchBlob { digest }) => return fetch_blob(&hub, &digest, send).await,
+        (Identity::Anonymous, _) => error("unauthenticated: a client certificate issued by this hub is required"),
+        (id, req) => {
+            warn!(identity = ?id, request = ?std::mem::discriminant(&req), "request refused");
+            error("forbidden: this identity may not make that request")
+        }
+    };
+    send_frame(&mut send, &response).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+// ------------------------------------------------------------------ CLI
+
+fn not_found(key: &ObjectKey) -> String {
+    format!("{}s \"{}\" not found", key.kind.resource(), key.name).replace(".apps", "") // kubectl's wording
+}
+
+/// Validates everything first, then stores all of it in one transaction or nothing.
+fn apply(hub: &Hub, objects: Vec<String>) -> Response {
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for (i, text) in objects.iter().enumerate() {
+        let value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(format!("document {}: {e}", i + 1));
+                continue;
+            }
+        };
+        match manifest::parse_value(value) {
+            Ok(p) => parsed.push(p.object),
+            Err(mut e) => {
+                e.document = i + 1;
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return error(errors.join("\n"));
+    }
+    let result = hub.store.write(|tx| {
+        let batch_namespaces: Vec<String> =
+            parsed.iter().filter(|o| o.kind() == Kind::Namespace).map(|o| o.meta().name.clone()).collect();
+        let mut results = Vec::new();
+        for obj in parsed {
+            results.push(apply_one(tx, obj, &batch_namespaces)?);
+        }
+        Ok(results)
+    });
+    match result {
+        Ok(results) => Response::Applied { results },
+        Err(e) => error(e),
+    }
+}
+
+fn apply_one(tx: &mut Tx<'_>, mut obj: Object, batch_namespaces: &[String]) -> Result<Applied, StoreError> {
+    let key = obj.key();
+    if key.kind.namespaced()
+        && !batch_namespaces.contains(&key.namespace)
+        && tx.get(&ObjectKey::new(Kind::Namespace, "", &key.namespace))?.is_none()
+    {
+        return Err(StoreError::Invalid(format!("{key}: namespaces \"{}\" not found", key.namespace)));
+    }
+    // Defaults, as the Kubernetes API server applies them.
+    match &mut obj {
+        Object::Deployment(d) => {
+            d.spec.replicas.get_or_insert(1);
+            d.spec.template.spec.restart_policy.get_or_insert_with(|| "Always".into());
+        }
+        Object::Pod(p) => {
+            p.spec.restart_policy.get_or_insert_with(|| "Always".into());
+        }
+        _ => {}
+    }
+    let existing = tx.get(&key)?;
+    let action = match &existing {
+        None => ApplyAction::Created,
+        Some(old) => {
+            match (old, &mut obj) {
+                (Object::Pod(old), Object::Pod(new)) => {
+                    if new.spec.node_name.is_none() {
+                        new.spec.node_name = old.spec.node_name.clone();
+                    }
+                    if new.spec != old.spec {
+                        return Err(StoreError::Invalid(format!(
+                            "{key}: spec: pod updates may not change fields other than labels and annotations (delete and re-create it)"
+                        )));
+                    }
+                    new.status = old.status.clone();
+                }
+                (Object::Deployment(old), Object::Deployment(new)) => new.status = old.status.clone(),
+                (Object::Node(old), Object::Node(new)) => new.status = old.status.clone(),
+                _ => {}
+            }
+            if old.desired_eq(&obj) { ApplyAction::Unchanged } else { ApplyAction::Configured }
+        }
+    };
+    if action != ApplyAction::Unchanged {
+        tx.put(obj)?;
+    }
+    Ok(Applied { kind: key.kind, namespace: key.namespace, name: key.name, action })
+}
+
+fn get(hub: &Hub, kind: Kind, namespace: Option<String>, name: Option<String>) -> Response {
+    let result = match name {
+        Some(name) => {
+            let key = ObjectKey::new(kind, namespace.as_deref().unwrap_or("default"), &name);
+            match hub.store.get(&key) {
+                Ok(Some(o)) => hub.store.revision().map(|r| (vec![o], r)),
+                Ok(None) => return error(not_found(&key)),
+                Err(e) => Err(e),
+            }
+        }
+        None => hub.store.list(kind, namespace.as_deref()),
+    };
+    match result {
+        Ok((items, revision)) => Response::Objects { items: items.iter().map(|o| o.to_json_string()).collect(), revision },
+        Err(e) => error(e),
+    }
+}
+
+fn delete(hub: &Hub, kind: Kind, namespace: &str, name: &str) -> Response {
+    let key = ObjectKey::new(kind, namespace, name);
+    if kind == Kind::Namespace && name == "default" {
+        return error("namespace \"default\" cannot be deleted");
+    }
+    let result = hub.store.write(|tx| {
+        let Some(obj) = tx.delete(&key)? else { return Err(StoreError::NotFound(key.clone())) };
+        match kind {
+            // Namespaces take everything in them along.
+            Kind::Namespace => {
+                for k in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
+                    for o in tx.list(k, Some(name))? {
+                        tx.delete(&o.key())?;
+                    }
+                }
+            }
+            // Background cascade: the owner's pods go in the same transaction.
+            Kind::Deployment => {
+                for o in tx.list(Kind::Pod, Some(namespace))? {
+                    if o.meta().owner_references.iter().any(|r| r.uid == obj.meta().uid) {
+                        tx.delete(&o.key())?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => Response::Ok,
+        Err(StoreError::NotFound(k)) => error(not_found(&k)),
+        Err(e) => error(e),
+    }
+}
+
+fn scale(hub: &Hub, namespace: &str, name: &str, replicas: i32) -> Response {
+    if replicas < 0 {
+        return error(format!("deployment {name}: spec.replicas must be >= 0, got {replicas}"));
+    }
+    let key = ObjectKey::new(Kind::Deployment, namespace, name);
+    let result = hub.store.write(|tx| match tx.get(&key)? {
+        Some(Object::Deployment(mut d)) => {
+            d.spec.replicas = Some(replicas);
+            tx.put(Object::Deployment(d)).map(|_| ())
+        }
+        _ => Err(StoreError::NotFound(key.clone())),
+    });
+    match result {
+        Ok(()) => Response::Ok,
+        Err(StoreError::NotFound(k)) => error(not_found(&k)),
+        Err(e) => error(e),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn create_token(hub: &Hub, ttl_secs: Option<u64>, max_uses: Option<u32>) -> Response {
+    let (token, id, record) = tokens::generate(&hub.pki.ca_fingerprint, ttl_secs, max_uses, unix_now());
+    let result = hub.store.write(|tx| {
+        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        tx.tokens.insert(id.as_str(), bytes.as_slice())?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => Response::Token { token },
+        Err(e) => error(e),
+    }
+}
+
+fn join(hub: &Hub, token: &str, node_name: &str, csr_pem: &str) -> Response {
+    let refused = |why: &dyn std::fmt::Display| {
+        warn!(node = %node_name, reason = %why, "join refused");
+        error(format!("join refused: {why}"))
+    };
+    let parsed = match tokens::parse(token) {
+        Ok(p) => p,
+        Err(e) => return refused(&e),
+    };
+    if parsed.ca_fingerprint != hub.pki.ca_fingerprint {
+        return refused(&"the token was issued by a different hub");
+    }
+    if let Err(e) = manifest::check_name("node name", node_name) {
+        return refused(&e);
+    }
+    let redeemed = hub.store.write(|tx| {
+        let record = tx.tokens.get(parsed.id.as_str())?.map(|v| v.value().to_vec());
+        let Some(bytes) = record else { return Ok(Err(tokens::TokenError::Unknown)) };
+        let mut record: tokens::TokenRecord =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if let Err(e) = tokens::redeem(&parsed, &mut record, unix_now()) {
+            return Ok(Err(e));
+        }
+        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        tx.tokens.insert(parsed.id.as_str(), bytes.as_slice())?;
+        Ok(Ok(()))
+    });
+    match redeemed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return refused(&e),
+        Err(e) => return error(e),
+    }
+    match hub.pki.sign_node(node_name, csr_pem) {
+        Ok(cert_pem) => {
+            info!(node = %node_name, "node joined");
+            Response::Joined { cert_pem, ca_pem: hub.pki.ca_pem.clone() }
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+async fn push(hub: &Hub, name: &str, tag: &str, digest: &str, size: u64, recv: &mut quinn::RecvStream) -> Response {
+    let image = format!("{name}:{tag}");
+    if let Err(e) = manifest::check_name("artifact name", name) {
+        return error(e);
+    }
+    if let Err(e) = hub.blobs.put_from(digest, size, recv).await {
+        return error(format!("push {image}: {e}"));
+    }
+    let result = hub.store.write(|tx| {
+        tx.images.insert(image.as_str(), digest)?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => Response::Pushed { digest: digest.to_string() },
+        Err(e) => error(e),
+    }
+}
+
+/// Proxies a logs request to the agent running the pod.
+async fn logs(hub: &Hub, namespace: &str, name: &str, tail: Option<u32>, follow: bool, mut send: quinn::SendStream) -> Result<(), TransportError> {
+    let key = ObjectKey::new(Kind::Pod, namespace, name);
+    let node = match hub.store.get(&key) {
+        Ok(Some(Object::Pod(p))) => p.spec.node_name.clone(),
+        Ok(_) => return finish(&mut send, error(not_found(&key))).await,
+        Err(e) => return finish(&mut send, error(e)).await,
+    };
+    let Some(node) = node else { return finish(&mut send, error(format!("pod {name} is not scheduled yet"))).await };
+    let Some(conn) = hub.agents.connection(&node) else {
+        return finish(&mut send, error(format!("node {node} is not connected to the hub"))).await;
+    };
+    let req = AgentRequest::Logs { namespace: namespace.into(), name: name.into(), tail, follow };
+    let (_asend, mut arecv, resp): (_, _, Response) = flotilla_transport::request(&conn, &req).await?;
+    send_frame(&mut send, &resp).await?;
+    if resp == Response::LogStream {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            tokio::select! {
+                r = arecv.read(&mut buf) => match r {
+                    Ok(Some(n)) => send.write_all(&buf[..n]).await?,
+                    _ => break,
+                },
+                // The CLI went away (Ctrl-C on `logs -f`): stop reading from the agent.
+                _ = send.stopped() => break,
+            }
+        }
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+async fn finish(send: &mut quinn::SendStream, resp: Response) -> Result<(), TransportError> {
+    send_frame(send, &resp).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+// ------------------------------------------------------------------ agents
+
+fn on_node(obj: &Object, node: &str) -> bool {
+    matches!(obj, Object::Pod(p) if p.spec.node_name.as_deref() == Some(node))
+}
+
+fn deleted_event(revision: u64, obj: &Object) -> WatchEvent {
+    let m = obj.meta();
+    WatchEvent::Deleted {
+        revision,
+        namespace: m.namespace.clone().unwrap_or_default(),
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+    }
+}
+
+fn snapshot(hub: &Hub, node: &str) -> Result<(WatchEvent, u64), StoreError> {
+    let (pods, revision) = hub.store.list(Kind::Pod, None)?;
+    let pods = pods.iter().filter(|p| on_node(p, node)).map(|p| p.to_json_string()).collect();
+    Ok((WatchEvent::Snapshot { revision, pods }, revision))
+}
+
+/// Translates a store event into what this node needs to hear, if anything.
+fn node_event(e: &StoreEvent, node: &str) -> Option<WatchEvent> {
+    if e.key.kind != Kind::Pod {
+        return None;
+    }
+    let was = e.prev.as_ref().is_some_and(|p| on_node(p, node));
+    match &e.object {
+        Some(obj) if on_node(obj, node) => {
+            // Status-only writes (mostly the agent's own reports) are not news to the agent.
+            if was && e.prev.as_ref().is_some_and(|p| p.desired_eq(obj)) {
+                return None;
+            }
+            Some(WatchEvent::Put { revision: e.revision, pod: obj.to_json_string() })
+        }
+        _ if was => e.prev.as_ref().map(|p| deleted_event(e.revision, p)),
+        _ => None,
+    }
+}
+
+/// Streams the node's desired pods: a resume from `from` when the log reaches back that far,
+/// otherwise a snapshot; then live changes.
+async fn watch(hub: &Hub, node: &str, from: u64, mut send: quinn::SendStream, cancel: CancellationToken) -> Result<(), TransportError> {
+    let mut rx = hub.store.subscribe();
+    let resumed = if from > 0 { hub.store.changes_since(from).ok().flatten() } else { None };
+    let mut last = match resumed {
+        Some(changes) => {
+            let mut last = from;
+            for (rev, deleted, obj) in changes {
+                last = rev;
+                if on_node(&obj, node) {
+                    let ev = if deleted { deleted_event(rev, &obj) } else { WatchEvent::Put { revision: rev, pod: obj.to_json_string() } };
+                    send_frame(&mut send, &ev).await?;
+                }
+            }
+            send_frame(&mut send, &WatchEvent::Bookmark { revision: last }).await?;
+            debug!(node = %node, from, to = last, "watch resumed");
+            last
+        }
+        None => {
+            let (ev, rev) = snapshot(hub, node).map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
+            send_frame(&mut send, &ev).await?;
+            debug!(node = %node, revision = rev, "watch snapshot sent");
+            rev
+        }
+    };
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = send.stopped() => break,
+            e = rx.recv() => e,
+        };
+        match event {
+            Ok(e) if e.revision <= last => {}
+            Ok(e) => {
+                last = e.revision;
+                if let Some(ev) = node_event(&e, node) {
+                    send_frame(&mut send, &ev).await?;
+                }
+            }
+            Err(RecvError::Lagged(_)) => {
+                let (ev, rev) = snapshot(hub, node).map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
+                send_frame(&mut send, &ev).await?;
+                last = rev;
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+fn ready_condition(status: &str, reason: &str, message: &str) -> Condition {
+    let now = crate::store::now_rfc3339();
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: Some(now.clone()),
+        last_heartbeat_time: Some(now),
+    }
+}
+
+/// Registers or refreshes the caller's Node. The node name comes from the certificate, never
+/// from the report, so a node can only speak for itself.
+fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
+    let reported: Node = match serde_json::from_str(json) {
+        Ok(n) => n,
+        Err(e) => return error(format!("node {node}: invalid report: {e}")),
+    };
+    let force = hub.agents.heartbeat(node);
+    let key = ObjectKey::new(Kind::Node, "", node);
+    let result = hub.store.write(|tx| {
+        let existing = match tx.get(&key)? {
+            Some(Object::Node(n)) => Some(n),
+            _ => None,
+        };
+        let mut next = existing.clone().unwrap_or_default();
+        next.metadata.name = node.to_string();
+        for (k, v) in &reported.metadata.labels {
+            next.metadata.labels.insert(k.clone(), v.clone());
+        }
+        let was_ready = existing.as_ref().is_some_and(|n| n.is_ready());
+        let mut status = reported.status.clone();
+        let mut ready = ready_condition("True", "AgentReady", "agent is posting ready status");
+        if was_ready
+            && let Some(old) = existing.as_ref().and_then(|n| n.status.conditions.iter().find(|c| c.type_ == "Ready"))
+        {
+            ready.last_transition_time = old.last_transition_time.clone();
+        }
+        status.conditions = vec![ready];
+        next.status = status;
+        let changed = match &existing {
+            None => true,
+            Some(old) => {
+                let strip = |n: &Node| {
+                    let mut n = n.clone();
+                    n.status.conditions.iter_mut().for_each(|c| c.last_heartbeat_time = None);
+                    n.metadata = Default::default();
+                    n
+                };
+                strip(old) != strip(&next) || old.metadata.labels != next.metadata.labels
+            }
+        };
+        if changed || force || !was_ready {
+            tx.put(Object::Node(next))?;
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => Response::Ok,
+        Err(e) => error(e),
+    }
+}
+
+/// Stores pod statuses from the agent that runs them; reports for pods bound elsewhere (or
+/// replaced since) are ignored.
+fn report_pods(hub: &Hub, node: &str, pods: Vec<PodReport>) -> Response {
+    let result = hub.store.write(|tx| {
+        for r in pods {
+            let key = ObjectKey::new(Kind::Pod, &r.namespace, &r.name);
+            let Some(Object::Pod(mut pod)) = tx.get(&key)? else { continue };
+            if pod.metadata.uid != r.uid || pod.spec.node_name.as_deref() != Some(node) {
+                continue;
+            }
+            let Ok(status) = serde_json::from_str::<PodStatus>(&r.status) else {
+                warn!(node = %node, pod = %r.name, "ignoring malformed pod status");
+                continue;
+            };
+            if pod.status != status {
+                pod.status = status;
+                tx.put(Object::Pod(pod))?;
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => Response::Ok,
+        Err(e) => error(e),
+    }
+}
+
+/// `name[:tag]`, `name@sha256:…` or a bare `sha256:…` digest.
+pub fn split_image(image: &str) -> (String, Option<String>) {
+    if let Some((_, digest)) = image.split_once('@') {
+        return (String::new(), Some(digest.to_string()));
+    }
+    if image.starts_with("sha256:") {
+        return (String::new(), Some(image.to_string()));
+    }
+    let image = image.strip_prefix("flotilla://").unwrap_or(image);
+    match image.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (format!("{n}:{t}"), None),
+        _ => (format!("{image}:latest"), None),
+    }
+}
+
+fn resolve_image(hub: &Hub, image: &str) -> Response {
+    let digest = match split_image(image) {
+        (_, Some(d)) => Some(d),
+        (name, None) => hub.store.image_digest(&name).ok().flatten(),
+    };
+    let Some(digest) = digest else {
+        return error(format!("image {image:?} not found on the hub (push it with `fleet push`)"));
+    };
+    match hub.blobs.size(&digest) {
+        Ok(size) => Response::Resolved { digest, size },
+        Err(e) => error(format!("image {image:?}: {e}")),
+    }
+}
+
+async fn fetch_blob(hub: &Hub, digest: &str, mut send: quinn::SendStream) -> Result<(), TransportError> {
+    let path = match hub.blobs.path(digest) {
+        Ok(p) => p,
+        Err(e) => return finish(&mut send, error(e)).await,
+    };
+    let Ok(mut file) = tokio::fs::File::open(&path).await else {
+        return finish(&mut send, error(format!("blob {digest} not found"))).await;
+    };
+    let size = file.metadata().await?.len();
+    send_frame(&mut send, &Response::Blob { size }).await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        use tokio::io::AsyncReadExt;
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        send.write_all(&buf[..n]).await?;
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Pods bound to a node, for tests and the node controller.
+pub fn pods_on(pods: &[Object], node: &str) -> Vec<Pod> {
+    pods.iter()
+        .filter_map(|o| match o {
+            Object::Pod(p) if p.spec.node_name.as_deref() == Some(node) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Deployment owned pods (by owner uid).
+pub fn owned_by(pods: &[Object], owner: &Deployment) -> Vec<Pod> {
+    pods.iter()
+        .filter_map(|o| match o {
+            Object::Pod(p) if p.metadata.owner_references.iter().any(|r| r.uid == owner.metadata.uid) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references() {
+        assert_eq!(split_image("hello"), ("hello:latest".into(), None));
+        assert_eq!(split_image("hello:v2"), ("hello:v2".into(), None));
+        assert_eq!(split_image("flotilla://hello:v2"), ("hello:v2".into(), None));
+        assert_eq!(split_image("hello@sha256:ab"), (String::new(), Some("sha256:ab".into())));
+    }
+}

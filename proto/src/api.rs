@@ -1,0 +1,720 @@
+//! API objects with Kubernetes field names. They travel and are stored as JSON (self-describing,
+//! tolerant of optional fields growing); the postcard wire messages carry them as JSON text.
+use crate::quantity::Quantity;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The kinds this release understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Namespace,
+    Node,
+    Pod,
+    Deployment,
+    ConfigMap,
+    Secret,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Pod,
+        Kind::Deployment,
+        Kind::ConfigMap,
+        Kind::Secret,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::Deployment => "Deployment",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
+        }
+    }
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Deployment => "apps/v1",
+            _ => "v1",
+        }
+    }
+
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Namespace | Kind::Node)
+    }
+
+    /// The lowercase plural used in CLI output such as `deployment.apps/web`.
+    pub fn resource(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Node => "node",
+            Kind::Pod => "pod",
+            Kind::Deployment => "deployment.apps",
+            Kind::ConfigMap => "configmap",
+            Kind::Secret => "secret",
+        }
+    }
+
+    /// Parses the names kubectl users type: `pods`, `po`, `deploy`, `deployments.apps`, `Node`…
+    pub fn from_cli(s: &str) -> Option<Kind> {
+        let s = s.to_ascii_lowercase();
+        let s = s.strip_suffix(".apps").unwrap_or(&s);
+        Some(match s {
+            "namespace" | "namespaces" | "ns" => Kind::Namespace,
+            "node" | "nodes" | "no" => Kind::Node,
+            "pod" | "pods" | "po" => Kind::Pod,
+            "deployment" | "deployments" | "deploy" => Kind::Deployment,
+            "configmap" | "configmaps" | "cm" => Kind::ConfigMap,
+            "secret" | "secrets" => Kind::Secret,
+            _ => return None,
+        })
+    }
+
+    pub fn from_kind(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an object lives: (kind, namespace, name); cluster-scoped kinds have an empty namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: Kind, namespace: &str, name: &str) -> ObjectKey {
+        let namespace = if kind.namespaced() { namespace.to_string() } else { String::new() };
+        ObjectKey { kind, namespace, name: name.to_string() }
+    }
+
+    /// The redb key: `Kind/namespace/name`. Names cannot contain '/', so this is unambiguous.
+    pub fn storage_key(&self) -> String {
+        format!("{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+
+    pub fn prefix(kind: Kind, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if kind.namespaced() => format!("{kind}/{ns}/"),
+            _ => format!("{kind}/"),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind.resource(), self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind.resource(), self.namespace, self.name)
+        }
+    }
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// The store revision of the last write to this object (etcd's modRevision), as text like Kubernetes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource_version: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub creation_timestamp: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
+}
+
+// ---------------------------------------------------------------- Namespace
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Namespace {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}
+
+// ---------------------------------------------------------------- ConfigMap / Secret
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMap {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_data: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Base64 values, as in Kubernetes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// Plain values; folded into `data` on apply and never stored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub string_data: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------- Pod
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Always (default), OnFailure or Never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+}
+
+impl PodSpec {
+    pub fn restart_policy(&self) -> &str {
+        self.restart_policy.as_deref().unwrap_or("Always")
+    }
+
+    /// Sum of container requests: (millicores, bytes). Invalid quantities were rejected at apply.
+    pub fn requests(&self) -> (u64, u64) {
+        self.containers.iter().fold((0, 0), |(c, m), k| {
+            let cpu = k.resources.requests.get("cpu").and_then(|q| q.millicores().ok());
+            let mem = k.resources.requests.get("memory").and_then(|q| q.bytes().ok());
+            (c + cpu.unwrap_or(0), m + mem.unwrap_or(0))
+        })
+    }
+
+    pub fn host_ports(&self) -> impl Iterator<Item = i32> + '_ {
+        self.containers.iter().flat_map(|c| c.ports.iter().filter_map(|p| p.host_port))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(default)]
+    pub resources: ResourceRequirements,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<ObjectFieldSelector>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectFieldSelector {
+    pub field_path: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub container_port: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRequirements {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    /// Pending, Running, Succeeded, Failed or Unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+    /// Where the agent serves the pod (`address:port`); a Flotilla addition for wasi:http pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    pub name: String,
+    pub ready: bool,
+    pub restart_count: i32,
+    #[serde(default)]
+    pub state: ContainerState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<ContainerState>,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, rename = "imageID", skip_serializing_if = "String::is_empty")]
+    pub image_id: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<StateWaiting>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<StateRunning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<StateTerminated>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateWaiting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateRunning {
+    #[serde(default)]
+    pub started_at: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateTerminated {
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+impl Pod {
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.phase.as_str(), "Succeeded" | "Failed")
+    }
+
+    pub fn restarts(&self) -> i32 {
+        self.status.container_statuses.iter().map(|c| c.restart_count).sum()
+    }
+}
+
+// ---------------------------------------------------------------- Deployment
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: DeploymentSpec,
+    #[serde(default)]
+    pub status: DeploymentStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSpec {
+    /// Defaults to 1, as in Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(default)]
+    pub selector: LabelSelector,
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateSpec {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub updated_replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default)]
+    pub available_replicas: i32,
+}
+
+// ---------------------------------------------------------------- Node
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: NodeSpec,
+    #[serde(default)]
+    pub status: NodeStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unschedulable: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocatable: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NodeAddress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub node_info: NodeSystemInfo,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAddress {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSystemInfo {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub operating_system: String,
+    #[serde(default)]
+    pub kernel_version: String,
+    /// The agent's version (Kubernetes calls this kubeletVersion).
+    #[serde(default)]
+    pub kubelet_version: String,
+}
+
+impl Node {
+    pub fn is_ready(&self) -> bool {
+        self.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    }
+
+    pub fn internal_ip(&self) -> Option<&str> {
+        self.status
+            .addresses
+            .iter()
+            .find(|a| a.type_ == "InternalIP")
+            .map(|a| a.address.as_str())
+    }
+
+    /// Allocatable (millicores, bytes).
+    pub fn allocatable(&self) -> (u64, u64) {
+        let cpu = self.status.allocatable.get("cpu").and_then(|q| q.millicores().ok());
+        let mem = self.status.allocatable.get("memory").and_then(|q| q.bytes().ok());
+        (cpu.unwrap_or(0), mem.unwrap_or(0))
+    }
+}
+
+// ---------------------------------------------------------------- Object
+
+/// Any stored object. Serialized as the inner object, whose `kind` field says which it is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Node(Node),
+    Pod(Pod),
+    Deployment(Deployment),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+}
+
+macro_rules! each_object {
+    ($obj:expr, $o:ident => $body:expr) => {
+        match $obj {
+            Object::Namespace($o) => $body,
+            Object::Node($o) => $body,
+            Object::Pod($o) => $body,
+            Object::Deployment($o) => $body,
+            Object::ConfigMap($o) => $body,
+            Object::Secret($o) => $body,
+        }
+    };
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Node(_) => Kind::Node,
+            Object::Pod(_) => Kind::Pod,
+            Object::Deployment(_) => Kind::Deployment,
+            Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::Secret(_) => Kind::Secret,
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        each_object!(self, o => &o.metadata)
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        each_object!(self, o => &mut o.metadata)
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let m = self.meta();
+        ObjectKey::new(self.kind(), m.namespace.as_deref().unwrap_or("default"), &m.name)
+    }
+
+    /// Fills apiVersion/kind and, for namespaced kinds, the namespace.
+    pub fn normalize(&mut self) {
+        let kind = self.kind();
+        each_object!(self, o => {
+            o.api_version = kind.api_version().to_string();
+            o.kind = kind.as_str().to_string();
+        });
+        let meta = self.meta_mut();
+        if kind.namespaced() {
+            meta.namespace.get_or_insert_with(|| "default".to_string());
+        } else {
+            meta.namespace = None;
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        // Serializing these plain structs cannot fail: all map keys are strings.
+        each_object!(self, o => serde_json::to_value(o).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn to_json_string(&self) -> String {
+        each_object!(self, o => serde_json::to_string(o).unwrap_or_default())
+    }
+
+    pub fn from_json_str(s: &str) -> Result<Object, serde_json::Error> {
+        let v: serde_json::Value = serde_json::from_str(s)?;
+        Object::from_json(v)
+    }
+
+    /// Builds an object from JSON whose `kind` field names it.
+    pub fn from_json(v: serde_json::Value) -> Result<Object, serde_json::Error> {
+        use serde::de::Error;
+        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        let kind = Kind::from_kind(kind).ok_or_else(|| serde_json::Error::custom(format!("unknown kind {kind:?}")))?;
+        Ok(match kind {
+            Kind::Namespace => Object::Namespace(serde_json::from_value(v)?),
+            Kind::Node => Object::Node(serde_json::from_value(v)?),
+            Kind::Pod => Object::Pod(serde_json::from_value(v)?),
+            Kind::Deployment => Object::Deployment(serde_json::from_value(v)?),
+            Kind::ConfigMap => Object::ConfigMap(serde_json::from_value(v)?),
+            Kind::Secret => Object::Secret(serde_json::from_value(v)?),
+        })
+    }
+
+    /// The user-owned part of an object: everything but status and server-set metadata.
+    /// Two objects with equal desired parts are "unchanged" on apply.
+    pub fn desired_eq(&self, other: &Object) -> bool {
+        let strip = |o: &Object| {
+            let mut v = o.to_json();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("status");
+                if let Some(meta) = m.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                    for k in ["uid", "resourceVersion", "generation", "creationTimestamp"] {
+                        meta.remove(k);
+                    }
+                }
+            }
+            v
+        };
+        strip(self) == strip(other)
+    }
+
+    /// The spec part, whose change bumps `metadata.generation`.
+    pub fn spec_json(&self) -> serde_json::Value {
+        let v = self.to_json();
+        let spec = v.get("spec").cloned();
+        let data = v.get("data").cloned();
+        serde_json::json!([spec, data])
+    }
+}
+
+impl Serialize for Object {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        each_object!(self, o => o.serialize(s))
+    }
+}
+
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Object::from_json(v).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,154 @@
+//! Messages on the QUIC link (hub <-> agents and hub <-> CLI), postcard-encoded and length-framed.
+//!
+//! Rules (postcard is not self-describing): no `skip_serializing_if`, `flatten` or `untagged`
+//! here; enums only grow at the end; API objects ride along as JSON text (`ObjectJson`).
+use serde::{Deserialize, Serialize};
+
+/// Bumped only when a change cannot be expressed by appending enum variants.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The QUIC ALPN protocol id.
+pub const ALPN: &[u8] = b"flotilla/1";
+/// Largest single frame accepted (blobs travel as raw chunks after a frame, not inside one).
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// An API object encoded as JSON text.
+pub type ObjectJson = String;
+
+/// First frame of a connection's first stream, in both directions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub software: String,
+}
+
+/// What the hub accepts on a stream the peer opens. One request per stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    // --- CLI (admin identity) ---
+    Apply { objects: Vec<ObjectJson> },
+    Get { kind: crate::Kind, namespace: Option<String>, name: Option<String> },
+    Delete { kind: crate::Kind, namespace: String, name: String },
+    Scale { namespace: String, name: String, replicas: i32 },
+    Logs { namespace: String, name: String, tail: Option<u32>, follow: bool },
+    /// Followed on the same stream by exactly `size` raw bytes.
+    PushBlob { name: String, tag: String, digest: String, size: u64 },
+    CreateToken { ttl_secs: Option<u64>, max_uses: Option<u32> },
+    // --- agent, before it has an identity ---
+    Join { token: String, node_name: String, csr_pem: String },
+    // --- agent (node identity) ---
+    /// Streams `WatchEvent`s for pods bound to the caller's node from `from_revision` on.
+    Watch { from_revision: u64 },
+    ReportNode { node: ObjectJson },
+    ReportPods { pods: Vec<PodReport> },
+    ResolveImage { image: String },
+    /// Answered with `Response::Blob` followed by the raw bytes.
+    FetchBlob { digest: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodReport {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// JSON of `api::PodStatus`.
+    pub status: ObjectJson,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ApplyAction {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub kind: crate::Kind,
+    pub namespace: String,
+    pub name: String,
+    pub action: ApplyAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    Error { message: String },
+    Applied { results: Vec<Applied> },
+    Objects { items: Vec<ObjectJson>, revision: u64 },
+    Token { token: String },
+    Joined { cert_pem: String, ca_pem: String },
+    Resolved { digest: String, size: u64 },
+    /// Followed by `size` raw bytes.
+    Blob { size: u64 },
+    /// Followed by raw log bytes until the stream ends.
+    LogStream,
+    Pushed { digest: String },
+}
+
+/// Desired-state events for one node, in revision order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WatchEvent {
+    /// The complete set of pods bound to the node at `revision` (sent when the
+    /// requested revision is too old or zero); replaces everything the agent had.
+    Snapshot { revision: u64, pods: Vec<ObjectJson> },
+    Put { revision: u64, pod: ObjectJson },
+    Deleted { revision: u64, namespace: String, name: String, uid: String },
+    /// Nothing for this node changed up to `revision`.
+    Bookmark { revision: u64 },
+}
+
+/// What the hub asks of an agent on a stream the hub opens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentRequest {
+    /// Answered with `Response::LogStream` + raw bytes, or `Response::Error`.
+    Logs { namespace: String, name: String, tail: Option<u32>, follow: bool },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME} byte limit")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// Encodes a message as a length-prefixed frame: u32 big-endian length, then postcard bytes.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    let body = postcard::to_stdvec(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(CodecError::TooLarge(body.len()));
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a frame body (without the length prefix).
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CodecError> {
+    Ok(postcard::from_bytes(body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    /// Golden bytes: if this changes, old agents can no longer talk to new hubs.
+    #[test]
+    fn golden_frames() {
+        let hello = encode(&Hello { protocol: PROTOCOL_VERSION, software: "0.1.0".into() }).unwrap();
+        expect![""].assert_eq(&hex::encode(hello));
+        let watch = encode(&Request::Watch { from_revision: 300 }).unwrap();
+        expect![""].assert_eq(&hex::encode(watch));
+        let ev = encode(&WatchEvent::Deleted { revision: 7, namespace: "default".into(), name: "w".into(), uid: "u".into() }).unwrap();
+        expect![""].assert_eq(&hex::encode(ev));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [&[][..], &[0xff, 0xff, 0xff][..], &[9, 0xff, 0xff, 0xff, 0xff, 0xff][..]] {
+            assert!(decode::<Request>(bytes).is_err());
+        }
+    }
+}
