@@ -26,7 +26,8 @@ pub enum PullError {
 
 fn blob_path(shared: &Shared, digest: &str) -> Option<PathBuf> {
     let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| shared.cfg.data_dir.join("blobs").join(hex))
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| shared.cfg.data_dir.join("blobs").join(hex))
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -36,7 +37,12 @@ fn sha256(bytes: &[u8]) -> String {
 /// Resolves, fetches and compiles `image`; the compiled artifact is shared by all pods using it.
 pub async fn load(shared: &Shared, image: &str) -> Result<Artifact, PullError> {
     let digest = resolve(shared, image).await?;
-    if let Some(a) = shared.artifacts.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+    if let Some(a) = shared
+        .artifacts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&digest)
+    {
         return Ok(a.clone());
     }
     let bytes = fetch(shared, &digest).await?;
@@ -46,15 +52,25 @@ pub async fn load(shared: &Shared, image: &str) -> Result<Artifact, PullError> {
         .await
         .map_err(|e| PullError::Load(e.to_string()))?
         .map_err(|e| PullError::Load(e.to_string()))?;
-    shared.artifacts.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, artifact.clone());
+    shared
+        .artifacts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(digest, artifact.clone());
     Ok(artifact)
 }
 
 async fn resolve(shared: &Shared, image: &str) -> Result<String, PullError> {
     let conn = shared.hub.borrow().clone();
     if let Some(conn) = conn {
-        let req = Request::ResolveImage { image: image.to_string() };
-        let asked = tokio::time::timeout(Duration::from_secs(5), flotilla_transport::request::<_, Response>(&conn, &req)).await;
+        let req = Request::ResolveImage {
+            image: image.to_string(),
+        };
+        let asked = tokio::time::timeout(
+            Duration::from_secs(5),
+            flotilla_transport::request::<_, Response>(&conn, &req),
+        )
+        .await;
         match asked {
             Ok(Ok((_, _, Response::Resolved { digest, .. }))) => {
                 if let Err(e) = shared.cache.set_image(image, &digest) {
@@ -67,11 +83,17 @@ async fn resolve(shared: &Shared, image: &str) -> Result<String, PullError> {
             _ => {}
         }
     }
-    shared.cache.image(image).ok().flatten().ok_or_else(|| PullError::Offline(image.to_string()))
+    shared
+        .cache
+        .image(image)
+        .ok()
+        .flatten()
+        .ok_or_else(|| PullError::Offline(image.to_string()))
 }
 
 async fn fetch(shared: &Shared, digest: &str) -> Result<Vec<u8>, PullError> {
-    let path = blob_path(shared, digest).ok_or_else(|| PullError::Hub(format!("invalid digest {digest:?}")))?;
+    let path = blob_path(shared, digest)
+        .ok_or_else(|| PullError::Hub(format!("invalid digest {digest:?}")))?;
     if let Ok(bytes) = tokio::fs::read(&path).await {
         // Re-verify: a cached blob that rotted on disk is fetched again rather than run.
         if sha256(&bytes) == digest {
@@ -79,8 +101,18 @@ async fn fetch(shared: &Shared, digest: &str) -> Result<Vec<u8>, PullError> {
         }
         tracing::warn!(digest, "cached blob is corrupt; fetching it again");
     }
-    let conn = shared.hub.borrow().clone().ok_or_else(|| PullError::Offline(digest.to_string()))?;
-    let (_send, mut recv, resp) = flotilla_transport::request::<_, Response>(&conn, &Request::FetchBlob { digest: digest.to_string() }).await?;
+    let conn = shared
+        .hub
+        .borrow()
+        .clone()
+        .ok_or_else(|| PullError::Offline(digest.to_string()))?;
+    let (_send, mut recv, resp) = flotilla_transport::request::<_, Response>(
+        &conn,
+        &Request::FetchBlob {
+            digest: digest.to_string(),
+        },
+    )
+    .await?;
     let size = match resp {
         Response::Blob { size } => size,
         Response::Error { message } => return Err(PullError::Hub(message)),
@@ -88,13 +120,20 @@ async fn fetch(shared: &Shared, digest: &str) -> Result<Vec<u8>, PullError> {
     };
     // Artifacts are small wasm files; a bound keeps a confused hub from filling memory.
     if size > 512 << 20 {
-        return Err(PullError::Hub(format!("blob {digest} is {size} bytes, over the 512 MiB limit")));
+        return Err(PullError::Hub(format!(
+            "blob {digest} is {size} bytes, over the 512 MiB limit"
+        )));
     }
     let mut bytes = vec![0u8; size as usize];
-    recv.read_exact(&mut bytes).await.map_err(|e| PullError::Transport(e.into()))?;
+    recv.read_exact(&mut bytes)
+        .await
+        .map_err(|e| PullError::Transport(e.into()))?;
     let actual = sha256(&bytes);
     if actual != digest {
-        return Err(PullError::Corrupt { digest: digest.to_string(), actual });
+        return Err(PullError::Corrupt {
+            digest: digest.to_string(),
+            actual,
+        });
     }
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;

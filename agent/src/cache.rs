@@ -18,7 +18,13 @@ pub enum CacheError {
 macro_rules! from_redb {
     ($($t:ty),*) => {$(impl From<$t> for CacheError { fn from(e: $t) -> Self { CacheError::Db(e.into()) } })*};
 }
-from_redb!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 pub struct Cache {
     db: Database,
@@ -27,7 +33,7 @@ pub struct Cache {
 /// A change to the desired set, as received from the hub.
 pub enum Change {
     Replace(Vec<Pod>),
-    Put(Pod),
+    Put(Box<Pod>),
     Delete { uid: String },
 }
 
@@ -44,7 +50,11 @@ impl Cache {
 
     pub fn revision(&self) -> Result<u64, CacheError> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0))
+        Ok(txn
+            .open_table(META)?
+            .get("revision")?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 
     /// Desired pods by uid. Entries that no longer parse are skipped (and logged), not fatal.
@@ -58,7 +68,9 @@ impl Cache {
                 Ok(p) => {
                     out.insert(k.value().to_string(), p);
                 }
-                Err(e) => tracing::warn!(pod.uid = k.value(), error = %e, "skipping unreadable cached pod"),
+                Err(e) => {
+                    tracing::warn!(pod.uid = k.value(), error = %e, "skipping unreadable cached pod")
+                }
             }
         }
         Ok(out)
@@ -78,6 +90,7 @@ impl Cache {
                     }
                 }
                 Change::Put(p) => {
+                    let p = *p;
                     let json = serde_json::to_string(&p).unwrap_or_default();
                     pods.insert(p.metadata.uid.as_str(), json.as_str())?;
                 }
@@ -100,7 +113,10 @@ impl Cache {
 
     pub fn image(&self, image: &str) -> Result<Option<String>, CacheError> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(IMAGES)?.get(image)?.map(|v| v.value().to_string()))
+        Ok(txn
+            .open_table(IMAGES)?
+            .get(image)?
+            .map(|v| v.value().to_string()))
     }
 
     pub fn set_image(&self, image: &str, digest: &str) -> Result<(), CacheError> {

@@ -22,7 +22,12 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(contents.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -36,10 +41,16 @@ impl Identity {
         if !d.join("node.pem").exists() {
             return Ok(None);
         }
-        let read = |f: &str| std::fs::read_to_string(d.join(f)).with_context(|| format!("failed to read identity file {f}"));
+        let read = |f: &str| {
+            std::fs::read_to_string(d.join(f))
+                .with_context(|| format!("failed to read identity file {f}"))
+        };
         Ok(Some(Identity {
             node_name: read("node-name")?.trim().to_string(),
-            hub: read("hub")?.trim().parse().context("identity/hub: invalid address")?,
+            hub: read("hub")?
+                .trim()
+                .parse()
+                .context("identity/hub: invalid address")?,
             ca_pem: read("ca.pem")?,
             cert_pem: read("node.pem")?,
             key_pem: read("node.key")?,
@@ -59,15 +70,30 @@ impl Identity {
     }
 
     /// Joins the hub: connects trusting only the CA the token pins, sends a CSR, stores the result.
-    pub async fn join(data_dir: &Path, hub: SocketAddr, token: &str, node_name: &str) -> anyhow::Result<Identity> {
-        let parsed = flotilla_proto::token::parse(token).context("malformed join token (expected FLT1.<ca-hash>.<id>.<secret>)")?;
+    pub async fn join(
+        data_dir: &Path,
+        hub: SocketAddr,
+        token: &str,
+        node_name: &str,
+    ) -> anyhow::Result<Identity> {
+        let parsed = flotilla_proto::token::parse(token)
+            .context("malformed join token (expected FLT1.<ca-hash>.<id>.<secret>)")?;
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{}{node_name}", flotilla_transport::NODE_CN_PREFIX));
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("{}{node_name}", flotilla_transport::NODE_CN_PREFIX),
+        );
         let csr_pem = params.serialize_request(&key)?.pem()?;
         let cfg = flotilla_transport::pinned_client_config(&parsed.ca_fingerprint)?;
-        let (endpoint, conn) = flotilla_transport::connect(hub, cfg).await.with_context(|| format!("failed to reach hub {hub}"))?;
-        let req = Request::Join { token: token.to_string(), node_name: node_name.to_string(), csr_pem };
+        let (endpoint, conn) = flotilla_transport::connect(hub, cfg)
+            .await
+            .with_context(|| format!("failed to reach hub {hub}"))?;
+        let req = Request::Join {
+            token: token.to_string(),
+            node_name: node_name.to_string(),
+            csr_pem,
+        };
         let (_s, _r, resp): (_, _, Response) = flotilla_transport::request(&conn, &req).await?;
         conn.close(0u32.into(), b"joined");
         endpoint.wait_idle().await;
@@ -76,16 +102,29 @@ impl Identity {
             Response::Error { message } => bail!("{message}"),
             other => bail!("unexpected answer to join: {other:?}"),
         };
-        let ca = certs_from_pem(&ca_pem)?.into_iter().next().context("hub sent no CA")?;
+        let ca = certs_from_pem(&ca_pem)?
+            .into_iter()
+            .next()
+            .context("hub sent no CA")?;
         if cert_fingerprint(&ca) != parsed.ca_fingerprint {
             bail!("the hub's CA does not match the join token");
         }
-        let id = Identity { node_name: node_name.to_string(), hub, ca_pem, cert_pem, key_pem: key.serialize_pem() };
+        let id = Identity {
+            node_name: node_name.to_string(),
+            hub,
+            ca_pem,
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        };
         id.save(data_dir)?;
         Ok(id)
     }
 
     pub fn client_config(&self) -> anyhow::Result<quinn::ClientConfig> {
-        Ok(flotilla_transport::client_config(&self.ca_pem, &self.cert_pem, &self.key_pem)?)
+        Ok(flotilla_transport::client_config(
+            &self.ca_pem,
+            &self.cert_pem,
+            &self.key_pem,
+        )?)
     }
 }

@@ -47,7 +47,12 @@ impl Shared {
         if let Some(l) = logs.get(&key) {
             return l.clone();
         }
-        let path = self.cfg.data_dir.join("logs").join(format!("{}_{}_{}.log", pod.namespace(), pod.metadata.name, pod.metadata.uid));
+        let path = self.cfg.data_dir.join("logs").join(format!(
+            "{}_{}_{}.log",
+            pod.namespace(),
+            pod.metadata.name,
+            pod.metadata.uid
+        ));
         let log = logs::PodLog::open(&path, self.cfg.log_max_bytes).unwrap_or_else(|e| {
             tracing::warn!(error = %e, path = %path.display(), "cannot open pod log; logging to a temp file");
             logs::PodLog::open(&std::env::temp_dir().join(format!("flotilla-{}.log", pod.metadata.uid)), self.cfg.log_max_bytes)
@@ -58,12 +63,21 @@ impl Shared {
     }
 
     pub fn log_named(&self, namespace: &str, name: &str) -> Option<logs::PodLog> {
-        self.logs.lock().unwrap_or_else(|p| p.into_inner()).get(&Self::log_key(namespace, name)).cloned()
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&Self::log_key(namespace, name))
+            .cloned()
     }
 
     /// Drops a removed pod's log (Kubernetes deletes logs with the pod).
     pub fn forget_log(&self, pod: &Pod) {
-        if let Some(l) = self.logs.lock().unwrap_or_else(|p| p.into_inner()).remove(&Self::log_key(pod.namespace(), &pod.metadata.name)) {
+        if let Some(l) = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&Self::log_key(pod.namespace(), &pod.metadata.name))
+        {
             l.remove();
         }
     }
@@ -82,7 +96,10 @@ impl AgentHandle {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(std::time::Duration::from_secs(10), self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(node = %self.node_name, "agent tasks did not stop within 10s");
         }
     }
@@ -97,7 +114,8 @@ impl AgentHandle {
 /// otherwise it joins the hub with the configured token first.
 pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
     flotilla_transport::install_crypto_provider();
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("failed to create data dir {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("failed to create data dir {}", cfg.data_dir.display()))?;
     let identity = match identity::Identity::load(&cfg.data_dir)? {
         Some(id) => {
             if id.node_name != cfg.node_name {
@@ -112,11 +130,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         }
         None => {
             let token = cfg.token.as_deref().context("this agent has not joined a hub yet: pass --token (from `fleet token create`) and --hub")?;
-            let hub = cfg.hub.context("this agent has not joined a hub yet: pass --hub ADDRESS")?;
-            identity::Identity::join(&cfg.data_dir, hub, token, &cfg.node_name).await.context("failed to join the hub")?
+            let hub = cfg
+                .hub
+                .context("this agent has not joined a hub yet: pass --hub ADDRESS")?;
+            identity::Identity::join(&cfg.data_dir, hub, token, &cfg.node_name)
+                .await
+                .context("failed to join the hub")?
         }
     };
-    let cache = cache::Cache::open(&cfg.data_dir.join("agent.redb")).context("failed to open the agent cache")?;
+    let cache = cache::Cache::open(&cfg.data_dir.join("agent.redb"))
+        .context("failed to open the agent cache")?;
     let runtime = runtime::wasm::WasmRuntime::new(runtime::wasm::RuntimeConfig {
         cache_dir: cfg.data_dir.join("compiled"),
         node_memory_bytes: cfg.memory_bytes.unwrap_or_else(node::total_memory),
@@ -136,8 +159,26 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
     let cancel = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (reports_tx, reports_rx) = watch::channel(Default::default());
-    tracker.spawn(supervisor::run(shared.clone(), events_rx, events_tx.clone(), reports_tx, cancel.child_token(), tracker.clone()));
-    tracker.spawn(sync::run(shared.clone(), identity, events_tx, reports_rx, cancel.child_token()));
+    tracker.spawn(supervisor::run(
+        shared.clone(),
+        events_rx,
+        events_tx.clone(),
+        reports_tx,
+        cancel.child_token(),
+        tracker.clone(),
+    ));
+    tracker.spawn(sync::run(
+        shared.clone(),
+        identity,
+        events_tx,
+        reports_rx,
+        cancel.child_token(),
+    ));
     tracing::info!(node = %shared.cfg.node_name, "agent started");
-    Ok(AgentHandle { node_name: shared.cfg.node_name.clone(), shared, cancel, tracker })
+    Ok(AgentHandle {
+        node_name: shared.cfg.node_name.clone(),
+        shared,
+        cancel,
+        tracker,
+    })
 }

@@ -239,7 +239,9 @@ impl PodLog {
             .open(&self.inner.path)
         {
             Ok(file) => state.file = Some(file),
-            Err(e) => warn!(path = %self.inner.path.display(), error = %e, "failed to reopen pod log"),
+            Err(e) => {
+                warn!(path = %self.inner.path.display(), error = %e, "failed to reopen pod log")
+            }
         }
     }
 
@@ -324,7 +326,11 @@ mod tests {
         let log = PodLog::open(&dir.path().join("ns/pod/log"), 100).unwrap();
         for i in 0..500 {
             log.append(LogStream::Stdout, format!("line {i}\n").as_bytes());
-            assert!(disk_usage(&log) <= 200, "disk use {} after {i}", disk_usage(&log));
+            assert!(
+                disk_usage(&log) <= 200,
+                "disk use {} after {i}",
+                disk_usage(&log)
+            );
         }
         // One oversized chunk keeps only its newest bytes.
         log.append(LogStream::Stderr, &[b'x'; 1000]);
@@ -342,7 +348,10 @@ mod tests {
         }
         // Ten 3-byte lines against a 20-byte budget: "l0".."l5" were rotated
         // into `log.1` and "l6".."l9" are in `log`.
-        assert_eq!(fs::read(&log.inner.previous).unwrap(), b"l0\nl1\nl2\nl3\nl4\nl5\n");
+        assert_eq!(
+            fs::read(&log.inner.previous).unwrap(),
+            b"l0\nl1\nl2\nl3\nl4\nl5\n"
+        );
         assert_eq!(log.tail(Some(5)).unwrap(), b"l5\nl6\nl7\nl8\nl9\n");
         assert_eq!(log.tail(Some(1)).unwrap(), b"l9\n");
         assert_eq!(log.tail(Some(0)).unwrap(), b"");

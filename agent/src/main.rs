@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "flotilla-agent", version, about = "The Flotilla agent: runs a node's WASI workloads")]
+#[command(
+    name = "flotilla-agent",
+    version,
+    about = "The Flotilla agent: runs a node's WASI workloads"
+)]
 struct Args {
     /// The hub's QUIC address (needed for the first join; remembered afterwards).
     #[arg(long, env = "FLOTILLA_HUB")]
@@ -15,7 +19,11 @@ struct Args {
     /// Node name (default: the host name).
     #[arg(long, env = "FLOTILLA_NODE_NAME")]
     node_name: Option<String>,
-    #[arg(long, env = "FLOTILLA_AGENT_DATA", default_value = "/var/lib/flotilla/agent")]
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_DATA",
+        default_value = "/var/lib/flotilla/agent"
+    )]
     data_dir: PathBuf,
     /// Address to serve workloads on and report as the node's InternalIP.
     #[arg(long, default_value = "127.0.0.1")]
@@ -26,22 +34,29 @@ struct Args {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "node".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_else(|_| "node".into())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = Args::parse();
-    let mut cfg = flotilla_agent::Config::new(args.data_dir, args.node_name.unwrap_or_else(hostname));
+    let mut cfg =
+        flotilla_agent::Config::new(args.data_dir, args.node_name.unwrap_or_else(hostname));
     cfg.hub = args.hub;
     cfg.token = args.token;
     cfg.node_ip = args.node_ip;
     let mut labels = BTreeMap::new();
     for l in args.labels {
-        let (k, v) = l.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {l:?}: expected KEY=VALUE"))?;
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--label {l:?}: expected KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
     cfg.labels = labels;

@@ -29,9 +29,12 @@ pub fn total_memory() -> u64 {
 }
 
 pub fn describe(cfg: &Config) -> Node {
-    let cpu = cfg
-        .cpu_millis
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1) * 1000);
+    let cpu = cfg.cpu_millis.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1)
+            * 1000
+    });
     let mem = cfg.memory_bytes.unwrap_or_else(total_memory);
     let mut node = Node::default();
     node.metadata.name = cfg.node_name.clone();
@@ -40,17 +43,29 @@ pub fn describe(cfg: &Config) -> Node {
     labels.insert("kubernetes.io/arch".into(), arch().into());
     labels.insert("kubernetes.io/os".into(), std::env::consts::OS.into());
     labels.extend(cfg.labels.clone());
-    let res = [("cpu".to_string(), Quantity::from_millicores(cpu)), ("memory".to_string(), Quantity::from_bytes(mem)), ("pods".to_string(), Quantity("110".into()))];
+    let res = [
+        ("cpu".to_string(), Quantity::from_millicores(cpu)),
+        ("memory".to_string(), Quantity::from_bytes(mem)),
+        ("pods".to_string(), Quantity("110".into())),
+    ];
     node.status.capacity = res.clone().into();
     node.status.allocatable = res.into();
     node.status.addresses = vec![
-        NodeAddress { type_: "InternalIP".into(), address: cfg.node_ip.to_string() },
-        NodeAddress { type_: "Hostname".into(), address: cfg.node_name.clone() },
+        NodeAddress {
+            type_: "InternalIP".into(),
+            address: cfg.node_ip.to_string(),
+        },
+        NodeAddress {
+            type_: "Hostname".into(),
+            address: cfg.node_name.clone(),
+        },
     ];
     node.status.node_info = NodeSystemInfo {
         architecture: arch().into(),
         operating_system: std::env::consts::OS.into(),
-        kernel_version: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
+        kernel_version: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
         kubelet_version: format!("flotilla-agent/{}", flotilla_proto::VERSION),
     };
     node

@@ -3,7 +3,10 @@
 use crate::Shared;
 use crate::runtime::wasm::{Artifact, ArtifactKind, GuestSpec};
 use crate::supervisor::Event;
-use flotilla_proto::api::{Condition, ContainerState, ContainerStatus, Pod, PodStatus, StateRunning, StateTerminated, StateWaiting};
+use flotilla_proto::api::{
+    Condition, ContainerState, ContainerStatus, Pod, PodStatus, StateRunning, StateTerminated,
+    StateWaiting,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -31,23 +34,52 @@ impl Reporter {
     fn send(&mut self, phase: &str) {
         self.status.phase = phase.to_string();
         let ready = self.container.ready;
-        let cond = |t: &str, ok: bool| Condition { type_: t.into(), status: if ok { "True" } else { "False" }.into(), ..Default::default() };
-        self.status.conditions = vec![cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", ready), cond("Ready", ready)];
+        let cond = |t: &str, ok: bool| Condition {
+            type_: t.into(),
+            status: if ok { "True" } else { "False" }.into(),
+            ..Default::default()
+        };
+        self.status.conditions = vec![
+            cond("PodScheduled", true),
+            cond("Initialized", true),
+            cond("ContainersReady", ready),
+            cond("Ready", ready),
+        ];
         self.status.container_statuses = vec![self.container.clone()];
-        let _ = self.events.send(Event::Status { uid: self.uid.clone(), status: self.status.clone() });
+        let _ = self.events.send(Event::Status {
+            uid: self.uid.clone(),
+            status: Box::new(self.status.clone()),
+        });
     }
 
     fn waiting(&mut self, reason: &str, message: Option<String>) {
         self.container.ready = false;
-        self.container.state = ContainerState { waiting: Some(StateWaiting { reason: Some(reason.into()), message }), ..Default::default() };
-        let phase = if self.container.restart_count > 0 { "Running" } else { "Pending" };
+        self.container.state = ContainerState {
+            waiting: Some(StateWaiting {
+                reason: Some(reason.into()),
+                message,
+            }),
+            ..Default::default()
+        };
+        let phase = if self.container.restart_count > 0 {
+            "Running"
+        } else {
+            "Pending"
+        };
         self.send(phase);
     }
 
     fn running(&mut self, started: &str, ready: bool) {
         self.container.ready = ready;
-        self.container.state = ContainerState { running: Some(StateRunning { started_at: started.into() }), ..Default::default() };
-        self.status.start_time.get_or_insert_with(|| started.to_string());
+        self.container.state = ContainerState {
+            running: Some(StateRunning {
+                started_at: started.into(),
+            }),
+            ..Default::default()
+        };
+        self.status
+            .start_time
+            .get_or_insert_with(|| started.to_string());
         self.send("Running");
     }
 
@@ -65,7 +97,12 @@ impl Reporter {
 }
 
 /// Runs until cancelled (pod removed) or, for pods that do not restart, until done.
-pub async fn run(shared: Arc<Shared>, pod: Pod, events: mpsc::UnboundedSender<Event>, cancel: CancellationToken) {
+pub async fn run(
+    shared: Arc<Shared>,
+    pod: Pod,
+    events: mpsc::UnboundedSender<Event>,
+    cancel: CancellationToken,
+) {
     let uid = pod.metadata.uid.clone();
     let Some(container) = pod.spec.containers.first().cloned() else {
         let _ = events.send(Event::Exited { uid });
@@ -75,8 +112,16 @@ pub async fn run(shared: Arc<Shared>, pod: Pod, events: mpsc::UnboundedSender<Ev
     let mut rep = Reporter {
         uid: uid.clone(),
         events: events.clone(),
-        status: PodStatus { host_ip: Some(node_ip.clone()), pod_ip: Some(node_ip.clone()), ..Default::default() },
-        container: ContainerStatus { name: container.name.clone(), image: container.image.clone(), ..Default::default() },
+        status: PodStatus {
+            host_ip: Some(node_ip.clone()),
+            pod_ip: Some(node_ip.clone()),
+            ..Default::default()
+        },
+        container: ContainerStatus {
+            name: container.name.clone(),
+            image: container.image.clone(),
+            ..Default::default()
+        },
     };
     rep.waiting("ContainerCreating", None);
     let log = shared.log_for(&pod);
@@ -107,17 +152,37 @@ pub async fn run(shared: Arc<Shared>, pod: Pod, events: mpsc::UnboundedSender<Ev
         let started_at = now();
         let started = Instant::now();
         let outcome = match artifact.kind {
-            ArtifactKind::HttpComponent => serve(&shared, &artifact, &pod, &container, spec.clone(), &mut rep, &started_at, &cancel).await,
+            ArtifactKind::HttpComponent => {
+                serve(
+                    &shared,
+                    &artifact,
+                    &pod,
+                    &container,
+                    spec.clone(),
+                    &mut rep,
+                    &started_at,
+                    &cancel,
+                )
+                .await
+            }
             ArtifactKind::CommandComponent | ArtifactKind::CoreModule => {
                 rep.running(&started_at, true);
-                shared.runtime.run_command(&artifact, &spec, cancel.clone()).await.map(|s| (s.code, s.reason)).map_err(anyhow::Error::from)
+                shared
+                    .runtime
+                    .run_command(&artifact, &spec, cancel.clone())
+                    .await
+                    .map(|s| (s.code, s.reason))
+                    .map_err(anyhow::Error::from)
             }
         };
         if cancel.is_cancelled() {
             return exited(&events, uid);
         }
         let (code, reason) = outcome.unwrap_or_else(|e| (128, format!("Error: {e}")));
-        log.note(&format!("container {} exited with code {code} ({reason})", container.name));
+        log.note(&format!(
+            "container {} exited with code {code} ({reason})",
+            container.name
+        ));
         let last = rep.terminated(code, &reason, &started_at);
         let restart = match policy.as_str() {
             "Always" => true,
@@ -138,7 +203,12 @@ pub async fn run(shared: Arc<Shared>, pod: Pod, events: mpsc::UnboundedSender<Ev
         }
         rep.container.last_state = Some(last);
         rep.container.restart_count += 1;
-        let msg = format!("back-off {} restarting failed container={} pod={}", humantime::format_duration(backoff), container.name, pod.metadata.name);
+        let msg = format!(
+            "back-off {} restarting failed container={} pod={}",
+            humantime::format_duration(backoff),
+            container.name,
+            pod.metadata.name
+        );
         rep.waiting("CrashLoopBackOff", Some(msg));
         if sleep_or_cancel(backoff, &cancel).await {
             return exited(&events, uid);
@@ -171,7 +241,11 @@ async fn serve(
     started_at: &str,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(i32, String)> {
-    let port = container.ports.iter().find_map(|p| p.host_port).unwrap_or(0) as u16;
+    let port = container
+        .ports
+        .iter()
+        .find_map(|p| p.host_port)
+        .unwrap_or(0) as u16;
     let addr = std::net::SocketAddr::new(shared.cfg.node_ip, port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -180,11 +254,19 @@ async fn serve(
     rep.status.endpoint = Some(local.to_string());
     rep.running(started_at, true);
     info!(pod = %pod.metadata.name, endpoint = %local, "serving wasi:http pod");
-    shared.runtime.serve_http(artifact, spec, listener, cancel.clone()).await?;
+    shared
+        .runtime
+        .serve_http(artifact, spec, listener, cancel.clone())
+        .await?;
     Ok((0, "Completed".into()))
 }
 
-fn guest_spec(shared: &Shared, pod: &Pod, c: &flotilla_proto::api::Container, log: crate::logs::PodLog) -> GuestSpec {
+fn guest_spec(
+    shared: &Shared,
+    pod: &Pod,
+    c: &flotilla_proto::api::Container,
+    log: crate::logs::PodLog,
+) -> GuestSpec {
     let node_ip = shared.cfg.node_ip.to_string();
     let env = c
         .env
@@ -214,7 +296,11 @@ fn guest_spec(shared: &Shared, pod: &Pod, c: &flotilla_proto::api::Container, lo
         pod: format!("{}/{}", pod.namespace(), pod.metadata.name),
         args: c.command.iter().chain(c.args.iter()).cloned().collect(),
         env,
-        memory_limit_bytes: c.resources.limits.get("memory").and_then(|q| q.bytes().ok()),
+        memory_limit_bytes: c
+            .resources
+            .limits
+            .get("memory")
+            .and_then(|q| q.bytes().ok()),
         request_timeout,
         log,
         allow_outbound_http: false,

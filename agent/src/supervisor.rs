@@ -14,7 +14,7 @@ pub enum Event {
     /// The desired set in the cache changed.
     Desired,
     /// A worker's view of its pod.
-    Status { uid: String, status: PodStatus },
+    Status { uid: String, status: Box<PodStatus> },
     /// A worker finished (its pod was removed, or it stopped for good).
     Exited { uid: String },
 }
@@ -75,7 +75,12 @@ pub async fn run(
                             let pod = desired[&uid].clone();
                             info!(pod = %pod.metadata.name, pod.uid = %uid, "starting pod");
                             let c = cancel.child_token();
-                            tracker.spawn(crate::pod::run(shared.clone(), pod.clone(), events_tx.clone(), c.clone()));
+                            tracker.spawn(crate::pod::run(
+                                shared.clone(),
+                                pod.clone(),
+                                events_tx.clone(),
+                                c.clone(),
+                            ));
                             workers.insert(uid, Worker { cancel: c, pod });
                         }
                         Op::Stop(uid) => {
@@ -97,7 +102,7 @@ pub async fn run(
                         namespace: w.pod.namespace().to_string(),
                         name: w.pod.metadata.name.clone(),
                         uid: uid.clone(),
-                        status: serde_json::to_string(&status).unwrap_or_default(),
+                        status: serde_json::to_string(&*status).unwrap_or_default(),
                     };
                     reports.send_if_modified(|r| {
                         if r.get(&uid) == Some(&report) {
@@ -127,7 +132,10 @@ mod tests {
 
     #[test]
     fn plan_starts_and_stops_by_uid() {
-        assert_eq!(plan(&set(&["a", "b"]), &set(&["b", "c"])), vec![Op::Stop("c".into()), Op::Start("a".into())]);
+        assert_eq!(
+            plan(&set(&["a", "b"]), &set(&["b", "c"])),
+            vec![Op::Stop("c".into()), Op::Start("a".into())]
+        );
         assert_eq!(plan(&set(&["a"]), &set(&["a"])), vec![]);
         assert_eq!(plan(&set(&[]), &set(&["a"])), vec![Op::Stop("a".into())]);
     }

@@ -46,7 +46,9 @@ pub async fn run(
                 endpoint.close(0u32.into(), b"");
                 match result {
                     Ok(()) => return,
-                    Err(e) => warn!(error = %e, "lost the hub; workloads keep running from the local cache"),
+                    Err(e) => {
+                        warn!(error = %e, "lost the hub; workloads keep running from the local cache")
+                    }
                 }
             }
             Err(e) => debug!(hub = %hub_addr, error = %e, "hub unreachable"),
@@ -71,7 +73,13 @@ async fn session(
     let from = shared.cache.revision()?;
     let (_wsend, mut wrecv, ()) = {
         let (mut s, r) = conn.open_bi().await?;
-        send_frame(&mut s, &Request::Watch { from_revision: from }).await?;
+        send_frame(
+            &mut s,
+            &Request::Watch {
+                from_revision: from,
+            },
+        )
+        .await?;
         (s, r, ())
     };
     // Everything we know goes up on (re)connect; afterwards only changes.
@@ -119,12 +127,19 @@ fn parse_pod(json: &str) -> anyhow::Result<Pod> {
 fn apply(shared: &Shared, ev: WatchEvent) -> anyhow::Result<()> {
     match ev {
         WatchEvent::Snapshot { revision, pods } => {
-            let pods = pods.iter().map(|p| parse_pod(p)).collect::<anyhow::Result<Vec<_>>>()?;
+            let pods = pods
+                .iter()
+                .map(|p| parse_pod(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             debug!(revision, pods = pods.len(), "desired state snapshot");
             shared.cache.apply(Change::Replace(pods), revision)?;
         }
-        WatchEvent::Put { revision, pod } => shared.cache.apply(Change::Put(parse_pod(&pod)?), revision)?,
-        WatchEvent::Deleted { revision, uid, .. } => shared.cache.apply(Change::Delete { uid }, revision)?,
+        WatchEvent::Put { revision, pod } => shared
+            .cache
+            .apply(Change::Put(Box::new(parse_pod(&pod)?)), revision)?,
+        WatchEvent::Deleted { revision, uid, .. } => {
+            shared.cache.apply(Change::Delete { uid }, revision)?
+        }
         WatchEvent::Bookmark { revision } => shared.cache.set_revision(revision)?,
     }
     Ok(())
@@ -132,7 +147,9 @@ fn apply(shared: &Shared, ev: WatchEvent) -> anyhow::Result<()> {
 
 async fn report_node(shared: &Shared, conn: &quinn::Connection) -> anyhow::Result<()> {
     let node = crate::node::describe(&shared.cfg);
-    let req = Request::ReportNode { node: serde_json::to_string(&node)? };
+    let req = Request::ReportNode {
+        node: serde_json::to_string(&node)?,
+    };
     let (_, _, resp): (_, _, Response) = flotilla_transport::request(conn, &req).await?;
     if let Response::Error { message } = resp {
         warn!(error = %message, "hub refused node status");
@@ -141,12 +158,30 @@ async fn report_node(shared: &Shared, conn: &quinn::Connection) -> anyhow::Resul
 }
 
 /// Serves a request the hub opened on our connection.
-async fn hub_request(shared: &Shared, mut send: quinn::SendStream, mut recv: quinn::RecvStream, cancel: CancellationToken) -> Result<(), TransportError> {
-    let Some(req) = recv_frame::<AgentRequest>(&mut recv).await? else { return Ok(()) };
+async fn hub_request(
+    shared: &Shared,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    cancel: CancellationToken,
+) -> Result<(), TransportError> {
+    let Some(req) = recv_frame::<AgentRequest>(&mut recv).await? else {
+        return Ok(());
+    };
     match req {
-        AgentRequest::Logs { namespace, name, tail, follow } => {
+        AgentRequest::Logs {
+            namespace,
+            name,
+            tail,
+            follow,
+        } => {
             let Some(log) = shared.log_named(&namespace, &name) else {
-                send_frame(&mut send, &Response::Error { message: format!("pod {namespace}/{name} has no logs on this node") }).await?;
+                send_frame(
+                    &mut send,
+                    &Response::Error {
+                        message: format!("pod {namespace}/{name} has no logs on this node"),
+                    },
+                )
+                .await?;
                 let _ = send.finish();
                 return Ok(());
             };
@@ -155,19 +190,30 @@ async fn hub_request(shared: &Shared, mut send: quinn::SendStream, mut recv: qui
             let tail = log.tail(tail.map(|t| t as usize))?;
             send_frame(&mut send, &Response::LogStream).await?;
             send.write_all(&tail).await?;
-            while follow {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = send.stopped() => break,
-                    chunk = live.recv() => match chunk {
-                        Ok(bytes) => send.write_all(&bytes).await?,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(_) => break,
-                    },
-                }
+            if follow {
+                follow_log(&mut send, &mut live, &cancel).await?;
             }
             let _ = send.finish();
         }
     }
     Ok(())
+}
+
+/// Copies new log bytes to the stream until the client or the agent goes away.
+async fn follow_log(
+    send: &mut quinn::SendStream,
+    live: &mut tokio::sync::broadcast::Receiver<bytes::Bytes>,
+    cancel: &CancellationToken,
+) -> Result<(), TransportError> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = send.stopped() => return Ok(()),
+            chunk = live.recv() => match chunk {
+                Ok(bytes) => send.write_all(&bytes).await?,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return Ok(()),
+            },
+        }
+    }
 }

@@ -30,10 +30,13 @@ impl Client {
             .next()
             .with_context(|| format!("hub address {:?} did not resolve", cfg.hub))?;
         let tls = flotilla_transport::client_config(&cfg.ca, &cfg.cert, &cfg.key)?;
-        let (endpoint, conn) = tokio::time::timeout(std::time::Duration::from_secs(10), flotilla_transport::connect(addr, tls))
-            .await
-            .with_context(|| format!("timed out connecting to hub {addr}"))?
-            .with_context(|| format!("failed to connect to hub {addr}"))?;
+        let (endpoint, conn) = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            flotilla_transport::connect(addr, tls),
+        )
+        .await
+        .with_context(|| format!("timed out connecting to hub {addr}"))?
+        .with_context(|| format!("failed to connect to hub {addr}"))?;
         Ok(Client { endpoint, conn })
     }
 
@@ -59,15 +62,30 @@ impl Client {
     /// Parses manifest text and applies it; returns warnings and results.
     pub async fn apply_text(&self, text: &str) -> anyhow::Result<(Vec<String>, Vec<Applied>)> {
         let parsed = flotilla_proto::manifest::parse(text).map_err(|errs| {
-            anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+            anyhow::anyhow!(
+                "{}",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
         })?;
         let warnings = parsed.iter().flat_map(|p| p.warnings.clone()).collect();
         let objects: Vec<Object> = parsed.into_iter().map(|p| p.object).collect();
         Ok((warnings, self.apply(&objects).await?))
     }
 
-    pub async fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> anyhow::Result<Vec<Object>> {
-        let req = Request::Get { kind, namespace: namespace.map(String::from), name: name.map(String::from) };
+    pub async fn get(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> anyhow::Result<Vec<Object>> {
+        let req = Request::Get {
+            kind,
+            namespace: namespace.map(String::from),
+            name: name.map(String::from),
+        };
         match self.call(&req).await? {
             Response::Objects { items, .. } => items
                 .iter()
@@ -77,7 +95,10 @@ impl Client {
         }
     }
 
-    pub async fn pods(&self, namespace: Option<&str>) -> anyhow::Result<Vec<flotilla_proto::api::Pod>> {
+    pub async fn pods(
+        &self,
+        namespace: Option<&str>,
+    ) -> anyhow::Result<Vec<flotilla_proto::api::Pod>> {
         Ok(self
             .get(Kind::Pod, namespace, None)
             .await?
@@ -90,21 +111,42 @@ impl Client {
     }
 
     pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> anyhow::Result<()> {
-        match self.call(&Request::Delete { kind, namespace: namespace.into(), name: name.into() }).await? {
+        match self
+            .call(&Request::Delete {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+            .await?
+        {
             Response::Ok => Ok(()),
             r => Err(unexpected(r)),
         }
     }
 
     pub async fn scale(&self, namespace: &str, name: &str, replicas: i32) -> anyhow::Result<()> {
-        match self.call(&Request::Scale { namespace: namespace.into(), name: name.into(), replicas }).await? {
+        match self
+            .call(&Request::Scale {
+                namespace: namespace.into(),
+                name: name.into(),
+                replicas,
+            })
+            .await?
+        {
             Response::Ok => Ok(()),
             r => Err(unexpected(r)),
         }
     }
 
-    pub async fn create_token(&self, ttl_secs: Option<u64>, max_uses: Option<u32>) -> anyhow::Result<String> {
-        match self.call(&Request::CreateToken { ttl_secs, max_uses }).await? {
+    pub async fn create_token(
+        &self,
+        ttl_secs: Option<u64>,
+        max_uses: Option<u32>,
+    ) -> anyhow::Result<String> {
+        match self
+            .call(&Request::CreateToken { ttl_secs, max_uses })
+            .await?
+        {
             Response::Token { token } => Ok(token),
             r => Err(unexpected(r)),
         }
@@ -114,11 +156,19 @@ impl Client {
     pub async fn push(&self, bytes: &[u8], name: &str, tag: &str) -> anyhow::Result<String> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
         let (mut send, mut recv) = self.conn.open_bi().await?;
-        let req = Request::PushBlob { name: name.into(), tag: tag.into(), digest: digest.clone(), size: bytes.len() as u64 };
+        let req = Request::PushBlob {
+            name: name.into(),
+            tag: tag.into(),
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+        };
         send_frame(&mut send, &req).await?;
         send.write_all(bytes).await?;
         let _ = send.finish();
-        match flotilla_transport::recv_frame::<Response>(&mut recv).await?.context("hub closed the stream")? {
+        match flotilla_transport::recv_frame::<Response>(&mut recv)
+            .await?
+            .context("hub closed the stream")?
+        {
             Response::Pushed { digest } => Ok(digest),
             r => Err(unexpected(r)),
         }
@@ -133,8 +183,14 @@ impl Client {
         follow: bool,
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> anyhow::Result<()> {
-        let req = Request::Logs { namespace: namespace.into(), name: name.into(), tail, follow };
-        let (_send, mut recv, resp) = flotilla_transport::request::<_, Response>(&self.conn, &req).await?;
+        let req = Request::Logs {
+            namespace: namespace.into(),
+            name: name.into(),
+            tail,
+            follow,
+        };
+        let (_send, mut recv, resp) =
+            flotilla_transport::request::<_, Response>(&self.conn, &req).await?;
         if resp != Response::LogStream {
             bail!(unexpected(resp));
         }

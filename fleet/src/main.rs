@@ -10,7 +10,11 @@ use flotilla_proto::wire::ApplyAction;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
-#[command(name = "fleet", version, about = "Drive a Flotilla fleet: apply manifests, inspect pods and nodes, join agents")]
+#[command(
+    name = "fleet",
+    version,
+    about = "Drive a Flotilla fleet: apply manifests, inspect pods and nodes, join agents"
+)]
 struct Cli {
     /// Credential file written by the hub (`<hub data>/admin.yaml`) or by `fleet up`.
     #[arg(long, global = true, env = "FLEET_CONFIG")]
@@ -115,7 +119,9 @@ enum TokenCmd {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn default_config() -> PathBuf {
@@ -124,7 +130,9 @@ fn default_config() -> PathBuf {
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let path = cli.config.clone().unwrap_or_else(default_config);
-    let mut file = ClientFile::read(&path).with_context(|| "no hub credential: run `fleet up`, or pass --config <hub data dir>/admin.yaml".to_string())?;
+    let mut file = ClientFile::read(&path).with_context(|| {
+        "no hub credential: run `fleet up`, or pass --config <hub data dir>/admin.yaml".to_string()
+    })?;
     if let Some(h) = &cli.hub {
         file.hub = h.clone();
     }
@@ -148,7 +156,10 @@ fn read_manifests(files: &[String]) -> anyhow::Result<String> {
         if path.is_dir() {
             for e in std::fs::read_dir(path).with_context(|| format!("failed to read {f}"))? {
                 let p = e?.path();
-                if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+                if matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                ) {
                     paths.push(p);
                 }
             }
@@ -157,7 +168,10 @@ fn read_manifests(files: &[String]) -> anyhow::Result<String> {
             paths.push(path.to_path_buf());
         }
         for p in paths {
-            text.push_str(&std::fs::read_to_string(&p).with_context(|| format!("failed to read {}", p.display()))?);
+            text.push_str(
+                &std::fs::read_to_string(&p)
+                    .with_context(|| format!("failed to read {}", p.display()))?,
+            );
             text.push_str("\n---\n");
         }
     }
@@ -167,7 +181,9 @@ fn read_manifests(files: &[String]) -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -179,8 +195,16 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.cmd {
-        Cmd::Up { listen, data_dir, examples, no_example, node_name } => {
-            let data_dir = data_dir.clone().unwrap_or_else(|| home().join(".local/share/flotilla"));
+        Cmd::Up {
+            listen,
+            data_dir,
+            examples,
+            no_example,
+            node_name,
+        } => {
+            let data_dir = data_dir
+                .clone()
+                .unwrap_or_else(|| home().join(".local/share/flotilla"));
             let config_path = cli.config.clone().unwrap_or_else(default_config);
             let opts = up::UpOptions {
                 data_dir,
@@ -216,11 +240,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             client.close().await;
         }
-        Cmd::Get { kind, name, namespace, all_namespaces, output } => {
+        Cmd::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+        } => {
             let format = Format::parse(output.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-            let kinds: Vec<Kind> = kind.split(',').map(kind_arg).collect::<anyhow::Result<_>>()?;
+            let kinds: Vec<Kind> = kind
+                .split(',')
+                .map(kind_arg)
+                .collect::<anyhow::Result<_>>()?;
             let client = connect(&cli).await?;
-            let ns = if *all_namespaces { None } else { Some(namespace.clone().unwrap_or_else(|| "default".into())) };
+            let ns = if *all_namespaces {
+                None
+            } else {
+                Some(namespace.clone().unwrap_or_else(|| "default".into()))
+            };
             for (i, k) in kinds.iter().enumerate() {
                 let objs = client.get(*k, ns.as_deref(), name.as_deref()).await?;
                 if objs.is_empty() && matches!(format, Format::Table | Format::Wide) {
@@ -237,32 +274,61 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             client.close().await;
         }
-        Cmd::Describe { kind, name, namespace } => {
+        Cmd::Describe {
+            kind,
+            name,
+            namespace,
+        } => {
             let k = kind_arg(kind)?;
             let client = connect(&cli).await?;
-            let objs = client.get(k, Some(namespace.as_deref().unwrap_or("default")), Some(name)).await?;
+            let objs = client
+                .get(
+                    k,
+                    Some(namespace.as_deref().unwrap_or("default")),
+                    Some(name),
+                )
+                .await?;
             for o in &objs {
                 print!("{}", describe(o));
             }
             client.close().await;
         }
-        Cmd::Delete { kind, name, files, namespace } => {
+        Cmd::Delete {
+            kind,
+            name,
+            files,
+            namespace,
+        } => {
             let client = connect(&cli).await?;
             let mut targets: Vec<(Kind, String, String)> = Vec::new();
             if !files.is_empty() {
-                let parsed = flotilla_proto::manifest::parse(&read_manifests(files)?)
-                    .map_err(|e| anyhow::anyhow!("{}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
+                let parsed =
+                    flotilla_proto::manifest::parse(&read_manifests(files)?).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}",
+                            e.iter()
+                                .map(|e| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        )
+                    })?;
                 for p in parsed {
                     let key = p.object.key();
                     targets.push((key.kind, key.namespace, key.name));
                 }
             } else {
-                let (Some(kind), Some(name)) = (kind, name) else { bail!("usage: fleet delete KIND NAME | -f FILE") };
+                let (Some(kind), Some(name)) = (kind, name) else {
+                    bail!("usage: fleet delete KIND NAME | -f FILE")
+                };
                 let (kind, name) = match kind.split_once('/') {
                     Some((k, n)) => (k.to_string(), n.to_string()),
                     None => (kind.clone(), name.clone()),
                 };
-                targets.push((kind_arg(&kind)?, namespace.clone().unwrap_or_else(|| "default".into()), name));
+                targets.push((
+                    kind_arg(&kind)?,
+                    namespace.clone().unwrap_or_else(|| "default".into()),
+                    name,
+                ));
             }
             let mut failed = false;
             for (k, ns, n) in targets {
@@ -279,7 +345,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Cmd::Scale { target, name, replicas, namespace } => {
+        Cmd::Scale {
+            target,
+            name,
+            replicas,
+            namespace,
+        } => {
             let (kind, name) = match (target.split_once('/'), name) {
                 (Some((k, n)), _) => (k.to_string(), n.to_string()),
                 (None, Some(n)) => (target.clone(), n.clone()),
@@ -289,37 +360,61 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("fleet scale supports deployments only");
             }
             let client = connect(&cli).await?;
-            client.scale(namespace.as_deref().unwrap_or("default"), &name, *replicas).await?;
+            client
+                .scale(namespace.as_deref().unwrap_or("default"), &name, *replicas)
+                .await?;
             println!("deployment.apps/{name} scaled");
             client.close().await;
         }
-        Cmd::Logs { pod, follow, tail, namespace } => {
+        Cmd::Logs {
+            pod,
+            follow,
+            tail,
+            namespace,
+        } => {
             let client = connect(&cli).await?;
             let tail = tail.and_then(|t| u32::try_from(t).ok());
             let mut out = tokio::io::stdout();
             let pod = pod.strip_prefix("pod/").unwrap_or(pod);
-            client.logs(namespace.as_deref().unwrap_or("default"), pod, tail, *follow, &mut out).await?;
+            client
+                .logs(
+                    namespace.as_deref().unwrap_or("default"),
+                    pod,
+                    tail,
+                    *follow,
+                    &mut out,
+                )
+                .await?;
             client.close().await;
         }
         Cmd::Push { file, image } => {
-            let bytes = std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("failed to read {}", file.display()))?;
             let (name, tag) = image.split_once(':').unwrap_or((image.as_str(), "latest"));
             let client = connect(&cli).await?;
             let digest = client.push(&bytes, name, tag).await?;
             println!("{name}:{tag} {digest}");
             client.close().await;
         }
-        Cmd::Token { cmd: TokenCmd::Create { ttl, max_uses } } => {
-            let ttl = humantime::parse_duration(ttl).with_context(|| format!("--ttl {ttl:?}: expected a duration like 30m or 24h"))?;
+        Cmd::Token {
+            cmd: TokenCmd::Create { ttl, max_uses },
+        } => {
+            let ttl = humantime::parse_duration(ttl)
+                .with_context(|| format!("--ttl {ttl:?}: expected a duration like 30m or 24h"))?;
             let client = connect(&cli).await?;
-            let token = client.create_token((!ttl.is_zero()).then_some(ttl.as_secs()), *max_uses).await?;
+            let token = client
+                .create_token((!ttl.is_zero()).then_some(ttl.as_secs()), *max_uses)
+                .await?;
             println!("{token}");
             client.close().await;
         }
         Cmd::Version => {
             println!("fleet {}", flotilla_proto::VERSION);
             if let Ok(client) = connect(&cli).await {
-                println!("hub: reachable, protocol {}", flotilla_proto::wire::PROTOCOL_VERSION);
+                println!(
+                    "hub: reachable, protocol {}",
+                    flotilla_proto::wire::PROTOCOL_VERSION
+                );
                 client.close().await;
             }
         }
@@ -334,14 +429,37 @@ fn describe(o: &Object) -> String {
     if let Some(ns) = &m.namespace {
         out.push_str(&format!("Namespace:    {ns}\n"));
     }
-    out.push_str(&format!("Kind:         {}\nUID:          {}\nCreated:      {} ({} ago)\n", o.kind(), m.uid, m.creation_timestamp, output::age(&m.creation_timestamp)));
+    out.push_str(&format!(
+        "Kind:         {}\nUID:          {}\nCreated:      {} ({} ago)\n",
+        o.kind(),
+        m.uid,
+        m.creation_timestamp,
+        output::age(&m.creation_timestamp)
+    ));
     if !m.labels.is_empty() {
-        out.push_str(&format!("Labels:       {}\n", m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")));
+        out.push_str(&format!(
+            "Labels:       {}\n",
+            m.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
     }
     if let Object::Pod(p) = o {
-        out.push_str(&format!("Node:         {}\nStatus:       {}\nEndpoint:     {}\n", p.spec.node_name.as_deref().unwrap_or("<none>"), output::pod_status(p), p.status.endpoint.as_deref().unwrap_or("<none>")));
+        out.push_str(&format!(
+            "Node:         {}\nStatus:       {}\nEndpoint:     {}\n",
+            p.spec.node_name.as_deref().unwrap_or("<none>"),
+            output::pod_status(p),
+            p.status.endpoint.as_deref().unwrap_or("<none>")
+        ));
         for c in &p.status.conditions {
-            out.push_str(&format!("Condition:    {}={} {}\n", c.type_, c.status, c.message.as_deref().unwrap_or("")));
+            out.push_str(&format!(
+                "Condition:    {}={} {}\n",
+                c.type_,
+                c.status,
+                c.message.as_deref().unwrap_or("")
+            ));
         }
     }
     let mut v = o.to_json();

@@ -9,15 +9,27 @@ pub fn human_duration(d: Duration) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
+        if s.is_multiple_of(60) {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
     } else if h < 3 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m.is_multiple_of(60) {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if days < 8 {
-        if h % 24 == 0 { format!("{days}d") } else { format!("{days}d{}h", h % 24) }
+        if h.is_multiple_of(24) {
+            format!("{days}d")
+        } else {
+            format!("{days}d{}h", h % 24)
+        }
     } else {
         format!("{days}d")
     }
@@ -67,10 +79,19 @@ pub fn pod_status(p: &Pod) -> String {
             return r;
         }
     }
-    if p.spec.node_name.is_none() && p.status.conditions.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False") {
+    if p.spec.node_name.is_none()
+        && p.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+    {
         return "Pending".into();
     }
-    if p.status.phase.is_empty() { "Pending".into() } else { p.status.phase.clone() }
+    if p.status.phase.is_empty() {
+        "Pending".into()
+    } else {
+        p.status.phase.clone()
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -90,7 +111,11 @@ impl Format {
             Some("yaml") => Format::Yaml,
             Some("json") => Format::Json,
             Some("name") => Format::Name,
-            Some(o) => return Err(format!("unable to match a printer suitable for the output format {o:?}, allowed formats are: json, name, wide, yaml")),
+            Some(o) => {
+                return Err(format!(
+                    "unable to match a printer suitable for the output format {o:?}, allowed formats are: json, name, wide, yaml"
+                ));
+            }
         })
     }
 }
@@ -107,13 +132,17 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
         }
         Format::Json => {
             if objects.len() == 1 {
-                return serde_json::to_string_pretty(&objects[0].to_json()).unwrap_or_default() + "\n";
+                return serde_json::to_string_pretty(&objects[0].to_json()).unwrap_or_default()
+                    + "\n";
             }
             let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects.iter().map(|o| o.to_json()).collect::<Vec<_>>()});
             return serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
         }
         Format::Name => {
-            return objects.iter().map(|o| format!("{}/{}\n", kind.resource(), o.meta().name)).collect();
+            return objects
+                .iter()
+                .map(|o| format!("{}/{}\n", kind.resource(), o.meta().name))
+                .collect();
         }
         Format::Table | Format::Wide => {}
     }
@@ -126,9 +155,20 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
             }
             let rows = objects
                 .iter()
-                .filter_map(|o| if let Object::Pod(p) = o { Some(p) } else { None })
+                .filter_map(|o| {
+                    if let Object::Pod(p) = o {
+                        Some(p)
+                    } else {
+                        None
+                    }
+                })
                 .map(|p| {
-                    let ready = p.status.container_statuses.iter().filter(|c| c.ready).count();
+                    let ready = p
+                        .status
+                        .container_statuses
+                        .iter()
+                        .filter(|c| c.ready)
+                        .count();
                     let mut r = vec![
                         p.metadata.name.clone(),
                         format!("{ready}/{}", p.spec.containers.len()),
@@ -153,18 +193,45 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
             }
             let rows = objects
                 .iter()
-                .filter_map(|o| if let Object::Deployment(d) = o { Some(d) } else { None })
+                .filter_map(|o| {
+                    if let Object::Deployment(d) = o {
+                        Some(d)
+                    } else {
+                        None
+                    }
+                })
                 .map(|d| {
                     let mut r = vec![
                         d.metadata.name.clone(),
-                        format!("{}/{}", d.status.ready_replicas, d.spec.replicas.unwrap_or(1)),
+                        format!(
+                            "{}/{}",
+                            d.status.ready_replicas,
+                            d.spec.replicas.unwrap_or(1)
+                        ),
                         d.status.updated_replicas.to_string(),
                         d.status.available_replicas.to_string(),
                         age(&d.metadata.creation_timestamp),
                     ];
                     if wide {
-                        r.push(d.spec.template.spec.containers.iter().map(|c| c.image.clone()).collect::<Vec<_>>().join(","));
-                        r.push(d.spec.selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+                        r.push(
+                            d.spec
+                                .template
+                                .spec
+                                .containers
+                                .iter()
+                                .map(|c| c.image.clone())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        );
+                        r.push(
+                            d.spec
+                                .selector
+                                .match_labels
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        );
                     }
                     r
                 })
@@ -178,9 +245,19 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
             }
             let rows = objects
                 .iter()
-                .filter_map(|o| if let Object::Node(n) = o { Some(n) } else { None })
+                .filter_map(|o| {
+                    if let Object::Node(n) = o {
+                        Some(n)
+                    } else {
+                        None
+                    }
+                })
                 .map(|n| {
-                    let mut status = if n.is_ready() { "Ready".to_string() } else { "NotReady".to_string() };
+                    let mut status = if n.is_ready() {
+                        "Ready".to_string()
+                    } else {
+                        "NotReady".to_string()
+                    };
                     if n.spec.unschedulable {
                         status.push_str(",SchedulingDisabled");
                     }
@@ -204,21 +281,48 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
         }
         Kind::Namespace => (
             vec!["NAME", "STATUS", "AGE"],
-            objects.iter().map(|o| vec![o.meta().name.clone(), "Active".into(), age(&o.meta().creation_timestamp)]).collect(),
+            objects
+                .iter()
+                .map(|o| {
+                    vec![
+                        o.meta().name.clone(),
+                        "Active".into(),
+                        age(&o.meta().creation_timestamp),
+                    ]
+                })
+                .collect(),
         ),
         Kind::ConfigMap => (
             vec!["NAME", "DATA", "AGE"],
             objects
                 .iter()
-                .filter_map(|o| if let Object::ConfigMap(c) = o { Some(c) } else { None })
-                .map(|c| vec![c.metadata.name.clone(), (c.data.len() + c.binary_data.len()).to_string(), age(&c.metadata.creation_timestamp)])
+                .filter_map(|o| {
+                    if let Object::ConfigMap(c) = o {
+                        Some(c)
+                    } else {
+                        None
+                    }
+                })
+                .map(|c| {
+                    vec![
+                        c.metadata.name.clone(),
+                        (c.data.len() + c.binary_data.len()).to_string(),
+                        age(&c.metadata.creation_timestamp),
+                    ]
+                })
                 .collect(),
         ),
         Kind::Secret => (
             vec!["NAME", "TYPE", "DATA", "AGE"],
             objects
                 .iter()
-                .filter_map(|o| if let Object::Secret(s) = o { Some(s) } else { None })
+                .filter_map(|o| {
+                    if let Object::Secret(s) = o {
+                        Some(s)
+                    } else {
+                        None
+                    }
+                })
                 .map(|s| {
                     vec![
                         s.metadata.name.clone(),
@@ -246,12 +350,30 @@ mod tests {
     #[test]
     fn durations_like_kubectl() {
         let d = |s| human_duration(Duration::from_secs(s));
-        assert_eq!([d(5), d(119), d(192), d(600), d(3 * 3600 + 120), d(20 * 3600), d(3 * 86400 + 4 * 3600), d(12 * 86400)], ["5s", "119s", "3m12s", "10m", "3h2m", "20h", "3d4h", "12d"]);
+        assert_eq!(
+            [
+                d(5),
+                d(119),
+                d(192),
+                d(600),
+                d(3 * 3600 + 120),
+                d(20 * 3600),
+                d(3 * 86400 + 4 * 3600),
+                d(12 * 86400)
+            ],
+            ["5s", "119s", "3m12s", "10m", "3h2m", "20h", "3d4h", "12d"]
+        );
     }
 
     #[test]
     fn aligned_table() {
-        let t = table(&["NAME", "READY"], &[vec!["web-1".into(), "1/1".into()], vec!["a".into(), "0/1".into()]]);
+        let t = table(
+            &["NAME", "READY"],
+            &[
+                vec!["web-1".into(), "1/1".into()],
+                vec!["a".into(), "0/1".into()],
+            ],
+        );
         assert_eq!(t, "NAME    READY\nweb-1   1/1\na       0/1\n");
     }
 }

@@ -32,28 +32,46 @@ impl Up {
 
 /// A minimal HTTP/1.1 GET for readiness checks: (status, body).
 pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("malformed HTTP response")?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("malformed HTTP response")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 pub fn example_wasm(examples: &Path, name: &str) -> PathBuf {
-    examples.join("target/wasm32-wasip2/release").join(format!("{name}.wasm"))
+    examples
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
 }
 
 pub async fn up(opts: UpOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Up> {
     let mut hub_cfg = flotilla_hub::Config::new(opts.data_dir.join("hub"));
     hub_cfg.advertise_address = Some(opts.listen.to_string());
-    let socket = std::net::UdpSocket::bind(opts.listen).with_context(|| format!("failed to bind {} (is another hub running?)", opts.listen))?;
+    let socket = std::net::UdpSocket::bind(opts.listen)
+        .with_context(|| format!("failed to bind {} (is another hub running?)", opts.listen))?;
     let hub = flotilla_hub::start(hub_cfg, socket).await?;
     let client_file = hub.client_config();
     client_file.write(&opts.config_path)?;
-    progress(&format!("hub listening on {} (data in {})", opts.listen, opts.data_dir.join("hub").display()));
+    progress(&format!(
+        "hub listening on {} (data in {})",
+        opts.listen,
+        opts.data_dir.join("hub").display()
+    ));
     let client = Client::connect(&client_file).await?;
 
     let agent_dir = opts.data_dir.join("agent");
@@ -68,18 +86,29 @@ pub async fn up(opts: UpOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Resu
     let mut url = None;
     if let Some(examples) = &opts.examples {
         let wasm = example_wasm(examples, "hello");
-        let bytes = std::fs::read(&wasm).with_context(|| format!("{} is missing: run scripts/build-examples first", wasm.display()))?;
+        let bytes = std::fs::read(&wasm).with_context(|| {
+            format!(
+                "{} is missing: run scripts/build-examples first",
+                wasm.display()
+            )
+        })?;
         let digest = client.push(&bytes, "hello", "latest").await?;
         progress(&format!("pushed hello:latest ({digest})"));
         let manifest = examples.join("hello/deploy.yaml");
-        let text = std::fs::read_to_string(&manifest).with_context(|| format!("failed to read {}", manifest.display()))?;
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("failed to read {}", manifest.display()))?;
         client.apply_text(&text).await?;
         progress("applied examples/hello/deploy.yaml; waiting for the pod");
         let started = Instant::now();
         let endpoint = loop {
             let pods = client.get(Kind::Pod, Some("default"), None).await?;
             let ready = pods.iter().find_map(|o| match o {
-                Object::Pod(p) if p.metadata.labels.get("app").map(String::as_str) == Some("hello") && p.is_ready() => p.status.endpoint.clone(),
+                Object::Pod(p)
+                    if p.metadata.labels.get("app").map(String::as_str) == Some("hello")
+                        && p.is_ready() =>
+                {
+                    p.status.endpoint.clone()
+                }
                 _ => None,
             });
             if let Some(e) = ready
@@ -88,7 +117,9 @@ pub async fn up(opts: UpOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Resu
                 break e;
             }
             if started.elapsed() > Duration::from_secs(60) {
-                bail!("the hello pod did not answer within 60s; see `fleet get pods` and `fleet logs`");
+                bail!(
+                    "the hello pod did not answer within 60s; see `fleet get pods` and `fleet logs`"
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };

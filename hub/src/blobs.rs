@@ -22,7 +22,13 @@ pub enum BlobError {
 
 pub fn parse_digest(d: &str) -> Result<&str, BlobError> {
     match d.strip_prefix("sha256:") {
-        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) => Ok(h),
+        Some(h)
+            if h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
+        {
+            Ok(h)
+        }
         _ => Err(BlobError::BadDigest(d.to_string())),
     }
 }
@@ -39,13 +45,22 @@ impl BlobStore {
 
     pub fn size(&self, digest: &str) -> Result<u64, BlobError> {
         let p = self.path(digest)?;
-        std::fs::metadata(&p).map(|m| m.len()).map_err(|_| BlobError::NotFound(digest.to_string()))
+        std::fs::metadata(&p)
+            .map(|m| m.len())
+            .map_err(|_| BlobError::NotFound(digest.to_string()))
     }
 
     /// Streams exactly `size` bytes from `recv` into the store, checking the digest.
-    pub async fn put_from(&self, digest: &str, size: u64, recv: &mut quinn::RecvStream) -> Result<(), BlobError> {
+    pub async fn put_from(
+        &self,
+        digest: &str,
+        size: u64,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(), BlobError> {
         let final_path = self.path(digest)?;
-        let tmp = self.dir.join(format!("upload-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let tmp = self
+            .dir
+            .join(format!("upload-{}", hex::encode(rand::random::<[u8; 8]>())));
         let result = async {
             let mut file = tokio::fs::File::create(&tmp).await?;
             let mut hasher = Sha256::new();
@@ -59,14 +74,19 @@ impl BlobStore {
                         file.write_all(&buf[..n]).await?;
                         remaining -= n as u64;
                     }
-                    Ok(None) => return Err(BlobError::Io(std::io::Error::other("upload ended early"))),
+                    Ok(None) => {
+                        return Err(BlobError::Io(std::io::Error::other("upload ended early")));
+                    }
                     Err(e) => return Err(BlobError::Io(std::io::Error::other(e))),
                 }
             }
             file.sync_all().await?;
             let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
             if actual != digest {
-                return Err(BlobError::Mismatch { claimed: digest.to_string(), actual });
+                return Err(BlobError::Mismatch {
+                    claimed: digest.to_string(),
+                    actual,
+                });
             }
             tokio::fs::rename(&tmp, &final_path).await?;
             Ok(())

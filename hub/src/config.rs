@@ -18,7 +18,12 @@ pub struct Config {
 
 impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Config {
-        Config { data_dir: data_dir.into(), tls_san: Vec::new(), advertise_address: None, node_grace: Duration::from_secs(40) }
+        Config {
+            data_dir: data_dir.into(),
+            tls_san: Vec::new(),
+            advertise_address: None,
+            node_grace: Duration::from_secs(40),
+        }
     }
 }
 
@@ -44,22 +49,28 @@ impl ClientFile {
 
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create {}", dir.display()))?;
         }
         let text = serde_yaml_ng::to_string(self)?;
-        write_private(path, text.as_bytes()).with_context(|| format!("failed to write {}", path.display()))
+        write_private(path, text.as_bytes())
+            .with_context(|| format!("failed to write {}", path.display()))
     }
 
     pub fn read(path: &Path) -> anyhow::Result<ClientFile> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
-        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: invalid fleet config", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("{}: invalid fleet config", path.display()))
     }
 }
 
 /// Reads a 32-byte key, creating it (mode 0600) on first use.
 pub fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
     if let Ok(bytes) = std::fs::read(path) {
-        return bytes.try_into().map_err(|_| anyhow::anyhow!("{}: expected 32 bytes", path.display()));
+        return bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{}: expected 32 bytes", path.display()));
     }
     let key: [u8; 32] = rand::random();
     write_private(path, &key)?;

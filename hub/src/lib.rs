@@ -43,7 +43,10 @@ impl HubHandle {
         self.cancel.cancel();
         self.endpoint.close(0u32.into(), b"hub shutting down");
         self.tracker.close();
-        if tokio::time::timeout(std::time::Duration::from_secs(5), self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("hub tasks did not stop within 5s");
         }
         self.endpoint.wait_idle().await;
@@ -59,26 +62,56 @@ impl HubHandle {
 pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Result<HubHandle> {
     flotilla_transport::install_crypto_provider();
     let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("failed to create data dir {}", data_dir.display()))?;
-    let pki = pki::Pki::load_or_init(&data_dir, &config.tls_san).context("failed to load the hub's PKI")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("failed to create data dir {}", data_dir.display()))?;
+    let pki = pki::Pki::load_or_init(&data_dir, &config.tls_san)
+        .context("failed to load the hub's PKI")?;
     let sealing = config::load_or_create_key(&data_dir.join("secrets.key"))?;
-    let store = store::Store::open(&data_dir.join("hub.redb"), &sealing).context("failed to open the hub database")?;
-    let blobs = blobs::BlobStore::open(data_dir.join("blobs")).context("failed to open the blob store")?;
+    let store = store::Store::open(&data_dir.join("hub.redb"), &sealing)
+        .context("failed to open the hub database")?;
+    let blobs =
+        blobs::BlobStore::open(data_dir.join("blobs")).context("failed to open the blob store")?;
     let addr = socket.local_addr()?;
     let advertise = config.advertise_address.clone().unwrap_or_else(|| {
-        if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() }
+        if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
     });
     config::ClientFile::for_hub(&pki, &advertise).write(&data_dir.join("admin.yaml"))?;
-    let server_cfg = flotilla_transport::server_config(&pki.ca_pem, &pki.server_chain_pem, &pki.server_key_pem)?;
+    let server_cfg =
+        flotilla_transport::server_config(&pki.ca_pem, &pki.server_chain_pem, &pki.server_key_pem)?;
     let endpoint = flotilla_transport::server_endpoint(socket, server_cfg)?;
-    let hub = Arc::new(Hub { store, pki, blobs, agents: Default::default(), config });
+    let hub = Arc::new(Hub {
+        store,
+        pki,
+        blobs,
+        agents: Default::default(),
+        config,
+    });
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(server::serve(hub.clone(), endpoint.clone(), cancel.child_token(), tracker.clone()));
-    tracker.spawn(controller::deployment::run(hub.clone(), cancel.child_token()));
+    tracker.spawn(server::serve(
+        hub.clone(),
+        endpoint.clone(),
+        cancel.child_token(),
+        tracker.clone(),
+    ));
+    tracker.spawn(controller::deployment::run(
+        hub.clone(),
+        cancel.child_token(),
+    ));
     tracker.spawn(scheduler::run(hub.clone(), cancel.child_token()));
     tracker.spawn(controller::node::run(hub.clone(), cancel.child_token()));
     tracing::info!(addr = %addr, data_dir = %data_dir.display(), "hub started");
-    Ok(HubHandle { addr, hub, data_dir, cancel, tracker, endpoint })
+    Ok(HubHandle {
+        addr,
+        hub,
+        data_dir,
+        cancel,
+        tracker,
+        endpoint,
+    })
 }

@@ -3,10 +3,18 @@ use clap::Parser;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "flotilla-hub", version, about = "The Flotilla hub: desired state, controllers, scheduler")]
+#[command(
+    name = "flotilla-hub",
+    version,
+    about = "The Flotilla hub: desired state, controllers, scheduler"
+)]
 struct Args {
     /// Where the database, CA and blobs live.
-    #[arg(long, env = "FLOTILLA_HUB_DATA", default_value = "/var/lib/flotilla/hub")]
+    #[arg(
+        long,
+        env = "FLOTILLA_HUB_DATA",
+        default_value = "/var/lib/flotilla/hub"
+    )]
     data_dir: PathBuf,
     /// UDP address for the QUIC listener (agents and the CLI).
     #[arg(long, env = "FLOTILLA_HUB_LISTEN", default_value = "0.0.0.0:7443")]
@@ -21,9 +29,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let args = Args::parse();
     let mut config = flotilla_hub::Config::new(args.data_dir);
     config.advertise_address = args.advertise_address;

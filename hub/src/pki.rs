@@ -1,9 +1,11 @@
 //! The hub's certificate authority: created when the data dir is initialised, it signs the
 //! hub's server certificate, the admin credential and every node's certificate.
-use flotilla_transport::{ADMIN_CN, HUB_SERVER_NAME, NODE_CN_PREFIX, cert_fingerprint, certs_from_pem};
+use flotilla_transport::{
+    ADMIN_CN, HUB_SERVER_NAME, NODE_CN_PREFIX, cert_fingerprint, certs_from_pem,
+};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -13,7 +15,10 @@ pub enum PkiError {
     #[error("certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid certificate signing request: {0}")]
     BadCsr(String),
     #[error("{0}")]
@@ -33,16 +38,28 @@ pub struct Pki {
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.into(), source })
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Writes a file readable by its owner only: these are private keys and credentials.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io { path: path.into(), source };
+    let io = |source| PkiError::Io {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
     f.write_all(contents).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
@@ -72,7 +89,10 @@ impl Pki {
         }
         let ca_pem = read(&ca_path)?;
         let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
-        let ca_der = certs_from_pem(&ca_pem)?.into_iter().next().ok_or_else(|| PkiError::BadCsr("empty ca.pem".into()))?;
+        let ca_der = certs_from_pem(&ca_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| PkiError::BadCsr("empty ca.pem".into()))?;
         Ok(Pki {
             ca_fingerprint: cert_fingerprint(&ca_der),
             ca_pem,
@@ -85,11 +105,18 @@ impl Pki {
     }
 
     fn init(dir: &Path, extra_names: &[String]) -> Result<(), PkiError> {
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.into(),
+            source,
+        })?;
         let ca_key = KeyPair::generate()?;
         let mut ca_params = named("flotilla-ca");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         validity(&mut ca_params, 3650);
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, &ca_key);
@@ -112,7 +139,10 @@ impl Pki {
         // Keys first and the CA certificate last: its presence marks a complete init.
         write_private(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
         write_private(&dir.join("hub.key"), server_key.serialize_pem().as_bytes())?;
-        write_private(&dir.join("hub.pem"), format!("{}{}", server_cert.pem(), ca_cert.pem()).as_bytes())?;
+        write_private(
+            &dir.join("hub.pem"),
+            format!("{}{}", server_cert.pem(), ca_cert.pem()).as_bytes(),
+        )?;
         write_private(&dir.join("admin.key"), admin_key.serialize_pem().as_bytes())?;
         write_private(&dir.join("admin.pem"), admin_cert.pem().as_bytes())?;
         write_private(&dir.join("ca.pem"), ca_cert.pem().as_bytes())?;
@@ -122,7 +152,8 @@ impl Pki {
     /// Signs a node's CSR. Only the CSR's public key is used: the subject is set here, from the
     /// node name the token holder asked for, so a node cannot obtain another identity's rights.
     pub fn sign_node(&self, node: &str, csr_pem: &str) -> Result<String, PkiError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
         let mut p = named(&format!("{NODE_CN_PREFIX}{node}"));
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         validity(&mut p, 365);

@@ -5,8 +5,12 @@ use crate::store::{StoreError, StoreEvent, Tx};
 use crate::tokens;
 use flotilla_proto::api::{Condition, Deployment, Kind, Node, Object, ObjectKey, Pod, PodStatus};
 use flotilla_proto::manifest;
-use flotilla_proto::wire::{AgentRequest, Applied, ApplyAction, PodReport, Request, Response, WatchEvent};
-use flotilla_transport::{Identity, TransportError, check_hello, hello, peer_identity, recv_frame, send_frame};
+use flotilla_proto::wire::{
+    AgentRequest, Applied, ApplyAction, PodReport, Request, Response, WatchEvent,
+};
+use flotilla_transport::{
+    Identity, TransportError, check_hello, hello, peer_identity, recv_frame, send_frame,
+};
 use redb::ReadableTable;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,7 +35,11 @@ struct AgentEntry {
 impl AgentRegistry {
     fn connected(&self, node: &str, conn: quinn::Connection) {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let e = m.entry(node.to_string()).or_insert(AgentEntry { conn: None, last_seen: Instant::now(), last_written: None });
+        let e = m.entry(node.to_string()).or_insert(AgentEntry {
+            conn: None,
+            last_seen: Instant::now(),
+            last_written: None,
+        });
         e.conn = Some(conn);
         e.last_seen = Instant::now();
     }
@@ -39,28 +47,44 @@ impl AgentRegistry {
     fn disconnected(&self, node: &str, conn: &quinn::Connection) {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = m.get_mut(node)
-            && e.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id())
+            && e.conn
+                .as_ref()
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
         {
             e.conn = None;
         }
     }
 
     pub fn connection(&self, node: &str) -> Option<quinn::Connection> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(node).and_then(|e| e.conn.clone())
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .and_then(|e| e.conn.clone())
     }
 
     /// How long ago the node last reported, if it has since the hub started.
     pub fn last_seen(&self, node: &str) -> Option<Duration> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(node).map(|e| e.last_seen.elapsed())
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .map(|e| e.last_seen.elapsed())
     }
 
     /// Records a heartbeat; returns true when the node object should be written (not every
     /// heartbeat is worth a durable write and a watch event).
     fn heartbeat(&self, node: &str) -> bool {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let e = m.entry(node.to_string()).or_insert(AgentEntry { conn: None, last_seen: Instant::now(), last_written: None });
+        let e = m.entry(node.to_string()).or_insert(AgentEntry {
+            conn: None,
+            last_seen: Instant::now(),
+            last_written: None,
+        });
         e.last_seen = Instant::now();
-        let due = e.last_written.is_none_or(|w| w.elapsed() >= Duration::from_secs(30));
+        let due = e
+            .last_written
+            .is_none_or(|w| w.elapsed() >= Duration::from_secs(30));
         if due {
             e.last_written = Some(Instant::now());
         }
@@ -68,7 +92,12 @@ impl AgentRegistry {
     }
 }
 
-pub async fn serve(hub: Arc<Hub>, endpoint: quinn::Endpoint, cancel: CancellationToken, tracker: TaskTracker) {
+pub async fn serve(
+    hub: Arc<Hub>,
+    endpoint: quinn::Endpoint,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let incoming = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -91,11 +120,17 @@ pub async fn serve(hub: Arc<Hub>, endpoint: quinn::Endpoint, cancel: Cancellatio
     }
 }
 
-async fn connection(hub: Arc<Hub>, conn: quinn::Connection, cancel: CancellationToken, tracker: TaskTracker) -> Result<(), TransportError> {
+async fn connection(
+    hub: Arc<Hub>,
+    conn: quinn::Connection,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) -> Result<(), TransportError> {
     let identity = peer_identity(&conn);
     // Version handshake on the first stream.
     let (mut send, mut recv) = conn.accept_bi().await?;
-    let theirs: flotilla_proto::wire::Hello = recv_frame(&mut recv).await?.ok_or(TransportError::Closed)?;
+    let theirs: flotilla_proto::wire::Hello =
+        recv_frame(&mut recv).await?.ok_or(TransportError::Closed)?;
     send_frame(&mut send, &hello()).await?;
     let _ = send.finish();
     if let Err(e) = check_hello(&theirs) {
@@ -131,7 +166,9 @@ async fn connection(hub: Arc<Hub>, conn: quinn::Connection, cancel: Cancellation
 }
 
 fn error(message: impl std::fmt::Display) -> Response {
-    Response::Error { message: message.to_string() }
+    Response::Error {
+        message: message.to_string(),
+    }
 }
 
 async fn stream(
@@ -141,26 +178,80 @@ async fn stream(
     mut recv: quinn::RecvStream,
     cancel: CancellationToken,
 ) -> Result<(), TransportError> {
-    let Some(req) = recv_frame::<Request>(&mut recv).await? else { return Ok(()) };
+    let Some(req) = recv_frame::<Request>(&mut recv).await? else {
+        return Ok(());
+    };
     let response = match (&identity, req) {
         (Identity::Admin, Request::Apply { objects }) => apply(&hub, objects),
-        (Identity::Admin, Request::Get { kind, namespace, name }) => get(&hub, kind, namespace, name),
-        (Identity::Admin, Request::Delete { kind, namespace, name }) => delete(&hub, kind, &namespace, &name),
-        (Identity::Admin, Request::Scale { namespace, name, replicas }) => scale(&hub, &namespace, &name, replicas),
-        (Identity::Admin, Request::CreateToken { ttl_secs, max_uses }) => create_token(&hub, ttl_secs, max_uses),
-        (Identity::Admin, Request::PushBlob { name, tag, digest, size }) => push(&hub, &name, &tag, &digest, size, &mut recv).await,
-        (Identity::Admin, Request::Logs { namespace, name, tail, follow }) => {
+        (
+            Identity::Admin,
+            Request::Get {
+                kind,
+                namespace,
+                name,
+            },
+        ) => get(&hub, kind, namespace, name),
+        (
+            Identity::Admin,
+            Request::Delete {
+                kind,
+                namespace,
+                name,
+            },
+        ) => delete(&hub, kind, &namespace, &name),
+        (
+            Identity::Admin,
+            Request::Scale {
+                namespace,
+                name,
+                replicas,
+            },
+        ) => scale(&hub, &namespace, &name, replicas),
+        (Identity::Admin, Request::CreateToken { ttl_secs, max_uses }) => {
+            create_token(&hub, ttl_secs, max_uses)
+        }
+        (
+            Identity::Admin,
+            Request::PushBlob {
+                name,
+                tag,
+                digest,
+                size,
+            },
+        ) => push(&hub, &name, &tag, &digest, size, &mut recv).await,
+        (
+            Identity::Admin,
+            Request::Logs {
+                namespace,
+                name,
+                tail,
+                follow,
+            },
+        ) => {
             return logs(&hub, &namespace, &name, tail, follow, send).await;
         }
-        (Identity::Anonymous, Request::Join { token, node_name, csr_pem }) => join(&hub, &token, &node_name, &csr_pem),
+        (
+            Identity::Anonymous,
+            Request::Join {
+                token,
+                node_name,
+                csr_pem,
+            },
+        ) => join(&hub, &token, &node_name, &csr_pem),
         (Identity::Node(node), Request::Watch { from_revision }) => {
             return watch(&hub, node, from_revision, send, cancel).await;
         }
-        (Identity::Node(node), Request::ReportNode { node: json }) => report_node(&hub, node, &json),
+        (Identity::Node(node), Request::ReportNode { node: json }) => {
+            report_node(&hub, node, &json)
+        }
         (Identity::Node(node), Request::ReportPods { pods }) => report_pods(&hub, node, pods),
         (Identity::Node(_), Request::ResolveImage { image }) => resolve_image(&hub, &image),
-        (Identity::Node(_), Request::FetchBlob { digest }) => return fetch_blob(&hub, &digest, send).await,
-        (Identity::Anonymous, _) => error("unauthenticated: a client certificate issued by this hub is required"),
+        (Identity::Node(_), Request::FetchBlob { digest }) => {
+            return fetch_blob(&hub, &digest, send).await;
+        }
+        (Identity::Anonymous, _) => {
+            error("unauthenticated: a client certificate issued by this hub is required")
+        }
         (id, req) => {
             warn!(identity = ?id, request = ?std::mem::discriminant(&req), "request refused");
             error("forbidden: this identity may not make that request")
@@ -201,8 +292,11 @@ fn apply(hub: &Hub, objects: Vec<String>) -> Response {
         return error(errors.join("\n"));
     }
     let result = hub.store.write(|tx| {
-        let batch_namespaces: Vec<String> =
-            parsed.iter().filter(|o| o.kind() == Kind::Namespace).map(|o| o.meta().name.clone()).collect();
+        let batch_namespaces: Vec<String> = parsed
+            .iter()
+            .filter(|o| o.kind() == Kind::Namespace)
+            .map(|o| o.meta().name.clone())
+            .collect();
         let mut results = Vec::new();
         for obj in parsed {
             results.push(apply_one(tx, obj, &batch_namespaces)?);
@@ -215,19 +309,32 @@ fn apply(hub: &Hub, objects: Vec<String>) -> Response {
     }
 }
 
-fn apply_one(tx: &mut Tx<'_>, mut obj: Object, batch_namespaces: &[String]) -> Result<Applied, StoreError> {
+fn apply_one(
+    tx: &mut Tx<'_>,
+    mut obj: Object,
+    batch_namespaces: &[String],
+) -> Result<Applied, StoreError> {
     let key = obj.key();
     if key.kind.namespaced()
         && !batch_namespaces.contains(&key.namespace)
-        && tx.get(&ObjectKey::new(Kind::Namespace, "", &key.namespace))?.is_none()
+        && tx
+            .get(&ObjectKey::new(Kind::Namespace, "", &key.namespace))?
+            .is_none()
     {
-        return Err(StoreError::Invalid(format!("{key}: namespaces \"{}\" not found", key.namespace)));
+        return Err(StoreError::Invalid(format!(
+            "{key}: namespaces \"{}\" not found",
+            key.namespace
+        )));
     }
     // Defaults, as the Kubernetes API server applies them.
     match &mut obj {
         Object::Deployment(d) => {
             d.spec.replicas.get_or_insert(1);
-            d.spec.template.spec.restart_policy.get_or_insert_with(|| "Always".into());
+            d.spec
+                .template
+                .spec
+                .restart_policy
+                .get_or_insert_with(|| "Always".into());
         }
         Object::Pod(p) => {
             p.spec.restart_policy.get_or_insert_with(|| "Always".into());
@@ -250,17 +357,28 @@ fn apply_one(tx: &mut Tx<'_>, mut obj: Object, batch_namespaces: &[String]) -> R
                     }
                     new.status = old.status.clone();
                 }
-                (Object::Deployment(old), Object::Deployment(new)) => new.status = old.status.clone(),
+                (Object::Deployment(old), Object::Deployment(new)) => {
+                    new.status = old.status.clone()
+                }
                 (Object::Node(old), Object::Node(new)) => new.status = old.status.clone(),
                 _ => {}
             }
-            if old.desired_eq(&obj) { ApplyAction::Unchanged } else { ApplyAction::Configured }
+            if old.desired_eq(&obj) {
+                ApplyAction::Unchanged
+            } else {
+                ApplyAction::Configured
+            }
         }
     };
     if action != ApplyAction::Unchanged {
         tx.put(obj)?;
     }
-    Ok(Applied { kind: key.kind, namespace: key.namespace, name: key.name, action })
+    Ok(Applied {
+        kind: key.kind,
+        namespace: key.namespace,
+        name: key.name,
+        action,
+    })
 }
 
 fn get(hub: &Hub, kind: Kind, namespace: Option<String>, name: Option<String>) -> Response {
@@ -276,7 +394,10 @@ fn get(hub: &Hub, kind: Kind, namespace: Option<String>, name: Option<String>) -
         None => hub.store.list(kind, namespace.as_deref()),
     };
     match result {
-        Ok((items, revision)) => Response::Objects { items: items.iter().map(|o| o.to_json_string()).collect(), revision },
+        Ok((items, revision)) => Response::Objects {
+            items: items.iter().map(|o| o.to_json_string()).collect(),
+            revision,
+        },
         Err(e) => error(e),
     }
 }
@@ -287,7 +408,9 @@ fn delete(hub: &Hub, kind: Kind, namespace: &str, name: &str) -> Response {
         return error("namespace \"default\" cannot be deleted");
     }
     let result = hub.store.write(|tx| {
-        let Some(obj) = tx.delete(&key)? else { return Err(StoreError::NotFound(key.clone())) };
+        let Some(obj) = tx.delete(&key)? else {
+            return Err(StoreError::NotFound(key.clone()));
+        };
         match kind {
             // Namespaces take everything in them along.
             Kind::Namespace => {
@@ -300,7 +423,11 @@ fn delete(hub: &Hub, kind: Kind, namespace: &str, name: &str) -> Response {
             // Background cascade: the owner's pods go in the same transaction.
             Kind::Deployment => {
                 for o in tx.list(Kind::Pod, Some(namespace))? {
-                    if o.meta().owner_references.iter().any(|r| r.uid == obj.meta().uid) {
+                    if o.meta()
+                        .owner_references
+                        .iter()
+                        .any(|r| r.uid == obj.meta().uid)
+                    {
                         tx.delete(&o.key())?;
                     }
                 }
@@ -318,7 +445,9 @@ fn delete(hub: &Hub, kind: Kind, namespace: &str, name: &str) -> Response {
 
 fn scale(hub: &Hub, namespace: &str, name: &str, replicas: i32) -> Response {
     if replicas < 0 {
-        return error(format!("deployment {name}: spec.replicas must be >= 0, got {replicas}"));
+        return error(format!(
+            "deployment {name}: spec.replicas must be >= 0, got {replicas}"
+        ));
     }
     let key = ObjectKey::new(Kind::Deployment, namespace, name);
     let result = hub.store.write(|tx| match tx.get(&key)? {
@@ -336,11 +465,15 @@ fn scale(hub: &Hub, namespace: &str, name: &str, replicas: i32) -> Response {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn create_token(hub: &Hub, ttl_secs: Option<u64>, max_uses: Option<u32>) -> Response {
-    let (token, id, record) = tokens::generate(&hub.pki.ca_fingerprint, ttl_secs, max_uses, unix_now());
+    let (token, id, record) =
+        tokens::generate(&hub.pki.ca_fingerprint, ttl_secs, max_uses, unix_now());
     let result = hub.store.write(|tx| {
         let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Invalid(e.to_string()))?;
         tx.tokens.insert(id.as_str(), bytes.as_slice())?;
@@ -368,8 +501,13 @@ fn join(hub: &Hub, token: &str, node_name: &str, csr_pem: &str) -> Response {
         return refused(&e);
     }
     let redeemed = hub.store.write(|tx| {
-        let record = tx.tokens.get(parsed.id.as_str())?.map(|v| v.value().to_vec());
-        let Some(bytes) = record else { return Ok(Err(tokens::TokenError::Unknown)) };
+        let record = tx
+            .tokens
+            .get(parsed.id.as_str())?
+            .map(|v| v.value().to_vec());
+        let Some(bytes) = record else {
+            return Ok(Err(tokens::TokenError::Unknown));
+        };
         let mut record: tokens::TokenRecord =
             serde_json::from_slice(&bytes).map_err(|e| StoreError::Invalid(e.to_string()))?;
         if let Err(e) = tokens::redeem(&parsed, &mut record, unix_now()) {
@@ -387,13 +525,23 @@ fn join(hub: &Hub, token: &str, node_name: &str, csr_pem: &str) -> Response {
     match hub.pki.sign_node(node_name, csr_pem) {
         Ok(cert_pem) => {
             info!(node = %node_name, "node joined");
-            Response::Joined { cert_pem, ca_pem: hub.pki.ca_pem.clone() }
+            Response::Joined {
+                cert_pem,
+                ca_pem: hub.pki.ca_pem.clone(),
+            }
         }
         Err(e) => refused(&e),
     }
 }
 
-async fn push(hub: &Hub, name: &str, tag: &str, digest: &str, size: u64, recv: &mut quinn::RecvStream) -> Response {
+async fn push(
+    hub: &Hub,
+    name: &str,
+    tag: &str,
+    digest: &str,
+    size: u64,
+    recv: &mut quinn::RecvStream,
+) -> Response {
     let image = format!("{name}:{tag}");
     if let Err(e) = manifest::check_name("artifact name", name) {
         return error(e);
@@ -406,25 +554,46 @@ async fn push(hub: &Hub, name: &str, tag: &str, digest: &str, size: u64, recv: &
         Ok(())
     });
     match result {
-        Ok(()) => Response::Pushed { digest: digest.to_string() },
+        Ok(()) => Response::Pushed {
+            digest: digest.to_string(),
+        },
         Err(e) => error(e),
     }
 }
 
 /// Proxies a logs request to the agent running the pod.
-async fn logs(hub: &Hub, namespace: &str, name: &str, tail: Option<u32>, follow: bool, mut send: quinn::SendStream) -> Result<(), TransportError> {
+async fn logs(
+    hub: &Hub,
+    namespace: &str,
+    name: &str,
+    tail: Option<u32>,
+    follow: bool,
+    mut send: quinn::SendStream,
+) -> Result<(), TransportError> {
     let key = ObjectKey::new(Kind::Pod, namespace, name);
     let node = match hub.store.get(&key) {
         Ok(Some(Object::Pod(p))) => p.spec.node_name.clone(),
         Ok(_) => return finish(&mut send, error(not_found(&key))).await,
         Err(e) => return finish(&mut send, error(e)).await,
     };
-    let Some(node) = node else { return finish(&mut send, error(format!("pod {name} is not scheduled yet"))).await };
-    let Some(conn) = hub.agents.connection(&node) else {
-        return finish(&mut send, error(format!("node {node} is not connected to the hub"))).await;
+    let Some(node) = node else {
+        return finish(&mut send, error(format!("pod {name} is not scheduled yet"))).await;
     };
-    let req = AgentRequest::Logs { namespace: namespace.into(), name: name.into(), tail, follow };
-    let (_asend, mut arecv, resp): (_, _, Response) = flotilla_transport::request(&conn, &req).await?;
+    let Some(conn) = hub.agents.connection(&node) else {
+        return finish(
+            &mut send,
+            error(format!("node {node} is not connected to the hub")),
+        )
+        .await;
+    };
+    let req = AgentRequest::Logs {
+        namespace: namespace.into(),
+        name: name.into(),
+        tail,
+        follow,
+    };
+    let (_asend, mut arecv, resp): (_, _, Response) =
+        flotilla_transport::request(&conn, &req).await?;
     send_frame(&mut send, &resp).await?;
     if resp == Response::LogStream {
         let mut buf = vec![0u8; 16 * 1024];
@@ -467,7 +636,11 @@ fn deleted_event(revision: u64, obj: &Object) -> WatchEvent {
 
 fn snapshot(hub: &Hub, node: &str) -> Result<(WatchEvent, u64), StoreError> {
     let (pods, revision) = hub.store.list(Kind::Pod, None)?;
-    let pods = pods.iter().filter(|p| on_node(p, node)).map(|p| p.to_json_string()).collect();
+    let pods = pods
+        .iter()
+        .filter(|p| on_node(p, node))
+        .map(|p| p.to_json_string())
+        .collect();
     Ok((WatchEvent::Snapshot { revision, pods }, revision))
 }
 
@@ -483,7 +656,10 @@ fn node_event(e: &StoreEvent, node: &str) -> Option<WatchEvent> {
             if was && e.prev.as_ref().is_some_and(|p| p.desired_eq(obj)) {
                 return None;
             }
-            Some(WatchEvent::Put { revision: e.revision, pod: obj.to_json_string() })
+            Some(WatchEvent::Put {
+                revision: e.revision,
+                pod: obj.to_json_string(),
+            })
         }
         _ if was => e.prev.as_ref().map(|p| deleted_event(e.revision, p)),
         _ => None,
@@ -492,16 +668,33 @@ fn node_event(e: &StoreEvent, node: &str) -> Option<WatchEvent> {
 
 /// Streams the node's desired pods: a resume from `from` when the log reaches back that far,
 /// otherwise a snapshot; then live changes.
-async fn watch(hub: &Hub, node: &str, from: u64, mut send: quinn::SendStream, cancel: CancellationToken) -> Result<(), TransportError> {
+async fn watch(
+    hub: &Hub,
+    node: &str,
+    from: u64,
+    mut send: quinn::SendStream,
+    cancel: CancellationToken,
+) -> Result<(), TransportError> {
     let mut rx = hub.store.subscribe();
-    let resumed = if from > 0 { hub.store.changes_since(from).ok().flatten() } else { None };
+    let resumed = if from > 0 {
+        hub.store.changes_since(from).ok().flatten()
+    } else {
+        None
+    };
     let mut last = match resumed {
         Some(changes) => {
             let mut last = from;
             for (rev, deleted, obj) in changes {
                 last = rev;
                 if on_node(&obj, node) {
-                    let ev = if deleted { deleted_event(rev, &obj) } else { WatchEvent::Put { revision: rev, pod: obj.to_json_string() } };
+                    let ev = if deleted {
+                        deleted_event(rev, &obj)
+                    } else {
+                        WatchEvent::Put {
+                            revision: rev,
+                            pod: obj.to_json_string(),
+                        }
+                    };
                     send_frame(&mut send, &ev).await?;
                 }
             }
@@ -510,7 +703,8 @@ async fn watch(hub: &Hub, node: &str, from: u64, mut send: quinn::SendStream, ca
             last
         }
         None => {
-            let (ev, rev) = snapshot(hub, node).map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
+            let (ev, rev) =
+                snapshot(hub, node).map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
             send_frame(&mut send, &ev).await?;
             debug!(node = %node, revision = rev, "watch snapshot sent");
             rev
@@ -531,7 +725,8 @@ async fn watch(hub: &Hub, node: &str, from: u64, mut send: quinn::SendStream, ca
                 }
             }
             Err(RecvError::Lagged(_)) => {
-                let (ev, rev) = snapshot(hub, node).map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
+                let (ev, rev) = snapshot(hub, node)
+                    .map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
                 send_frame(&mut send, &ev).await?;
                 last = rev;
             }
@@ -577,7 +772,9 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
         let mut status = reported.status.clone();
         let mut ready = ready_condition("True", "AgentReady", "agent is posting ready status");
         if was_ready
-            && let Some(old) = existing.as_ref().and_then(|n| n.status.conditions.iter().find(|c| c.type_ == "Ready"))
+            && let Some(old) = existing
+                .as_ref()
+                .and_then(|n| n.status.conditions.iter().find(|c| c.type_ == "Ready"))
         {
             ready.last_transition_time = old.last_transition_time.clone();
         }
@@ -588,7 +785,10 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
             Some(old) => {
                 let strip = |n: &Node| {
                     let mut n = n.clone();
-                    n.status.conditions.iter_mut().for_each(|c| c.last_heartbeat_time = None);
+                    n.status
+                        .conditions
+                        .iter_mut()
+                        .for_each(|c| c.last_heartbeat_time = None);
                     n.metadata = Default::default();
                     n
                 };
@@ -612,7 +812,9 @@ fn report_pods(hub: &Hub, node: &str, pods: Vec<PodReport>) -> Response {
     let result = hub.store.write(|tx| {
         for r in pods {
             let key = ObjectKey::new(Kind::Pod, &r.namespace, &r.name);
-            let Some(Object::Pod(mut pod)) = tx.get(&key)? else { continue };
+            let Some(Object::Pod(mut pod)) = tx.get(&key)? else {
+                continue;
+            };
             if pod.metadata.uid != r.uid || pod.spec.node_name.as_deref() != Some(node) {
                 continue;
             }
@@ -654,7 +856,9 @@ fn resolve_image(hub: &Hub, image: &str) -> Response {
         (name, None) => hub.store.image_digest(&name).ok().flatten(),
     };
     let Some(digest) = digest else {
-        return error(format!("image {image:?} not found on the hub (push it with `fleet push`)"));
+        return error(format!(
+            "image {image:?} not found on the hub (push it with `fleet push`)"
+        ));
     };
     match hub.blobs.size(&digest) {
         Ok(size) => Response::Resolved { digest, size },
@@ -662,7 +866,11 @@ fn resolve_image(hub: &Hub, image: &str) -> Response {
     }
 }
 
-async fn fetch_blob(hub: &Hub, digest: &str, mut send: quinn::SendStream) -> Result<(), TransportError> {
+async fn fetch_blob(
+    hub: &Hub,
+    digest: &str,
+    mut send: quinn::SendStream,
+) -> Result<(), TransportError> {
     let path = match hub.blobs.path(digest) {
         Ok(p) => p,
         Err(e) => return finish(&mut send, error(e)).await,
@@ -699,7 +907,14 @@ pub fn pods_on(pods: &[Object], node: &str) -> Vec<Pod> {
 pub fn owned_by(pods: &[Object], owner: &Deployment) -> Vec<Pod> {
     pods.iter()
         .filter_map(|o| match o {
-            Object::Pod(p) if p.metadata.owner_references.iter().any(|r| r.uid == owner.metadata.uid) => Some(p.clone()),
+            Object::Pod(p)
+                if p.metadata
+                    .owner_references
+                    .iter()
+                    .any(|r| r.uid == owner.metadata.uid) =>
+            {
+                Some(p.clone())
+            }
             _ => None,
         })
         .collect()
@@ -713,7 +928,13 @@ mod tests {
     fn image_references() {
         assert_eq!(split_image("hello"), ("hello:latest".into(), None));
         assert_eq!(split_image("hello:v2"), ("hello:v2".into(), None));
-        assert_eq!(split_image("flotilla://hello:v2"), ("hello:v2".into(), None));
-        assert_eq!(split_image("hello@sha256:ab"), (String::new(), Some("sha256:ab".into())));
+        assert_eq!(
+            split_image("flotilla://hello:v2"),
+            ("hello:v2".into(), None)
+        );
+        assert_eq!(
+            split_image("hello@sha256:ab"),
+            (String::new(), Some("sha256:ab".into()))
+        );
     }
 }

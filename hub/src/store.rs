@@ -38,7 +38,13 @@ pub enum StoreError {
 macro_rules! from_redb {
     ($($t:ty),*) => {$(impl From<$t> for StoreError { fn from(e: $t) -> Self { StoreError::Db(e.into()) } })*};
 }
-from_redb!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// One change, published after its commit is durable.
 #[derive(Clone, Debug)]
@@ -49,6 +55,9 @@ pub struct StoreEvent {
     pub object: Option<Object>,
     pub prev: Option<Object>,
 }
+
+/// One logged change: (revision, deleted, object as written or as it was when deleted).
+pub type Change = (u64, bool, Object);
 
 #[derive(Serialize, Deserialize)]
 struct LogEntry {
@@ -85,8 +94,16 @@ impl Store {
         let unbound = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, sealing_key)
             .map_err(|_| StoreError::Invalid("bad sealing key".into()))?;
         let (events, _) = broadcast::channel(8192);
-        let store = Store { db, events, sealing: aead::LessSafeKey::new(unbound), write_lock: Mutex::new(()) };
-        if store.get(&ObjectKey::new(Kind::Namespace, "", "default"))?.is_none() {
+        let store = Store {
+            db,
+            events,
+            sealing: aead::LessSafeKey::new(unbound),
+            write_lock: Mutex::new(()),
+        };
+        if store
+            .get(&ObjectKey::new(Kind::Namespace, "", "default"))?
+            .is_none()
+        {
             let mut ns = Object::Namespace(Default::default());
             ns.meta_mut().name = "default".into();
             ns.normalize();
@@ -123,7 +140,11 @@ impl Store {
     }
 
     /// Lists a kind (optionally in one namespace) and the revision the list is consistent with.
-    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Object>, u64), StoreError> {
+    pub fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Object>, u64), StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(OBJECTS)?;
         let meta = txn.open_table(META)?;
@@ -131,7 +152,11 @@ impl Store {
         Ok((self.scan(&table, &ObjectKey::prefix(kind, namespace))?, rev))
     }
 
-    fn scan(&self, table: &impl ReadableTable<&'static str, &'static [u8]>, prefix: &str) -> Result<Vec<Object>, StoreError> {
+    fn scan(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        prefix: &str,
+    ) -> Result<Vec<Object>, StoreError> {
         let mut out = Vec::new();
         for item in table.range(prefix..)? {
             let (k, v) = item?;
@@ -145,7 +170,7 @@ impl Store {
 
     /// Changes after `revision`, or None when the log no longer reaches back that far.
     /// Each change is (revision, deleted, object); a deleted entry carries the object as it was.
-    pub fn changes_since(&self, revision: u64) -> Result<Option<Vec<(u64, bool, Object)>>, StoreError> {
+    pub fn changes_since(&self, revision: u64) -> Result<Option<Vec<Change>>, StoreError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let compacted = meta.get("compacted")?.map(|v| v.value()).unwrap_or(0);
@@ -156,8 +181,11 @@ impl Store {
         let mut out = Vec::new();
         for item in log.range(revision + 1..)? {
             let (rev, v) = item?;
-            let entry: LogEntry = postcard::from_bytes(v.value())
-                .map_err(|e| StoreError::Corrupt { key: format!("log/{}", rev.value()), reason: e.to_string() })?;
+            let entry: LogEntry =
+                postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
+                    key: format!("log/{}", rev.value()),
+                    reason: e.to_string(),
+                })?;
             let obj = self.decode(&entry.key, &entry.object)?;
             out.push((rev.value(), entry.deleted, obj));
         }
@@ -176,7 +204,11 @@ impl Store {
         let nonce_bytes: [u8; 12] = rand::random();
         let mut buf = json;
         self.sealing
-            .seal_in_place_append_tag(aead::Nonce::assume_unique_for_key(nonce_bytes), aead::Aad::empty(), &mut buf)
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce_bytes),
+                aead::Aad::empty(),
+                &mut buf,
+            )
             .map_err(|_| StoreError::Invalid("failed to seal secret".into()))?;
         let mut out = Vec::with_capacity(13 + buf.len());
         out.push(FORMAT_SEALED_JSON);
@@ -186,12 +218,16 @@ impl Store {
     }
 
     fn decode(&self, key: &str, bytes: &[u8]) -> Result<Object, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt { key: key.to_string(), reason };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: key.to_string(),
+            reason,
+        };
         let json: Vec<u8> = match bytes.split_first() {
             Some((&FORMAT_JSON, rest)) => rest.to_vec(),
             Some((&FORMAT_SEALED_JSON, rest)) if rest.len() > 12 => {
                 let (nonce, sealed) = rest.split_at(12);
-                let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| corrupt("bad nonce".into()))?;
+                let nonce = aead::Nonce::try_assume_unique_for_key(nonce)
+                    .map_err(|_| corrupt("bad nonce".into()))?;
                 let mut buf = sealed.to_vec();
                 let plain = self
                     .sealing
@@ -206,7 +242,10 @@ impl Store {
     }
 
     /// Runs `f` in one durable write transaction; events are published after the commit.
-    pub fn write<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    pub fn write<R>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let txn = self.db.begin_write()?;
         let (result, events) = {
@@ -255,7 +294,8 @@ impl Tx<'_> {
     }
 
     pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Object>, StoreError> {
-        self.store.scan(&self.objects, &ObjectKey::prefix(kind, namespace))
+        self.store
+            .scan(&self.objects, &ObjectKey::prefix(kind, namespace))
     }
 
     fn next_revision(&mut self) -> Result<u64, StoreError> {
@@ -284,7 +324,9 @@ impl Tx<'_> {
                 meta.generation = 0;
             }
         }
-        let spec_changed = prev.as_ref().is_none_or(|p| p.spec_json() != obj.spec_json());
+        let spec_changed = prev
+            .as_ref()
+            .is_none_or(|p| p.spec_json() != obj.spec_json());
         if spec_changed {
             obj.meta_mut().generation += 1;
         }
@@ -294,24 +336,46 @@ impl Tx<'_> {
         let sk = key.storage_key();
         self.objects.insert(sk.as_str(), bytes.as_slice())?;
         self.append_log(rev, &sk, false, bytes)?;
-        self.events.push(StoreEvent { revision: rev, key, object: Some(obj.clone()), prev });
+        self.events.push(StoreEvent {
+            revision: rev,
+            key,
+            object: Some(obj.clone()),
+            prev,
+        });
         Ok(obj)
     }
 
     pub fn delete(&mut self, key: &ObjectKey) -> Result<Option<Object>, StoreError> {
-        let Some(prev) = self.get(key)? else { return Ok(None) };
+        let Some(prev) = self.get(key)? else {
+            return Ok(None);
+        };
         let sk = key.storage_key();
         self.objects.remove(sk.as_str())?;
         let rev = self.next_revision()?;
         let bytes = self.store.encode(&prev)?;
         self.append_log(rev, &sk, true, bytes)?;
-        self.events.push(StoreEvent { revision: rev, key: key.clone(), object: None, prev: Some(prev.clone()) });
+        self.events.push(StoreEvent {
+            revision: rev,
+            key: key.clone(),
+            object: None,
+            prev: Some(prev.clone()),
+        });
         Ok(Some(prev))
     }
 
-    fn append_log(&mut self, rev: u64, key: &str, deleted: bool, object: Vec<u8>) -> Result<(), StoreError> {
-        let entry = postcard::to_stdvec(&LogEntry { key: key.to_string(), deleted, object })
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    fn append_log(
+        &mut self,
+        rev: u64,
+        key: &str,
+        deleted: bool,
+        object: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let entry = postcard::to_stdvec(&LogEntry {
+            key: key.to_string(),
+            deleted,
+            object,
+        })
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.log.insert(rev, entry.as_slice())?;
         Ok(())
     }
@@ -333,7 +397,14 @@ impl Tx<'_> {
 fn new_uid() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -360,14 +431,20 @@ mod tests {
             let a2 = s.write(|tx| tx.put(cm("a", "2"))).unwrap();
             assert_eq!(a2.meta().generation, 2);
             assert_eq!(a2.meta().uid, a.meta().uid);
-            assert!(a2.meta().resource_version.parse::<u64>().unwrap() > a.meta().resource_version.parse::<u64>().unwrap());
+            assert!(
+                a2.meta().resource_version.parse::<u64>().unwrap()
+                    > a.meta().resource_version.parse::<u64>().unwrap()
+            );
             let changes = s.changes_since(0).unwrap().unwrap();
             assert_eq!(changes.len(), 3, "default namespace + two writes");
             (a2.meta().uid.clone(), s.revision().unwrap())
         };
         let s = Store::open(&path, &key).unwrap();
         assert_eq!(s.revision().unwrap(), rev);
-        let a = s.get(&ObjectKey::new(Kind::ConfigMap, "default", "a")).unwrap().unwrap();
+        let a = s
+            .get(&ObjectKey::new(Kind::ConfigMap, "default", "a"))
+            .unwrap()
+            .unwrap();
         assert_eq!(a.meta().uid, uid);
     }
 
@@ -378,15 +455,24 @@ mod tests {
         let s = Store::open(&path, &[1u8; 32]).unwrap();
         let mut sec = flotilla_proto::api::Secret::default();
         sec.metadata.name = "db".into();
-        sec.data.insert("password".into(), "c3VwZXJzZWNyZXRwYXNzd29yZA==".into());
+        sec.data
+            .insert("password".into(), "c3VwZXJzZWNyZXRwYXNzd29yZA==".into());
         s.write(|tx| tx.put(Object::Secret(sec))).unwrap();
         drop(s);
         let raw = std::fs::read(&path).unwrap();
         let needle = b"c3VwZXJzZWNyZXRwYXNzd29yZA";
-        assert!(!raw.windows(needle.len()).any(|w| w == needle), "secret found in plaintext");
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle),
+            "secret found in plaintext"
+        );
         let s = Store::open(&path, &[1u8; 32]).unwrap();
-        let got = s.get(&ObjectKey::new(Kind::Secret, "default", "db")).unwrap().unwrap();
-        let Object::Secret(got) = got else { panic!("not a secret") };
+        let got = s
+            .get(&ObjectKey::new(Kind::Secret, "default", "db"))
+            .unwrap()
+            .unwrap();
+        let Object::Secret(got) = got else {
+            panic!("not a secret")
+        };
         assert_eq!(got.data["password"], "c3VwZXJzZWNyZXRwYXNzd29yZA==");
     }
 }

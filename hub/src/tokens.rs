@@ -35,7 +35,12 @@ pub fn hash_secret(secret: &str) -> String {
 }
 
 /// Creates a token string and the record to store under its id.
-pub fn generate(ca_fingerprint: &str, ttl_secs: Option<u64>, max_uses: Option<u32>, now: u64) -> (String, String, TokenRecord) {
+pub fn generate(
+    ca_fingerprint: &str,
+    ttl_secs: Option<u64>,
+    max_uses: Option<u32>,
+    now: u64,
+) -> (String, String, TokenRecord) {
     let id = hex::encode(rand::random::<[u8; 4]>());
     let secret = hex::encode(rand::random::<[u8; 16]>());
     let token = flotilla_proto::token::format(ca_fingerprint, &id, &secret);
@@ -81,7 +86,10 @@ mod tests {
         assert_eq!(redeem(&parsed, &mut rec, 1001), Ok(()));
         assert_eq!(redeem(&parsed, &mut rec, 1002), Err(TokenError::Exhausted));
         let (token, _, mut rec) = generate(&ca, Some(60), None, 1000);
-        assert_eq!(redeem(&parse(&token).unwrap(), &mut rec, 1060), Err(TokenError::Expired));
+        assert_eq!(
+            redeem(&parse(&token).unwrap(), &mut rec, 1060),
+            Err(TokenError::Expired)
+        );
         let mut forged = parse(&token).unwrap();
         forged.secret = "0".repeat(32);
         assert_eq!(redeem(&forged, &mut rec, 1001), Err(TokenError::Unknown));

@@ -96,8 +96,16 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(kind: Kind, namespace: &str, name: &str) -> ObjectKey {
-        let namespace = if kind.namespaced() { namespace.to_string() } else { String::new() };
-        ObjectKey { kind, namespace, name: name.to_string() }
+        let namespace = if kind.namespaced() {
+            namespace.to_string()
+        } else {
+            String::new()
+        };
+        ObjectKey {
+            kind,
+            namespace,
+            name: name.to_string(),
+        }
     }
 
     /// The redb key: `Kind/namespace/name`. Names cannot contain '/', so this is unambiguous.
@@ -118,7 +126,13 @@ impl fmt::Display for ObjectKey {
         if self.namespace.is_empty() {
             write!(f, "{} {}", self.kind.resource(), self.name)
         } else {
-            write!(f, "{} {}/{}", self.kind.resource(), self.namespace, self.name)
+            write!(
+                f,
+                "{} {}/{}",
+                self.kind.resource(),
+                self.namespace,
+                self.name
+            )
         }
     }
 }
@@ -252,14 +266,24 @@ impl PodSpec {
     /// Sum of container requests: (millicores, bytes). Invalid quantities were rejected at apply.
     pub fn requests(&self) -> (u64, u64) {
         self.containers.iter().fold((0, 0), |(c, m), k| {
-            let cpu = k.resources.requests.get("cpu").and_then(|q| q.millicores().ok());
-            let mem = k.resources.requests.get("memory").and_then(|q| q.bytes().ok());
+            let cpu = k
+                .resources
+                .requests
+                .get("cpu")
+                .and_then(|q| q.millicores().ok());
+            let mem = k
+                .resources
+                .requests
+                .get("memory")
+                .and_then(|q| q.bytes().ok());
             (c + cpu.unwrap_or(0), m + mem.unwrap_or(0))
         })
     }
 
     pub fn host_ports(&self) -> impl Iterator<Item = i32> + '_ {
-        self.containers.iter().flat_map(|c| c.ports.iter().filter_map(|p| p.host_port))
+        self.containers
+            .iter()
+            .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port))
     }
 }
 
@@ -430,7 +454,10 @@ impl Pod {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+        self.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -438,7 +465,11 @@ impl Pod {
     }
 
     pub fn restarts(&self) -> i32 {
-        self.status.container_statuses.iter().map(|c| c.restart_count).sum()
+        self.status
+            .container_statuses
+            .iter()
+            .map(|c| c.restart_count)
+            .sum()
     }
 }
 
@@ -565,7 +596,10 @@ pub struct NodeSystemInfo {
 
 impl Node {
     pub fn is_ready(&self) -> bool {
-        self.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+        self.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
     }
 
     pub fn internal_ip(&self) -> Option<&str> {
@@ -578,8 +612,16 @@ impl Node {
 
     /// Allocatable (millicores, bytes).
     pub fn allocatable(&self) -> (u64, u64) {
-        let cpu = self.status.allocatable.get("cpu").and_then(|q| q.millicores().ok());
-        let mem = self.status.allocatable.get("memory").and_then(|q| q.bytes().ok());
+        let cpu = self
+            .status
+            .allocatable
+            .get("cpu")
+            .and_then(|q| q.millicores().ok());
+        let mem = self
+            .status
+            .allocatable
+            .get("memory")
+            .and_then(|q| q.bytes().ok());
         (cpu.unwrap_or(0), mem.unwrap_or(0))
     }
 }
@@ -632,7 +674,11 @@ impl Object {
 
     pub fn key(&self) -> ObjectKey {
         let m = self.meta();
-        ObjectKey::new(self.kind(), m.namespace.as_deref().unwrap_or("default"), &m.name)
+        ObjectKey::new(
+            self.kind(),
+            m.namespace.as_deref().unwrap_or("default"),
+            &m.name,
+        )
     }
 
     /// Fills apiVersion/kind and, for namespaced kinds, the namespace.
@@ -668,7 +714,8 @@ impl Object {
     pub fn from_json(v: serde_json::Value) -> Result<Object, serde_json::Error> {
         use serde::de::Error;
         let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
-        let kind = Kind::from_kind(kind).ok_or_else(|| serde_json::Error::custom(format!("unknown kind {kind:?}")))?;
+        let kind = Kind::from_kind(kind)
+            .ok_or_else(|| serde_json::Error::custom(format!("unknown kind {kind:?}")))?;
         Ok(match kind {
             Kind::Namespace => Object::Namespace(serde_json::from_value(v)?),
             Kind::Node => Object::Node(serde_json::from_value(v)?),

@@ -12,9 +12,19 @@ mod tests {
 
     #[test]
     fn subset_matching() {
-        let l: BTreeMap<_, _> = [("app".to_string(), "web".to_string()), ("tier".into(), "fe".into())].into();
+        let l: BTreeMap<_, _> = [
+            ("app".to_string(), "web".to_string()),
+            ("tier".into(), "fe".into()),
+        ]
+        .into();
         assert!(matches(&BTreeMap::new(), &l));
-        assert!(matches(&[("app".to_string(), "web".to_string())].into(), &l));
-        assert!(!matches(&[("app".to_string(), "db".to_string())].into(), &l));
+        assert!(matches(
+            &[("app".to_string(), "web".to_string())].into(),
+            &l
+        ));
+        assert!(!matches(
+            &[("app".to_string(), "db".to_string())].into(),
+            &l
+        ));
     }
 }

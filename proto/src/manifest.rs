@@ -44,7 +44,11 @@ pub fn parse(text: &str) -> Result<Vec<Parsed>, Vec<ManifestError>> {
             Ok(serde_json::Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
-                errors.push(ManifestError { document: n, object: None, message: format!("invalid YAML: {e}") });
+                errors.push(ManifestError {
+                    document: n,
+                    object: None,
+                    message: format!("invalid YAML: {e}"),
+                });
                 // A syntax error ends the stream: later documents cannot be located reliably.
                 break;
             }
@@ -68,7 +72,11 @@ pub fn parse(text: &str) -> Result<Vec<Parsed>, Vec<ManifestError>> {
             }
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 fn describe(key: &ObjectKey) -> String {
@@ -77,18 +85,33 @@ fn describe(key: &ObjectKey) -> String {
 
 /// Parses and validates a single object given as JSON.
 pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
-    let err = |object: Option<String>, message: String| ManifestError { document: 0, object, message };
-    let Some(map) = value.as_object() else {
-        return Err(err(None, "a manifest document must be a mapping with apiVersion, kind and metadata".into()));
+    let err = |object: Option<String>, message: String| ManifestError {
+        document: 0,
+        object,
+        message,
     };
-    let kind_str = map.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+    let Some(map) = value.as_object() else {
+        return Err(err(
+            None,
+            "a manifest document must be a mapping with apiVersion, kind and metadata".into(),
+        ));
+    };
+    let kind_str = map
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_string();
     let name = map
         .get("metadata")
         .and_then(|m| m.get("name"))
         .and_then(|n| n.as_str())
         .unwrap_or_default()
         .to_string();
-    let label = if name.is_empty() { kind_str.to_ascii_lowercase() } else { format!("{} {name}", kind_str.to_ascii_lowercase()) };
+    let label = if name.is_empty() {
+        kind_str.to_ascii_lowercase()
+    } else {
+        format!("{} {name}", kind_str.to_ascii_lowercase())
+    };
     if kind_str.is_empty() {
         return Err(err(None, "field kind is required".into()));
     }
@@ -96,14 +119,23 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
         let supported: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
         return Err(err(
             Some(label),
-            format!("kind {kind_str:?} is not supported (supported: {})", supported.join(", ")),
+            format!(
+                "kind {kind_str:?} is not supported (supported: {})",
+                supported.join(", ")
+            ),
         ));
     };
-    let api_version = map.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
+    let api_version = map
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     if api_version != kind.api_version() {
         return Err(err(
             Some(label),
-            format!("apiVersion must be {:?} for kind {kind}, got {api_version:?}", kind.api_version()),
+            format!(
+                "apiVersion must be {:?} for kind {kind}, got {api_version:?}",
+                kind.api_version()
+            ),
         ));
     }
 
@@ -132,7 +164,11 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
 }
 
 /// Deserializes with field paths in errors and collects the paths of fields we do not know.
-fn typed<T: DeserializeOwned>(value: serde_json::Value, label: &str, warnings: &mut Vec<String>) -> Result<T, ManifestError> {
+fn typed<T: DeserializeOwned>(
+    value: serde_json::Value,
+    label: &str,
+    warnings: &mut Vec<String>,
+) -> Result<T, ManifestError> {
     let mut ignored = Vec::new();
     let mut note = |path: serde_ignored::Path<'_>| {
         let p = path.to_string();
@@ -155,7 +191,9 @@ fn typed<T: DeserializeOwned>(value: serde_json::Value, label: &str, warnings: &
 pub fn check_name(field: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
     if ok {
@@ -198,7 +236,8 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
         }
         Object::Secret(s) => {
             for (k, v) in std::mem::take(&mut s.string_data) {
-                s.data.insert(k, base64::engine::general_purpose::STANDARD.encode(v));
+                s.data
+                    .insert(k, base64::engine::general_purpose::STANDARD.encode(v));
             }
             for (k, v) in &s.data {
                 if base64::engine::general_purpose::STANDARD.decode(v).is_err() {
@@ -224,7 +263,9 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
     if let Some(p) = &spec.restart_policy
         && !matches!(p.as_str(), "Always" | "OnFailure" | "Never")
     {
-        return Err(format!("{at}.restartPolicy must be Always, OnFailure or Never, got {p:?}"));
+        return Err(format!(
+            "{at}.restartPolicy must be Always, OnFailure or Never, got {p:?}"
+        ));
     }
     let mut names = BTreeSet::new();
     for (i, c) in spec.containers.iter().enumerate() {
@@ -238,7 +279,10 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
         }
         for (j, p) in c.ports.iter().enumerate() {
             if !(1..=65535).contains(&p.container_port) {
-                return Err(format!("{at}.ports[{j}].containerPort must be 1-65535, got {}", p.container_port));
+                return Err(format!(
+                    "{at}.ports[{j}].containerPort must be 1-65535, got {}",
+                    p.container_port
+                ));
             }
             if let Some(h) = p.host_port
                 && !(1..=65535).contains(&h)
@@ -248,18 +292,30 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
             if let Some(proto) = &p.protocol
                 && proto != "TCP"
             {
-                return Err(format!("{at}.ports[{j}].protocol {proto:?} is not supported (only TCP)"));
+                return Err(format!(
+                    "{at}.ports[{j}].protocol {proto:?} is not supported (only TCP)"
+                ));
             }
         }
-        for (which, map) in [("requests", &c.resources.requests), ("limits", &c.resources.limits)] {
+        for (which, map) in [
+            ("requests", &c.resources.requests),
+            ("limits", &c.resources.limits),
+        ] {
             for (res, q) in map {
                 let ok = match res.as_str() {
                     "cpu" => q.millicores().is_ok(),
                     "memory" => q.bytes().is_ok(),
-                    _ => return Err(format!("{at}.resources.{which}.{res}: resource {res:?} is not supported (cpu, memory)")),
+                    _ => {
+                        return Err(format!(
+                            "{at}.resources.{which}.{res}: resource {res:?} is not supported (cpu, memory)"
+                        ));
+                    }
                 };
                 if !ok {
-                    return Err(format!("{at}.resources.{which}.{res}: invalid quantity {:?}", q.0));
+                    return Err(format!(
+                        "{at}.resources.{which}.{res}: invalid quantity {:?}",
+                        q.0
+                    ));
                 }
             }
         }
@@ -270,7 +326,12 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
             if let Some(f) = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref())
                 && !matches!(
                     f.field_path.as_str(),
-                    "metadata.name" | "metadata.namespace" | "metadata.uid" | "spec.nodeName" | "status.podIP" | "status.hostIP"
+                    "metadata.name"
+                        | "metadata.namespace"
+                        | "metadata.uid"
+                        | "spec.nodeName"
+                        | "status.podIP"
+                        | "status.hostIP"
                 )
             {
                 return Err(format!(
@@ -291,7 +352,11 @@ mod tests {
     fn errors(text: &str) -> String {
         match parse(text) {
             Ok(_) => "ok".into(),
-            Err(e) => e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
+            Err(e) => e
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 
@@ -317,7 +382,9 @@ spec:
     fn parses_deployment_with_warnings() {
         let parsed = parse(DEPLOY).unwrap();
         assert_eq!(parsed.len(), 1);
-        let Object::Deployment(d) = &parsed[0].object else { panic!("not a deployment") };
+        let Object::Deployment(d) = &parsed[0].object else {
+            panic!("not a deployment")
+        };
         assert_eq!(d.spec.replicas, Some(3));
         assert_eq!(d.metadata.namespace.as_deref(), Some("default"));
         expect![[r#"
@@ -376,8 +443,13 @@ spec: {containers: [{name: c, image: x}]}
 
     #[test]
     fn folds_secret_string_data() {
-        let parsed = parse("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {password: hunter2}\n").unwrap();
-        let Object::Secret(s) = &parsed[0].object else { panic!("not a secret") };
+        let parsed = parse(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {password: hunter2}\n",
+        )
+        .unwrap();
+        let Object::Secret(s) = &parsed[0].object else {
+            panic!("not a secret")
+        };
         assert!(s.string_data.is_empty());
         assert_eq!(s.data["password"], "aHVudGVyMg==");
     }

@@ -92,7 +92,7 @@ impl Quantity {
     }
 
     pub fn from_millicores(m: u64) -> Quantity {
-        if m % 1000 == 0 {
+        if m.is_multiple_of(1000) {
             Quantity((m / 1000).to_string())
         } else {
             Quantity(format!("{m}m"))
@@ -100,9 +100,9 @@ impl Quantity {
     }
 
     pub fn from_bytes(b: u64) -> Quantity {
-        if b % (1024 * 1024) == 0 {
+        if b.is_multiple_of(1024 * 1024) {
             Quantity(format!("{}Mi", b / (1024 * 1024)))
-        } else if b % 1024 == 0 {
+        } else if b.is_multiple_of(1024) {
             Quantity(format!("{}Ki", b / 1024))
         } else {
             Quantity(b.to_string())

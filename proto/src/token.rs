@@ -15,11 +15,13 @@ pub fn parse(token: &str) -> Option<ParsedToken> {
     let parts: Vec<&str> = token.trim().split('.').collect();
     let hexlen = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     match parts.as_slice() {
-        [PREFIX, ca, id, secret] if hexlen(ca, 64) && hexlen(id, 8) && hexlen(secret, 32) => Some(ParsedToken {
-            ca_fingerprint: ca.to_ascii_lowercase(),
-            id: id.to_ascii_lowercase(),
-            secret: secret.to_ascii_lowercase(),
-        }),
+        [PREFIX, ca, id, secret] if hexlen(ca, 64) && hexlen(id, 8) && hexlen(secret, 32) => {
+            Some(ParsedToken {
+                ca_fingerprint: ca.to_ascii_lowercase(),
+                id: id.to_ascii_lowercase(),
+                secret: secret.to_ascii_lowercase(),
+            })
+        }
         _ => None,
     }
 }

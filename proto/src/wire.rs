@@ -25,24 +25,65 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     // --- CLI (admin identity) ---
-    Apply { objects: Vec<ObjectJson> },
-    Get { kind: crate::Kind, namespace: Option<String>, name: Option<String> },
-    Delete { kind: crate::Kind, namespace: String, name: String },
-    Scale { namespace: String, name: String, replicas: i32 },
-    Logs { namespace: String, name: String, tail: Option<u32>, follow: bool },
+    Apply {
+        objects: Vec<ObjectJson>,
+    },
+    Get {
+        kind: crate::Kind,
+        namespace: Option<String>,
+        name: Option<String>,
+    },
+    Delete {
+        kind: crate::Kind,
+        namespace: String,
+        name: String,
+    },
+    Scale {
+        namespace: String,
+        name: String,
+        replicas: i32,
+    },
+    Logs {
+        namespace: String,
+        name: String,
+        tail: Option<u32>,
+        follow: bool,
+    },
     /// Followed on the same stream by exactly `size` raw bytes.
-    PushBlob { name: String, tag: String, digest: String, size: u64 },
-    CreateToken { ttl_secs: Option<u64>, max_uses: Option<u32> },
+    PushBlob {
+        name: String,
+        tag: String,
+        digest: String,
+        size: u64,
+    },
+    CreateToken {
+        ttl_secs: Option<u64>,
+        max_uses: Option<u32>,
+    },
     // --- agent, before it has an identity ---
-    Join { token: String, node_name: String, csr_pem: String },
+    Join {
+        token: String,
+        node_name: String,
+        csr_pem: String,
+    },
     // --- agent (node identity) ---
     /// Streams `WatchEvent`s for pods bound to the caller's node from `from_revision` on.
-    Watch { from_revision: u64 },
-    ReportNode { node: ObjectJson },
-    ReportPods { pods: Vec<PodReport> },
-    ResolveImage { image: String },
+    Watch {
+        from_revision: u64,
+    },
+    ReportNode {
+        node: ObjectJson,
+    },
+    ReportPods {
+        pods: Vec<PodReport>,
+    },
+    ResolveImage {
+        image: String,
+    },
     /// Answered with `Response::Blob` followed by the raw bytes.
-    FetchBlob { digest: String },
+    FetchBlob {
+        digest: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,17 +113,36 @@ pub struct Applied {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     Ok,
-    Error { message: String },
-    Applied { results: Vec<Applied> },
-    Objects { items: Vec<ObjectJson>, revision: u64 },
-    Token { token: String },
-    Joined { cert_pem: String, ca_pem: String },
-    Resolved { digest: String, size: u64 },
+    Error {
+        message: String,
+    },
+    Applied {
+        results: Vec<Applied>,
+    },
+    Objects {
+        items: Vec<ObjectJson>,
+        revision: u64,
+    },
+    Token {
+        token: String,
+    },
+    Joined {
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Resolved {
+        digest: String,
+        size: u64,
+    },
     /// Followed by `size` raw bytes.
-    Blob { size: u64 },
+    Blob {
+        size: u64,
+    },
     /// Followed by raw log bytes until the stream ends.
     LogStream,
-    Pushed { digest: String },
+    Pushed {
+        digest: String,
+    },
 }
 
 /// Desired-state events for one node, in revision order.
@@ -90,18 +150,36 @@ pub enum Response {
 pub enum WatchEvent {
     /// The complete set of pods bound to the node at `revision` (sent when the
     /// requested revision is too old or zero); replaces everything the agent had.
-    Snapshot { revision: u64, pods: Vec<ObjectJson> },
-    Put { revision: u64, pod: ObjectJson },
-    Deleted { revision: u64, namespace: String, name: String, uid: String },
+    Snapshot {
+        revision: u64,
+        pods: Vec<ObjectJson>,
+    },
+    Put {
+        revision: u64,
+        pod: ObjectJson,
+    },
+    Deleted {
+        revision: u64,
+        namespace: String,
+        name: String,
+        uid: String,
+    },
     /// Nothing for this node changed up to `revision`.
-    Bookmark { revision: u64 },
+    Bookmark {
+        revision: u64,
+    },
 }
 
 /// What the hub asks of an agent on a stream the hub opens.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AgentRequest {
     /// Answered with `Response::LogStream` + raw bytes, or `Response::Error`.
-    Logs { namespace: String, name: String, tail: Option<u32>, follow: bool },
+    Logs {
+        namespace: String,
+        name: String,
+        tail: Option<u32>,
+        follow: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,17 +215,31 @@ mod tests {
     /// Golden bytes: if this changes, old agents can no longer talk to new hubs.
     #[test]
     fn golden_frames() {
-        let hello = encode(&Hello { protocol: PROTOCOL_VERSION, software: "0.1.0".into() }).unwrap();
-        expect![""].assert_eq(&hex::encode(hello));
+        let hello = encode(&Hello {
+            protocol: PROTOCOL_VERSION,
+            software: "0.1.0".into(),
+        })
+        .unwrap();
+        expect!["000000070105302e312e30"].assert_eq(&hex::encode(hello));
         let watch = encode(&Request::Watch { from_revision: 300 }).unwrap();
-        expect![""].assert_eq(&hex::encode(watch));
-        let ev = encode(&WatchEvent::Deleted { revision: 7, namespace: "default".into(), name: "w".into(), uid: "u".into() }).unwrap();
-        expect![""].assert_eq(&hex::encode(ev));
+        expect!["0000000308ac02"].assert_eq(&hex::encode(watch));
+        let ev = encode(&WatchEvent::Deleted {
+            revision: 7,
+            namespace: "default".into(),
+            name: "w".into(),
+            uid: "u".into(),
+        })
+        .unwrap();
+        expect!["0000000e02070764656661756c7401770175"].assert_eq(&hex::encode(ev));
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bytes in [&[][..], &[0xff, 0xff, 0xff][..], &[9, 0xff, 0xff, 0xff, 0xff, 0xff][..]] {
+        for bytes in [
+            &[][..],
+            &[0xff, 0xff, 0xff][..],
+            &[9, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+        ] {
             assert!(decode::<Request>(bytes).is_err());
         }
     }

@@ -1,1 +1,252 @@
-//! placeholder
+//! Dev-only harness: a real hub and N real agents in one process on loopback (each agent on its
+//! own 127.0.0.x address, each with its own data dir), plus fixtures and `eventually`.
+use anyhow::Context as _;
+use fleet::Client;
+use flotilla_agent::AgentHandle;
+use flotilla_hub::HubHandle;
+use flotilla_hub::config::ClientFile;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use fleet::up::http_get;
+
+/// Logs go to the test's output when RUST_LOG is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn examples_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A built example component. A missing fixture fails loudly; it is never skipped.
+pub fn example_wasm(name: &str) -> Vec<u8> {
+    let path = fleet::up::example_wasm(&examples_dir(), name);
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/build-examples first", path.display()))
+}
+
+/// Polls `f` until it yields Some, for at most `timeout`; panics naming `what` otherwise.
+pub async fn eventually_within<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(what, Duration::from_secs(30), f).await
+}
+
+pub struct Builder {
+    agents: usize,
+}
+
+impl Builder {
+    pub fn agents(mut self, n: usize) -> Self {
+        self.agents = n;
+        self
+    }
+
+    pub async fn start(self) -> Cluster {
+        Cluster::start(self.agents)
+            .await
+            .expect("cluster failed to start")
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub hub_addr: SocketAddr,
+    hub: Option<HubHandle>,
+    agents: Vec<Option<AgentHandle>>,
+    agent_cfgs: Vec<flotilla_agent::Config>,
+    pub client_file: ClientFile,
+}
+
+/// The loopback address agent `i` serves workloads on.
+pub fn agent_ip(i: usize) -> IpAddr {
+    IpAddr::from([127, 0, 0, 10 + i as u8])
+}
+
+impl Cluster {
+    pub fn builder() -> Builder {
+        Builder { agents: 1 }
+    }
+
+    fn hub_config(dir: &std::path::Path) -> flotilla_hub::Config {
+        let mut c = flotilla_hub::Config::new(dir.join("hub"));
+        c.node_grace = Duration::from_secs(5);
+        c
+    }
+
+    async fn start(n: usize) -> anyhow::Result<Cluster> {
+        init_tracing();
+        let dir = tempfile::tempdir()?;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let hub = flotilla_hub::start(Self::hub_config(dir.path()), socket).await?;
+        let hub_addr = hub.addr;
+        let client_file = hub.client_config();
+        let client = Client::connect(&client_file).await?;
+        let token = client.create_token(Some(600), None).await?;
+        client.close().await;
+        let mut cluster = Cluster {
+            dir,
+            hub_addr,
+            hub: Some(hub),
+            agents: Vec::new(),
+            agent_cfgs: Vec::new(),
+            client_file,
+        };
+        for i in 0..n {
+            let mut cfg = flotilla_agent::Config::new(
+                cluster.dir.path().join(format!("agent-{i}")),
+                format!("node-{i}"),
+            );
+            cfg.hub = Some(hub_addr);
+            cfg.token = Some(token.clone());
+            cfg.node_ip = agent_ip(i);
+            cfg.heartbeat = Duration::from_secs(1);
+            cfg.backoff_base = Duration::from_millis(200);
+            cfg.backoff_max = Duration::from_secs(2);
+            cfg.cpu_millis = Some(4000);
+            cfg.memory_bytes = Some(4 << 30);
+            cfg.max_instances = 200;
+            cluster.agent_cfgs.push(cfg.clone());
+            cluster.agents.push(Some(
+                flotilla_agent::start(cfg)
+                    .await
+                    .with_context(|| format!("agent {i} failed to start"))?,
+            ));
+        }
+        cluster.wait_nodes_ready(n).await;
+        Ok(cluster)
+    }
+
+    pub async fn wait_nodes_ready(&self, n: usize) {
+        eventually(&format!("{n} ready nodes"), || async {
+            let c = self.fleet().await;
+            let nodes = c.get(flotilla_proto::Kind::Node, None, None).await.ok()?;
+            c.close().await;
+            let ready = nodes
+                .iter()
+                .filter(|o| matches!(o, flotilla_proto::Object::Node(n) if n.is_ready()))
+                .count();
+            (ready == n).then_some(())
+        })
+        .await;
+    }
+
+    /// A CLI client (same code as `fleet`).
+    pub async fn fleet(&self) -> Client {
+        Client::connect(&self.client_file)
+            .await
+            .expect("connect to hub")
+    }
+
+    pub fn agent(&self, i: usize) -> &AgentHandle {
+        self.agents[i].as_ref().expect("agent is stopped")
+    }
+
+    pub fn agent_config(&self, i: usize) -> &flotilla_agent::Config {
+        &self.agent_cfgs[i]
+    }
+
+    pub async fn stop_agent(&mut self, i: usize) {
+        if let Some(a) = self.agents[i].take() {
+            a.shutdown().await;
+        }
+    }
+
+    pub async fn start_agent(&mut self, i: usize) {
+        let a = flotilla_agent::start(self.agent_cfgs[i].clone())
+            .await
+            .expect("agent restart");
+        self.agents[i] = Some(a);
+    }
+
+    pub async fn stop_hub(&mut self) {
+        if let Some(h) = self.hub.take() {
+            h.shutdown().await;
+        }
+    }
+
+    /// Restarts the hub on the same address and data dir.
+    pub async fn start_hub(&mut self) {
+        let socket = std::net::UdpSocket::bind(self.hub_addr).expect("rebind hub address");
+        self.hub = Some(
+            flotilla_hub::start(Self::hub_config(self.dir.path()), socket)
+                .await
+                .expect("hub restart"),
+        );
+    }
+
+    pub fn hub(&self) -> &HubHandle {
+        self.hub.as_ref().expect("hub is stopped")
+    }
+
+    /// Pushes an example component as `name:latest`.
+    pub async fn push_example(&self, name: &str) -> String {
+        let c = self.fleet().await;
+        let d = c
+            .push(&example_wasm(name), name, "latest")
+            .await
+            .expect("push");
+        c.close().await;
+        d
+    }
+
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<Vec<flotilla_proto::wire::Applied>> {
+        let c = self.fleet().await;
+        let r = c.apply_text(yaml).await.map(|(_, r)| r);
+        c.close().await;
+        r
+    }
+
+    pub async fn pods(&self) -> Vec<flotilla_proto::api::Pod> {
+        let c = self.fleet().await;
+        let p = c.pods(Some("default")).await.expect("list pods");
+        c.close().await;
+        p
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.agents.len() {
+            self.stop_agent(i).await;
+        }
+        self.stop_hub().await;
+    }
+}
+
+/// GET with the real curl client: (status, body).
+pub fn curl(url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "10", "-o", "-", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl must be installed (scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}

@@ -83,7 +83,11 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(4)));
     // Idle timeout bounds how long a silently dead peer looks alive.
-    t.max_idle_timeout(Some(Duration::from_secs(15).try_into().unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000)))));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(15)
+            .try_into()
+            .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000))),
+    ));
     t.max_concurrent_bidi_streams(1024u32.into());
     t.max_concurrent_uni_streams(0u32.into());
     Arc::new(t)
@@ -91,29 +95,41 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 
 /// The hub's server configuration: presents `chain` (leaf then CA), and verifies client
 /// certificates against `ca` when offered. Clients without one are let in as `Anonymous`.
-pub fn server_config(ca_pem: &str, chain_pem: &str, key_pem: &str) -> Result<quinn::ServerConfig, TransportError> {
+pub fn server_config(
+    ca_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<quinn::ServerConfig, TransportError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for c in certs_from_pem(ca_pem)? {
         roots.add(c)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs_from_pem(chain_pem)?, key_from_pem(key_pem)?)?;
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
-    let quic = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(transport_config());
     Ok(cfg)
 }
 
 /// A client with its own certificate (agents after joining, and the CLI's admin credential).
-pub fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<quinn::ClientConfig, TransportError> {
+pub fn client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<quinn::ClientConfig, TransportError> {
     let mut roots = RootCertStore::empty();
     for c in certs_from_pem(ca_pem)? {
         roots.add(c)?;
@@ -128,7 +144,10 @@ pub fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<quin
 /// A client without a certificate that trusts only a hub whose CA has the given SHA-256
 /// fingerprint (from the join token), like K3s's `K10<hash>::` tokens.
 pub fn pinned_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig, TransportError> {
-    let verifier = PinnedCa { fingerprint: ca_fingerprint.to_ascii_lowercase(), provider: provider() };
+    let verifier = PinnedCa {
+        fingerprint: ca_fingerprint.to_ascii_lowercase(),
+        provider: provider(),
+    };
     let tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -139,7 +158,8 @@ pub fn pinned_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig,
 
 fn finish_client(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TransportError> {
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(transport_config());
     Ok(cfg)
@@ -165,12 +185,19 @@ impl ServerCertVerifier for PinnedCa {
         let ca = intermediates
             .iter()
             .find(|c| cert_fingerprint(c) == self.fingerprint)
-            .ok_or_else(|| rustls::Error::General("the hub's CA does not match the join token's CA hash".into()))?;
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the hub's CA does not match the join token's CA hash".into(),
+                )
+            })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
     }
 
@@ -180,7 +207,12 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -189,44 +221,79 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// The identity proven by the peer's (already CA-verified) client certificate.
 pub fn peer_identity(conn: &quinn::Connection) -> Identity {
-    let Some(certs) = conn.peer_identity().and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok()) else {
+    let Some(certs) = conn
+        .peer_identity()
+        .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+    else {
         return Identity::Anonymous;
     };
-    let Some(leaf) = certs.first() else { return Identity::Anonymous };
+    let Some(leaf) = certs.first() else {
+        return Identity::Anonymous;
+    };
     identity_of(leaf).unwrap_or(Identity::Anonymous)
 }
 
 /// Reads the identity from a certificate's common name.
 pub fn identity_of(der: &[u8]) -> Option<Identity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     if cn == ADMIN_CN {
         Some(Identity::Admin)
     } else {
-        cn.strip_prefix(NODE_CN_PREFIX).map(|n| Identity::Node(n.to_string()))
+        cn.strip_prefix(NODE_CN_PREFIX)
+            .map(|n| Identity::Node(n.to_string()))
     }
 }
 
 /// A server endpoint on an already bound socket (so callers and tests choose the port).
-pub fn server_endpoint(socket: std::net::UdpSocket, cfg: quinn::ServerConfig) -> Result<quinn::Endpoint, TransportError> {
-    let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Io(std::io::Error::other("no async runtime")))?;
-    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(cfg), socket, runtime)?)
+pub fn server_endpoint(
+    socket: std::net::UdpSocket,
+    cfg: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, TransportError> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| TransportError::Io(std::io::Error::other("no async runtime")))?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(cfg),
+        socket,
+        runtime,
+    )?)
 }
 
 /// Connects to the hub at `addr` and exchanges `Hello`s.
-pub async fn connect(addr: std::net::SocketAddr, cfg: quinn::ClientConfig) -> Result<(quinn::Endpoint, quinn::Connection), TransportError> {
-    let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-        .map_err(|e: std::net::AddrParseError| TransportError::Io(std::io::Error::other(e)))?;
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    cfg: quinn::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connection), TransportError> {
+    let bind: std::net::SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse()
+    } else {
+        "0.0.0.0:0".parse()
+    }
+    .map_err(|e: std::net::AddrParseError| TransportError::Io(std::io::Error::other(e)))?;
     let mut endpoint = quinn::Endpoint::client(bind)?;
     endpoint.set_default_client_config(cfg);
     let conn = endpoint.connect(addr, HUB_SERVER_NAME)?.await?;
@@ -239,7 +306,10 @@ pub async fn connect(addr: std::net::SocketAddr, cfg: quinn::ClientConfig) -> Re
 }
 
 pub fn hello() -> wire::Hello {
-    wire::Hello { protocol: wire::PROTOCOL_VERSION, software: flotilla_proto::VERSION.to_string() }
+    wire::Hello {
+        protocol: wire::PROTOCOL_VERSION,
+        software: flotilla_proto::VERSION.to_string(),
+    }
 }
 
 pub fn check_hello(h: &wire::Hello) -> Result<(), TransportError> {
@@ -250,14 +320,19 @@ pub fn check_hello(h: &wire::Hello) -> Result<(), TransportError> {
 }
 
 /// Writes one length-prefixed postcard frame.
-pub async fn send_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), TransportError> {
+pub async fn send_frame<T: Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &T,
+) -> Result<(), TransportError> {
     let bytes = wire::encode(msg)?;
     send.write_all(&bytes).await?;
     Ok(())
 }
 
 /// Reads one frame; `None` when the peer finished the stream cleanly between frames.
-pub async fn recv_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<Option<T>, TransportError> {
+pub async fn recv_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<T>, TransportError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}

@@ -159,17 +159,17 @@ impl PoolPlan {
         // with the agent and OS; the ceiling stops one guest from claiming a
         // big share of a larger node, and rounding to pages keeps the pool
         // layout exact.
-        let max_memory_bytes = (cfg.node_memory_bytes / 4)
-            .clamp(MAX_MEMORY_FLOOR, MAX_MEMORY_CEILING)
-            / WASM_PAGE
-            * WASM_PAGE;
+        let max_memory_bytes =
+            (cfg.node_memory_bytes / 4).clamp(MAX_MEMORY_FLOOR, MAX_MEMORY_CEILING) / WASM_PAGE
+                * WASM_PAGE;
         let instances = cfg.max_instances.max(1);
         // Every memory slot reserves its full maximum plus guard, so the
         // address-space budget, not RAM, bounds how many slots exist. When
         // the budget is smaller than `instances * 2` slots, fewer guests can
-        // be resident at once (instantiation then fails with a pool-exhausted
-        // error), which on the boards this targets is far beyond what their
-        // RAM could hold anyway.
+        // be resident at once and instantiation beyond that fails with a
+        // pool-exhausted error. On a 1 GiB board (256 MiB per memory) that
+        // still leaves room for about 255 concurrent components, roughly as
+        // many as its RAM could back.
         let slot = max_memory_bytes + MEMORY_GUARD;
         let fits = u32::try_from(MEMORY_POOL_VA_BUDGET / slot).unwrap_or(u32::MAX);
         let total_memories = instances
@@ -412,7 +412,10 @@ impl WasmRuntime {
                 }
             }
             Compiled::Module(module) => {
-                if !matches!(module.get_export("_start"), Some(wasmtime::ExternType::Func(_))) {
+                if !matches!(
+                    module.get_export("_start"),
+                    Some(wasmtime::ExternType::Func(_))
+                ) {
                     return Err(WasmError::MissingStart {
                         digest: digest.to_owned(),
                     });
@@ -653,7 +656,9 @@ impl WasmRuntime {
             BinaryFormat::Component => {
                 Component::from_binary(&self.engine, bytes).map(Compiled::Component)
             }
-            BinaryFormat::CoreModule => Module::from_binary(&self.engine, bytes).map(Compiled::Module),
+            BinaryFormat::CoreModule => {
+                Module::from_binary(&self.engine, bytes).map(Compiled::Module)
+            }
         }
         .map_err(|e| WasmError::Compile {
             digest: digest.to_owned(),
@@ -688,8 +693,9 @@ impl WasmRuntime {
             }
         };
         let result = match verified_payload(&data) {
-            Some(payload) => deserialize_verified(&self.engine, format, payload)
-                .map_err(|e| error_text(&e)),
+            Some(payload) => {
+                deserialize_verified(&self.engine, format, payload).map_err(|e| error_text(&e))
+            }
             None => Err("bad header or checksum".to_owned()),
         };
         match result {
@@ -738,7 +744,9 @@ fn deserialize_verified(
     // wasmtime additionally validates the header and version before use.
     unsafe {
         match format {
-            BinaryFormat::Component => Component::deserialize(engine, payload).map(Compiled::Component),
+            BinaryFormat::Component => {
+                Component::deserialize(engine, payload).map(Compiled::Component)
+            }
             BinaryFormat::CoreModule => Module::deserialize(engine, payload).map(Compiled::Module),
         }
     }
@@ -776,11 +784,7 @@ fn write_cache_file(path: &Path, payload: &[u8]) -> io::Result<()> {
 fn component_kind(engine: &Engine, component: &Component) -> Option<ArtifactKind> {
     let ty = component.component_type();
     let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    let exports = |interface: &str| {
-        names
-            .iter()
-            .any(|n| n.split('@').next() == Some(interface))
-    };
+    let exports = |interface: &str| names.iter().any(|n| n.split('@').next() == Some(interface));
     if exports("wasi:http/incoming-handler") {
         Some(ArtifactKind::HttpComponent)
     } else if exports("wasi:cli/run") {
@@ -897,7 +901,11 @@ fn wasi_builder(spec: &GuestSpec) -> WasiCtxBuilder {
     builder
 }
 
-fn component_store(engine: &Engine, spec: &GuestSpec, max_memory_bytes: u64) -> Store<ComponentState> {
+fn component_store(
+    engine: &Engine,
+    spec: &GuestSpec,
+    max_memory_bytes: u64,
+) -> Store<ComponentState> {
     let state = ComponentState {
         wasi: wasi_builder(spec).build(),
         http: WasiHttpCtx::new(),
@@ -1077,7 +1085,11 @@ impl OutputStream for GuestOutput {
 }
 
 impl AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.log.append(self.stream, buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -1129,10 +1141,7 @@ fn failure_description(reason: &str, memory_limit: u64) -> String {
     match reason {
         "MemoryLimit" => format!("memory limit of {} MiB exceeded", memory_limit / MIB),
         "Interrupted" => "interrupted".to_owned(),
-        other => other
-            .strip_prefix("Trap: ")
-            .unwrap_or(other)
-            .to_owned(),
+        other => other.strip_prefix("Trap: ").unwrap_or(other).to_owned(),
     }
 }
 
@@ -1201,7 +1210,10 @@ async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, cancel: 
 }
 
 impl HttpService {
-    async fn handle(self: Arc<Self>, request: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+    async fn handle(
+        self: Arc<Self>,
+        request: hyper::Request<Incoming>,
+    ) -> hyper::Response<HyperOutgoingBody> {
         let target = format!("{} {}", request.method(), request.uri().path());
         let mut store = component_store(self.pre.engine(), &self.spec, self.max_memory_bytes);
         // Yielding every tick keeps one busy request from starving the others
@@ -1216,7 +1228,11 @@ impl HttpService {
             })
         });
         let (sender, receiver) = oneshot::channel();
-        let incoming = match store.data_mut().http().new_incoming_request(Scheme::Http, request) {
+        let incoming = match store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+        {
             Ok(incoming) => incoming,
             Err(e) => {
                 debug!(pod = %self.spec.pod, error = %error_text(&e), "rejected malformed http request");
@@ -1309,7 +1325,8 @@ impl HttpService {
                 self.spec.request_timeout
             ),
             RequestOutcome::Failed(Failure::MemoryLimit) => {
-                let limit = effective_memory_limit(self.spec.memory_limit_bytes, self.max_memory_bytes);
+                let limit =
+                    effective_memory_limit(self.spec.memory_limit_bytes, self.max_memory_bytes);
                 format!("memory limit of {} MiB exceeded", limit / MIB)
             }
             RequestOutcome::Failed(Failure::Interrupted) => "interrupted".to_owned(),
@@ -1349,7 +1366,10 @@ fn outcome_response(outcome: &RequestOutcome) -> hyper::Response<HyperOutgoingBo
     }
 }
 
-fn text_response(status: http::StatusCode, body: &'static str) -> hyper::Response<HyperOutgoingBody> {
+fn text_response(
+    status: http::StatusCode,
+    body: &'static str,
+) -> hyper::Response<HyperOutgoingBody> {
     let mut response = hyper::Response::new(
         Full::new(Bytes::from_static(body.as_bytes()))
             .map_err(|never| match never {})
@@ -1441,10 +1461,19 @@ mod tests {
     fn detects_modules_and_components_from_the_header() {
         let module = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01];
         let component = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
-        assert_eq!(detect_kind_from_header(&module), Some(BinaryFormat::CoreModule));
-        assert_eq!(detect_kind_from_header(&component), Some(BinaryFormat::Component));
+        assert_eq!(
+            detect_kind_from_header(&module),
+            Some(BinaryFormat::CoreModule)
+        );
+        assert_eq!(
+            detect_kind_from_header(&component),
+            Some(BinaryFormat::Component)
+        );
         // Unknown version, wrong magic, truncated header, WAT text.
-        assert_eq!(detect_kind_from_header(&[0, 0x61, 0x73, 0x6d, 2, 0, 0, 0]), None);
+        assert_eq!(
+            detect_kind_from_header(&[0, 0x61, 0x73, 0x6d, 2, 0, 0, 0]),
+            None
+        );
         assert_eq!(detect_kind_from_header(b"\x7fELF\x02\x01\x01\x00"), None);
         assert_eq!(detect_kind_from_header(&module[..7]), None);
         assert_eq!(detect_kind_from_header(b"(module)"), None);
@@ -1482,7 +1511,13 @@ mod tests {
             .run_command(&artifact, &spec, CancellationToken::new())
             .await
             .unwrap();
-        assert_eq!(status, ExitStatus { code: 3, reason: "Error".to_owned() });
+        assert_eq!(
+            status,
+            ExitStatus {
+                code: 3,
+                reason: "Error".to_owned()
+            }
+        );
         assert_eq!(log_text(&spec), "hello from wat\n");
     }
 
@@ -1505,7 +1540,13 @@ mod tests {
         .await
         .expect("a spinning guest must stop when cancelled")
         .unwrap();
-        assert_eq!(status, ExitStatus { code: 137, reason: "Killed".to_owned() });
+        assert_eq!(
+            status,
+            ExitStatus {
+                code: 137,
+                reason: "Killed".to_owned()
+            }
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
@@ -1519,8 +1560,18 @@ mod tests {
             .run_command(&grow, &spec, CancellationToken::new())
             .await
             .unwrap();
-        assert_eq!(status, ExitStatus { code: 137, reason: "MemoryLimit".to_owned() });
-        assert!(log_text(&spec).contains("memory limit of 64 MiB exceeded"), "{}", log_text(&spec));
+        assert_eq!(
+            status,
+            ExitStatus {
+                code: 137,
+                reason: "MemoryLimit".to_owned()
+            }
+        );
+        assert!(
+            log_text(&spec).contains("memory limit of 64 MiB exceeded"),
+            "{}",
+            log_text(&spec)
+        );
 
         let crash = fx.load_wat(UNREACHABLE);
         let status = fx
@@ -1529,7 +1580,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(status.code, EXIT_CODE_TRAP);
-        assert_eq!(status.reason, "Trap: wasm `unreachable` instruction executed");
+        assert_eq!(
+            status.reason,
+            "Trap: wasm `unreachable` instruction executed"
+        );
 
         // Without a pod limit the same module fits under the node's cap.
         let roomy = fx.spec(None);
@@ -1538,7 +1592,13 @@ mod tests {
             .run_command(&grow, &roomy, CancellationToken::new())
             .await
             .unwrap();
-        assert_eq!(status, ExitStatus { code: 0, reason: "Completed".to_owned() });
+        assert_eq!(
+            status,
+            ExitStatus {
+                code: 0,
+                reason: "Completed".to_owned()
+            }
+        );
     }
 
     #[test]
@@ -1559,7 +1619,10 @@ mod tests {
 
         // A second runtime loads from the cache.
         let again = runtime_at(fx.dir.path());
-        assert_eq!(again.load("sha256:a", &bytes).unwrap().kind, ArtifactKind::CoreModule);
+        assert_eq!(
+            again.load("sha256:a", &bytes).unwrap().kind,
+            ArtifactKind::CoreModule
+        );
 
         // Flip a byte in the payload: the entry is rejected and rewritten.
         let mut data = fs::read(&files[0]).unwrap();
@@ -1584,10 +1647,9 @@ mod tests {
             fx.runtime.load("sha256:y", &no_start),
             Err(WasmError::MissingStart { .. })
         ));
-        let bad_import = wat::parse_str(
-            r#"(module (import "env" "nope" (func)) (func (export "_start")))"#,
-        )
-        .unwrap();
+        let bad_import =
+            wat::parse_str(r#"(module (import "env" "nope" (func)) (func (export "_start")))"#)
+                .unwrap();
         let err = fx.runtime.load("sha256:z", &bad_import).unwrap_err();
         assert!(matches!(err, WasmError::Link { .. }), "{err}");
         assert!(err.to_string().contains("sha256:z"));
@@ -1598,14 +1660,18 @@ mod tests {
             .join("../examples/target/wasm32-wasip2/release")
             .join(format!("{name}.wasm"));
         fs::read(&path).unwrap_or_else(|e| {
-            panic!("cannot read {}: {e}; run scripts/build-examples first", path.display())
+            panic!(
+                "cannot read {}: {e}; run scripts/build-examples first",
+                path.display()
+            )
         })
     }
 
     /// Sends one HTTP/1.1 request over a raw socket; returns status and body.
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.unwrap();
@@ -1619,7 +1685,11 @@ mod tests {
         let chunked = head
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked");
-        let body = if chunked { dechunk(body) } else { body.to_owned() };
+        let body = if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
         (status, body)
     }
 
@@ -1643,8 +1713,15 @@ mod tests {
         fx: &Arc<Fixture>,
         name: &str,
         spec: GuestSpec,
-    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<Result<(), WasmError>>) {
-        let artifact = fx.runtime.load(&format!("example:{name}"), &example(name)).unwrap();
+    ) -> (
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), WasmError>>,
+    ) {
+        let artifact = fx
+            .runtime
+            .load(&format!("example:{name}"), &example(name))
+            .unwrap();
         assert_eq!(artifact.kind, ArtifactKind::HttpComponent);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1673,7 +1750,10 @@ mod tests {
         for _ in 0..3 {
             let (status, body) = get(addr, "/greet").await;
             assert_eq!(status, 200, "{body}");
-            assert!(body.contains("hello from default/hello on node-1"), "{body}");
+            assert!(
+                body.contains("hello from default/hello on node-1"),
+                "{body}"
+            );
             assert!(body.contains("path: /greet"), "{body}");
         }
         cancel.cancel();
@@ -1682,7 +1762,10 @@ mod tests {
             .expect("serve_http must return after cancel")
             .unwrap()
             .unwrap();
-        assert!(TcpStream::connect(addr).await.is_err(), "listener must be closed");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "listener must be closed"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -1697,7 +1780,10 @@ mod tests {
         assert_eq!(status, 500, "{body}");
         assert_eq!(get(addr, "/").await, (200, "chaos ok\n".to_owned()));
         let text = String::from_utf8(log.tail(None).unwrap()).unwrap();
-        assert!(text.contains("http GET /grow: memory limit of 64 MiB exceeded"), "{text}");
+        assert!(
+            text.contains("http GET /grow: memory limit of 64 MiB exceeded"),
+            "{text}"
+        );
 
         // Growing within the limit works.
         let (status, body) = get(addr, "/grow?mb=16").await;
@@ -1729,7 +1815,13 @@ mod tests {
             .run_command(&batch, &spec, CancellationToken::new())
             .await
             .unwrap();
-        assert_eq!(status, ExitStatus { code: 0, reason: "Completed".to_owned() });
+        assert_eq!(
+            status,
+            ExitStatus {
+                code: 0,
+                reason: "Completed".to_owned()
+            }
+        );
         let text = log_text(&spec);
         assert!(text.contains("tick 3/3\n"), "{text}");
         assert!(text.contains(r#"args: ["one", "two"]"#), "{text}");

@@ -3,7 +3,9 @@
 use super::{BatchKind, next_batch};
 use crate::Hub;
 use crate::store::{StoreError, Tx};
-use flotilla_proto::api::{Deployment, DeploymentStatus, Kind, Object, ObjectKey, OwnerReference, Pod, PodStatus};
+use flotilla_proto::api::{
+    Deployment, DeploymentStatus, Kind, Object, ObjectKey, OwnerReference, Pod, PodStatus,
+};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +43,12 @@ fn keys_of(e: &crate::store::StoreEvent) -> Vec<ObjectKey> {
             .object
             .iter()
             .chain(e.prev.iter())
-            .flat_map(|o| o.meta().owner_references.iter().filter(|r| r.kind == "Deployment"))
+            .flat_map(|o| {
+                o.meta()
+                    .owner_references
+                    .iter()
+                    .filter(|r| r.kind == "Deployment")
+            })
             .map(|r| ObjectKey::new(Kind::Deployment, &e.key.namespace, &r.name))
             .collect(),
         _ => vec![],
@@ -70,7 +77,9 @@ pub fn template_hash(d: &Deployment) -> String {
 
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Re-reads current state and converges it; idempotent. Runs inside one write transaction.
@@ -85,14 +94,26 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey) -> Result<(), StoreError> {
         .collect();
     let Some(Object::Deployment(d)) = tx.get(key)? else {
         // Deleted: garbage-collect pods still naming it as owner.
-        for p in pods.iter().filter(|p| p.metadata.owner_references.iter().any(|r| r.kind == "Deployment" && r.name == key.name)) {
+        for p in pods.iter().filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .any(|r| r.kind == "Deployment" && r.name == key.name)
+        }) {
             tx.delete(&Object::Pod(p.clone()).key())?;
         }
         return Ok(());
     };
     let hash = template_hash(&d);
-    let owned: Vec<&Pod> =
-        pods.iter().filter(|p| p.metadata.owner_references.iter().any(|r| r.uid == d.metadata.uid)).collect();
+    let owned: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .any(|r| r.uid == d.metadata.uid)
+        })
+        .collect();
     let want = d.spec.replicas.unwrap_or(1).max(0) as usize;
     let mut current = Vec::new();
     for p in owned {
@@ -106,17 +127,29 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey) -> Result<(), StoreError> {
     }
     if current.len() > want {
         // Scale down the least valuable first: unscheduled, then not ready, then newest.
-        current.sort_by_key(|p| (p.spec.node_name.is_some(), p.is_ready(), std::cmp::Reverse(p.metadata.creation_timestamp.clone())));
+        current.sort_by_key(|p| {
+            (
+                p.spec.node_name.is_some(),
+                p.is_ready(),
+                std::cmp::Reverse(p.metadata.creation_timestamp.clone()),
+            )
+        });
         for p in current.drain(..current.len() - want) {
             tx.delete(&ObjectKey::new(Kind::Pod, &key.namespace, &p.metadata.name))?;
         }
     }
     let mut created = 0;
     for _ in current.len()..want {
-        let mut pod = Pod { metadata: d.spec.template.metadata.clone(), spec: d.spec.template.spec.clone(), ..Default::default() };
+        let mut pod = Pod {
+            metadata: d.spec.template.metadata.clone(),
+            spec: d.spec.template.spec.clone(),
+            ..Default::default()
+        };
         pod.metadata.name = format!("{}-{hash}-{}", d.metadata.name, random_suffix());
         pod.metadata.namespace = Some(key.namespace.clone());
-        pod.metadata.labels.insert(TEMPLATE_HASH_LABEL.into(), hash.clone());
+        pod.metadata
+            .labels
+            .insert(TEMPLATE_HASH_LABEL.into(), hash.clone());
         pod.metadata.owner_references = vec![OwnerReference {
             api_version: "apps/v1".into(),
             kind: "Deployment".into(),
@@ -124,7 +157,10 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey) -> Result<(), StoreError> {
             uid: d.metadata.uid.clone(),
             controller: Some(true),
         }];
-        pod.status = PodStatus { phase: "Pending".into(), ..Default::default() };
+        pod.status = PodStatus {
+            phase: "Pending".into(),
+            ..Default::default()
+        };
         tx.put(Object::Pod(pod))?;
         created += 1;
     }

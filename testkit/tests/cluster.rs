@@ -1,0 +1,603 @@
+//! End-to-end tests on a real in-process cluster: hub + agents on loopback, real QUIC, real
+//! wasmtime, real HTTP (curl).
+use flotilla_proto::api::Pod;
+use flotilla_testkit::{Cluster, agent_ip, curl, eventually, eventually_within};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn deployment(name: &str, replicas: i32, extra_env: &str, host_port: Option<u16>) -> String {
+    let port = host_port
+        .map(|p| format!(", hostPort: {p}"))
+        .unwrap_or_default();
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: web
+        image: hello:latest
+        ports: [{{containerPort: 8080{port}}}]
+        resources: {{requests: {{cpu: 100m, memory: 32Mi}}, limits: {{memory: 64Mi}}}}
+        env:
+        - name: FLOTILLA_POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - name: FLOTILLA_NODE_NAME
+          valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}
+{extra_env}
+"#
+    )
+}
+
+fn running<'a>(pods: &'a [Pod], app: &str) -> Vec<&'a Pod> {
+    pods.iter()
+        .filter(|p| {
+            p.metadata.labels.get("app").map(String::as_str) == Some(app)
+                && p.is_ready()
+                && p.status.endpoint.is_some()
+        })
+        .collect()
+}
+
+/// Waits until exactly `n` pods of `app` exist and all are ready; returns them.
+async fn wait_ready(cluster: &Cluster, app: &str, n: usize) -> Vec<Pod> {
+    eventually(&format!("{n} ready pods of {app}"), || async {
+        let pods = cluster.pods().await;
+        let all: Vec<_> = pods
+            .iter()
+            .filter(|p| p.metadata.labels.get("app").map(String::as_str) == Some(app))
+            .collect();
+        let ready = running(&pods, app);
+        (all.len() == n && ready.len() == n).then(|| ready.into_iter().cloned().collect())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_spreads_scales_replaces_and_deletes() {
+    let cluster = Cluster::builder().agents(3).start().await;
+    cluster.push_example("hello").await;
+    cluster
+        .apply(&deployment("web", 3, "", None))
+        .await
+        .unwrap();
+
+    let pods = wait_ready(&cluster, "web", 3).await;
+    let nodes: BTreeSet<_> = pods
+        .iter()
+        .map(|p| p.spec.node_name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "replicas must spread over the 3 agents: {nodes:?}"
+    );
+    for p in &pods {
+        let (code, body) = curl(&format!("http://{}/", p.status.endpoint.as_ref().unwrap()));
+        assert_eq!(code, 200);
+        assert!(
+            body.contains(&p.metadata.name),
+            "pod {} answered {body:?}",
+            p.metadata.name
+        );
+        assert!(body.contains(p.spec.node_name.as_ref().unwrap()));
+    }
+
+    let c = cluster.fleet().await;
+    c.scale("default", "web", 5).await.unwrap();
+    wait_ready(&cluster, "web", 5).await;
+    c.scale("default", "web", 1).await.unwrap();
+    let one = wait_ready(&cluster, "web", 1).await;
+
+    // A template change replaces the pods.
+    cluster
+        .apply(&deployment(
+            "web",
+            1,
+            "        - {name: COLOR, value: blue}",
+            None,
+        ))
+        .await
+        .unwrap();
+    let replaced = eventually("template change to replace the pod", || async {
+        let pods = cluster.pods().await;
+        let ready = running(&pods, "web");
+        let all = pods
+            .iter()
+            .filter(|p| p.metadata.labels.get("app").map(String::as_str) == Some("web"))
+            .count();
+        (all == 1 && ready.len() == 1 && ready[0].metadata.name != one[0].metadata.name)
+            .then(|| ready[0].clone())
+    })
+    .await;
+    assert!(
+        replaced.spec.containers[0]
+            .env
+            .iter()
+            .any(|e| e.name == "COLOR")
+    );
+    let endpoint = replaced.status.endpoint.clone().unwrap();
+    assert_eq!(curl(&format!("http://{endpoint}/")).0, 200);
+
+    c.delete(flotilla_proto::Kind::Deployment, "default", "web")
+        .await
+        .unwrap();
+    eventually("pods to be gone", || async {
+        cluster.pods().await.is_empty().then_some(())
+    })
+    .await;
+    eventually("the endpoint to stop answering", || async {
+        (curl(&format!("http://{endpoint}/")).0 != 200).then_some(())
+    })
+    .await;
+    c.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_restart_loses_nothing_and_restarts_nothing() {
+    let mut cluster = Cluster::builder().agents(2).start().await;
+    cluster.push_example("hello").await;
+    cluster
+        .apply(&deployment("keep", 2, "", None))
+        .await
+        .unwrap();
+    let before = wait_ready(&cluster, "keep", 2).await;
+    let c = cluster.fleet().await;
+    let deploy_before = c
+        .get(
+            flotilla_proto::Kind::Deployment,
+            Some("default"),
+            Some("keep"),
+        )
+        .await
+        .unwrap();
+    c.close().await;
+
+    cluster.stop_hub().await;
+    // Workloads keep serving while the hub is down.
+    for p in &before {
+        assert_eq!(
+            curl(&format!("http://{}/", p.status.endpoint.as_ref().unwrap())).0,
+            200
+        );
+    }
+    cluster.start_hub().await;
+    eventually("agents to reconnect", || async {
+        (cluster.agent(0).connected() && cluster.agent(1).connected()).then_some(())
+    })
+    .await;
+    cluster.wait_nodes_ready(2).await;
+
+    let c = cluster.fleet().await;
+    let deploy_after = c
+        .get(
+            flotilla_proto::Kind::Deployment,
+            Some("default"),
+            Some("keep"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deploy_before[0].meta().uid, deploy_after[0].meta().uid);
+    assert_eq!(
+        deploy_before[0].meta().generation,
+        deploy_after[0].meta().generation
+    );
+    assert!(
+        deploy_after[0]
+            .meta()
+            .resource_version
+            .parse::<u64>()
+            .unwrap()
+            >= deploy_before[0]
+                .meta()
+                .resource_version
+                .parse::<u64>()
+                .unwrap()
+    );
+    c.close().await;
+    // Give the controllers time to (wrongly) act, then check nothing was replaced or restarted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = wait_ready(&cluster, "keep", 2).await;
+    let names = |ps: &[Pod]| {
+        ps.iter()
+            .map(|p| (p.metadata.name.clone(), p.status.start_time.clone()))
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        names(&before),
+        names(&after),
+        "pods were replaced or restarted across a hub restart"
+    );
+    assert!(after.iter().all(|p| p.restarts() == 0));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_without_hub_serves_from_cache() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    cluster.push_example("hello").await;
+    cluster
+        .apply(&deployment("offline", 1, "", Some(18080)))
+        .await
+        .unwrap();
+    wait_ready(&cluster, "offline", 1).await;
+    let url = format!("http://{}:18080/", agent_ip(0));
+    assert_eq!(curl(&url).0, 200);
+
+    cluster.stop_hub().await;
+    cluster.stop_agent(0).await;
+    assert_ne!(
+        curl(&url).0,
+        200,
+        "the agent is stopped, nothing should answer"
+    );
+    cluster.start_agent(0).await;
+    let body = eventually("the cached workload to answer without the hub", || async {
+        let (code, body) = curl(&url);
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert!(body.contains("hello from offline-"), "{body}");
+    assert!(!cluster.agent(0).connected());
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_guests_are_contained() {
+    let cluster = Cluster::builder().agents(1).start().await;
+    cluster.push_example("hello").await;
+    cluster.push_example("chaos").await;
+    cluster.push_example("crash").await;
+    cluster
+        .apply(&deployment("neighbour", 1, "", Some(18081)))
+        .await
+        .unwrap();
+    cluster
+        .apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: chaos
+  annotations: {flotilla.io/request-timeout: 1s}
+spec:
+  containers:
+  - name: chaos
+    image: chaos:latest
+    ports: [{containerPort: 8080, hostPort: 18082}]
+    resources: {limits: {memory: 64Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  restartPolicy: Always
+  containers: [{name: crash, image: crash:latest}]
+"#,
+        )
+        .await
+        .unwrap();
+    let ip = agent_ip(0);
+    let neighbour = format!("http://{ip}:18081/");
+    let chaos = format!("http://{ip}:18082");
+    eventually("chaos and neighbour to serve", || async {
+        (curl(&neighbour).0 == 200 && curl(&format!("{chaos}/")).0 == 200).then_some(())
+    })
+    .await;
+
+    // An infinite loop is interrupted at the request deadline; the neighbour keeps serving.
+    let looping = std::thread::spawn({
+        let url = format!("{chaos}/loop");
+        move || curl(&url)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        curl(&neighbour).0,
+        200,
+        "neighbour must serve while a guest spins"
+    );
+    let (code, _) = looping.join().unwrap();
+    assert!(
+        code >= 500,
+        "a spinning request must be cut off with a 5xx, got {code}"
+    );
+
+    // Growing past the memory limit stops that instance; the pod and its neighbours go on.
+    let (code, _) = curl(&format!("{chaos}/grow?mb=256"));
+    assert!(code >= 500, "growing past 64Mi must fail, got {code}");
+    assert_eq!(curl(&format!("{chaos}/grow?mb=8")).0, 200);
+    assert_eq!(curl(&format!("{chaos}/")).0, 200);
+    assert_eq!(curl(&neighbour).0, 200);
+
+    // A crashing command is restarted with back-off and shows CrashLoopBackOff.
+    let crasher = eventually_within("crash loop back-off", Duration::from_secs(60), || async {
+        let pods = cluster.pods().await;
+        let p = pods.into_iter().find(|p| p.metadata.name == "crasher")?;
+        (p.restarts() >= 2 && flotilla_testkit_status(&p) == "CrashLoopBackOff").then_some(p)
+    })
+    .await;
+    let last = crasher.status.container_statuses[0]
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .unwrap();
+    // WASI 0.2's wasi:cli/exit carries only ok/err (exit-with-code is unstable), so the
+    // guest's exit(3) reaches the host as a failure with status 1.
+    assert_eq!(last.exit_code, 1);
+    let c = cluster.fleet().await;
+    let mut logs = Vec::new();
+    c.logs("default", "crasher", Some(50), false, &mut logs)
+        .await
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(logs.contains("crashing"), "logs: {logs}");
+    c.close().await;
+    cluster.shutdown().await;
+}
+
+fn flotilla_testkit_status(p: &Pod) -> String {
+    fleet::output::pod_status(p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_pod_completes_with_logs() {
+    let cluster = Cluster::builder().agents(1).start().await;
+    cluster.push_example("batch").await;
+    cluster
+        .apply(
+            &std::fs::read_to_string(flotilla_testkit::examples_dir().join("batch/pod.yaml"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually("batch to succeed", || async {
+        cluster
+            .pods()
+            .await
+            .iter()
+            .find(|p| p.metadata.name == "batch" && p.status.phase == "Succeeded")
+            .map(|_| ())
+    })
+    .await;
+    let c = cluster.fleet().await;
+    let mut out = Vec::new();
+    c.logs("default", "batch", None, false, &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("tick 3/3"), "{text}");
+    assert!(
+        text.contains("--from-yaml"),
+        "args must reach the guest: {text}"
+    );
+    let mut tail = Vec::new();
+    c.logs("default", "batch", Some(1), false, &mut tail)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&tail).lines().count(), 1);
+    c.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifests_are_rejected_and_nothing_is_stored() {
+    let cluster = Cluster::builder().agents(0).start().await;
+    let c = cluster.fleet().await;
+    let cases = [
+        (
+            "apiVersion: v1\nkind: Gizmo\nmetadata: {name: g}\n",
+            "kind \"Gizmo\" is not supported",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: lots}\n",
+            "spec.replicas: invalid type",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: -1, selector: {matchLabels: {a: b}}, template: {metadata: {labels: {a: b}}, spec: {containers: [{name: c, image: x}]}}}\n",
+            "spec.replicas must be >= 0, got -1",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n",
+            "document 2 (configmap ok): duplicate object",
+        ),
+        // A valid document next to an invalid one: neither is stored.
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: good}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n",
+            "document 2 (pod p): spec.containers must have at least one container",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: nowhere}\n",
+            "namespaces \"nowhere\" not found",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let err = c.apply_text(yaml).await.expect_err(yaml).to_string();
+        assert!(
+            err.contains(want),
+            "for {yaml:?}\nwanted {want:?}\ngot {err:?}"
+        );
+    }
+    // The hub validates too: objects that bypass the client's parser are refused the same way.
+    let mut bad = flotilla_proto::Object::ConfigMap(Default::default());
+    bad.meta_mut().name = "Not_A_Name".into();
+    bad.normalize();
+    let err = c.apply(&[bad]).await.unwrap_err().to_string();
+    assert!(err.contains("metadata.name must consist of"), "{err}");
+    assert!(
+        c.get(flotilla_proto::Kind::ConfigMap, Some("default"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        c.get(flotilla_proto::Kind::Deployment, Some("default"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        c.get(flotilla_proto::Kind::Pod, Some("default"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    c.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_with_bad_tokens_are_refused() {
+    let cluster = Cluster::builder().agents(0).start().await;
+    let c = cluster.fleet().await;
+    let join = |name: &str, token: String| {
+        let mut cfg =
+            flotilla_agent::Config::new(cluster.dir.path().join(format!("join-{name}")), name);
+        cfg.hub = Some(cluster.hub_addr);
+        cfg.token = Some(token);
+        async move {
+            flotilla_agent::start(cfg)
+                .await
+                .map(|a| a.node_name.clone())
+        }
+    };
+    let once = c.create_token(Some(600), Some(1)).await.unwrap();
+    assert_eq!(join("first", once.clone()).await.unwrap(), "first");
+    let reused = join("second", once.clone()).await.unwrap_err();
+    assert!(
+        format!("{reused:#}").contains("maximum number of times"),
+        "{reused:#}"
+    );
+
+    let short = c.create_token(Some(1), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = join("late", short).await.unwrap_err();
+    assert!(format!("{expired:#}").contains("expired"), "{expired:#}");
+
+    let mut parts: Vec<String> = once.split('.').map(String::from).collect();
+    parts[3] = "0".repeat(32);
+    let forged = join("forger", parts.join(".")).await.unwrap_err();
+    assert!(
+        format!("{forged:#}").contains("unknown join token"),
+        "{forged:#}"
+    );
+
+    // A token pinning another CA: the agent refuses the hub before sending anything.
+    let mut parts: Vec<String> = once.split('.').map(String::from).collect();
+    parts[1] = "ab".repeat(32);
+    let wrong_ca = join("mitm", parts.join(".")).await.unwrap_err();
+    assert!(
+        format!("{wrong_ca:#}").contains("failed to reach hub")
+            || format!("{wrong_ca:#}").contains("CA"),
+        "{wrong_ca:#}"
+    );
+    c.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_are_enforced() {
+    use flotilla_proto::wire::{PodReport, Request, Response};
+    let cluster = Cluster::builder().agents(2).start().await;
+    cluster.push_example("hello").await;
+    cluster
+        .apply("apiVersion: v1\nkind: Pod\nmetadata: {name: pinned}\nspec:\n  nodeSelector: {kubernetes.io/hostname: node-1}\n  containers: [{name: c, image: hello:latest}]\n")
+        .await
+        .unwrap();
+    let pod = eventually("pinned pod to run on node-1", || async {
+        cluster
+            .pods()
+            .await
+            .into_iter()
+            .find(|p| p.metadata.name == "pinned" && p.is_ready())
+    })
+    .await;
+    assert_eq!(pod.spec.node_name.as_deref(), Some("node-1"));
+
+    // node-0's own certificate cannot set the status of a pod on node-1.
+    let id = flotilla_agent::identity::Identity::load(&cluster.agent_config(0).data_dir)
+        .unwrap()
+        .unwrap();
+    let (_e, conn) = flotilla_transport::connect(cluster.hub_addr, id.client_config().unwrap())
+        .await
+        .unwrap();
+    let status = serde_json::json!({"phase": "Failed", "reason": "Forged"}).to_string();
+    let req = Request::ReportPods {
+        pods: vec![PodReport {
+            namespace: "default".into(),
+            name: "pinned".into(),
+            uid: pod.metadata.uid.clone(),
+            status,
+        }],
+    };
+    let (_, _, resp): (_, _, Response) = flotilla_transport::request(&conn, &req).await.unwrap();
+    assert_eq!(resp, Response::Ok);
+    // A node may not use admin requests either.
+    let (_, _, resp): (_, _, Response) = flotilla_transport::request(
+        &conn,
+        &Request::Get {
+            kind: flotilla_proto::Kind::Secret,
+            namespace: None,
+            name: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(resp, Response::Error { ref message } if message.contains("forbidden")),
+        "{resp:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = cluster
+        .pods()
+        .await
+        .into_iter()
+        .find(|p| p.metadata.name == "pinned")
+        .unwrap();
+    assert_eq!(
+        after.status.phase, "Running",
+        "a forged report from another node must be ignored"
+    );
+
+    // Without a client certificate only joining is possible.
+    let ca = flotilla_transport::cert_fingerprint(
+        &flotilla_transport::certs_from_pem(&cluster.client_file.ca).unwrap()[0],
+    );
+    let (_e2, anon) = flotilla_transport::connect(
+        cluster.hub_addr,
+        flotilla_transport::pinned_client_config(&ca).unwrap(),
+    )
+    .await
+    .unwrap();
+    let (_, _, resp): (_, _, Response) = flotilla_transport::request(
+        &anon,
+        &Request::Get {
+            kind: flotilla_proto::Kind::Pod,
+            namespace: None,
+            name: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(resp, Response::Error { ref message } if message.contains("unauthenticated")),
+        "{resp:?}"
+    );
+
+    // An agent data dir belongs to one node name.
+    let mut cfg = cluster.agent_config(0).clone();
+    cfg.node_name = "node-1".into();
+    let err = flotilla_agent::start(cfg)
+        .await
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(err.contains("belongs to node"), "{err}");
+    cluster.shutdown().await;
+}
