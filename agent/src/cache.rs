@@ -39,7 +39,8 @@ pub enum Change {
 
 impl Cache {
     pub fn open(path: &Path) -> Result<Cache, CacheError> {
-        let db = Database::create(path)?;
+        // The desired set of one node is small; a bounded page cache keeps the agent's memory flat.
+        let db = Database::builder().set_cache_size(2 << 20).create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(PODS)?;
         txn.open_table(META)?;

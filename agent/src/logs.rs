@@ -16,7 +16,7 @@ use tracing::warn;
 
 /// How many appended chunks a follower may fall behind before it starts
 /// missing data (it then sees `RecvError::Lagged` and can resubscribe).
-const FOLLOW_CAPACITY: usize = 1024;
+const FOLLOW_CAPACITY: usize = 64;
 
 /// Which guest stream a chunk came from. Both go to the same file; the
 /// distinction is kept for diagnostics.

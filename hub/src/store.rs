@@ -81,7 +81,8 @@ pub fn now_rfc3339() -> String {
 impl Store {
     /// Opens (creating) the database. `sealing_key` (32 bytes) encrypts Secrets at rest.
     pub fn open(path: &Path, sealing_key: &[u8; 32]) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        // Bounded page cache: reads past it go to the OS page cache, which the kernel can reclaim.
+        let db = Database::builder().set_cache_size(16 << 20).create(path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(OBJECTS)?;
