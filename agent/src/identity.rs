@@ -19,19 +19,8 @@ fn dir(data_dir: &Path) -> PathBuf {
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    flotilla_transport::write_private(path, contents.as_bytes())
+        .with_context(|| format!("failed to write {}", path.display()))
 }
 
 impl Identity {

@@ -15,6 +15,8 @@ use tracing::{info, warn};
 
 /// Annotation bounding one wasi:http request's run time (a guest stuck in a loop is interrupted).
 pub const REQUEST_TIMEOUT_ANNOTATION: &str = "flotilla.io/request-timeout";
+/// Annotation: "false" gives every wasi:http request a fresh instance (like `wasmtime serve`).
+pub const INSTANCE_REUSE_ANNOTATION: &str = "flotilla.io/instance-reuse";
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A container that ran this long without failing has its back-off reset (as in Kubernetes).
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
@@ -304,5 +306,11 @@ fn guest_spec(
         request_timeout,
         log,
         allow_outbound_http: false,
+        reuse_instances: pod
+            .metadata
+            .annotations
+            .get(INSTANCE_REUSE_ANNOTATION)
+            .map(String::as_str)
+            != Some("false"),
     }
 }

@@ -332,13 +332,30 @@ async fn main() -> anyhow::Result<()> {
     c.client.delete(Kind::Deployment, "default", "idle").await?;
 
     println!("== wasi:http serving, {secs} s wrk -t1 -c16, server pinned to core 0, wrk to core 1");
-    c.client.apply_text("apiVersion: v1\nkind: Pod\nmetadata: {name: serve}\nspec:\n  containers:\n  - {name: hello, image: hello:latest, ports: [{containerPort: 8080, hostPort: 17580}]}\n").await?;
-    wait_ready_pod(&c.client, "serve").await?;
+    let serve_pod = |name: &str, port: u16, reuse: bool| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, annotations: {{flotilla.io/instance-reuse: \"{reuse}\"}}}}\nspec:\n  containers:\n  - {{name: hello, image: hello:latest, ports: [{{containerPort: 8080, hostPort: {port}}}]}}\n"
+        )
+    };
+    c.client
+        .apply_text(&serve_pod("serve-warm", 17580, true))
+        .await?;
+    c.client
+        .apply_text(&serve_pod("serve-fresh", 17582, false))
+        .await?;
+    wait_ready_pod(&c.client, "serve-warm").await?;
+    wait_ready_pod(&c.client, "serve-fresh").await?;
     let (reqs, rps, cpu, p99) = load("http://127.0.0.1:17580/", c.agent.pid(), secs)?;
     let ours = cpu.as_secs_f64() / reqs.max(1) as f64;
     println!(
-        "  flotilla-agent:   {rps:>9.0} req/s   p99 {p99:>8}   CPU/request {:.1} us",
+        "  flotilla-agent (warm instances, default): {rps:>7.0} req/s   p99 {p99:>8}   CPU/request {:.1} us",
         ours * 1e6
+    );
+    let (freqs, frps, fcpu, fp99) = load("http://127.0.0.1:17582/", c.agent.pid(), secs)?;
+    let fresh = fcpu.as_secs_f64() / freqs.max(1) as f64;
+    println!(
+        "  flotilla-agent (instance per request):    {frps:>7.0} req/s   p99 {fp99:>8}   CPU/request {:.1} us",
+        fresh * 1e6
     );
     match peer_wasmtime() {
         Some(w) => {
@@ -367,14 +384,19 @@ async fn main() -> anyhow::Result<()> {
             let (preqs, prps, pcpu, pp99) = load("http://127.0.0.1:17581/", peer.pid(), secs)?;
             let theirs = pcpu.as_secs_f64() / preqs.max(1) as f64;
             println!(
-                "  {:<16}  {prps:>9.0} req/s   p99 {pp99:>8}   CPU/request {:.1} us",
-                peer.name,
-                theirs * 1e6
+                "  wasmtime serve -O pooling-allocator:        {prps:>7.0} req/s   p99 {pp99:>8}   CPU/request {:.1} us   ({})",
+                theirs * 1e6,
+                peer.name
             );
             println!(
-                "  ratio (ours/theirs): CPU per request {:.2}x (goal <= 0.7x), req/s {:.2}x",
+                "  ratio warm/wasmtime serve:  CPU per request {:.2}x (goal <= 0.7x), req/s {:.2}x",
                 ours / theirs,
                 rps / prps
+            );
+            println!(
+                "  ratio fresh/wasmtime serve: CPU per request {:.2}x, req/s {:.2}x",
+                fresh / theirs,
+                frps / prps
             );
         }
         None => println!(

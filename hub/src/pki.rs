@@ -44,25 +44,12 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes a file readable by its owner only: these are private keys and credentials.
+/// Writes a private file (mode 0600), naming the path in errors.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io {
+    flotilla_transport::write_private(path, contents).map_err(|source| PkiError::Io {
         path: path.into(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(contents).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 fn validity(params: &mut CertificateParams, days: u64) {

@@ -338,6 +338,18 @@ spec:
         .unwrap();
     let logs = String::from_utf8_lossy(&logs);
     assert!(logs.contains("crashing"), "logs: {logs}");
+    // `logs -f` streams what restarts append: start at the last line, follow for a while.
+    let mut followed = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.logs("default", "crasher", Some(1), true, &mut followed),
+    )
+    .await;
+    let followed = String::from_utf8_lossy(&followed);
+    assert!(
+        followed.matches("crashing").count() >= 1 && followed.lines().count() >= 3,
+        "follow must deliver new lines: {followed:?}"
+    );
     c.close().await;
     cluster.shutdown().await;
 }
@@ -599,5 +611,142 @@ async fn identities_are_enforced() {
         .expect("must refuse")
         .to_string();
     assert!(err.contains("belongs to node"), "{err}");
+    cluster.shutdown().await;
+}
+
+/// The `fleet` binary itself: tables, exit codes, errors on stderr (built by scripts/test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_cli_behaves_like_kubectl() {
+    let cluster = Cluster::builder().agents(1).start().await;
+    let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/fleet");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release` (scripts/test does)",
+        bin.display()
+    );
+    let config = cluster.dir.path().join("fleet.yaml");
+    cluster.client_file.write(&config).unwrap();
+    let fleet = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(&bin)
+            .args(args)
+            .env("FLEET_CONFIG", &config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, _) = tokio::task::block_in_place(|| fleet(&["get", "nodes"], None));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME     STATUS   ROLES    AGE"), "{out}");
+    assert!(out.contains("node-0   Ready"), "{out}");
+
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n";
+    let (code, out, _) = tokio::task::block_in_place(|| fleet(&["apply", "-f", "-"], Some(cm)));
+    assert_eq!((code, out.as_str()), (0, "configmap/settings created\n"));
+    let (code, out, _) = tokio::task::block_in_place(|| fleet(&["apply", "-f", "-"], Some(cm)));
+    assert_eq!((code, out.as_str()), (0, "configmap/settings unchanged\n"));
+    let (code, out, _) =
+        tokio::task::block_in_place(|| fleet(&["get", "cm", "settings", "-o", "yaml"], None));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("mode: fast") && out.contains("resourceVersion:"),
+        "{out}"
+    );
+
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        fleet(
+            &["apply", "-f", "-"],
+            Some("apiVersion: v1\nkind: Gizmo\nmetadata: {name: g}\n"),
+        )
+    });
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(
+        err.starts_with("error: document 1 (gizmo g): kind \"Gizmo\" is not supported"),
+        "{err}"
+    );
+
+    let (code, _, err) =
+        tokio::task::block_in_place(|| fleet(&["delete", "deployment", "nope"], None));
+    assert_eq!(code, 1);
+    assert!(err.contains("deployments \"nope\" not found"), "{err}");
+    let (code, _, err) = tokio::task::block_in_place(|| fleet(&["get", "pods"], None));
+    assert_eq!(code, 0);
+    assert_eq!(err.trim(), "No resources found in default namespace.");
+    let (code, _, err) = tokio::task::block_in_place(|| fleet(&["get", "gizmos"], None));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("doesn't have a resource type \"gizmos\""),
+        "{err}"
+    );
+    let (code, out, _) = tokio::task::block_in_place(|| {
+        fleet(&["token", "create", "--ttl", "1h", "--max-uses", "1"], None)
+    });
+    assert_eq!(code, 0);
+    assert!(out.starts_with("FLT1."), "{out}");
+    cluster.shutdown().await;
+}
+
+/// Answered instances stay warm for the next request (hello's counter climbs); the
+/// `flotilla.io/instance-reuse: "false"` annotation gives every request a fresh instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_instances_are_reused_unless_disabled() {
+    let cluster = Cluster::builder().agents(1).start().await;
+    cluster.push_example("hello").await;
+    let pod = |name: &str, port: u16, reuse: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations: {{flotilla.io/instance-reuse: \"{reuse}\"}}\nspec:\n  containers: [{{name: h, image: hello:latest, ports: [{{containerPort: 8080, hostPort: {port}}}]}}]\n---\n"
+        )
+    };
+    cluster
+        .apply(&(pod("warm", 18091, "true") + &pod("cold", 18092, "false")))
+        .await
+        .unwrap();
+    let ip = agent_ip(0);
+    let counts = |port: u16| {
+        (0..8)
+            .map(|_| {
+                let (code, body) = curl(&format!("http://{ip}:{port}/"));
+                assert_eq!(code, 200, "{body}");
+                body.lines()
+                    .find_map(|l| l.strip_prefix("count: "))
+                    .and_then(|c| c.parse::<u64>().ok())
+                    .expect("count line")
+            })
+            .collect::<Vec<_>>()
+    };
+    eventually("both pods to serve", || async {
+        (curl(&format!("http://{ip}:18091/")).0 == 200
+            && curl(&format!("http://{ip}:18092/")).0 == 200)
+            .then_some(())
+    })
+    .await;
+    let warm = counts(18091);
+    assert!(
+        warm.iter().any(|&c| c > 1),
+        "a warm instance must serve again: {warm:?}"
+    );
+    let cold = counts(18092);
+    assert!(
+        cold.iter().all(|&c| c == 1),
+        "reuse disabled must give fresh instances: {cold:?}"
+    );
     cluster.shutdown().await;
 }

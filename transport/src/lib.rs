@@ -74,6 +74,23 @@ pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, TransportError>
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TransportError::Pem(e.to_string()))
 }
 
+/// Writes a credential file readable by its owner only (mode 0600), durably and atomically:
+/// a temp file is synced and renamed over the target.
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// SHA-256 of a certificate's DER, hex: the CA pin carried in join tokens.
 pub fn cert_fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))

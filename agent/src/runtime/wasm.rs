@@ -41,8 +41,8 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -280,6 +280,9 @@ pub struct GuestSpec {
     pub log: PodLog,
     /// false: outgoing wasi:http requests are refused.
     pub allow_outbound_http: bool,
+    /// wasi:http: keep an instance that answered cleanly for the next request (like a server
+    /// process) instead of instantiating per request. A trapped instance is never reused.
+    pub reuse_instances: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -494,12 +497,15 @@ impl WasmRuntime {
             spec: spec.clone(),
             max_memory_bytes: self.max_memory_bytes,
             hard_stop: hard_stop.clone(),
+            warm: std::sync::Mutex::new(Vec::new()),
         });
         let mut connections = JoinSet::new();
+        let mut expiry = tokio::time::interval(WARM_TTL);
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = expiry.tick() => service.expire_warm(),
                 Some(joined) = connections.join_next(), if !connections.is_empty() => {
                     if let Err(e) = joined {
                         warn!(pod = %spec.pod, error = %e, "http connection task failed");
@@ -678,6 +684,7 @@ impl WasmRuntime {
                 warn!(digest = %digest, error = %error_text(&e), "failed to serialize compiled artifact")
             }
         }
+        release_compiler_heap();
         Ok(compiled)
     }
 
@@ -751,6 +758,24 @@ fn deserialize_verified(
         }
     }
 }
+
+/// Hands the heap Cranelift used for a compile back to the OS. glibc keeps freed memory in its
+/// arenas, so without this one compile leaves the agent ~30 MB larger for good (measured: 49.6 MB
+/// right after compiling hello vs 20.9 MB when the same pod starts from the compiled cache).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(
+    unsafe_code,
+    reason = "malloc_trim has no safe wrapper; it only releases free memory"
+)]
+fn release_compiler_heap() {
+    // SAFETY: malloc_trim takes no pointers and only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_compiler_heap() {}
 
 /// Writes a cache file atomically: a reader sees either nothing or the whole
 /// file, even if the agent dies mid-write or two loads race.
@@ -1169,6 +1194,19 @@ struct HttpService {
     /// Cancelled when the shutdown grace period is over; stops guests still
     /// streaming responses.
     hard_stop: CancellationToken,
+    /// Instances that answered cleanly, most recently used last.
+    warm: std::sync::Mutex<Vec<WarmInstance>>,
+}
+
+/// How many answered instances a pod keeps for reuse, and for how long without traffic. An idle
+/// pod holds none after `WARM_TTL`, so its pool slots (and their memory) go back to the node.
+const MAX_WARM: usize = 4;
+const WARM_TTL: Duration = Duration::from_secs(10);
+
+struct WarmInstance {
+    store: Store<ComponentState>,
+    proxy: Proxy,
+    idle_since: Instant,
 }
 
 /// What became of one request's guest, for the response status and logs.
@@ -1215,7 +1253,14 @@ impl HttpService {
         request: hyper::Request<Incoming>,
     ) -> hyper::Response<HyperOutgoingBody> {
         let target = format!("{} {}", request.method(), request.uri().path());
-        let mut store = component_store(self.pre.engine(), &self.spec, self.max_memory_bytes);
+        let (mut store, proxy) = match self.take_warm() {
+            Some(w) => (w.store, Some(w.proxy)),
+            None => (
+                component_store(self.pre.engine(), &self.spec, self.max_memory_bytes),
+                None,
+            ),
+        };
+        store.data_mut().limits.hit = false;
         // Yielding every tick keeps one busy request from starving the others
         // on the same worker; the deadline turns a runaway loop into a trap.
         let deadline = Instant::now() + self.spec.request_timeout;
@@ -1248,7 +1293,10 @@ impl HttpService {
         };
         // The guest runs in its own task, like `wasmtime serve`, so it can keep
         // streaming the body after hyper has taken the response head.
-        let guest = tokio::spawn(self.clone().run_guest(store, incoming, outparam, target));
+        let guest = tokio::spawn(
+            self.clone()
+                .run_guest(store, proxy, incoming, outparam, target),
+        );
         match receiver.await {
             Ok(Ok(response)) => response,
             Ok(Err(code)) => {
@@ -1267,25 +1315,62 @@ impl HttpService {
         }
     }
 
+    fn take_warm(&self) -> Option<WarmInstance> {
+        if !self.spec.reuse_instances {
+            return None;
+        }
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put_warm(&self, store: Store<ComponentState>, proxy: Proxy) {
+        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        if warm.len() < MAX_WARM {
+            warm.push(WarmInstance {
+                store,
+                proxy,
+                idle_since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops instances that have been idle for `WARM_TTL`.
+    fn expire_warm(&self) {
+        let expired: Vec<WarmInstance> = {
+            let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+            let (old, keep) = warm
+                .drain(..)
+                .partition(|w| w.idle_since.elapsed() >= WARM_TTL);
+            *warm = keep;
+            old
+        };
+        // Dropped outside the lock: returning pool slots is not free.
+        drop(expired);
+    }
+
     async fn run_guest(
         self: Arc<Self>,
         mut store: Store<ComponentState>,
+        warm: Option<Proxy>,
         incoming: component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
         outparam: component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
         target: String,
     ) -> RequestOutcome {
         let result = {
             let run = async {
-                let proxy = self
-                    .pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(Stage::Instantiate)?;
+                let proxy = match warm {
+                    Some(p) => p,
+                    None => self
+                        .pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(Stage::Instantiate)?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
                     .await
-                    .map_err(Stage::Run)
+                    .map_err(Stage::Run)?;
+                Ok(proxy)
             };
             // The epoch deadline only fires while wasm code runs; this
             // timeout also covers a guest parked in a host call.
@@ -1296,11 +1381,16 @@ impl HttpService {
             }
         };
         let memory_limit_hit = store.data().limits.hit;
-        drop(store);
         let outcome = match result {
             None => RequestOutcome::Stopped,
             Some(Err(_elapsed)) => RequestOutcome::TimedOut,
-            Some(Ok(Ok(()))) => RequestOutcome::Finished,
+            Some(Ok(Ok(proxy))) => {
+                // Only an instance that returned cleanly is trusted with another request.
+                if self.spec.reuse_instances && !self.hard_stop.is_cancelled() {
+                    self.put_warm(store, proxy);
+                }
+                RequestOutcome::Finished
+            }
             Some(Ok(Err(Stage::Instantiate(e)))) => match classify(&e, memory_limit_hit) {
                 Failure::Trap(_) => RequestOutcome::NoCapacity(error_text(&e)),
                 failure => RequestOutcome::Failed(failure),
@@ -1435,6 +1525,7 @@ mod tests {
                 request_timeout: Duration::from_secs(2),
                 log: PodLog::open(&self.dir.path().join("logs/default/test.log"), 1 << 20).unwrap(),
                 allow_outbound_http: false,
+                reuse_instances: true,
             }
         }
 

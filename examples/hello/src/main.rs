@@ -1,6 +1,11 @@
-//! hello: wasi:http greeting component that reports which pod and node served the request.
+//! hello: wasi:http greeting component that reports which pod and node served the request, and
+//! how many requests this instance has answered (the agent keeps answered instances warm).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use wstd::http::{Body, Error, Request, Response};
+
+/// Requests answered by this instance; it starts at 1 again when the agent starts a new one.
+static SERVED: AtomicU64 = AtomicU64::new(0);
 
 fn env_or_unknown(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| "unknown".to_owned())
@@ -8,10 +13,11 @@ fn env_or_unknown(key: &str) -> String {
 
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
+    let count = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
     let pod = env_or_unknown("FLOTILLA_POD_NAME");
     let node = env_or_unknown("FLOTILLA_NODE_NAME");
     let path = request.uri().path();
     Ok(Response::new(
-        format!("hello from {pod} on {node}\npath: {path}\n").into(),
+        format!("hello from {pod} on {node}\npath: {path}\ncount: {count}\n").into(),
     ))
 }
