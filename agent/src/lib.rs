@@ -7,6 +7,7 @@ pub mod identity;
 pub mod logs;
 pub mod node;
 pub mod pod;
+pub mod probe;
 pub mod runtime;
 pub mod supervisor;
 pub mod sync;

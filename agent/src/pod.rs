@@ -1,11 +1,12 @@
 //! One pod's life on this node: fetch its artifact, run it under wasmtime with its restart
 //! policy and back-off, serve it if it is a wasi:http component, and report its status.
 use crate::Shared;
-use crate::runtime::wasm::{Artifact, ArtifactKind, GuestSpec};
+use crate::probe::{Prober, Verdict};
+use crate::runtime::wasm::{Artifact, ArtifactKind, GuestSpec, WasmError};
 use crate::supervisor::Event;
 use flotilla_proto::api::{
     Condition, ContainerState, ContainerStatus, Pod, PodStatus, StateRunning, StateTerminated,
-    StateWaiting,
+    StateWaiting, condition,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ struct Reporter {
     events: mpsc::UnboundedSender<Event>,
     status: PodStatus,
     container: ContainerStatus,
+    /// Why the container is not ready (a failed readiness probe), for the Ready condition.
+    unready_message: Option<String>,
 }
 
 fn now() -> String {
@@ -41,12 +44,25 @@ impl Reporter {
             status: if ok { "True" } else { "False" }.into(),
             ..Default::default()
         };
-        self.status.conditions = vec![
+        let mut conditions = vec![
             cond("PodScheduled", true),
             cond("Initialized", true),
             cond("ContainersReady", ready),
             cond("Ready", ready),
         ];
+        // A condition's transition time moves only when its status does (minReadySeconds and
+        // rollouts count from it).
+        for c in &mut conditions {
+            c.last_transition_time = match condition(&self.status.conditions, &c.type_) {
+                Some(old) if old.status == c.status => old.last_transition_time.clone(),
+                _ => Some(now()),
+            };
+            if c.type_ == "Ready" && !ready {
+                c.reason = Some("ContainersNotReady".into());
+                c.message = self.unready_message.clone();
+            }
+        }
+        self.status.conditions = conditions;
         self.status.container_statuses = vec![self.container.clone()];
         let _ = self.events.send(Event::Status {
             uid: self.uid.clone(),
@@ -124,6 +140,7 @@ pub async fn run(
             image: container.image.clone(),
             ..Default::default()
         },
+        unready_message: None,
     };
     rep.waiting("ContainerCreating", None);
     let log = shared.log_for(&pod);
@@ -153,30 +170,17 @@ pub async fn run(
     loop {
         let started_at = now();
         let started = Instant::now();
-        let outcome = match artifact.kind {
-            ArtifactKind::HttpComponent => {
-                serve(
-                    &shared,
-                    &artifact,
-                    &pod,
-                    &container,
-                    spec.clone(),
-                    &mut rep,
-                    &started_at,
-                    &cancel,
-                )
-                .await
-            }
-            ArtifactKind::CommandComponent | ArtifactKind::CoreModule => {
-                rep.running(&started_at, true);
-                shared
-                    .runtime
-                    .run_command(&artifact, &spec, cancel.clone())
-                    .await
-                    .map(|s| (s.code, s.reason))
-                    .map_err(anyhow::Error::from)
-            }
-        };
+        let outcome = run_once(
+            &shared,
+            &artifact,
+            &pod,
+            &container,
+            spec.clone(),
+            &mut rep,
+            &started_at,
+            &cancel,
+        )
+        .await;
         if cancel.is_cancelled() {
             return exited(&events, uid);
         }
@@ -231,9 +235,11 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     }
 }
 
-/// Serves a wasi:http pod on its hostPort (or a port the agent picks) until cancelled.
+/// Runs the container once, with its probes, until it exits, a liveness or startup probe
+/// fails (then it is stopped and reported as such), or the pod is removed. A wasi:http
+/// component is served on its hostPort (or a port the agent picks).
 #[allow(clippy::too_many_arguments)]
-async fn serve(
+async fn run_once(
     shared: &Shared,
     artifact: &Artifact,
     pod: &Pod,
@@ -243,24 +249,72 @@ async fn serve(
     started_at: &str,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(i32, String)> {
-    let port = container
-        .ports
-        .iter()
-        .find_map(|p| p.host_port)
-        .unwrap_or(0) as u16;
-    let addr = std::net::SocketAddr::new(shared.cfg.node_ip, port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
-    let local = listener.local_addr()?;
-    rep.status.endpoint = Some(local.to_string());
-    rep.running(started_at, true);
-    info!(pod = %pod.metadata.name, endpoint = %local, "serving wasi:http pod");
-    shared
-        .runtime
-        .serve_http(artifact, spec, listener, cancel.clone())
-        .await?;
-    Ok((0, "Completed".into()))
+    let stop = cancel.child_token();
+    let log = spec.log.clone();
+    let (endpoint, run) = match artifact.kind {
+        ArtifactKind::HttpComponent => {
+            let port = container
+                .ports
+                .iter()
+                .find_map(|p| p.host_port)
+                .unwrap_or(0) as u16;
+            let addr = std::net::SocketAddr::new(shared.cfg.node_ip, port);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
+            let local = listener.local_addr()?;
+            info!(pod = %pod.metadata.name, endpoint = %local, "serving wasi:http pod");
+            let run = shared
+                .runtime
+                .serve_http(artifact, spec.clone(), listener, stop.clone());
+            let run = async move { run.await.map(|()| (0, "Completed".to_string())) };
+            (Some(local), futures_box(run))
+        }
+        ArtifactKind::CommandComponent | ArtifactKind::CoreModule => {
+            let run = shared.runtime.run_command(artifact, &spec, stop.clone());
+            let run = async move { run.await.map(|s| (s.code, s.reason)) };
+            (None, futures_box(run))
+        }
+    };
+    rep.status.endpoint = endpoint.map(|e| e.to_string());
+    let mut prober = Prober::new(container, endpoint, tokio::time::Instant::now());
+    rep.unready_message = None;
+    rep.running(started_at, prober.ready());
+    let mut run = run;
+    loop {
+        tokio::select! {
+            r = &mut run => return r.map_err(anyhow::Error::from),
+            v = prober.next() => match v {
+                Verdict::Ready(ready, why) => {
+                    if let Some(why) = &why {
+                        log.note(why);
+                    }
+                    rep.unready_message = why;
+                    rep.running(started_at, ready);
+                }
+                Verdict::Restart { reason, message } => {
+                    warn!(pod = %pod.metadata.name, %message, "container will be restarted");
+                    log.note(&format!(
+                        "{message}; container {} will be restarted",
+                        container.name
+                    ));
+                    stop.cancel();
+                    let _ = run.await;
+                    return Ok((137, reason.to_string()));
+                }
+            },
+        }
+    }
+}
+
+type RunFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(i32, String), WasmError>> + Send + 'a>,
+>;
+
+fn futures_box<'a>(
+    f: impl std::future::Future<Output = Result<(i32, String), WasmError>> + Send + 'a,
+) -> RunFuture<'a> {
+    Box::pin(f)
 }
 
 fn guest_spec(
@@ -306,6 +360,7 @@ fn guest_spec(
         request_timeout,
         log,
         allow_outbound_http: false,
+        working_dir: c.working_dir.clone(),
         reuse_instances: pod
             .metadata
             .annotations

@@ -1,8 +1,8 @@
 //! A connection to the hub with the admin credential, and one method per API request.
 use anyhow::{Context as _, bail};
 use flotilla_hub::config::ClientFile;
-use flotilla_proto::api::{Kind, Object};
-use flotilla_proto::wire::{Applied, Request, Response};
+use flotilla_proto::api::{Deployment, Kind, Object, ReplicaSet};
+use flotilla_proto::wire::{Applied, Request, Response, RolloutAction};
 use flotilla_transport::send_frame;
 use sha2::{Digest, Sha256};
 use std::net::ToSocketAddrs;
@@ -122,6 +122,56 @@ impl Client {
             Response::Ok => Ok(()),
             r => Err(unexpected(r)),
         }
+    }
+
+    /// A rollout change (`fleet rollout …`, `fleet set image`); returns the hub's message.
+    pub async fn rollout(
+        &self,
+        namespace: &str,
+        name: &str,
+        action: RolloutAction,
+    ) -> anyhow::Result<String> {
+        match self
+            .call(&Request::Rollout {
+                namespace: namespace.into(),
+                name: name.into(),
+                action,
+            })
+            .await?
+        {
+            Response::Done { message } => Ok(message),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// One Deployment and the ReplicaSets it controls.
+    pub async fn deployment_with_history(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<(Deployment, Vec<ReplicaSet>)> {
+        let d = match self
+            .get(Kind::Deployment, Some(namespace), Some(name))
+            .await?
+            .pop()
+        {
+            Some(Object::Deployment(d)) => d,
+            _ => bail!("deployments.apps \"{name}\" not found"),
+        };
+        let rss = self
+            .get(Kind::ReplicaSet, Some(namespace), None)
+            .await?
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::ReplicaSet(rs)
+                    if rs.metadata.controller_uid() == Some(d.metadata.uid.as_str()) =>
+                {
+                    Some(rs)
+                }
+                _ => None,
+            })
+            .collect();
+        Ok((d, rss))
     }
 
     pub async fn scale(&self, namespace: &str, name: &str, replicas: i32) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! CLI's output formatting.
 pub mod client;
 pub mod output;
+pub mod rollout;
 pub mod up;
 
 pub use client::Client;

@@ -3,10 +3,11 @@
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use fleet::output::{self, Format};
+use fleet::rollout::Progress;
 use fleet::{Client, up};
 use flotilla_hub::config::ClientFile;
 use flotilla_proto::api::{Kind, Object};
-use flotilla_proto::wire::ApplyAction;
+use flotilla_proto::wire::{ApplyAction, RolloutAction};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
@@ -85,6 +86,16 @@ enum Cmd {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+    /// Manage a deployment's rollout: status, history, undo, pause, resume, restart.
+    Rollout {
+        #[command(subcommand)]
+        cmd: RolloutCmd,
+    },
+    /// Change part of an object: fleet set image deployment/NAME CONTAINER=IMAGE ...
+    Set {
+        #[command(subcommand)]
+        cmd: SetCmd,
+    },
     /// Print a pod's logs.
     Logs {
         pod: String,
@@ -104,6 +115,87 @@ enum Cmd {
     },
     /// Print client and hub versions.
     Version,
+}
+
+/// `deployment/NAME` (or `deploy/NAME`, or TYPE NAME) and the namespace.
+#[derive(clap::Args, Debug)]
+struct Target {
+    target: String,
+    name: Option<String>,
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+impl Target {
+    /// The deployment's (namespace, name); other kinds are refused.
+    fn deployment(&self, verb: &str) -> anyhow::Result<(String, String)> {
+        let (kind, name) = match (self.target.split_once('/'), &self.name) {
+            (Some((k, n)), _) => (k.to_string(), n.to_string()),
+            (None, Some(n)) => (self.target.clone(), n.clone()),
+            (None, None) => bail!("usage: fleet {verb} deployment/NAME"),
+        };
+        if kind_arg(&kind)? != Kind::Deployment {
+            bail!("fleet {verb} supports deployments only");
+        }
+        let ns = self.namespace.clone().unwrap_or_else(|| "default".into());
+        Ok((ns, name))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCmd {
+    /// Watch a rollout until it completes; exits non-zero if it exceeds its progress deadline.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Give up after this long (e.g. 2m; 0 waits forever).
+        #[arg(long, default_value = "0s")]
+        timeout: String,
+        /// Print the current status once instead of waiting.
+        #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
+        watch: bool,
+    },
+    /// List revisions, or show one revision's pod template.
+    History {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        revision: Option<i64>,
+    },
+    /// Go back to the previous revision (or --to-revision N).
+    Undo {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 0)]
+        to_revision: i64,
+    },
+    /// Stop rolling out template changes (scaling still works).
+    Pause {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Continue rolling out after a pause.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Replace every pod, one rollout step at a time.
+    Restart {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SetCmd {
+    /// Set container images: fleet set image deployment/NAME CONTAINER=IMAGE [...] (`*` = all).
+    Image {
+        target: String,
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -366,6 +458,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("deployment.apps/{name} scaled");
             client.close().await;
         }
+        Cmd::Rollout { cmd } => rollout(&cli, cmd).await?,
+        Cmd::Set {
+            cmd:
+                SetCmd::Image {
+                    target,
+                    images,
+                    namespace,
+                },
+        } => {
+            let target = Target {
+                target: target.clone(),
+                name: None,
+                namespace: namespace.clone(),
+            };
+            let (ns, name) = target.deployment("set image")?;
+            let pairs = images
+                .iter()
+                .map(|p| match p.split_once('=') {
+                    Some((c, i)) if !c.is_empty() && !i.is_empty() => {
+                        Ok((c.to_string(), i.to_string()))
+                    }
+                    _ => Err(anyhow::anyhow!(
+                        "{p:?}: expected CONTAINER=IMAGE (CONTAINER may be *)"
+                    )),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let client = connect(&cli).await?;
+            let msg = client
+                .rollout(&ns, &name, RolloutAction::SetImage { images: pairs })
+                .await;
+            client.close().await;
+            println!("{}", msg?);
+        }
         Cmd::Logs {
             pod,
             follow,
@@ -419,6 +544,80 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn rollout(cli: &Cli, cmd: &RolloutCmd) -> anyhow::Result<()> {
+    let client = connect(cli).await?;
+    let result = rollout_with(&client, cmd).await;
+    client.close().await;
+    result
+}
+
+async fn rollout_with(client: &Client, cmd: &RolloutCmd) -> anyhow::Result<()> {
+    let change = |target: &Target, verb: &str, action: RolloutAction| {
+        target
+            .deployment(&format!("rollout {verb}"))
+            .map(|(ns, name)| (ns, name, action))
+    };
+    let (ns, name, action) = match cmd {
+        RolloutCmd::Status {
+            target,
+            timeout,
+            watch,
+        } => {
+            let (ns, name) = target.deployment("rollout status")?;
+            let timeout = humantime::parse_duration(timeout)
+                .with_context(|| format!("--timeout {timeout:?}: expected a duration like 2m"))?;
+            let started = std::time::Instant::now();
+            let mut last = String::new();
+            loop {
+                let (d, _) = client.deployment_with_history(&ns, &name).await?;
+                match fleet::rollout::status(&d) {
+                    Progress::Done(m) => {
+                        println!("{m}");
+                        return Ok(());
+                    }
+                    Progress::Failed(m) => bail!("{m}"),
+                    Progress::Waiting(m) => {
+                        if m != last {
+                            println!("{m}");
+                            last = m;
+                        }
+                    }
+                }
+                if !watch {
+                    return Ok(());
+                }
+                if !timeout.is_zero() && started.elapsed() >= timeout {
+                    bail!("timed out waiting for the condition");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+        RolloutCmd::History { target, revision } => {
+            let (ns, name) = target.deployment("rollout history")?;
+            let (d, rss) = client.deployment_with_history(&ns, &name).await?;
+            let text =
+                fleet::rollout::history(&d, &rss, *revision).map_err(|e| anyhow::anyhow!(e))?;
+            print!("{text}");
+            return Ok(());
+        }
+        RolloutCmd::Undo {
+            target,
+            to_revision,
+        } => change(
+            target,
+            "undo",
+            RolloutAction::Undo {
+                to_revision: *to_revision,
+            },
+        )?,
+        RolloutCmd::Pause { target } => change(target, "pause", RolloutAction::Pause)?,
+        RolloutCmd::Resume { target } => change(target, "resume", RolloutAction::Resume)?,
+        RolloutCmd::Restart { target } => change(target, "restart", RolloutAction::Restart)?,
+    };
+    println!("{}", client.rollout(&ns, &name, action).await?);
     Ok(())
 }
 

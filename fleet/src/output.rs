@@ -1,5 +1,5 @@
 //! kubectl-style output: tables with the usual columns, AGE like kubectl, and YAML/JSON.
-use flotilla_proto::api::{Kind, Object, Pod};
+use flotilla_proto::api::{Kind, LabelSelector, Object, Pod, PodTemplateSpec};
 use std::time::{Duration, SystemTime};
 
 /// kubectl's HumanDuration: 45s, 3m12s, 17m, 5h3m, 20h, 3d4h, 12d.
@@ -213,25 +213,47 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         age(&d.metadata.creation_timestamp),
                     ];
                     if wide {
+                        r.push(images(&d.spec.template));
+                        r.push(selector(&d.spec.selector));
+                    }
+                    r
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::ReplicaSet => {
+            let mut h = vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"];
+            if wide {
+                h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]);
+            }
+            let rows = objects
+                .iter()
+                .filter_map(|o| {
+                    if let Object::ReplicaSet(rs) = o {
+                        Some(rs)
+                    } else {
+                        None
+                    }
+                })
+                .map(|rs| {
+                    let mut r = vec![
+                        rs.metadata.name.clone(),
+                        rs.replicas().to_string(),
+                        rs.status.replicas.to_string(),
+                        rs.status.ready_replicas.to_string(),
+                        age(&rs.metadata.creation_timestamp),
+                    ];
+                    if wide {
+                        let t = &rs.spec.template.spec;
                         r.push(
-                            d.spec
-                                .template
-                                .spec
-                                .containers
+                            t.containers
                                 .iter()
-                                .map(|c| c.image.clone())
+                                .map(|c| c.name.clone())
                                 .collect::<Vec<_>>()
                                 .join(","),
                         );
-                        r.push(
-                            d.spec
-                                .selector
-                                .match_labels
-                                .iter()
-                                .map(|(k, v)| format!("{k}={v}"))
-                                .collect::<Vec<_>>()
-                                .join(","),
-                        );
+                        r.push(images(&rs.spec.template));
+                        r.push(selector(&rs.spec.selector));
                     }
                     r
                 })
@@ -341,6 +363,23 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
         }
     }
     table(&header, &rows)
+}
+
+fn images(t: &PodTemplateSpec) -> String {
+    t.spec
+        .containers
+        .iter()
+        .map(|c| c.image.clone())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn selector(s: &LabelSelector) -> String {
+    s.match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

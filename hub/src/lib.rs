@@ -4,6 +4,7 @@ pub mod blobs;
 pub mod config;
 pub mod controller;
 pub mod pki;
+pub mod rollout;
 pub mod scheduler;
 pub mod server;
 pub mod store;
@@ -99,10 +100,12 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
         cancel.child_token(),
         tracker.clone(),
     ));
-    tracker.spawn(controller::deployment::run(
-        hub.clone(),
-        cancel.child_token(),
-    ));
+    for ctl in [
+        controller::deployment::CONTROLLER,
+        controller::replicaset::CONTROLLER,
+    ] {
+        tracker.spawn(controller::run(hub.clone(), ctl, cancel.child_token()));
+    }
     tracker.spawn(scheduler::run(hub.clone(), cancel.child_token()));
     tracker.spawn(controller::node::run(hub.clone(), cancel.child_token()));
     tracing::info!(addr = %addr, data_dir = %data_dir.display(), "hub started");

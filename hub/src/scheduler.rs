@@ -17,7 +17,7 @@ pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
     loop {
         let batch = tokio::select! {
             _ = cancel.cancelled() => return,
-            b = next_batch(&mut rx, Duration::from_secs(10), |e| match e.key.kind {
+            b = next_batch(&mut rx, Duration::from_secs(10), None, |e| match e.key.kind {
                 Kind::Pod | Kind::Node => vec![()],
                 _ => vec![],
             }) => b,
@@ -92,8 +92,7 @@ fn set_scheduled(
         status: status.into(),
         reason: reason.map(String::from),
         message,
-        last_transition_time: None,
-        last_heartbeat_time: None,
+        ..Default::default()
     };
     let conds = &mut pod.status.conditions;
     if let Some(existing) = conds.iter_mut().find(|c| c.type_ == "PodScheduled") {

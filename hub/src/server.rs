@@ -1,9 +1,12 @@
 //! The hub's QUIC server: authenticates each connection by its client certificate, then serves
 //! one request per stream. CLI (admin) requests, agent requests and joins are all handled here.
 use crate::Hub;
+use crate::controller::gc;
 use crate::store::{StoreError, StoreEvent, Tx};
 use crate::tokens;
-use flotilla_proto::api::{Condition, Deployment, Kind, Node, Object, ObjectKey, Pod, PodStatus};
+use flotilla_proto::api::{
+    Condition, Kind, Node, Object, ObjectKey, PodStatus, REVISION_ANNOTATION,
+};
 use flotilla_proto::manifest;
 use flotilla_proto::wire::{
     AgentRequest, Applied, ApplyAction, PodReport, Request, Response, WatchEvent,
@@ -207,6 +210,14 @@ async fn stream(
                 replicas,
             },
         ) => scale(&hub, &namespace, &name, replicas),
+        (
+            Identity::Admin,
+            Request::Rollout {
+                namespace,
+                name,
+                action,
+            },
+        ) => rollout(&hub, &namespace, &name, &action),
         (Identity::Admin, Request::CreateToken { ttl_secs, max_uses }) => {
             create_token(&hub, ttl_secs, max_uses)
         }
@@ -336,6 +347,14 @@ fn apply_one(
                 .restart_policy
                 .get_or_insert_with(|| "Always".into());
         }
+        Object::ReplicaSet(rs) => {
+            rs.spec.replicas.get_or_insert(1);
+            rs.spec
+                .template
+                .spec
+                .restart_policy
+                .get_or_insert_with(|| "Always".into());
+        }
         Object::Pod(p) => {
             p.spec.restart_policy.get_or_insert_with(|| "Always".into());
         }
@@ -358,6 +377,16 @@ fn apply_one(
                     new.status = old.status.clone();
                 }
                 (Object::Deployment(old), Object::Deployment(new)) => {
+                    new.status = old.status.clone();
+                    // The controller's revision stamp survives a re-apply of the manifest.
+                    if let Some(r) = old.metadata.annotations.get(REVISION_ANNOTATION) {
+                        new.metadata
+                            .annotations
+                            .entry(REVISION_ANNOTATION.into())
+                            .or_insert_with(|| r.clone());
+                    }
+                }
+                (Object::ReplicaSet(old), Object::ReplicaSet(new)) => {
                     new.status = old.status.clone()
                 }
                 (Object::Node(old), Object::Node(new)) => new.status = old.status.clone(),
@@ -408,33 +437,19 @@ fn delete(hub: &Hub, kind: Kind, namespace: &str, name: &str) -> Response {
         return error("namespace \"default\" cannot be deleted");
     }
     let result = hub.store.write(|tx| {
-        let Some(obj) = tx.delete(&key)? else {
-            return Err(StoreError::NotFound(key.clone()));
-        };
-        match kind {
+        if kind == Kind::Namespace {
             // Namespaces take everything in them along.
-            Kind::Namespace => {
-                for k in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
-                    for o in tx.list(k, Some(name))? {
-                        tx.delete(&o.key())?;
-                    }
+            for k in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
+                for o in tx.list(k, Some(name))? {
+                    tx.delete(&o.key())?;
                 }
             }
-            // Background cascade: the owner's pods go in the same transaction.
-            Kind::Deployment => {
-                for o in tx.list(Kind::Pod, Some(namespace))? {
-                    if o.meta()
-                        .owner_references
-                        .iter()
-                        .any(|r| r.uid == obj.meta().uid)
-                    {
-                        tx.delete(&o.key())?;
-                    }
-                }
-            }
-            _ => {}
         }
-        Ok(())
+        // Background cascade, done in the same transaction: what the object owns goes too.
+        match gc::delete_cascade(tx, &key)? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound(key.clone())),
+        }
     });
     match result {
         Ok(()) => Response::Ok,
@@ -459,6 +474,24 @@ fn scale(hub: &Hub, namespace: &str, name: &str, replicas: i32) -> Response {
     });
     match result {
         Ok(()) => Response::Ok,
+        Err(StoreError::NotFound(k)) => error(not_found(&k)),
+        Err(e) => error(e),
+    }
+}
+
+fn rollout(
+    hub: &Hub,
+    namespace: &str,
+    name: &str,
+    action: &flotilla_proto::wire::RolloutAction,
+) -> Response {
+    let key = ObjectKey::new(Kind::Deployment, namespace, name);
+    let now = crate::store::now_rfc3339();
+    match hub
+        .store
+        .write(|tx| crate::rollout::apply(tx, &key, action, &now))
+    {
+        Ok(message) => Response::Done { message },
         Err(StoreError::NotFound(k)) => error(not_found(&k)),
         Err(e) => error(e),
     }
@@ -746,6 +779,7 @@ fn ready_condition(status: &str, reason: &str, message: &str) -> Condition {
         message: Some(message.into()),
         last_transition_time: Some(now.clone()),
         last_heartbeat_time: Some(now),
+        ..Default::default()
     }
 }
 
@@ -891,33 +925,6 @@ async fn fetch_blob(
     }
     let _ = send.finish();
     Ok(())
-}
-
-/// Pods bound to a node, for tests and the node controller.
-pub fn pods_on(pods: &[Object], node: &str) -> Vec<Pod> {
-    pods.iter()
-        .filter_map(|o| match o {
-            Object::Pod(p) if p.spec.node_name.as_deref() == Some(node) => Some(p.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Deployment owned pods (by owner uid).
-pub fn owned_by(pods: &[Object], owner: &Deployment) -> Vec<Pod> {
-    pods.iter()
-        .filter_map(|o| match o {
-            Object::Pod(p)
-                if p.metadata
-                    .owner_references
-                    .iter()
-                    .any(|r| r.uid == owner.metadata.uid) =>
-            {
-                Some(p.clone())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 #[cfg(test)]

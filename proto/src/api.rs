@@ -14,14 +14,17 @@ pub enum Kind {
     Deployment,
     ConfigMap,
     Secret,
+    // Postcard encodes this enum by index: new kinds go at the end.
+    ReplicaSet,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Deployment,
+        Kind::ReplicaSet,
         Kind::ConfigMap,
         Kind::Secret,
     ];
@@ -34,12 +37,13 @@ impl Kind {
             Kind::Deployment => "Deployment",
             Kind::ConfigMap => "ConfigMap",
             Kind::Secret => "Secret",
+            Kind::ReplicaSet => "ReplicaSet",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Deployment => "apps/v1",
+            Kind::Deployment | Kind::ReplicaSet => "apps/v1",
             _ => "v1",
         }
     }
@@ -57,6 +61,7 @@ impl Kind {
             Kind::Deployment => "deployment.apps",
             Kind::ConfigMap => "configmap",
             Kind::Secret => "secret",
+            Kind::ReplicaSet => "replicaset.apps",
         }
     }
 
@@ -71,6 +76,7 @@ impl Kind {
             "deployment" | "deployments" | "deploy" => Kind::Deployment,
             "configmap" | "configmaps" | "cm" => Kind::ConfigMap,
             "secret" | "secrets" => Kind::Secret,
+            "replicaset" | "replicasets" | "rs" => Kind::ReplicaSet,
             _ => return None,
         })
     }
@@ -163,6 +169,16 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_references: Vec<OwnerReference>,
+}
+
+impl ObjectMeta {
+    /// The uid of the owner reference marked `controller: true`.
+    pub fn controller_uid(&self) -> Option<&str> {
+        self.owner_references
+            .iter()
+            .find(|r| r.controller == Some(true))
+            .map(|r| r.uid.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -306,6 +322,131 @@ pub struct Container {
     pub ports: Vec<ContainerPort>,
     #[serde(default)]
     pub resources: ResourceRequirements,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+}
+
+/// A number or a string, as Kubernetes' `intstr.IntOrString` (ports by number or name,
+/// surge and unavailability as counts or percentages). JSON only: never on the postcard wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    Int(i32),
+    String(String),
+}
+
+impl fmt::Display for IntOrString {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            IntOrString::Int(n) => write!(f, "{n}"),
+            IntOrString::String(s) => f.write_str(s),
+        }
+    }
+}
+
+impl IntOrString {
+    /// Resolves a count or a percentage of `total` the way Kubernetes does
+    /// (`GetScaledValueFromIntOrPercent`): percentages round up or down as asked.
+    pub fn scaled(&self, total: i32, round_up: bool) -> Result<i32, String> {
+        match self {
+            IntOrString::Int(n) => Ok(*n),
+            IntOrString::String(s) => {
+                let pct: i64 = s
+                    .strip_suffix('%')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| format!("must be an integer or a percentage, got {s:?}"))?;
+                let v = pct * total as i64;
+                let v = if round_up {
+                    (v + 99).div_euclid(100)
+                } else {
+                    v.div_euclid(100)
+                };
+                Ok(v as i32)
+            }
+        }
+    }
+}
+
+/// A liveness, readiness or startup probe (Kubernetes field names and defaults).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i32>,
+}
+
+impl Probe {
+    pub fn initial_delay(&self) -> std::time::Duration {
+        secs(self.initial_delay_seconds.unwrap_or(0))
+    }
+    pub fn period(&self) -> std::time::Duration {
+        secs(self.period_seconds.unwrap_or(10))
+    }
+    pub fn timeout(&self) -> std::time::Duration {
+        secs(self.timeout_seconds.unwrap_or(1))
+    }
+    pub fn success_threshold(&self) -> u32 {
+        self.success_threshold.unwrap_or(1).max(1) as u32
+    }
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold.unwrap_or(3).max(1) as u32
+    }
+}
+
+fn secs(n: i32) -> std::time::Duration {
+    std::time::Duration::from_secs(n.max(0) as u64)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGetAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub port: IntOrString,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<HttpHeader>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpSocketAction {
+    pub port: IntOrString,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecAction {
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -391,6 +532,26 @@ pub struct Condition {
     pub last_transition_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<String>,
+    /// Deployments: when the condition was last refreshed (progress deadlines count from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_time: Option<String>,
+}
+
+impl Condition {
+    pub fn new(type_: &str, status: &str, reason: &str, message: impl Into<String>) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The condition of `type_` in a list, if present.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -464,6 +625,19 @@ impl Pod {
         matches!(self.status.phase.as_str(), "Succeeded" | "Failed")
     }
 
+    /// The uid of the controller owning this pod, if any.
+    pub fn controller_uid(&self) -> Option<&str> {
+        self.metadata.controller_uid()
+    }
+
+    /// When the pod last turned Ready (the Ready condition's lastTransitionTime).
+    pub fn ready_since(&self) -> Option<std::time::SystemTime> {
+        condition(&self.status.conditions, "Ready")
+            .filter(|c| c.status == "True")
+            .and_then(|c| c.last_transition_time.as_deref())
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+    }
+
     pub fn restarts(&self) -> i32 {
         self.status
             .container_statuses
@@ -500,6 +674,83 @@ pub struct DeploymentSpec {
     pub selector: LabelSelector,
     #[serde(default)]
     pub template: PodTemplateSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<DeploymentStrategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+    /// Old ReplicaSets kept for `rollout undo` (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<i32>,
+    /// Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStrategy {
+    /// RollingUpdate (default) or Recreate.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdateDeployment>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdateDeployment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+impl Deployment {
+    pub fn replicas(&self) -> i32 {
+        self.spec.replicas.unwrap_or(1).max(0)
+    }
+
+    pub fn is_recreate(&self) -> bool {
+        self.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate")
+    }
+
+    /// (maxSurge, maxUnavailable) as pod counts for the current replica count, resolved as
+    /// Kubernetes does: surge rounds up, unavailability down, and both zero means one
+    /// unavailable. Recreate has no surge and may take everything down.
+    pub fn surge_and_unavailable(&self) -> (i32, i32) {
+        let replicas = self.replicas();
+        if self.is_recreate() {
+            return (0, replicas);
+        }
+        let ru = self
+            .spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.clone())
+            .unwrap_or_default();
+        let quarter = IntOrString::String("25%".into());
+        let surge = ru
+            .max_surge
+            .as_ref()
+            .unwrap_or(&quarter)
+            .scaled(replicas, true)
+            .unwrap_or(0)
+            .max(0);
+        let unavailable = ru
+            .max_unavailable
+            .as_ref()
+            .unwrap_or(&quarter)
+            .scaled(replicas, false)
+            .unwrap_or(0)
+            .clamp(0, replicas);
+        if surge == 0 && unavailable == 0 {
+            (0, 1)
+        } else {
+            (surge, unavailable)
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -531,7 +782,80 @@ pub struct DeploymentStatus {
     pub ready_replicas: i32,
     #[serde(default)]
     pub available_replicas: i32,
+    #[serde(default)]
+    pub unavailable_replicas: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
+
+// ---------------------------------------------------------------- ReplicaSet
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSet {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ReplicaSetSpec,
+    #[serde(default)]
+    pub status: ReplicaSetStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSetSpec {
+    /// Defaults to 1, as in Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+    #[serde(default)]
+    pub selector: LabelSelector,
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSetStatus {
+    /// Pods that exist (not finished), ready or not.
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default)]
+    pub available_replicas: i32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub observed_generation: i64,
+}
+
+impl ReplicaSet {
+    pub fn replicas(&self) -> i32 {
+        self.spec.replicas.unwrap_or(1).max(0)
+    }
+
+    /// The Deployment revision this ReplicaSet carries (`deployment.kubernetes.io/revision`).
+    pub fn revision(&self) -> i64 {
+        self.metadata
+            .annotations
+            .get(REVISION_ANNOTATION)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The rollout revision on Deployments and their ReplicaSets, as Kubernetes names it.
+pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// Why a revision was made; copied from the Deployment into `rollout history`.
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
+/// Set on the pod template by `rollout restart`, as kubectl does.
+pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
+/// Label and selector key that ties pods to one template (and one ReplicaSet).
+pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
 // ---------------------------------------------------------------- Node
 
@@ -637,6 +961,7 @@ pub enum Object {
     Deployment(Deployment),
     ConfigMap(ConfigMap),
     Secret(Secret),
+    ReplicaSet(ReplicaSet),
 }
 
 macro_rules! each_object {
@@ -648,6 +973,7 @@ macro_rules! each_object {
             Object::Deployment($o) => $body,
             Object::ConfigMap($o) => $body,
             Object::Secret($o) => $body,
+            Object::ReplicaSet($o) => $body,
         }
     };
 }
@@ -661,6 +987,7 @@ impl Object {
             Object::Deployment(_) => Kind::Deployment,
             Object::ConfigMap(_) => Kind::ConfigMap,
             Object::Secret(_) => Kind::Secret,
+            Object::ReplicaSet(_) => Kind::ReplicaSet,
         }
     }
 
@@ -723,6 +1050,7 @@ impl Object {
             Kind::Deployment => Object::Deployment(serde_json::from_value(v)?),
             Kind::ConfigMap => Object::ConfigMap(serde_json::from_value(v)?),
             Kind::Secret => Object::Secret(serde_json::from_value(v)?),
+            Kind::ReplicaSet => Object::ReplicaSet(serde_json::from_value(v)?),
         })
     }
 

@@ -152,6 +152,7 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
         Kind::Deployment => Object::Deployment(typed(value, &label, &mut warnings)?),
         Kind::ConfigMap => Object::ConfigMap(typed(value, &label, &mut warnings)?),
         Kind::Secret => Object::Secret(typed(value, &label, &mut warnings)?),
+        Kind::ReplicaSet => Object::ReplicaSet(typed(value, &label, &mut warnings)?),
     };
     let mut object = object;
     object.normalize();
@@ -217,21 +218,38 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
         Object::Pod(p) => validate_pod_spec("spec", &p.spec),
         Object::Deployment(d) => {
             let s = &d.spec;
-            if let Some(r) = s.replicas
-                && r < 0
-            {
-                return Err(format!("spec.replicas must be >= 0, got {r}"));
-            }
-            if s.selector.match_labels.is_empty() {
-                return Err("spec.selector.matchLabels is required".into());
-            }
-            for (k, v) in &s.selector.match_labels {
-                if s.template.metadata.labels.get(k) != Some(v) {
-                    return Err(format!(
-                        "spec.template.metadata.labels must match spec.selector.matchLabels ({k}={v} is missing)"
-                    ));
+            check_replicas(s.replicas)?;
+            check_selector(&s.selector, &s.template)?;
+            for (field, v) in [
+                ("minReadySeconds", s.min_ready_seconds),
+                ("revisionHistoryLimit", s.revision_history_limit),
+                ("progressDeadlineSeconds", s.progress_deadline_seconds),
+            ] {
+                if let Some(v) = v
+                    && v < 0
+                {
+                    return Err(format!("spec.{field} must be >= 0, got {v}"));
                 }
             }
+            if let Some(p) = s.progress_deadline_seconds
+                && p <= s.min_ready_seconds.unwrap_or(0)
+            {
+                return Err(format!(
+                    "spec.progressDeadlineSeconds must be greater than minReadySeconds, got {p}"
+                ));
+            }
+            validate_strategy(s.strategy.as_ref())?;
+            validate_pod_spec("spec.template.spec", &s.template.spec)
+        }
+        Object::ReplicaSet(rs) => {
+            let s = &rs.spec;
+            check_replicas(s.replicas)?;
+            if let Some(v) = s.min_ready_seconds
+                && v < 0
+            {
+                return Err(format!("spec.minReadySeconds must be >= 0, got {v}"));
+            }
+            check_selector(&s.selector, &s.template)?;
             validate_pod_spec("spec.template.spec", &s.template.spec)
         }
         Object::Secret(s) => {
@@ -248,6 +266,184 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
         }
         Object::Namespace(_) | Object::Node(_) | Object::ConfigMap(_) => Ok(()),
     }
+}
+
+fn check_replicas(replicas: Option<i32>) -> Result<(), String> {
+    match replicas {
+        Some(r) if r < 0 => Err(format!("spec.replicas must be >= 0, got {r}")),
+        _ => Ok(()),
+    }
+}
+
+fn check_selector(
+    selector: &crate::api::LabelSelector,
+    template: &crate::api::PodTemplateSpec,
+) -> Result<(), String> {
+    if selector.match_labels.is_empty() {
+        return Err("spec.selector.matchLabels is required".into());
+    }
+    for (k, v) in &selector.match_labels {
+        if template.metadata.labels.get(k) != Some(v) {
+            return Err(format!(
+                "spec.template.metadata.labels must match spec.selector.matchLabels ({k}={v} is missing)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_strategy(strategy: Option<&crate::api::DeploymentStrategy>) -> Result<(), String> {
+    let Some(st) = strategy else { return Ok(()) };
+    match st.type_.as_deref() {
+        None | Some("RollingUpdate") => {}
+        Some("Recreate") => {
+            if st.rolling_update.is_some() {
+                return Err(
+                    "spec.strategy.rollingUpdate may not be specified when strategy type is Recreate"
+                        .into(),
+                );
+            }
+            return Ok(());
+        }
+        Some(t) => {
+            return Err(format!(
+                "spec.strategy.type must be RollingUpdate or Recreate, got {t:?}"
+            ));
+        }
+    }
+    let Some(ru) = &st.rolling_update else {
+        return Ok(());
+    };
+    let mut zero = 0;
+    for (field, v) in [
+        ("maxSurge", &ru.max_surge),
+        ("maxUnavailable", &ru.max_unavailable),
+    ] {
+        let Some(v) = v else { continue };
+        // Percentages are checked against 100 replicas: the rounding is the controller's business.
+        let n = v
+            .scaled(100, true)
+            .map_err(|e| format!("spec.strategy.rollingUpdate.{field} {e}"))?;
+        if n < 0 {
+            return Err(format!(
+                "spec.strategy.rollingUpdate.{field} must be >= 0, got {v}"
+            ));
+        }
+        if field == "maxUnavailable" && matches!(v, crate::api::IntOrString::String(_)) && n > 100 {
+            return Err(format!(
+                "spec.strategy.rollingUpdate.maxUnavailable must not be greater than 100%, got {v}"
+            ));
+        }
+        if n == 0 {
+            zero += 1;
+        }
+    }
+    if zero == 2 {
+        return Err(
+            "spec.strategy.rollingUpdate.maxUnavailable may not be 0 when maxSurge is 0".into(),
+        );
+    }
+    Ok(())
+}
+
+fn validate_probe(
+    at: &str,
+    probe: &crate::api::Probe,
+    container: &crate::api::Container,
+    liveness_or_startup: bool,
+) -> Result<(), String> {
+    let handlers = [
+        probe.http_get.is_some(),
+        probe.tcp_socket.is_some(),
+        probe.exec.is_some(),
+    ];
+    match handlers.iter().filter(|h| **h).count() {
+        0 => {
+            return Err(format!(
+                "{at} must specify one of httpGet, tcpSocket or exec"
+            ));
+        }
+        1 => {}
+        _ => {
+            return Err(format!(
+                "{at} may specify only one of httpGet, tcpSocket or exec"
+            ));
+        }
+    }
+    if probe.exec.is_some() {
+        return Err(format!(
+            "{at}.exec is not supported yet: exec probes run a command inside a container, and WASI pods have none (use httpGet or tcpSocket)"
+        ));
+    }
+    let port = probe
+        .http_get
+        .as_ref()
+        .map(|h| (&h.port, "httpGet"))
+        .or(probe.tcp_socket.as_ref().map(|t| (&t.port, "tcpSocket")));
+    if let Some((port, handler)) = port {
+        match port {
+            crate::api::IntOrString::Int(n) if !(1..=65535).contains(n) => {
+                return Err(format!("{at}.{handler}.port must be 1-65535, got {n}"));
+            }
+            crate::api::IntOrString::String(name)
+                if !container
+                    .ports
+                    .iter()
+                    .any(|p| p.name.as_deref() == Some(name.as_str())) =>
+            {
+                return Err(format!(
+                    "{at}.{handler}.port: no container port is named {name:?}"
+                ));
+            }
+            _ => {}
+        }
+    }
+    let host = probe
+        .http_get
+        .as_ref()
+        .and_then(|h| h.host.as_ref().map(|_| "httpGet"))
+        .or(probe
+            .tcp_socket
+            .as_ref()
+            .and_then(|t| t.host.as_ref().map(|_| "tcpSocket")));
+    if let Some(handler) = host {
+        return Err(format!(
+            "{at}.{handler}.host is not supported: probes always reach the pod itself"
+        ));
+    }
+    if let Some(h) = &probe.http_get {
+        if let Some(scheme) = &h.scheme
+            && scheme != "HTTP"
+        {
+            return Err(format!(
+                "{at}.httpGet.scheme {scheme:?} is not supported (only HTTP)"
+            ));
+        }
+        if let Some(path) = &h.path
+            && !path.starts_with('/')
+        {
+            return Err(format!(
+                "{at}.httpGet.path must start with '/', got {path:?}"
+            ));
+        }
+    }
+    for (field, v, min) in [
+        ("initialDelaySeconds", probe.initial_delay_seconds, 0),
+        ("periodSeconds", probe.period_seconds, 1),
+        ("timeoutSeconds", probe.timeout_seconds, 1),
+        ("successThreshold", probe.success_threshold, 1),
+        ("failureThreshold", probe.failure_threshold, 1),
+    ] {
+        if let Some(v) = v
+            && v < min
+        {
+            return Err(format!("{at}.{field} must be >= {min}, got {v}"));
+        }
+    }
+    if liveness_or_startup && probe.success_threshold.is_some_and(|s| s != 1) {
+        return Err(format!("{at}.successThreshold must be 1"));
+    }
+    Ok(())
 }
 
 fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String> {
@@ -319,6 +515,15 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
                 }
             }
         }
+        for (field, probe, strict) in [
+            ("livenessProbe", &c.liveness_probe, true),
+            ("readinessProbe", &c.readiness_probe, false),
+            ("startupProbe", &c.startup_probe, true),
+        ] {
+            if let Some(p) = probe {
+                validate_probe(&format!("{at}.{field}"), p, c, strict)?;
+            }
+        }
         for (j, e) in c.env.iter().enumerate() {
             if e.name.is_empty() {
                 return Err(format!("{at}.env[{j}].name is required"));
@@ -376,6 +581,8 @@ spec:
         image: hello:latest
         resources: {requests: {cpu: 100m, memory: 32Mi}}
         livenessProbe: {httpGet: {path: /, port: 8080}}
+        volumeMounts: [{name: data, mountPath: /data}]
+      affinity: {}
 "#;
 
     #[test]
@@ -389,11 +596,16 @@ spec:
         assert_eq!(d.metadata.namespace.as_deref(), Some("default"));
         expect![[r#"
             [
-                "deployment web: field spec.strategy is not supported yet and was ignored",
-                "deployment web: field spec.template.spec.containers.0.livenessProbe is not supported yet and was ignored",
+                "deployment web: field spec.template.spec.affinity is not supported yet and was ignored",
+                "deployment web: field spec.template.spec.containers.0.volumeMounts is not supported yet and was ignored",
             ]
         "#]]
         .assert_debug_eq(&parsed[0].warnings);
+        assert_eq!(
+            d.surge_and_unavailable(),
+            (1, 0),
+            "25% of 3: surge rounds up, unavailable down"
+        );
     }
 
     #[test]
@@ -433,12 +645,80 @@ metadata: {name: p}
 spec: {containers: [{name: c, image: x}]}
 "#;
         expect![[r#"
-            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Deployment, ConfigMap, Secret)
+            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Deployment, ReplicaSet, ConfigMap, Secret)
             document 2 (deployment web): spec.replicas must be >= 0, got -1
             document 3 (deployment typed): spec.replicas: invalid type: string "three", expected i32
             document 4 (pod p): spec.containers[0].resources.limits.memory: invalid quantity "lots"
             document 6 (pod p): duplicate object: an earlier document already defines it"#]]
         .assert_eq(&errors(bad));
+    }
+
+    #[test]
+    fn rollout_and_probe_fields_are_checked() {
+        let doc = |spec: &str, container: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec:\n  selector: {{matchLabels: {{a: b}}}}\n{spec}\n  template:\n    metadata: {{labels: {{a: b}}}}\n    spec:\n      containers:\n      - name: c\n        image: x\n        ports: [{{name: http, containerPort: 80}}]\n{container}\n---\n"
+            )
+        };
+        let text = [
+            doc("  strategy: {type: Blue}", ""),
+            doc(
+                "  strategy: {type: Recreate, rollingUpdate: {maxSurge: 1}}",
+                "",
+            ),
+            doc(
+                "  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 0%}}",
+                "",
+            ),
+            doc("  strategy: {rollingUpdate: {maxSurge: lots}}", ""),
+            doc("  progressDeadlineSeconds: 5\n  minReadySeconds: 10", ""),
+            doc("", "        livenessProbe: {exec: {command: [/bin/true]}}"),
+            doc(
+                "",
+                "        readinessProbe: {httpGet: {path: /, port: web}}",
+            ),
+            doc("", "        readinessProbe: {periodSeconds: 1}"),
+            doc(
+                "",
+                "        startupProbe: {tcpSocket: {port: http}, successThreshold: 2}",
+            ),
+            doc(
+                "",
+                "        readinessProbe: {httpGet: {path: /, port: 80, scheme: HTTPS}}",
+            ),
+            doc(
+                "",
+                "        readinessProbe: {tcpSocket: {port: 80, host: example.com}}",
+            ),
+        ]
+        .join("");
+        // Every document has the same name, so number them to avoid duplicate errors.
+        let mut n = 0;
+        let text: String = text
+            .split("---\n")
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| {
+                n += 1;
+                format!("{}---\n", d.replace("name: d}", &format!("name: d{n}}}")))
+            })
+            .collect();
+        expect![[r#"
+            document 1 (deployment d1): spec.strategy.type must be RollingUpdate or Recreate, got "Blue"
+            document 2 (deployment d2): spec.strategy.rollingUpdate may not be specified when strategy type is Recreate
+            document 3 (deployment d3): spec.strategy.rollingUpdate.maxUnavailable may not be 0 when maxSurge is 0
+            document 4 (deployment d4): spec.strategy.rollingUpdate.maxSurge must be an integer or a percentage, got "lots"
+            document 5 (deployment d5): spec.progressDeadlineSeconds must be greater than minReadySeconds, got 5
+            document 6 (deployment d6): spec.template.spec.containers[0].livenessProbe.exec is not supported yet: exec probes run a command inside a container, and WASI pods have none (use httpGet or tcpSocket)
+            document 7 (deployment d7): spec.template.spec.containers[0].readinessProbe.httpGet.port: no container port is named "web"
+            document 8 (deployment d8): spec.template.spec.containers[0].readinessProbe must specify one of httpGet, tcpSocket or exec
+            document 9 (deployment d9): spec.template.spec.containers[0].startupProbe.successThreshold must be 1
+            document 10 (deployment d10): spec.template.spec.containers[0].readinessProbe.httpGet.scheme "HTTPS" is not supported (only HTTP)
+            document 11 (deployment d11): spec.template.spec.containers[0].readinessProbe.tcpSocket.host is not supported: probes always reach the pod itself"#]].assert_eq(&errors(&text));
+        let ok = doc(
+            "  strategy: {rollingUpdate: {maxSurge: 50%, maxUnavailable: 0}}",
+            "        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 2}",
+        );
+        assert_eq!(errors(&ok), "ok");
     }
 
     #[test]

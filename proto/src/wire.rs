@@ -84,6 +84,30 @@ pub enum Request {
     FetchBlob {
         digest: String,
     },
+    // --- CLI (admin identity), added after the first release of this protocol ---
+    /// A change to a Deployment's rollout, done by the hub in one transaction.
+    Rollout {
+        namespace: String,
+        name: String,
+        action: RolloutAction,
+    },
+}
+
+/// What `fleet rollout …` and `fleet set image` ask of a Deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    /// Stamps `kubectl.kubernetes.io/restartedAt` on the template, replacing every pod.
+    Restart,
+    /// Back to the template of `to_revision`, or of the previous revision when 0.
+    Undo {
+        to_revision: i64,
+    },
+    /// `container=image` pairs; container `*` means every container.
+    SetImage {
+        images: Vec<(String, String)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +166,10 @@ pub enum Response {
     LogStream,
     Pushed {
         digest: String,
+    },
+    /// Success with a line for the user (`deployment.apps/web rolled back`).
+    Done {
+        message: String,
     },
 }
 

@@ -240,6 +240,103 @@ impl Cluster {
     }
 }
 
+/// What a [`PodTracker`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    /// The fewest Ready pods of the app at any committed state after the tracker started.
+    pub min_ready: usize,
+    /// The most pods of the app that existed at once.
+    pub max_pods: usize,
+    /// Whether pods of two templates (pod-template-hash) ever existed at once.
+    pub mixed_templates: bool,
+    /// Committed pod changes seen.
+    pub changes: usize,
+}
+
+/// Follows every committed pod change of one app on the hub (in process, so no state is
+/// skipped): a rollout's availability floor is checked at every step, not sampled.
+pub struct PodTracker {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Observed>,
+}
+
+impl PodTracker {
+    pub async fn finish(self) -> Observed {
+        self.stop.cancel();
+        self.task.await.expect("pod tracker panicked")
+    }
+}
+
+impl Cluster {
+    /// Starts tracking pods labelled `app=<app>` in the default namespace.
+    pub fn track_pods(&self, app: &str) -> PodTracker {
+        use flotilla_proto::{Kind, Object};
+        use std::collections::BTreeMap;
+        let store = &self.hub().hub.store;
+        let mut rx = store.subscribe();
+        let (pods, from) = store.list(Kind::Pod, Some("default")).expect("list pods");
+        let ours = {
+            let app = app.to_string();
+            move |o: &Object| match o {
+                Object::Pod(p) if p.metadata.labels.get("app") == Some(&app) => Some(p.clone()),
+                _ => None,
+            }
+        };
+        // name -> (template hash, ready)
+        let mut state: BTreeMap<String, (String, bool)> = BTreeMap::new();
+        let record = |state: &mut BTreeMap<String, (String, bool)>,
+                      p: &flotilla_proto::api::Pod| {
+            let hash = p
+                .metadata
+                .labels
+                .get(flotilla_proto::api::TEMPLATE_HASH_LABEL)
+                .cloned()
+                .unwrap_or_default();
+            state.insert(p.metadata.name.clone(), (hash, p.is_ready()));
+        };
+        for p in pods.iter().filter_map(&ours) {
+            record(&mut state, &p);
+        }
+        let measure = |state: &BTreeMap<String, (String, bool)>, o: &mut Observed| {
+            let ready = state.values().filter(|(_, r)| *r).count();
+            o.min_ready = o.min_ready.min(ready);
+            o.max_pods = o.max_pods.max(state.len());
+            let hashes: std::collections::BTreeSet<_> = state.values().map(|(h, _)| h).collect();
+            o.mixed_templates |= hashes.len() > 1;
+        };
+        let mut observed = Observed {
+            min_ready: usize::MAX,
+            ..Default::default()
+        };
+        measure(&state, &mut observed);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let cancel = stop.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let e = tokio::select! {
+                    _ = cancel.cancelled() => return observed,
+                    e = rx.recv() => e.expect("pod tracker lagged behind the store: the test cannot vouch for every state"),
+                };
+                if e.revision <= from || e.key.kind != Kind::Pod {
+                    continue;
+                }
+                match e.object.as_ref().and_then(&ours) {
+                    Some(p) => record(&mut state, &p),
+                    None => {
+                        if e.prev.as_ref().and_then(&ours).is_none() {
+                            continue;
+                        }
+                        state.remove(&e.key.name);
+                    }
+                }
+                observed.changes += 1;
+                measure(&state, &mut observed);
+            }
+        });
+        PodTracker { stop, task }
+    }
+}
+
 /// GET with the real curl client: (status, body).
 pub fn curl(url: &str) -> (u16, String) {
     let out = std::process::Command::new("curl")

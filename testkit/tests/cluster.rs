@@ -750,3 +750,41 @@ async fn warm_instances_are_reused_unless_disabled() {
     );
     cluster.shutdown().await;
 }
+
+/// Whether the hub has node `name` Ready.
+async fn node_ready(cluster: &Cluster, name: &str) -> bool {
+    use flotilla_proto::{Kind, Object};
+    let c = cluster.fleet().await;
+    let nodes = c.get(Kind::Node, None, Some(name)).await.unwrap();
+    c.close().await;
+    matches!(&nodes[0], Object::Node(n) if n.is_ready())
+}
+
+/// A node whose agent goes silent turns NotReady after the grace period and gets no new pods;
+/// when the agent comes back it is Ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_nodes_become_not_ready_and_get_no_pods() {
+    let mut cluster = Cluster::builder().agents(2).start().await;
+    cluster.push_example("hello").await;
+    cluster.stop_agent(1).await;
+    eventually("node-1 to turn NotReady", || async {
+        (!node_ready(&cluster, "node-1").await).then_some(())
+    })
+    .await;
+    cluster
+        .apply(&deployment("after", 2, "", None))
+        .await
+        .unwrap();
+    let pods = wait_ready(&cluster, "after", 2).await;
+    assert!(
+        pods.iter()
+            .all(|p| p.spec.node_name.as_deref() == Some("node-0")),
+        "pods went to a NotReady node"
+    );
+    cluster.start_agent(1).await;
+    eventually("node-1 to be Ready again", || async {
+        node_ready(&cluster, "node-1").await.then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}

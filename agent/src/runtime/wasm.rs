@@ -280,6 +280,9 @@ pub struct GuestSpec {
     pub log: PodLog,
     /// false: outgoing wasi:http requests are refused.
     pub allow_outbound_http: bool,
+    /// The pod's `workingDir`, reported to the guest as wasi:cli's initial-cwd (no files are
+    /// granted by it: preopened directories come with volumes).
+    pub working_dir: Option<String>,
     /// wasi:http: keep an instance that answered cleanly for the next request (like a server
     /// process) instead of instantiating per request. A trapped instance is never reused.
     pub reuse_instances: bool,
@@ -923,6 +926,9 @@ fn wasi_builder(spec: &GuestSpec) -> WasiCtxBuilder {
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
+    if let Some(dir) = &spec.working_dir {
+        builder.initial_cwd(dir);
+    }
     builder
 }
 
@@ -1526,6 +1532,7 @@ mod tests {
                 log: PodLog::open(&self.dir.path().join("logs/default/test.log"), 1 << 20).unwrap(),
                 allow_outbound_http: false,
                 reuse_instances: true,
+                working_dir: None,
             }
         }
 

@@ -1,4 +1,5 @@
-//! chaos: wasi:http component that misbehaves on demand (spin, grow memory, panic) for tests.
+//! chaos: wasi:http component that misbehaves on demand (spin, grow memory, panic) for tests,
+//! with a `/healthz` that fails while the pod's env has `CHAOS_UNHEALTHY` set (probe tests).
 
 use std::hint::black_box;
 use wstd::http::{Body, Error, Request, Response, StatusCode};
@@ -11,6 +12,10 @@ const PAGE: usize = 4096;
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
     match request.uri().path() {
         "/" => Ok(Response::new("chaos ok\n".into())),
+        "/healthz" if std::env::var_os("CHAOS_UNHEALTHY").is_some() => {
+            status(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+        }
+        "/healthz" => Ok(Response::new("healthy\n".into())),
         "/loop" => spin(),
         "/grow" => match grow_mib(request.uri().query()) {
             Some(mb) => Ok(Response::new(grow(mb).into())),

@@ -1,25 +1,112 @@
 //! Controllers: level-triggered reconcilers over the store (Kubernetes controller contract).
+//! Each runs on [`run`]: store events become deduplicated key batches, every reconcile is one
+//! write transaction, a reconcile may ask to be woken again later (minReadySeconds, progress
+//! deadlines), and a periodic full resync retries anything a missed event or an error left.
 pub mod deployment;
+pub mod gc;
 pub mod node;
+pub mod replicaset;
 
-use crate::store::StoreEvent;
-use std::collections::BTreeSet;
-use std::time::Duration;
+use crate::Hub;
+use crate::store::{StoreError, StoreEvent, Tx};
+use flotilla_proto::api::{Kind, Object, ObjectKey, Pod};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
-/// Collects keys to reconcile from store events, deduplicated, with a periodic full resync so a
-/// missed event or a failed reconcile is always retried.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// What a reconcile asks for next: nothing (events will wake it), or a look again after a delay.
+pub type Requeue = Option<Duration>;
+
+/// One controller: the kind it owns, which keys an event concerns, and its reconcile.
+pub(crate) struct Controller {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub keys_of: fn(&StoreEvent) -> Vec<ObjectKey>,
+    pub reconcile: fn(&mut Tx<'_>, &ObjectKey, SystemTime) -> Result<Requeue, StoreError>,
+}
+
+pub(crate) async fn run(hub: Arc<Hub>, ctl: Controller, cancel: CancellationToken) {
+    let mut rx = hub.store.subscribe();
+    let mut wake: BTreeMap<ObjectKey, Instant> = BTreeMap::new();
+    // Start with a full pass: the hub may have restarted with work pending.
+    let mut keys = all_keys(&hub, &ctl);
+    loop {
+        for key in keys {
+            wake.remove(&key);
+            match hub
+                .store
+                .write(|tx| (ctl.reconcile)(tx, &key, SystemTime::now()))
+            {
+                Ok(Some(after)) => {
+                    wake.insert(key, Instant::now() + after);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Retried after a short pause, and by the next event or resync anyway.
+                    warn!(controller = ctl.name, key = %key, error = %e, "reconcile failed");
+                    wake.insert(key, Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+        let next_wake = wake.values().min().copied();
+        let batch = tokio::select! {
+            _ = cancel.cancelled() => return,
+            b = next_batch(&mut rx, RESYNC, next_wake, ctl.keys_of) => b,
+        };
+        keys = match batch {
+            None => return,
+            Some(BatchKind::Resync) => all_keys(&hub, &ctl),
+            Some(BatchKind::Keys(mut keys)) => {
+                let now = Instant::now();
+                keys.extend(
+                    wake.iter()
+                        .filter(|(_, t)| **t <= now)
+                        .map(|(k, _)| k.clone()),
+                );
+                keys
+            }
+        };
+    }
+}
+
+fn all_keys(hub: &Hub, ctl: &Controller) -> BTreeSet<ObjectKey> {
+    match hub.store.list(ctl.kind, None) {
+        Ok((objects, _)) => objects.iter().map(Object::key).collect(),
+        Err(e) => {
+            warn!(controller = ctl.name, error = %e, "failed to list objects");
+            BTreeSet::new()
+        }
+    }
+}
+
+/// Collects keys to reconcile from store events, deduplicated. Returns early at `wake` (with
+/// whatever keys arrived, possibly none) and asks for a full resync every `resync`.
 pub(crate) async fn next_batch<K: Ord>(
     rx: &mut broadcast::Receiver<StoreEvent>,
     resync: Duration,
+    wake: Option<Instant>,
     mut keys_of: impl FnMut(&StoreEvent) -> Vec<K>,
 ) -> Option<BatchKind<K>> {
     let mut keys = BTreeSet::new();
     let deadline = tokio::time::sleep(resync);
     tokio::pin!(deadline);
+    let woken = async {
+        match wake {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(woken);
     loop {
         tokio::select! {
             _ = &mut deadline => return Some(BatchKind::Resync),
+            _ = &mut woken => return Some(BatchKind::Keys(keys)),
             e = rx.recv() => match e {
                 Ok(e) => keys.extend(keys_of(&e)),
                 Err(broadcast::error::RecvError::Lagged(_)) => return Some(BatchKind::Resync),
@@ -39,4 +126,69 @@ pub(crate) async fn next_batch<K: Ord>(
 pub(crate) enum BatchKind<K> {
     Keys(BTreeSet<K>),
     Resync,
+}
+
+/// The keys of `kind` that own the object in an event (before or after it changed) through a
+/// controller owner reference of `owner_kind`.
+pub(crate) fn owner_keys(e: &StoreEvent, owner_kind: Kind) -> Vec<ObjectKey> {
+    e.object
+        .iter()
+        .chain(e.prev.iter())
+        .flat_map(|o| {
+            o.meta()
+                .owner_references
+                .iter()
+                .filter(move |r| r.kind == owner_kind.as_str() && r.controller == Some(true))
+        })
+        .map(|r| ObjectKey::new(owner_kind, &e.key.namespace, &r.name))
+        .collect()
+}
+
+/// The pods of a namespace, for reconciles that count them.
+pub(crate) fn pods_in(tx: &Tx<'_>, namespace: &str) -> Result<Vec<Pod>, StoreError> {
+    Ok(tx
+        .list(Kind::Pod, Some(namespace))?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Pod(p) => Some(p),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Whether a pod counts as available (Ready for at least `min_ready`), and if it is Ready but
+/// not yet available, how long until it will be.
+pub(crate) fn availability(pod: &Pod, min_ready: Duration, now: SystemTime) -> (bool, Requeue) {
+    if !pod.is_ready() || pod.is_terminal() {
+        return (false, None);
+    }
+    if min_ready.is_zero() {
+        return (true, None);
+    }
+    let Some(since) = pod.ready_since() else {
+        // Ready without a transition time: count it from now on, like a fresh transition.
+        return (false, Some(min_ready));
+    };
+    let ready_for = now.duration_since(since).unwrap_or_default();
+    if ready_for >= min_ready {
+        (true, None)
+    } else {
+        (false, Some(min_ready - ready_for))
+    }
+}
+
+/// The earlier of two requeue requests.
+pub(crate) fn sooner(a: Requeue, b: Requeue) -> Requeue {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Five characters from Kubernetes' name alphabet (no vowels, no look-alikes).
+pub(crate) fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
