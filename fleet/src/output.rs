@@ -260,6 +260,111 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                 .collect();
             (h, rows)
         }
+        Kind::DaemonSet => (
+            vec![
+                "NAME",
+                "DESIRED",
+                "CURRENT",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "NODE SELECTOR",
+                "AGE",
+            ],
+            objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::DaemonSet(d) => Some(d),
+                    _ => None,
+                })
+                .map(|d| {
+                    let s = &d.status;
+                    let sel = &d.spec.template.spec.node_selector;
+                    vec![
+                        d.metadata.name.clone(),
+                        s.desired_number_scheduled.to_string(),
+                        s.current_number_scheduled.to_string(),
+                        s.number_ready.to_string(),
+                        s.updated_number_scheduled.to_string(),
+                        s.number_available.to_string(),
+                        if sel.is_empty() {
+                            "<none>".into()
+                        } else {
+                            selector(&LabelSelector {
+                                match_labels: sel.clone(),
+                            })
+                        },
+                        age(&d.metadata.creation_timestamp),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::Job => (
+            vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+            objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::Job(j) => Some(j),
+                    _ => None,
+                })
+                .map(|j| {
+                    let status = match j.finished() {
+                        Some(c) => c.type_.clone(),
+                        None if j.spec.suspend == Some(true) => "Suspended".into(),
+                        None => "Running".into(),
+                    };
+                    let t = |s: &Option<String>| {
+                        s.as_deref().and_then(|s| humantime::parse_rfc3339(s).ok())
+                    };
+                    let duration = match (t(&j.status.start_time), t(&j.status.completion_time)) {
+                        (Some(a), Some(b)) => {
+                            human_duration(b.duration_since(a).unwrap_or_default())
+                        }
+                        (Some(a), None) => human_duration(a.elapsed().unwrap_or_default()),
+                        _ => String::new(),
+                    };
+                    vec![
+                        j.metadata.name.clone(),
+                        status,
+                        format!("{}/{}", j.status.succeeded, j.completions()),
+                        duration,
+                        age(&j.metadata.creation_timestamp),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::CronJob => (
+            vec![
+                "NAME",
+                "SCHEDULE",
+                "TIMEZONE",
+                "SUSPEND",
+                "ACTIVE",
+                "LAST SCHEDULE",
+                "AGE",
+            ],
+            objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::CronJob(c) => Some(c),
+                    _ => None,
+                })
+                .map(|c| {
+                    vec![
+                        c.metadata.name.clone(),
+                        c.spec.schedule.clone(),
+                        c.spec.time_zone.clone().unwrap_or_else(|| "<none>".into()),
+                        (c.spec.suspend == Some(true)).to_string(),
+                        c.status.active.len().to_string(),
+                        c.status
+                            .last_schedule_time
+                            .as_deref()
+                            .map_or_else(|| "<none>".into(), age),
+                        age(&c.metadata.creation_timestamp),
+                    ]
+                })
+                .collect(),
+        ),
         Kind::Node => {
             let mut h = vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"];
             if wide {

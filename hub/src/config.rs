@@ -14,6 +14,8 @@ pub struct Config {
     pub advertise_address: Option<String>,
     /// A node whose agent has not reported for this long becomes NotReady.
     pub node_grace: Duration,
+    /// First delay before a failed Job pod is replaced (Kubernetes: 10 s, doubling to 6 min).
+    pub job_backoff: Duration,
 }
 
 impl Config {
@@ -23,6 +25,7 @@ impl Config {
             tls_san: Vec::new(),
             advertise_address: None,
             node_grace: Duration::from_secs(40),
+            job_backoff: Duration::from_secs(10),
         }
     }
 }

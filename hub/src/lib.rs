@@ -103,6 +103,9 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
     for ctl in [
         controller::deployment::CONTROLLER,
         controller::replicaset::CONTROLLER,
+        controller::daemonset::CONTROLLER,
+        controller::job::CONTROLLER,
+        controller::cronjob::CONTROLLER,
     ] {
         tracker.spawn(controller::run(hub.clone(), ctl, cancel.child_token()));
     }

@@ -358,6 +358,26 @@ fn apply_one(
         Object::Pod(p) => {
             p.spec.restart_policy.get_or_insert_with(|| "Always".into());
         }
+        Object::DaemonSet(ds) => {
+            ds.spec
+                .template
+                .spec
+                .restart_policy
+                .get_or_insert_with(|| "Always".into());
+        }
+        Object::Job(j) => {
+            j.spec.parallelism.get_or_insert(1);
+            j.spec.completions.get_or_insert(1);
+            j.spec.backoff_limit.get_or_insert(6);
+        }
+        Object::CronJob(cj) => {
+            cj.spec
+                .concurrency_policy
+                .get_or_insert_with(|| "Allow".into());
+            cj.spec.suspend.get_or_insert(false);
+            cj.spec.successful_jobs_history_limit.get_or_insert(3);
+            cj.spec.failed_jobs_history_limit.get_or_insert(1);
+        }
         _ => {}
     }
     let existing = tx.get(&key)?;
@@ -389,6 +409,9 @@ fn apply_one(
                 (Object::ReplicaSet(old), Object::ReplicaSet(new)) => {
                     new.status = old.status.clone()
                 }
+                (Object::DaemonSet(old), Object::DaemonSet(new)) => new.status = old.status.clone(),
+                (Object::Job(old), Object::Job(new)) => new.status = old.status.clone(),
+                (Object::CronJob(old), Object::CronJob(new)) => new.status = old.status.clone(),
                 (Object::Node(old), Object::Node(new)) => new.status = old.status.clone(),
                 _ => {}
             }

@@ -16,15 +16,21 @@ pub enum Kind {
     Secret,
     // Postcard encodes this enum by index: new kinds go at the end.
     ReplicaSet,
+    DaemonSet,
+    Job,
+    CronJob,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Deployment,
         Kind::ReplicaSet,
+        Kind::DaemonSet,
+        Kind::Job,
+        Kind::CronJob,
         Kind::ConfigMap,
         Kind::Secret,
     ];
@@ -38,12 +44,16 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::Secret => "Secret",
             Kind::ReplicaSet => "ReplicaSet",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::Job => "Job",
+            Kind::CronJob => "CronJob",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Deployment | Kind::ReplicaSet => "apps/v1",
+            Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet => "apps/v1",
+            Kind::Job | Kind::CronJob => "batch/v1",
             _ => "v1",
         }
     }
@@ -62,13 +72,19 @@ impl Kind {
             Kind::ConfigMap => "configmap",
             Kind::Secret => "secret",
             Kind::ReplicaSet => "replicaset.apps",
+            Kind::DaemonSet => "daemonset.apps",
+            Kind::Job => "job.batch",
+            Kind::CronJob => "cronjob.batch",
         }
     }
 
     /// Parses the names kubectl users type: `pods`, `po`, `deploy`, `deployments.apps`, `Node`…
     pub fn from_cli(s: &str) -> Option<Kind> {
         let s = s.to_ascii_lowercase();
-        let s = s.strip_suffix(".apps").unwrap_or(&s);
+        let s = s
+            .strip_suffix(".apps")
+            .or_else(|| s.strip_suffix(".batch"))
+            .unwrap_or(&s);
         Some(match s {
             "namespace" | "namespaces" | "ns" => Kind::Namespace,
             "node" | "nodes" | "no" => Kind::Node,
@@ -77,6 +93,9 @@ impl Kind {
             "configmap" | "configmaps" | "cm" => Kind::ConfigMap,
             "secret" | "secrets" => Kind::Secret,
             "replicaset" | "replicasets" | "rs" => Kind::ReplicaSet,
+            "daemonset" | "daemonsets" | "ds" => Kind::DaemonSet,
+            "job" | "jobs" => Kind::Job,
+            "cronjob" | "cronjobs" | "cj" => Kind::CronJob,
             _ => return None,
         })
     }
@@ -857,6 +876,277 @@ pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
 /// Label and selector key that ties pods to one template (and one ReplicaSet).
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
+// ---------------------------------------------------------------- DaemonSet
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSet {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: DaemonSetSpec,
+    #[serde(default)]
+    pub status: DaemonSetStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSetSpec {
+    #[serde(default)]
+    pub selector: LabelSelector,
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<DaemonSetUpdateStrategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSetUpdateStrategy {
+    /// RollingUpdate (default) or OnDelete.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdateDeployment>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSetStatus {
+    #[serde(default)]
+    pub current_number_scheduled: i32,
+    #[serde(default)]
+    pub number_misscheduled: i32,
+    #[serde(default)]
+    pub desired_number_scheduled: i32,
+    #[serde(default)]
+    pub number_ready: i32,
+    #[serde(default)]
+    pub updated_number_scheduled: i32,
+    #[serde(default)]
+    pub number_available: i32,
+    #[serde(default)]
+    pub number_unavailable: i32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub observed_generation: i64,
+}
+
+impl DaemonSet {
+    pub fn is_on_delete(&self) -> bool {
+        self.spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            == Some("OnDelete")
+    }
+
+    /// (maxSurge, maxUnavailable) as node counts out of `nodes`: defaults 0 and 1; both zero
+    /// means one unavailable.
+    pub fn surge_and_unavailable(&self, nodes: i32) -> (i32, i32) {
+        let ru = self
+            .spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.clone())
+            .unwrap_or_default();
+        let surge = ru
+            .max_surge
+            .map_or(Ok(0), |v| v.scaled(nodes, true))
+            .unwrap_or(0)
+            .max(0);
+        let unavailable = ru
+            .max_unavailable
+            .map_or(Ok(1), |v| v.scaled(nodes, true))
+            .unwrap_or(1)
+            .max(0);
+        if surge == 0 && unavailable == 0 {
+            (0, 1)
+        } else {
+            (surge, unavailable)
+        }
+    }
+}
+
+/// The pod label that ties a DaemonSet's pods to one template (Kubernetes' name).
+pub const CONTROLLER_REVISION_LABEL: &str = "controller-revision-hash";
+
+// ---------------------------------------------------------------- Job
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: JobSpec,
+    #[serde(default)]
+    pub status: JobStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completions: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_limit: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds_after_finished: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// Only NonIndexed is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_mode: Option<String>,
+    /// Generated by Kubernetes; refused here (the controller tracks its pods by owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual_selector: Option<bool>,
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub active: i32,
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub ready: i32,
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub succeeded: i32,
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub failed: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+fn is_zero32(v: &i32) -> bool {
+    *v == 0
+}
+
+impl Job {
+    pub fn completions(&self) -> i32 {
+        self.spec.completions.unwrap_or(1).max(0)
+    }
+
+    pub fn parallelism(&self) -> i32 {
+        self.spec.parallelism.unwrap_or(1).max(0)
+    }
+
+    pub fn backoff_limit(&self) -> i32 {
+        self.spec.backoff_limit.unwrap_or(6).max(0)
+    }
+
+    /// The finishing condition (Complete or Failed) when the Job is done.
+    pub fn finished(&self) -> Option<&Condition> {
+        self.status
+            .conditions
+            .iter()
+            .find(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
+    }
+}
+
+// ---------------------------------------------------------------- CronJob
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronJob {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: CronJobSpec,
+    #[serde(default)]
+    pub status: CronJobStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronJobSpec {
+    #[serde(default)]
+    pub schedule: String,
+    /// An IANA time zone such as Europe/Berlin; the hub's local zone (UTC) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_deadline_seconds: Option<i64>,
+    /// Allow (default), Forbid or Replace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    #[serde(default)]
+    pub job_template: JobTemplateSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successful_jobs_history_limit: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_jobs_history_limit: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobTemplateSpec {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: JobSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronJobStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<ObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectReference {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub uid: String,
+}
+
+/// On Jobs a CronJob creates: the scheduled time they run for (Kubernetes' name).
+pub const CRONJOB_SCHEDULED_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
+/// On a Job's pods: the Job's name (Kubernetes' label).
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
 // ---------------------------------------------------------------- Node
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -953,6 +1243,9 @@ impl Node {
 // ---------------------------------------------------------------- Object
 
 /// Any stored object. Serialized as the inner object, whose `kind` field says which it is.
+// Objects are handled a few at a time, never in large arrays: a CronJob's size is no reason to
+// box every match site.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
@@ -962,6 +1255,9 @@ pub enum Object {
     ConfigMap(ConfigMap),
     Secret(Secret),
     ReplicaSet(ReplicaSet),
+    DaemonSet(DaemonSet),
+    Job(Job),
+    CronJob(CronJob),
 }
 
 macro_rules! each_object {
@@ -974,6 +1270,9 @@ macro_rules! each_object {
             Object::ConfigMap($o) => $body,
             Object::Secret($o) => $body,
             Object::ReplicaSet($o) => $body,
+            Object::DaemonSet($o) => $body,
+            Object::Job($o) => $body,
+            Object::CronJob($o) => $body,
         }
     };
 }
@@ -988,6 +1287,9 @@ impl Object {
             Object::ConfigMap(_) => Kind::ConfigMap,
             Object::Secret(_) => Kind::Secret,
             Object::ReplicaSet(_) => Kind::ReplicaSet,
+            Object::DaemonSet(_) => Kind::DaemonSet,
+            Object::Job(_) => Kind::Job,
+            Object::CronJob(_) => Kind::CronJob,
         }
     }
 
@@ -1051,6 +1353,9 @@ impl Object {
             Kind::ConfigMap => Object::ConfigMap(serde_json::from_value(v)?),
             Kind::Secret => Object::Secret(serde_json::from_value(v)?),
             Kind::ReplicaSet => Object::ReplicaSet(serde_json::from_value(v)?),
+            Kind::DaemonSet => Object::DaemonSet(serde_json::from_value(v)?),
+            Kind::Job => Object::Job(serde_json::from_value(v)?),
+            Kind::CronJob => Object::CronJob(serde_json::from_value(v)?),
         })
     }
 

@@ -153,6 +153,9 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
         Kind::ConfigMap => Object::ConfigMap(typed(value, &label, &mut warnings)?),
         Kind::Secret => Object::Secret(typed(value, &label, &mut warnings)?),
         Kind::ReplicaSet => Object::ReplicaSet(typed(value, &label, &mut warnings)?),
+        Kind::DaemonSet => Object::DaemonSet(typed(value, &label, &mut warnings)?),
+        Kind::Job => Object::Job(typed(value, &label, &mut warnings)?),
+        Kind::CronJob => Object::CronJob(typed(value, &label, &mut warnings)?),
     };
     let mut object = object;
     object.normalize();
@@ -252,6 +255,78 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
             check_selector(&s.selector, &s.template)?;
             validate_pod_spec("spec.template.spec", &s.template.spec)
         }
+        Object::DaemonSet(ds) => {
+            let s = &ds.spec;
+            check_selector(&s.selector, &s.template)?;
+            for (field, v) in [
+                ("minReadySeconds", s.min_ready_seconds),
+                ("revisionHistoryLimit", s.revision_history_limit),
+            ] {
+                if let Some(v) = v
+                    && v < 0
+                {
+                    return Err(format!("spec.{field} must be >= 0, got {v}"));
+                }
+            }
+            if let Some(st) = &s.update_strategy {
+                match st.type_.as_deref() {
+                    None | Some("RollingUpdate") => {
+                        if let Some(ru) = &st.rolling_update {
+                            check_rolling_update("spec.updateStrategy.rollingUpdate", ru, true)?;
+                        }
+                    }
+                    Some("OnDelete") if st.rolling_update.is_some() => {
+                        return Err("spec.updateStrategy.rollingUpdate may not be specified when strategy type is OnDelete".into());
+                    }
+                    Some("OnDelete") => {}
+                    Some(t) => {
+                        return Err(format!(
+                            "spec.updateStrategy.type must be RollingUpdate or OnDelete, got {t:?}"
+                        ));
+                    }
+                }
+            }
+            if s.template.spec.restart_policy() != "Always" {
+                return Err(format!(
+                    "spec.template.spec.restartPolicy must be Always for a DaemonSet, got {:?}",
+                    s.template.spec.restart_policy()
+                ));
+            }
+            validate_pod_spec("spec.template.spec", &s.template.spec)
+        }
+        Object::Job(j) => validate_job("spec", &j.spec),
+        Object::CronJob(cj) => {
+            let s = &cj.spec;
+            crate::cron::Schedule::parse(&s.schedule, s.time_zone.as_deref())?;
+            if let Some(p) = &s.concurrency_policy
+                && !matches!(p.as_str(), "Allow" | "Forbid" | "Replace")
+            {
+                return Err(format!(
+                    "spec.concurrencyPolicy must be Allow, Forbid or Replace, got {p:?}"
+                ));
+            }
+            if let Some(d) = s.starting_deadline_seconds
+                && d < 0
+            {
+                return Err(format!(
+                    "spec.startingDeadlineSeconds must be >= 0, got {d}"
+                ));
+            }
+            for (field, v) in [
+                (
+                    "successfulJobsHistoryLimit",
+                    s.successful_jobs_history_limit,
+                ),
+                ("failedJobsHistoryLimit", s.failed_jobs_history_limit),
+            ] {
+                if let Some(v) = v
+                    && v < 0
+                {
+                    return Err(format!("spec.{field} must be >= 0, got {v}"));
+                }
+            }
+            validate_job("spec.jobTemplate.spec", &s.job_template.spec)
+        }
         Object::Secret(s) => {
             for (k, v) in std::mem::take(&mut s.string_data) {
                 s.data
@@ -311,10 +386,19 @@ fn validate_strategy(strategy: Option<&crate::api::DeploymentStrategy>) -> Resul
             ));
         }
     }
-    let Some(ru) = &st.rolling_update else {
-        return Ok(());
-    };
-    let mut zero = 0;
+    match &st.rolling_update {
+        Some(ru) => check_rolling_update("spec.strategy.rollingUpdate", ru, false),
+        None => Ok(()),
+    }
+}
+
+/// `surge_defaults_to_zero`: a DaemonSet's maxSurge defaults to 0 (a Deployment's to 25%).
+fn check_rolling_update(
+    at: &str,
+    ru: &crate::api::RollingUpdateDeployment,
+    surge_defaults_to_zero: bool,
+) -> Result<(), String> {
+    let mut zero = (ru.max_surge.is_none() && surge_defaults_to_zero) as u32;
     for (field, v) in [
         ("maxSurge", &ru.max_surge),
         ("maxUnavailable", &ru.max_unavailable),
@@ -323,15 +407,13 @@ fn validate_strategy(strategy: Option<&crate::api::DeploymentStrategy>) -> Resul
         // Percentages are checked against 100 replicas: the rounding is the controller's business.
         let n = v
             .scaled(100, true)
-            .map_err(|e| format!("spec.strategy.rollingUpdate.{field} {e}"))?;
+            .map_err(|e| format!("{at}.{field} {e}"))?;
         if n < 0 {
-            return Err(format!(
-                "spec.strategy.rollingUpdate.{field} must be >= 0, got {v}"
-            ));
+            return Err(format!("{at}.{field} must be >= 0, got {v}"));
         }
         if field == "maxUnavailable" && matches!(v, crate::api::IntOrString::String(_)) && n > 100 {
             return Err(format!(
-                "spec.strategy.rollingUpdate.maxUnavailable must not be greater than 100%, got {v}"
+                "{at}.maxUnavailable must not be greater than 100%, got {v}"
             ));
         }
         if n == 0 {
@@ -339,11 +421,53 @@ fn validate_strategy(strategy: Option<&crate::api::DeploymentStrategy>) -> Resul
         }
     }
     if zero == 2 {
-        return Err(
-            "spec.strategy.rollingUpdate.maxUnavailable may not be 0 when maxSurge is 0".into(),
-        );
+        return Err(format!(
+            "{at}.maxUnavailable may not be 0 when maxSurge is 0"
+        ));
     }
     Ok(())
+}
+
+fn validate_job(at: &str, spec: &crate::api::JobSpec) -> Result<(), String> {
+    for (field, v) in [
+        ("parallelism", spec.parallelism),
+        ("completions", spec.completions),
+        ("backoffLimit", spec.backoff_limit),
+        ("ttlSecondsAfterFinished", spec.ttl_seconds_after_finished),
+    ] {
+        if let Some(v) = v
+            && v < 0
+        {
+            return Err(format!("{at}.{field} must be >= 0, got {v}"));
+        }
+    }
+    if let Some(d) = spec.active_deadline_seconds
+        && d <= 0
+    {
+        return Err(format!("{at}.activeDeadlineSeconds must be > 0, got {d}"));
+    }
+    if let Some(m) = &spec.completion_mode
+        && m != "NonIndexed"
+    {
+        return Err(format!(
+            "{at}.completionMode {m:?} is not supported yet (only NonIndexed)"
+        ));
+    }
+    if spec.selector.is_some() || spec.manual_selector == Some(true) {
+        return Err(format!(
+            "{at}.selector: a Job's selector is generated (its pods are tracked by owner); remove selector and manualSelector"
+        ));
+    }
+    match spec.template.spec.restart_policy.as_deref() {
+        Some("OnFailure" | "Never") => {}
+        other => {
+            return Err(format!(
+                "{at}.template.spec.restartPolicy must be OnFailure or Never, got {:?}",
+                other.unwrap_or("Always (the default)")
+            ));
+        }
+    }
+    validate_pod_spec(&format!("{at}.template.spec"), &spec.template.spec)
 }
 
 fn validate_probe(
@@ -645,7 +769,7 @@ metadata: {name: p}
 spec: {containers: [{name: c, image: x}]}
 "#;
         expect![[r#"
-            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Deployment, ReplicaSet, ConfigMap, Secret)
+            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Deployment, ReplicaSet, DaemonSet, Job, CronJob, ConfigMap, Secret)
             document 2 (deployment web): spec.replicas must be >= 0, got -1
             document 3 (deployment typed): spec.replicas: invalid type: string "three", expected i32
             document 4 (pod p): spec.containers[0].resources.limits.memory: invalid quantity "lots"
@@ -718,6 +842,73 @@ spec: {containers: [{name: c, image: x}]}
             "  strategy: {rollingUpdate: {maxSurge: 50%, maxUnavailable: 0}}",
             "        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 2}",
         );
+        assert_eq!(errors(&ok), "ok");
+    }
+
+    #[test]
+    fn batch_and_daemon_fields_are_checked() {
+        let job = |name: &str, spec: &str, policy: &str| {
+            format!(
+                "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n{spec}\n  template:\n    spec:\n      {policy}\n      containers: [{{name: c, image: x}}]\n---\n"
+            )
+        };
+        let cron = |name: &str, spec: &str| {
+            format!(
+                "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: {name}}}\nspec:\n{spec}\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{{name: c, image: x}}]\n---\n"
+            )
+        };
+        let ds = |name: &str, spec: &str, policy: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{a: b}}}}\n{spec}\n  template:\n    metadata: {{labels: {{a: b}}}}\n    spec:\n      {policy}\n      containers: [{{name: c, image: x}}]\n---\n"
+            )
+        };
+        let text = [
+            job("j1", "  completions: -1", "restartPolicy: Never"),
+            job("j2", "  backoffLimit: 2", ""),
+            job("j3", "  completionMode: Indexed", "restartPolicy: Never"),
+            job(
+                "j4",
+                "  selector: {matchLabels: {a: b}}",
+                "restartPolicy: Never",
+            ),
+            job(
+                "j5",
+                "  activeDeadlineSeconds: 0",
+                "restartPolicy: OnFailure",
+            ),
+            cron("c1", "  schedule: '*/5 * * *'"),
+            cron("c2", "  schedule: '@hourly'\n  timeZone: Moon/Base"),
+            cron(
+                "c3",
+                "  schedule: '0 * * * *'\n  concurrencyPolicy: Sometimes",
+            ),
+            ds("d1", "  updateStrategy: {type: Surge}", ""),
+            ds("d2", "", "restartPolicy: OnFailure"),
+            ds(
+                "d3",
+                "  updateStrategy: {rollingUpdate: {maxUnavailable: 0}}",
+                "",
+            ),
+        ]
+        .join("");
+        expect![[r#"
+            document 1 (job j1): spec.completions must be >= 0, got -1
+            document 2 (job j2): spec.template.spec.restartPolicy must be OnFailure or Never, got "Always (the default)"
+            document 3 (job j3): spec.completionMode "Indexed" is not supported yet (only NonIndexed)
+            document 4 (job j4): spec.selector: a Job's selector is generated (its pods are tracked by owner); remove selector and manualSelector
+            document 5 (job j5): spec.activeDeadlineSeconds must be > 0, got 0
+            document 6 (cronjob c1): spec.schedule must have five fields (minute hour day-of-month month day-of-week), got "*/5 * * *"
+            document 7 (cronjob c2): spec.timeZone "Moon/Base" is not a known IANA time zone
+            document 8 (cronjob c3): spec.concurrencyPolicy must be Allow, Forbid or Replace, got "Sometimes"
+            document 9 (daemonset d1): spec.updateStrategy.type must be RollingUpdate or OnDelete, got "Surge"
+            document 10 (daemonset d2): spec.template.spec.restartPolicy must be Always for a DaemonSet, got "OnFailure"
+            document 11 (daemonset d3): spec.updateStrategy.rollingUpdate.maxUnavailable may not be 0 when maxSurge is 0"#]].assert_eq(&errors(&text));
+        let ok = [
+            job("ok1", "  completions: 3\n  parallelism: 2\n  ttlSecondsAfterFinished: 0", "restartPolicy: OnFailure"),
+            cron("ok2", "  schedule: '30 9 * * 1-5'\n  timeZone: Europe/Berlin\n  concurrencyPolicy: Forbid"),
+            ds("ok3", "  updateStrategy: {rollingUpdate: {maxUnavailable: 25%}}", ""),
+        ]
+        .join("");
         assert_eq!(errors(&ok), "ok");
     }
 

@@ -62,6 +62,7 @@ where
 
 pub struct Builder {
     agents: usize,
+    labels: Vec<(usize, String, String)>,
 }
 
 impl Builder {
@@ -70,8 +71,14 @@ impl Builder {
         self
     }
 
+    /// A node label agent `i` reports from the start.
+    pub fn label(mut self, i: usize, key: &str, value: &str) -> Self {
+        self.labels.push((i, key.into(), value.into()));
+        self
+    }
+
     pub async fn start(self) -> Cluster {
-        Cluster::start(self.agents)
+        Cluster::start(self.agents, &self.labels)
             .await
             .expect("cluster failed to start")
     }
@@ -93,16 +100,20 @@ pub fn agent_ip(i: usize) -> IpAddr {
 
 impl Cluster {
     pub fn builder() -> Builder {
-        Builder { agents: 1 }
+        Builder {
+            agents: 1,
+            labels: Vec::new(),
+        }
     }
 
     fn hub_config(dir: &std::path::Path) -> flotilla_hub::Config {
         let mut c = flotilla_hub::Config::new(dir.join("hub"));
         c.node_grace = Duration::from_secs(5);
+        c.job_backoff = Duration::from_millis(200);
         c
     }
 
-    async fn start(n: usize) -> anyhow::Result<Cluster> {
+    async fn start(n: usize, labels: &[(usize, String, String)]) -> anyhow::Result<Cluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
         let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
@@ -134,6 +145,9 @@ impl Cluster {
             cfg.cpu_millis = Some(4000);
             cfg.memory_bytes = Some(4 << 30);
             cfg.max_instances = 200;
+            for (_, k, v) in labels.iter().filter(|(j, _, _)| *j == i) {
+                cfg.labels.insert(k.clone(), v.clone());
+            }
             cluster.agent_cfgs.push(cfg.clone());
             cluster.agents.push(Some(
                 flotilla_agent::start(cfg)
@@ -178,6 +192,11 @@ impl Cluster {
         if let Some(a) = self.agents[i].take() {
             a.shutdown().await;
         }
+    }
+
+    /// Adds a label agent `i` reports from its next start on.
+    pub fn set_agent_label(&mut self, i: usize, key: &str, value: &str) {
+        self.agent_cfgs[i].labels.insert(key.into(), value.into());
     }
 
     pub async fn start_agent(&mut self, i: usize) {
@@ -247,6 +266,8 @@ pub struct Observed {
     pub min_ready: usize,
     /// The most pods of the app that existed at once.
     pub max_pods: usize,
+    /// The most unfinished pods of the app that existed at once.
+    pub max_active: usize,
     /// Whether pods of two templates (pod-template-hash) ever existed at once.
     pub mixed_templates: bool,
     /// Committed pod changes seen.
@@ -282,26 +303,31 @@ impl Cluster {
                 _ => None,
             }
         };
-        // name -> (template hash, ready)
-        let mut state: BTreeMap<String, (String, bool)> = BTreeMap::new();
-        let record = |state: &mut BTreeMap<String, (String, bool)>,
-                      p: &flotilla_proto::api::Pod| {
-            let hash = p
-                .metadata
-                .labels
+        // name -> (template hash, ready, finished)
+        type State = BTreeMap<String, (String, bool, bool)>;
+        let mut state: State = BTreeMap::new();
+        let record = |state: &mut State, p: &flotilla_proto::api::Pod| {
+            let labels = &p.metadata.labels;
+            let hash = labels
                 .get(flotilla_proto::api::TEMPLATE_HASH_LABEL)
+                .or(labels.get(flotilla_proto::api::CONTROLLER_REVISION_LABEL))
                 .cloned()
                 .unwrap_or_default();
-            state.insert(p.metadata.name.clone(), (hash, p.is_ready()));
+            state.insert(
+                p.metadata.name.clone(),
+                (hash, p.is_ready(), p.is_terminal()),
+            );
         };
         for p in pods.iter().filter_map(&ours) {
             record(&mut state, &p);
         }
-        let measure = |state: &BTreeMap<String, (String, bool)>, o: &mut Observed| {
-            let ready = state.values().filter(|(_, r)| *r).count();
+        let measure = |state: &State, o: &mut Observed| {
+            let ready = state.values().filter(|(_, r, _)| *r).count();
             o.min_ready = o.min_ready.min(ready);
             o.max_pods = o.max_pods.max(state.len());
-            let hashes: std::collections::BTreeSet<_> = state.values().map(|(h, _)| h).collect();
+            let active = state.values().filter(|(_, _, done)| !done).count();
+            o.max_active = o.max_active.max(active);
+            let hashes: std::collections::BTreeSet<_> = state.values().map(|(h, _, _)| h).collect();
             o.mixed_templates |= hashes.len() > 1;
         };
         let mut observed = Observed {

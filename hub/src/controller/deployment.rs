@@ -3,7 +3,7 @@
 //! (maxSurge/maxUnavailable, counting only available pods) or Recreate; proportional scaling
 //! mid-rollout; pause; revisions for `rollout undo`; history trimmed to revisionHistoryLimit;
 //! status with Available and Progressing conditions and the progress deadline.
-use super::{Controller, Requeue, availability, gc, owner_keys, pods_in, sooner};
+use super::{Controller, Ctx, Requeue, availability, gc, owner_keys, pods_in, sooner};
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{
     CHANGE_CAUSE_ANNOTATION, Condition, Deployment, DeploymentStatus, Kind, Object, ObjectKey,
@@ -25,6 +25,7 @@ pub(crate) const CONTROLLER: Controller = Controller {
     name: "deployment",
     kind: Kind::Deployment,
     keys_of,
+    all_on: super::never,
     reconcile,
 };
 
@@ -138,7 +139,8 @@ impl Rollout {
 }
 
 /// Re-reads current state and converges it; idempotent. Runs inside one write transaction.
-pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, now: SystemTime) -> Result<Requeue, StoreError> {
+pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue, StoreError> {
+    let now = ctx.now;
     let Some(Object::Deployment(d)) = tx.get(key)? else {
         gc::delete_orphans_of(tx, key)?;
         return Ok(None);

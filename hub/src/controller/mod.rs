@@ -2,14 +2,19 @@
 //! Each runs on [`run`]: store events become deduplicated key batches, every reconcile is one
 //! write transaction, a reconcile may ask to be woken again later (minReadySeconds, progress
 //! deadlines), and a periodic full resync retries anything a missed event or an error left.
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod node;
 pub mod replicaset;
 
 use crate::Hub;
 use crate::store::{StoreError, StoreEvent, Tx};
-use flotilla_proto::api::{Kind, Object, ObjectKey, Pod};
+use flotilla_proto::api::{
+    Kind, Object, ObjectKey, ObjectMeta, OwnerReference, Pod, PodStatus, PodTemplateSpec,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,12 +28,26 @@ const RESYNC: Duration = Duration::from_secs(30);
 /// What a reconcile asks for next: nothing (events will wake it), or a look again after a delay.
 pub type Requeue = Option<Duration>;
 
-/// One controller: the kind it owns, which keys an event concerns, and its reconcile.
+/// One controller: the kind it owns, which keys an event concerns (or whether it concerns
+/// every object of the kind, as a Node change does for DaemonSets), and its reconcile.
 pub(crate) struct Controller {
     pub name: &'static str,
     pub kind: Kind,
     pub keys_of: fn(&StoreEvent) -> Vec<ObjectKey>,
-    pub reconcile: fn(&mut Tx<'_>, &ObjectKey, SystemTime) -> Result<Requeue, StoreError>,
+    pub all_on: fn(&StoreEvent) -> bool,
+    pub reconcile: fn(&mut Tx<'_>, &ObjectKey, &Ctx) -> Result<Requeue, StoreError>,
+}
+
+/// What a reconcile may know besides the store: the time, and the hub's tunables.
+pub struct Ctx {
+    pub now: SystemTime,
+    /// First delay before a failed Job pod is replaced (doubles per failure, up to 6 min).
+    pub job_backoff: Duration,
+}
+
+/// For controllers that never need a full pass on an event.
+pub(crate) fn never(_: &StoreEvent) -> bool {
+    false
 }
 
 pub(crate) async fn run(hub: Arc<Hub>, ctl: Controller, cancel: CancellationToken) {
@@ -39,10 +58,11 @@ pub(crate) async fn run(hub: Arc<Hub>, ctl: Controller, cancel: CancellationToke
     loop {
         for key in keys {
             wake.remove(&key);
-            match hub
-                .store
-                .write(|tx| (ctl.reconcile)(tx, &key, SystemTime::now()))
-            {
+            let ctx = Ctx {
+                now: SystemTime::now(),
+                job_backoff: hub.config.job_backoff,
+            };
+            match hub.store.write(|tx| (ctl.reconcile)(tx, &key, &ctx)) {
                 Ok(Some(after)) => {
                     wake.insert(key, Instant::now() + after);
                 }
@@ -57,13 +77,18 @@ pub(crate) async fn run(hub: Arc<Hub>, ctl: Controller, cancel: CancellationToke
         let next_wake = wake.values().min().copied();
         let batch = tokio::select! {
             _ = cancel.cancelled() => return,
-            b = next_batch(&mut rx, RESYNC, next_wake, ctl.keys_of) => b,
+            b = next_batch(&mut rx, RESYNC, next_wake, |e| {
+                if (ctl.all_on)(e) { vec![None] } else { (ctl.keys_of)(e).into_iter().map(Some).collect() }
+            }) => b,
         };
         keys = match batch {
             None => return,
             Some(BatchKind::Resync) => all_keys(&hub, &ctl),
-            Some(BatchKind::Keys(mut keys)) => {
+            // `None` stands for "every object of the kind".
+            Some(BatchKind::Keys(keys)) if keys.contains(&None) => all_keys(&hub, &ctl),
+            Some(BatchKind::Keys(keys)) => {
                 let now = Instant::now();
+                let mut keys: BTreeSet<ObjectKey> = keys.into_iter().flatten().collect();
                 keys.extend(
                     wake.iter()
                         .filter(|(_, t)| **t <= now)
@@ -183,6 +208,49 @@ pub(crate) fn sooner(a: Requeue, b: Requeue) -> Requeue {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// A pod from a controller's template, owned by it (controller reference), named
+/// `<prefix>-<5 chars>`, Pending until scheduled.
+pub(crate) fn pod_from_template(
+    template: &PodTemplateSpec,
+    owner: &ObjectMeta,
+    owner_kind: Kind,
+    prefix: &str,
+) -> Pod {
+    let mut pod = Pod {
+        metadata: template.metadata.clone(),
+        spec: template.spec.clone(),
+        status: PodStatus {
+            phase: "Pending".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    pod.metadata.name = format!("{prefix}-{}", random_suffix());
+    pod.metadata.namespace = owner.namespace.clone();
+    pod.metadata.owner_references = vec![OwnerReference {
+        api_version: owner_kind.api_version().into(),
+        kind: owner_kind.as_str().into(),
+        name: owner.name.clone(),
+        uid: owner.uid.clone(),
+        controller: Some(true),
+    }];
+    pod
+}
+
+/// Objects of `kind` in `namespace` whose controller is `owner_uid`.
+pub(crate) fn owned(
+    tx: &Tx<'_>,
+    kind: Kind,
+    namespace: &str,
+    owner_uid: &str,
+) -> Result<Vec<Object>, StoreError> {
+    Ok(tx
+        .list(kind, Some(namespace))?
+        .into_iter()
+        .filter(|o| o.meta().controller_uid() == Some(owner_uid))
+        .collect())
 }
 
 /// Five characters from Kubernetes' name alphabet (no vowels, no look-alikes).

@@ -1,19 +1,20 @@
 //! The ReplicaSet controller: keeps `spec.replicas` pods of the template, replaces finished
 //! ones, scales down the least valuable pods first, and reports replicas, ready and available
 //! (Ready for `minReadySeconds`) counts.
-use super::{Controller, Requeue, availability, gc, owner_keys, pods_in, random_suffix, sooner};
-use crate::store::{StoreError, StoreEvent, Tx};
-use flotilla_proto::api::{
-    Kind, Object, ObjectKey, OwnerReference, Pod, PodStatus, ReplicaSet, ReplicaSetStatus,
+use super::{
+    Controller, Ctx, Requeue, availability, gc, owner_keys, pod_from_template, pods_in, sooner,
 };
+use crate::store::{StoreError, StoreEvent, Tx};
+use flotilla_proto::api::{Kind, Object, ObjectKey, Pod, ReplicaSetStatus};
 use std::cmp::Reverse;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tracing::info;
 
 pub(crate) const CONTROLLER: Controller = Controller {
     name: "replicaset",
     kind: Kind::ReplicaSet,
     keys_of,
+    all_on: super::never,
     reconcile,
 };
 
@@ -27,7 +28,8 @@ fn keys_of(e: &StoreEvent) -> Vec<ObjectKey> {
 }
 
 /// Re-reads current state and converges it; idempotent. Runs inside one write transaction.
-pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, now: SystemTime) -> Result<Requeue, StoreError> {
+pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue, StoreError> {
+    let now = ctx.now;
     let Some(Object::ReplicaSet(rs)) = tx.get(key)? else {
         gc::delete_orphans_of(tx, key)?;
         return Ok(None);
@@ -54,7 +56,9 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, now: SystemTime) -> Result<Re
     }
     let created = want.saturating_sub(current.len());
     for _ in 0..created {
-        tx.put(Object::Pod(new_pod(&rs)))?;
+        let prefix = rs.metadata.name.clone();
+        let pod = pod_from_template(&rs.spec.template, &rs.metadata, Kind::ReplicaSet, &prefix);
+        tx.put(Object::Pod(pod))?;
     }
     if created > 0 {
         info!(replicaset = %key, created, "created pods");
@@ -89,7 +93,7 @@ fn pod_key(rs: &ObjectKey, p: &Pod) -> ObjectKey {
 /// Kubernetes' order for scale-down (least valuable first): unscheduled before scheduled,
 /// not running before running, not ready before ready, ready for less time before longer,
 /// more restarts before fewer, newer before older.
-fn deletion_rank(p: &Pod) -> impl Ord + use<> {
+pub(crate) fn deletion_rank(p: &Pod) -> impl Ord + use<> {
     (
         p.spec.node_name.is_some(),
         p.status.phase == "Running",
@@ -98,29 +102,6 @@ fn deletion_rank(p: &Pod) -> impl Ord + use<> {
         Reverse(p.restarts()),
         Reverse(p.metadata.creation_timestamp.clone()),
     )
-}
-
-fn new_pod(rs: &ReplicaSet) -> Pod {
-    let template = &rs.spec.template;
-    let mut pod = Pod {
-        metadata: template.metadata.clone(),
-        spec: template.spec.clone(),
-        status: PodStatus {
-            phase: "Pending".into(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    pod.metadata.name = format!("{}-{}", rs.metadata.name, random_suffix());
-    pod.metadata.namespace = rs.metadata.namespace.clone();
-    pod.metadata.owner_references = vec![OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: rs.metadata.name.clone(),
-        uid: rs.metadata.uid.clone(),
-        controller: Some(true),
-    }];
-    pod
 }
 
 #[cfg(test)]

@@ -1,0 +1,191 @@
+//! The CronJob controller: creates a Job (`NAME-<minutes since epoch>`, so a scheduled time
+//! is run at most once) for the latest due time of the schedule in its time zone, unless it is
+//! later than `startingDeadlineSeconds`; `concurrencyPolicy` Allow/Forbid/Replace; `suspend`;
+//! keeps `successfulJobsHistoryLimit` and `failedJobsHistoryLimit` finished Jobs. It sleeps
+//! until the next scheduled time (a requeue), and wakes when its Jobs change.
+use super::{Controller, Ctx, Requeue, gc, owner_keys};
+use crate::store::{StoreError, StoreEvent, Tx};
+use flotilla_proto::api::{
+    CRONJOB_SCHEDULED_ANNOTATION, CronJob, Job, Kind, Object, ObjectKey, ObjectReference,
+    OwnerReference,
+};
+use flotilla_proto::cron::Schedule;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+pub(crate) const CONTROLLER: Controller = Controller {
+    name: "cronjob",
+    kind: Kind::CronJob,
+    keys_of,
+    all_on: super::never,
+    reconcile,
+};
+
+fn keys_of(e: &StoreEvent) -> Vec<ObjectKey> {
+    match e.key.kind {
+        Kind::CronJob => vec![e.key.clone()],
+        Kind::Job => owner_keys(e, Kind::CronJob),
+        _ => vec![],
+    }
+}
+
+fn stamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn parse(t: Option<&str>) -> Option<SystemTime> {
+    t.and_then(|t| humantime::parse_rfc3339(t).ok())
+}
+
+pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue, StoreError> {
+    let now = ctx.now;
+    let Some(Object::CronJob(mut cj)) = tx.get(key)? else {
+        gc::delete_orphans_of(tx, key)?;
+        return Ok(None);
+    };
+    let original = cj.clone();
+    let mut jobs: Vec<Job> = super::owned(tx, Kind::Job, &key.namespace, &cj.metadata.uid)?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Job(j) => Some(j),
+            _ => None,
+        })
+        .collect();
+    jobs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    trim_history(tx, &cj, &mut jobs)?;
+
+    let schedule = match Schedule::parse(&cj.spec.schedule, cj.spec.time_zone.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            // Validated at apply; a stored object from an older release could still be bad.
+            warn!(cronjob = %key, error = %e, "unusable schedule");
+            return Ok(None);
+        }
+    };
+    let since = parse(cj.status.last_schedule_time.as_deref())
+        .or_else(|| parse(Some(&cj.metadata.creation_timestamp)))
+        .unwrap_or(now);
+    let active = |jobs: &[Job]| -> Vec<Job> {
+        jobs.iter()
+            .filter(|j| j.finished().is_none())
+            .cloned()
+            .collect()
+    };
+    if cj.spec.suspend != Some(true)
+        && let Some(due) = schedule.latest_due(since, now)
+    {
+        let late = now.duration_since(due).unwrap_or_default();
+        let too_late = cj
+            .spec
+            .starting_deadline_seconds
+            .is_some_and(|d| late > Duration::from_secs(d.max(0) as u64));
+        let name = job_name(&cj, due);
+        let running = active(&jobs);
+        let policy = cj.spec.concurrency_policy.as_deref().unwrap_or("Allow");
+        if too_late {
+            info!(cronjob = %key, scheduled = %stamp(due), "missed starting window");
+        } else if jobs.iter().any(|j| j.metadata.name == name) {
+            cj.status.last_schedule_time = Some(stamp(due));
+        } else if policy == "Forbid" && !running.is_empty() {
+            // Tried again when the running Job finishes (its change wakes us) or next time.
+        } else {
+            if policy == "Replace" {
+                for j in &running {
+                    info!(cronjob = %key, job = %j.metadata.name, "replacing running job");
+                    gc::delete_cascade(tx, &Object::Job(j.clone()).key())?;
+                }
+                jobs.retain(|j| j.finished().is_some());
+            }
+            let Object::Job(job) = tx.put(Object::Job(new_job(&cj, &name, due)))? else {
+                unreachable!("put returns the object it stored")
+            };
+            info!(cronjob = %key, job = %name, "created job");
+            jobs.push(job);
+            cj.status.last_schedule_time = Some(stamp(due));
+        }
+    }
+    cj.status.active = active(&jobs)
+        .iter()
+        .map(|j| ObjectReference {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            namespace: key.namespace.clone(),
+            name: j.metadata.name.clone(),
+            uid: j.metadata.uid.clone(),
+        })
+        .collect();
+    if let Some(t) = jobs
+        .iter()
+        .filter(|j| j.finished().is_some_and(|c| c.type_ == "Complete"))
+        .filter_map(|j| j.status.completion_time.clone())
+        .max()
+    {
+        cj.status.last_successful_time = Some(t);
+    }
+    if cj != original {
+        tx.put(Object::CronJob(cj))?;
+    }
+    // Wake at the next scheduled time (a little after, so it is due).
+    Ok(schedule
+        .next_after(now)
+        .and_then(|n| n.duration_since(now).ok())
+        .map(|d| d + Duration::from_millis(50)))
+}
+
+/// `NAME-<minutes since the epoch>` of the scheduled time, as Kubernetes names them.
+fn job_name(cj: &CronJob, due: SystemTime) -> String {
+    let minutes = due.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 60;
+    format!("{}-{minutes}", cj.metadata.name)
+}
+
+fn new_job(cj: &CronJob, name: &str, due: SystemTime) -> Job {
+    let t = &cj.spec.job_template;
+    let mut job = Job {
+        metadata: t.metadata.clone(),
+        spec: t.spec.clone(),
+        ..Default::default()
+    };
+    job.metadata.name = name.into();
+    job.metadata.namespace = cj.metadata.namespace.clone();
+    job.metadata
+        .annotations
+        .insert(CRONJOB_SCHEDULED_ANNOTATION.into(), stamp(due));
+    job.metadata.owner_references = vec![OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "CronJob".into(),
+        name: cj.metadata.name.clone(),
+        uid: cj.metadata.uid.clone(),
+        controller: Some(true),
+    }];
+    job
+}
+
+/// Deletes the oldest finished Jobs beyond the history limits (3 successful, 1 failed).
+fn trim_history(tx: &mut Tx<'_>, cj: &CronJob, jobs: &mut Vec<Job>) -> Result<(), StoreError> {
+    let mut doomed = Vec::new();
+    for (kind, limit) in [
+        (
+            "Complete",
+            cj.spec.successful_jobs_history_limit.unwrap_or(3),
+        ),
+        ("Failed", cj.spec.failed_jobs_history_limit.unwrap_or(1)),
+    ] {
+        // Names end in the scheduled minute, so name order is schedule order.
+        let done: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| j.finished().is_some_and(|c| c.type_ == kind))
+            .collect();
+        let extra = done.len().saturating_sub(limit.max(0) as usize);
+        doomed.extend(done[..extra].iter().map(|j| j.metadata.name.clone()));
+    }
+    for name in &doomed {
+        let key = ObjectKey::new(
+            Kind::Job,
+            cj.metadata.namespace.as_deref().unwrap_or("default"),
+            name,
+        );
+        gc::delete_cascade(tx, &key)?;
+    }
+    jobs.retain(|j| !doomed.contains(&j.metadata.name));
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! The DaemonSet controller: one pod of the template on every eligible node (its
+//! `nodeSelector` matches the node's labels), bound to the node directly; a new node gets one,
+//! a node that leaves or stops matching loses it. Template changes roll out node by node
+//! within maxUnavailable (or maxSurge, starting the new pod before removing the old), or wait
+//! for pods to be deleted by hand with OnDelete.
+use super::deployment::template_hash;
+use super::{Controller, Ctx, Requeue, availability, gc, owner_keys, pod_from_template, sooner};
+use crate::store::{StoreError, StoreEvent, Tx};
+use flotilla_proto::api::{
+    CONTROLLER_REVISION_LABEL, DaemonSet, DaemonSetStatus, Kind, Node, Object, ObjectKey, Pod,
+};
+use flotilla_proto::labels;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tracing::info;
+
+pub(crate) const CONTROLLER: Controller = Controller {
+    name: "daemonset",
+    kind: Kind::DaemonSet,
+    keys_of,
+    all_on,
+    reconcile,
+};
+
+fn keys_of(e: &StoreEvent) -> Vec<ObjectKey> {
+    match e.key.kind {
+        Kind::DaemonSet => vec![e.key.clone()],
+        Kind::Pod => owner_keys(e, Kind::DaemonSet),
+        _ => vec![],
+    }
+}
+
+/// Nodes coming, going or changing labels concern every DaemonSet.
+fn all_on(e: &StoreEvent) -> bool {
+    if e.key.kind != Kind::Node {
+        return false;
+    }
+    let labels_of = |o: &Option<Object>| o.as_ref().map(|o| o.meta().labels.clone());
+    e.prev.is_none() || e.object.is_none() || labels_of(&e.prev) != labels_of(&e.object)
+}
+
+/// The pods of one node, split by template.
+#[derive(Default)]
+struct OnNode<'a> {
+    new: Vec<&'a Pod>,
+    old: Vec<&'a Pod>,
+}
+
+pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue, StoreError> {
+    let Some(Object::DaemonSet(mut ds)) = tx.get(key)? else {
+        gc::delete_orphans_of(tx, key)?;
+        return Ok(None);
+    };
+    let original = ds.clone();
+    let hash = template_hash(&ds.spec.template);
+    let eligible: BTreeSet<String> = tx
+        .list(Kind::Node, None)?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Node(n) if wants(&ds, &n) => Some(n.metadata.name),
+            _ => None,
+        })
+        .collect();
+    let pods: Vec<Pod> = super::owned(tx, Kind::Pod, &key.namespace, &ds.metadata.uid)?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Pod(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let pod_key = |p: &Pod| ObjectKey::new(Kind::Pod, &key.namespace, &p.metadata.name);
+    let min_ready = Duration::from_secs(ds.spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
+    let mut requeue = None;
+    let mut available = |p: &Pod| {
+        let (ok, later) = availability(p, min_ready, ctx.now);
+        requeue = sooner(requeue, later);
+        ok
+    };
+
+    let mut by_node: BTreeMap<String, OnNode> = BTreeMap::new();
+    let mut misscheduled = 0;
+    for p in &pods {
+        let node = p.spec.node_name.clone().unwrap_or_default();
+        if p.is_terminal() || !eligible.contains(&node) {
+            // Finished (a daemon should not finish), or on a node that no longer wants it.
+            misscheduled += !p.is_terminal() as i32;
+            tx.delete(&pod_key(p))?;
+            continue;
+        }
+        let slot = by_node.entry(node).or_default();
+        if p.metadata.labels.get(CONTROLLER_REVISION_LABEL) == Some(&hash) {
+            slot.new.push(p);
+        } else {
+            slot.old.push(p);
+        }
+    }
+    // One pod per template and node: extras go.
+    for slot in by_node.values_mut() {
+        for list in [&mut slot.new, &mut slot.old] {
+            list.sort_by_key(|p| std::cmp::Reverse(super::replicaset::deletion_rank(p)));
+            for p in list.drain(1.min(list.len())..) {
+                tx.delete(&pod_key(p))?;
+            }
+        }
+    }
+
+    // Nodes without a pod get one of the current template.
+    let mut created = 0;
+    for node in &eligible {
+        if by_node
+            .get(node)
+            .is_none_or(|s| s.new.is_empty() && s.old.is_empty())
+        {
+            tx.put(Object::Pod(daemon_pod(&ds, &hash, node)))?;
+            created += 1;
+        }
+    }
+    if created > 0 {
+        info!(daemonset = %key, created, "created pods");
+    }
+
+    // Rolling update of nodes still on an old template.
+    if !ds.is_on_delete() {
+        let (surge, max_unavailable) = ds.surge_and_unavailable(eligible.len() as i32);
+        let mut unavailable = eligible.len() as i32
+            - by_node
+                .values()
+                .filter(|s| {
+                    s.new
+                        .first()
+                        .or(s.old.first())
+                        .is_some_and(|p| available(p))
+                })
+                .count() as i32;
+        let mut surging = by_node
+            .values()
+            .filter(|s| !s.new.is_empty() && !s.old.is_empty())
+            .count() as i32;
+        for (node, slot) in &by_node {
+            let Some(old) = slot.old.first() else {
+                continue;
+            };
+            match slot.new.first() {
+                // Surge: the new pod runs beside the old one until it is available.
+                Some(new) if available(new) => {
+                    tx.delete(&pod_key(old))?;
+                }
+                Some(_) => {}
+                None if surge > 0 => {
+                    if surging < surge {
+                        tx.put(Object::Pod(daemon_pod(&ds, &hash, node)))?;
+                        surging += 1;
+                    }
+                }
+                None => {
+                    // An unavailable old pod costs nothing to replace; an available one
+                    // only within maxUnavailable.
+                    if !available(old) {
+                        tx.delete(&pod_key(old))?;
+                    } else if unavailable < max_unavailable {
+                        tx.delete(&pod_key(old))?;
+                        unavailable += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn current<'a>(s: &OnNode<'a>) -> Option<&'a Pod> {
+        s.new.first().or(s.old.first()).copied()
+    }
+    ds.status = DaemonSetStatus {
+        desired_number_scheduled: eligible.len() as i32,
+        current_number_scheduled: (by_node.len() + created) as i32,
+        number_misscheduled: misscheduled,
+        number_ready: by_node
+            .values()
+            .filter(|s| current(s).is_some_and(|p| p.is_ready()))
+            .count() as i32,
+        updated_number_scheduled: by_node.values().filter(|s| !s.new.is_empty()).count() as i32,
+        number_available: by_node
+            .values()
+            .filter(|s| current(s).is_some_and(&mut available))
+            .count() as i32,
+        number_unavailable: 0,
+        observed_generation: ds.metadata.generation,
+    };
+    ds.status.number_unavailable =
+        (ds.status.desired_number_scheduled - ds.status.number_available).max(0);
+    if ds != original {
+        tx.put(Object::DaemonSet(ds))?;
+    }
+    Ok(requeue)
+}
+
+/// Whether the DaemonSet's pods belong on `node`: its nodeSelector matches the node's labels.
+fn wants(ds: &DaemonSet, node: &Node) -> bool {
+    labels::matches(&ds.spec.template.spec.node_selector, &node.metadata.labels)
+}
+
+fn daemon_pod(ds: &DaemonSet, hash: &str, node: &str) -> Pod {
+    let mut pod = pod_from_template(
+        &ds.spec.template,
+        &ds.metadata,
+        Kind::DaemonSet,
+        &ds.metadata.name,
+    );
+    pod.metadata
+        .labels
+        .insert(CONTROLLER_REVISION_LABEL.into(), hash.into());
+    pod.spec.node_name = Some(node.into());
+    pod
+}
