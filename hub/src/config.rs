@@ -70,12 +70,6 @@ impl ClientFile {
 
 /// Reads a 32-byte key, creating it (mode 0600) on first use.
 pub fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
-    if let Ok(bytes) = std::fs::read(path) {
-        return bytes
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("{}: expected 32 bytes", path.display()));
-    }
-    let key: [u8; 32] = rand::random();
-    write_private(path, &key)?;
-    Ok(key)
+    flotilla_transport::seal::Sealer::load_or_create_key(path)
+        .with_context(|| format!("failed to load the sealing key {}", path.display()))
 }

@@ -1,8 +1,8 @@
 //! The desired state: objects in redb under (kind, namespace, name) with a global revision,
 //! an event log for watch-resume, and change notifications. Only the hub writes desired state.
 use flotilla_proto::api::{Kind, Object, ObjectKey};
+use flotilla_transport::seal::Sealer;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use ring::aead;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Mutex;
@@ -69,7 +69,7 @@ struct LogEntry {
 pub struct Store {
     db: Database,
     events: broadcast::Sender<StoreEvent>,
-    sealing: aead::LessSafeKey,
+    sealing: Sealer,
     /// Serialises writers in-process so revision numbers are handed out in commit order.
     write_lock: Mutex<()>,
 }
@@ -92,13 +92,11 @@ impl Store {
             txn.open_table(IMAGES)?;
         }
         txn.commit()?;
-        let unbound = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, sealing_key)
-            .map_err(|_| StoreError::Invalid("bad sealing key".into()))?;
         let (events, _) = broadcast::channel(8192);
         let store = Store {
             db,
             events,
-            sealing: aead::LessSafeKey::new(unbound),
+            sealing: Sealer::new(sealing_key),
             write_lock: Mutex::new(()),
         };
         if store
@@ -202,19 +200,10 @@ impl Store {
             return Ok(out);
         }
         // Secrets are sealed with ChaCha20-Poly1305 under the data dir's key.
-        let nonce_bytes: [u8; 12] = rand::random();
-        let mut buf = json;
-        self.sealing
-            .seal_in_place_append_tag(
-                aead::Nonce::assume_unique_for_key(nonce_bytes),
-                aead::Aad::empty(),
-                &mut buf,
-            )
-            .map_err(|_| StoreError::Invalid("failed to seal secret".into()))?;
-        let mut out = Vec::with_capacity(13 + buf.len());
+        let sealed = self.sealing.seal(&json);
+        let mut out = Vec::with_capacity(1 + sealed.len());
         out.push(FORMAT_SEALED_JSON);
-        out.extend_from_slice(&nonce_bytes);
-        out.extend_from_slice(&buf);
+        out.extend_from_slice(&sealed);
         Ok(out)
     }
 
@@ -225,17 +214,10 @@ impl Store {
         };
         let json: Vec<u8> = match bytes.split_first() {
             Some((&FORMAT_JSON, rest)) => rest.to_vec(),
-            Some((&FORMAT_SEALED_JSON, rest)) if rest.len() > 12 => {
-                let (nonce, sealed) = rest.split_at(12);
-                let nonce = aead::Nonce::try_assume_unique_for_key(nonce)
-                    .map_err(|_| corrupt("bad nonce".into()))?;
-                let mut buf = sealed.to_vec();
-                let plain = self
-                    .sealing
-                    .open_in_place(nonce, aead::Aad::empty(), &mut buf)
-                    .map_err(|_| corrupt("cannot unseal (wrong secret key?)".into()))?;
-                plain.to_vec()
-            }
+            Some((&FORMAT_SEALED_JSON, rest)) => self
+                .sealing
+                .open(rest)
+                .ok_or_else(|| corrupt("cannot unseal (wrong secret key?)".into()))?,
             _ => return Err(corrupt("unknown value format".into())),
         };
         let text = std::str::from_utf8(&json).map_err(|e| corrupt(e.to_string()))?;

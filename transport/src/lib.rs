@@ -1,5 +1,7 @@
 //! The QUIC link every Flotilla process speaks: TLS configurations rooted in the hub's CA,
 //! join-token CA pinning, peer identities from client certificates, and framed streams.
+pub mod seal;
+
 use flotilla_proto::wire::{self, CodecError};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
