@@ -158,19 +158,7 @@ impl Client {
             Some(Object::Deployment(d)) => d,
             _ => bail!("deployments.apps \"{name}\" not found"),
         };
-        let rss = self
-            .get(Kind::ReplicaSet, Some(namespace), None)
-            .await?
-            .into_iter()
-            .filter_map(|o| match o {
-                Object::ReplicaSet(rs)
-                    if rs.metadata.controller_uid() == Some(d.metadata.uid.as_str()) =>
-                {
-                    Some(rs)
-                }
-                _ => None,
-            })
-            .collect();
+        let rss = d.history(self.get(Kind::ReplicaSet, Some(namespace), None).await?);
         Ok((d, rss))
     }
 

@@ -91,19 +91,7 @@ pub fn apply(
 /// message instead when the template already matches.
 fn undo(tx: &Tx<'_>, d: &mut Deployment, to_revision: i64) -> Result<Option<String>, StoreError> {
     let namespace = d.metadata.namespace.clone().unwrap_or_default();
-    let mut history: Vec<_> = tx
-        .list(Kind::ReplicaSet, Some(&namespace))?
-        .into_iter()
-        .filter_map(|o| match o {
-            Object::ReplicaSet(rs)
-                if rs.metadata.controller_uid() == Some(d.metadata.uid.as_str()) =>
-            {
-                Some(rs)
-            }
-            _ => None,
-        })
-        .collect();
-    history.sort_by_key(|rs| rs.revision());
+    let history = d.history(tx.list(Kind::ReplicaSet, Some(&namespace))?);
     let target = if to_revision == 0 {
         // The newest revision that is not the current template.
         let current = template_hash(&d.spec.template);

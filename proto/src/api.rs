@@ -727,6 +727,23 @@ pub struct RollingUpdateDeployment {
 }
 
 impl Deployment {
+    /// The ReplicaSets among `objects` this Deployment controls, oldest revision first.
+    pub fn history(&self, objects: Vec<Object>) -> Vec<ReplicaSet> {
+        let mut rss: Vec<ReplicaSet> = objects
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::ReplicaSet(rs)
+                    if rs.metadata.controller_uid() == Some(self.metadata.uid.as_str()) =>
+                {
+                    Some(rs)
+                }
+                _ => None,
+            })
+            .collect();
+        rss.sort_by_key(|rs| rs.revision());
+        rss
+    }
+
     pub fn replicas(&self) -> i32 {
         self.spec.replicas.unwrap_or(1).max(0)
     }

@@ -3,7 +3,7 @@
 //! later than `startingDeadlineSeconds`; `concurrencyPolicy` Allow/Forbid/Replace; `suspend`;
 //! keeps `successfulJobsHistoryLimit` and `failedJobsHistoryLimit` finished Jobs. It sleeps
 //! until the next scheduled time (a requeue), and wakes when its Jobs change.
-use super::{Controller, Ctx, Requeue, gc, owner_keys};
+use super::{Controller, Ctx, Requeue, gc, owner_keys, parse_time, stamp};
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{
     CRONJOB_SCHEDULED_ANNOTATION, CronJob, Job, Kind, Object, ObjectKey, ObjectReference,
@@ -27,14 +27,6 @@ fn keys_of(e: &StoreEvent) -> Vec<ObjectKey> {
         Kind::Job => owner_keys(e, Kind::CronJob),
         _ => vec![],
     }
-}
-
-fn stamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-fn parse(t: Option<&str>) -> Option<SystemTime> {
-    t.and_then(|t| humantime::parse_rfc3339(t).ok())
 }
 
 pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue, StoreError> {
@@ -62,8 +54,8 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             return Ok(None);
         }
     };
-    let since = parse(cj.status.last_schedule_time.as_deref())
-        .or_else(|| parse(Some(&cj.metadata.creation_timestamp)))
+    let since = parse_time(cj.status.last_schedule_time.as_deref())
+        .or_else(|| parse_time(Some(&cj.metadata.creation_timestamp)))
         .unwrap_or(now);
     let active = |jobs: &[Job]| -> Vec<Job> {
         jobs.iter()

@@ -3,7 +3,9 @@
 //! `backoffLimit` failures (container restarts count for restartPolicy OnFailure); fails the
 //! Job past `activeDeadlineSeconds`; honours `suspend`; deletes a finished Job after
 //! `ttlSecondsAfterFinished`. Finished pods are kept for their logs, as in Kubernetes.
-use super::{Controller, Ctx, Requeue, gc, owner_keys, pod_from_template, sooner};
+use super::{
+    Controller, Ctx, Requeue, gc, owner_keys, parse_time, pod_from_template, sooner, stamp,
+};
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{Condition, JOB_NAME_LABEL, Job, Kind, Object, ObjectKey, Pod};
 use std::time::{Duration, SystemTime};
@@ -28,21 +30,13 @@ fn keys_of(e: &StoreEvent) -> Vec<ObjectKey> {
     }
 }
 
-fn stamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-fn parse(t: Option<&str>) -> Option<SystemTime> {
-    t.and_then(|t| humantime::parse_rfc3339(t).ok())
-}
-
 /// When a finished pod finished (its container's termination time).
 fn finished_at(p: &Pod) -> Option<SystemTime> {
     p.status
         .container_statuses
         .iter()
         .filter_map(|c| c.state.terminated.as_ref())
-        .filter_map(|t| parse(t.finished_at.as_deref()))
+        .filter_map(|t| parse_time(t.finished_at.as_deref()))
         .max()
 }
 
@@ -97,8 +91,8 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             tx.delete(&pod_key(p))?;
         }
         if let Some(ttl) = job.spec.ttl_seconds_after_finished {
-            let finished = parse(job.status.completion_time.as_deref())
-                .or_else(|| parse(done.last_transition_time.as_deref()))
+            let finished = parse_time(job.status.completion_time.as_deref())
+                .or_else(|| parse_time(done.last_transition_time.as_deref()))
                 .unwrap_or(now);
             let expires = finished + Duration::from_secs(ttl.max(0) as u64);
             if now >= expires {
@@ -134,7 +128,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             .start_time
             .get_or_insert_with(|| stamp(now))
             .clone();
-        let started = parse(Some(&started)).unwrap_or(now);
+        let started = parse_time(Some(&started)).unwrap_or(now);
         let past_deadline = job
             .spec
             .active_deadline_seconds

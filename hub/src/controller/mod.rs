@@ -253,6 +253,16 @@ pub(crate) fn owned(
         .collect())
 }
 
+/// A time as Kubernetes writes it in status (RFC 3339, seconds).
+pub(crate) fn stamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A status time back; None when absent or unreadable.
+pub(crate) fn parse_time(t: Option<&str>) -> Option<SystemTime> {
+    t.and_then(|t| humantime::parse_rfc3339(t).ok())
+}
+
 /// Five characters from Kubernetes' name alphabet (no vowels, no look-alikes).
 pub(crate) fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
