@@ -8,6 +8,9 @@ use std::path::Path;
 const PODS: TableDefinition<&str, &str> = TableDefinition::new("pods");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const IMAGES: TableDefinition<&str, &str> = TableDefinition::new("images");
+/// ConfigMaps and Secrets pods refer to (`Kind/namespace/name`), sealed: Secrets are never
+/// plaintext on the node's disk.
+const CONFIGS: TableDefinition<&str, &[u8]> = TableDefinition::new("configs");
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -28,6 +31,7 @@ from_redb!(
 
 pub struct Cache {
     db: Database,
+    sealer: flotilla_transport::seal::Sealer,
 }
 
 /// A change to the desired set, as received from the hub.
@@ -38,15 +42,20 @@ pub enum Change {
 }
 
 impl Cache {
-    pub fn open(path: &Path) -> Result<Cache, CacheError> {
+    /// Opens (creating) the cache; `key` seals the cached ConfigMaps and Secrets.
+    pub fn open(path: &Path, key: &[u8; 32]) -> Result<Cache, CacheError> {
         // The desired set of one node is small; a bounded page cache keeps the agent's memory flat.
         let db = Database::builder().set_cache_size(2 << 20).create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(PODS)?;
         txn.open_table(META)?;
         txn.open_table(IMAGES)?;
+        txn.open_table(CONFIGS)?;
         txn.commit()?;
-        Ok(Cache { db })
+        Ok(Cache {
+            db,
+            sealer: flotilla_transport::seal::Sealer::new(key),
+        })
     }
 
     pub fn revision(&self) -> Result<u64, CacheError> {
@@ -123,6 +132,36 @@ impl Cache {
     pub fn set_image(&self, image: &str, digest: &str) -> Result<(), CacheError> {
         let txn = self.db.begin_write()?;
         txn.open_table(IMAGES)?.insert(image, digest)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The cached copy of a ConfigMap or Secret (JSON), if any.
+    pub fn config(&self, key: &str) -> Result<Option<String>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let sealed = txn
+            .open_table(CONFIGS)?
+            .get(key)?
+            .map(|v| v.value().to_vec());
+        Ok(sealed
+            .and_then(|s| self.sealer.open(&s))
+            .and_then(|plain| String::from_utf8(plain).ok()))
+    }
+
+    /// Stores (Some) or forgets (None) a ConfigMap or Secret.
+    pub fn set_config(&self, key: &str, json: Option<&str>) -> Result<(), CacheError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(CONFIGS)?;
+            match json {
+                Some(j) => {
+                    t.insert(key, self.sealer.seal(j.as_bytes()).as_slice())?;
+                }
+                None => {
+                    t.remove(key)?;
+                }
+            }
+        }
         txn.commit()?;
         Ok(())
     }

@@ -3,6 +3,7 @@
 pub mod artifacts;
 pub mod cache;
 pub mod config;
+pub mod envsource;
 pub mod identity;
 pub mod logs;
 pub mod node;
@@ -139,7 +140,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
                 .context("failed to join the hub")?
         }
     };
-    let cache = cache::Cache::open(&cfg.data_dir.join("agent.redb"))
+    let cache_key =
+        flotilla_transport::seal::Sealer::load_or_create_key(&cfg.data_dir.join("cache.key"))
+            .context("failed to load the cache sealing key")?;
+    let cache = cache::Cache::open(&cfg.data_dir.join("agent.redb"), &cache_key)
         .context("failed to open the agent cache")?;
     let runtime = runtime::wasm::WasmRuntime::new(runtime::wasm::RuntimeConfig {
         cache_dir: cfg.data_dir.join("compiled"),

@@ -165,7 +165,23 @@ pub async fn run(
     rep.container.image_id = artifact.digest.clone();
     backoff = shared.cfg.backoff_base;
 
-    let spec = Arc::new(guest_spec(&shared, &pod, &container, log.clone()));
+    // Environment: ConfigMaps and Secrets may be missing for now; retried with back-off.
+    let env = loop {
+        match crate::envsource::resolve(&shared, &pod, &container, &node_ip).await {
+            Ok(env) => break env,
+            Err(e) => {
+                warn!(pod = %pod.metadata.name, error = %e, "cannot build the container's environment");
+                log.note(&format!("CreateContainerConfigError: {e}"));
+                rep.waiting("CreateContainerConfigError", Some(e));
+                if sleep_or_cancel(backoff, &cancel).await {
+                    return exited(&events, uid);
+                }
+                backoff = (backoff * 2).min(shared.cfg.backoff_max);
+            }
+        }
+    };
+    backoff = shared.cfg.backoff_base;
+    let spec = Arc::new(guest_spec(&pod, &container, env, log.clone()));
     let policy = pod.spec.restart_policy().to_string();
     loop {
         let started_at = now();
@@ -318,30 +334,11 @@ fn futures_box<'a>(
 }
 
 fn guest_spec(
-    shared: &Shared,
     pod: &Pod,
     c: &flotilla_proto::api::Container,
+    env: Vec<(String, String)>,
     log: crate::logs::PodLog,
 ) -> GuestSpec {
-    let node_ip = shared.cfg.node_ip.to_string();
-    let env = c
-        .env
-        .iter()
-        .map(|e| {
-            let value = match e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
-                Some(f) => match f.field_path.as_str() {
-                    "metadata.name" => pod.metadata.name.clone(),
-                    "metadata.namespace" => pod.namespace().to_string(),
-                    "metadata.uid" => pod.metadata.uid.clone(),
-                    "spec.nodeName" => pod.spec.node_name.clone().unwrap_or_default(),
-                    "status.podIP" | "status.hostIP" => node_ip.clone(),
-                    _ => String::new(),
-                },
-                None => e.value.clone().unwrap_or_default(),
-            };
-            (e.name.clone(), value)
-        })
-        .collect();
     let request_timeout = pod
         .metadata
         .annotations

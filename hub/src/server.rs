@@ -257,6 +257,14 @@ async fn stream(
         }
         (Identity::Node(node), Request::ReportPods { pods }) => report_pods(&hub, node, pods),
         (Identity::Node(_), Request::ResolveImage { image }) => resolve_image(&hub, &image),
+        (
+            Identity::Node(node),
+            Request::GetConfig {
+                kind,
+                namespace,
+                name,
+            },
+        ) => get_config(&hub, node, kind, &namespace, &name),
         (Identity::Node(_), Request::FetchBlob { digest }) => {
             return fetch_blob(&hub, &digest, send).await;
         }
@@ -888,6 +896,38 @@ fn report_pods(hub: &Hub, node: &str, pods: Vec<PodReport>) -> Response {
     });
     match result {
         Ok(()) => Response::Ok,
+        Err(e) => error(e),
+    }
+}
+
+/// A ConfigMap or Secret for an agent, only when a pod bound to that node refers to it (like
+/// Kubernetes' node authorizer): a node cannot read the fleet's other secrets.
+fn get_config(hub: &Hub, node: &str, kind: Kind, namespace: &str, name: &str) -> Response {
+    if !matches!(kind, Kind::ConfigMap | Kind::Secret) {
+        return error("forbidden: agents may read only ConfigMaps and Secrets");
+    }
+    let referenced = match hub.store.list(Kind::Pod, Some(namespace)) {
+        Ok((pods, _)) => pods.iter().any(|o| {
+            matches!(o, Object::Pod(p)
+                if p.spec.node_name.as_deref() == Some(node)
+                    && p.config_refs().contains(&(kind, name.to_string())))
+        }),
+        Err(e) => return error(e),
+    };
+    if !referenced {
+        warn!(node = %node, kind = %kind, namespace, name, "config read refused");
+        return error(format!(
+            "forbidden: no pod on node {node} refers to {} {namespace}/{name}",
+            kind.resource()
+        ));
+    }
+    let key = ObjectKey::new(kind, namespace, name);
+    match hub.store.get(&key) {
+        Ok(Some(o)) => Response::Objects {
+            items: vec![o.to_json_string()],
+            revision: 0,
+        },
+        Ok(None) => error(not_found(&key)),
         Err(e) => error(e),
     }
 }

@@ -335,6 +335,8 @@ pub struct Container {
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -483,6 +485,38 @@ pub struct EnvVar {
 pub struct EnvVarSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_ref: Option<ObjectFieldSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeySelector>,
+}
+
+/// A key of a ConfigMap or Secret in the pod's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeySelector {
+    pub name: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// `envFrom`: every key of a ConfigMap or Secret as a variable, with an optional prefix.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvFromSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<NameRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<NameRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NameRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -642,6 +676,30 @@ impl Pod {
 
     pub fn is_terminal(&self) -> bool {
         matches!(self.status.phase.as_str(), "Succeeded" | "Failed")
+    }
+
+    /// The ConfigMaps and Secrets (kind, name) the pod's containers read, in its namespace.
+    pub fn config_refs(&self) -> std::collections::BTreeSet<(Kind, String)> {
+        let mut refs = std::collections::BTreeSet::new();
+        for c in &self.spec.containers {
+            for e in c.env.iter().filter_map(|e| e.value_from.as_ref()) {
+                if let Some(r) = &e.config_map_key_ref {
+                    refs.insert((Kind::ConfigMap, r.name.clone()));
+                }
+                if let Some(r) = &e.secret_key_ref {
+                    refs.insert((Kind::Secret, r.name.clone()));
+                }
+            }
+            for f in &c.env_from {
+                if let Some(r) = &f.config_map_ref {
+                    refs.insert((Kind::ConfigMap, r.name.clone()));
+                }
+                if let Some(r) = &f.secret_ref {
+                    refs.insert((Kind::Secret, r.name.clone()));
+                }
+            }
+        }
+        refs
     }
 
     /// The uid of the controller owning this pod, if any.

@@ -652,6 +652,29 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
             if e.name.is_empty() {
                 return Err(format!("{at}.env[{j}].name is required"));
             }
+            if let Some(v) = &e.value_from {
+                let sources = [
+                    v.field_ref.is_some(),
+                    v.config_map_key_ref.is_some(),
+                    v.secret_key_ref.is_some(),
+                ];
+                if sources.iter().filter(|s| **s).count() != 1 {
+                    return Err(format!(
+                        "{at}.env[{j}].valueFrom must specify exactly one of fieldRef, configMapKeyRef or secretKeyRef"
+                    ));
+                }
+                for (field, r) in [
+                    ("configMapKeyRef", &v.config_map_key_ref),
+                    ("secretKeyRef", &v.secret_key_ref),
+                ] {
+                    if let Some(r) = r {
+                        check_name(&format!("{at}.env[{j}].valueFrom.{field}.name"), &r.name)?;
+                        if r.key.is_empty() {
+                            return Err(format!("{at}.env[{j}].valueFrom.{field}.key is required"));
+                        }
+                    }
+                }
+            }
             if let Some(f) = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref())
                 && !matches!(
                     f.field_path.as_str(),
@@ -667,6 +690,22 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
                     "{at}.env[{j}].valueFrom.fieldRef.fieldPath {:?} is not supported",
                     f.field_path
                 ));
+            }
+        }
+        for (j, f) in c.env_from.iter().enumerate() {
+            let refs = [
+                ("configMapRef", &f.config_map_ref),
+                ("secretRef", &f.secret_ref),
+            ];
+            if refs.iter().filter(|(_, r)| r.is_some()).count() != 1 {
+                return Err(format!(
+                    "{at}.envFrom[{j}] must specify exactly one of configMapRef or secretRef"
+                ));
+            }
+            for (field, r) in refs {
+                if let Some(r) = r {
+                    check_name(&format!("{at}.envFrom[{j}].{field}.name"), &r.name)?;
+                }
             }
         }
     }

@@ -91,6 +91,14 @@ pub enum Request {
         name: String,
         action: RolloutAction,
     },
+    // --- agent (node identity) ---
+    /// A ConfigMap or Secret a pod bound to the caller's node refers to; answered with
+    /// `Response::Objects` (one item) or `Response::Error`.
+    GetConfig {
+        kind: crate::Kind,
+        namespace: String,
+        name: String,
+    },
 }
 
 /// What `fleet rollout …` and `fleet set image` ask of a Deployment.

@@ -1,4 +1,5 @@
-//! batch: wasi:cli command that prints COUNT ticks and its arguments, then exits 0.
+//! batch: wasi:cli command that prints COUNT ticks, its arguments and its environment
+//! (what the pod granted it), then exits 0.
 
 fn main() {
     let count: u32 = std::env::var("COUNT")
@@ -10,4 +11,9 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     println!("args: {args:?}");
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    env.sort();
+    for (k, v) in env {
+        println!("env {k}={v}");
+    }
 }
