@@ -188,6 +188,17 @@ impl Cluster {
         &self.agent_cfgs[i]
     }
 
+    /// A QUIC connection to the hub made with agent `i`'s own node certificate (for tests of
+    /// what a node may and may not ask).
+    pub async fn node_connection(&self, i: usize) -> (quinn::Endpoint, quinn::Connection) {
+        let id = flotilla_agent::identity::Identity::load(&self.agent_cfgs[i].data_dir)
+            .expect("read node identity")
+            .expect("agent has joined");
+        flotilla_transport::connect(self.hub_addr, id.client_config().expect("node tls"))
+            .await
+            .expect("connect as node")
+    }
+
     pub async fn stop_agent(&mut self, i: usize) {
         if let Some(a) = self.agents[i].take() {
             a.shutdown().await;

@@ -533,12 +533,7 @@ async fn identities_are_enforced() {
     assert_eq!(pod.spec.node_name.as_deref(), Some("node-1"));
 
     // node-0's own certificate cannot set the status of a pod on node-1.
-    let id = flotilla_agent::identity::Identity::load(&cluster.agent_config(0).data_dir)
-        .unwrap()
-        .unwrap();
-    let (_e, conn) = flotilla_transport::connect(cluster.hub_addr, id.client_config().unwrap())
-        .await
-        .unwrap();
+    let (_e, conn) = cluster.node_connection(0).await;
     let status = serde_json::json!({"phase": "Failed", "reason": "Forged"}).to_string();
     let req = Request::ReportPods {
         pods: vec![PodReport {

@@ -149,12 +149,7 @@ spec:
         .apply("apiVersion: v1\nkind: Secret\nmetadata: {name: other}\nstringData: {k: v}\n")
         .await
         .unwrap();
-    let id = flotilla_agent::identity::Identity::load(&cluster.agent_config(0).data_dir)
-        .unwrap()
-        .unwrap();
-    let (_e, conn) = flotilla_transport::connect(cluster.hub_addr, id.client_config().unwrap())
-        .await
-        .unwrap();
+    let (_e, conn) = cluster.node_connection(0).await;
     let ask = |name: &str| Request::GetConfig {
         kind: Kind::Secret,
         namespace: "default".into(),
