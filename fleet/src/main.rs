@@ -86,6 +86,11 @@ enum Cmd {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+    /// Create a ConfigMap or Secret from literals and files.
+    Create {
+        #[command(subcommand)]
+        cmd: CreateCmd,
+    },
     /// Manage a deployment's rollout: status, history, undo, pause, resume, restart.
     Rollout {
         #[command(subcommand)]
@@ -184,6 +189,67 @@ enum RolloutCmd {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// The data of `fleet create configmap|secret`.
+#[derive(clap::Args, Debug)]
+struct DataArgs {
+    name: String,
+    /// KEY=VALUE (repeatable).
+    #[arg(long = "from-literal")]
+    literals: Vec<String>,
+    /// [KEY=]PATH: the file's content under KEY (default: the file name) (repeatable).
+    #[arg(long = "from-file")]
+    files: Vec<String>,
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+impl DataArgs {
+    fn data(&self) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let mut data = std::collections::BTreeMap::new();
+        for l in &self.literals {
+            let (k, v) = l
+                .split_once('=')
+                .with_context(|| format!("--from-literal {l:?}: expected KEY=VALUE"))?;
+            data.insert(k.to_string(), v.to_string());
+        }
+        for f in &self.files {
+            let (key, path) = match f.split_once('=') {
+                Some((k, p)) => (k.to_string(), PathBuf::from(p)),
+                None => {
+                    let p = PathBuf::from(f);
+                    let name = p
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .with_context(|| format!("--from-file {f:?}: no file name"))?
+                        .to_string();
+                    (name, p)
+                }
+            };
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("failed to read {} (text files only)", path.display()))?;
+            data.insert(key, text);
+        }
+        Ok(data)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum CreateCmd {
+    /// fleet create configmap NAME --from-literal K=V --from-file [K=]PATH
+    #[command(alias = "cm")]
+    Configmap(DataArgs),
+    /// fleet create secret generic NAME --from-literal K=V --from-file [K=]PATH
+    Secret {
+        #[command(subcommand)]
+        cmd: SecretCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretCmd {
+    Generic(DataArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -459,6 +525,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client.close().await;
         }
         Cmd::Rollout { cmd } => rollout(&cli, cmd).await?,
+        Cmd::Create { cmd } => {
+            let (kind, args) = match cmd {
+                CreateCmd::Configmap(a) => (Kind::ConfigMap, a),
+                CreateCmd::Secret {
+                    cmd: SecretCmd::Generic(a),
+                } => (Kind::Secret, a),
+            };
+            let ns = args.namespace.clone().unwrap_or_else(|| "default".into());
+            let data = args.data()?;
+            // Secrets take the values as stringData; the hub encodes and seals them.
+            let field = if kind == Kind::Secret {
+                "stringData"
+            } else {
+                "data"
+            };
+            let obj = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": kind.as_str(),
+                "metadata": {"name": args.name, "namespace": ns},
+                field: data,
+            });
+            let parsed = flotilla_proto::manifest::parse_value(obj)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let client = connect(&cli).await?;
+            let exists = client.get(kind, Some(&ns), Some(&args.name)).await.is_ok();
+            let result = if exists {
+                Err(anyhow::anyhow!(
+                    "{}s \"{}\" already exists",
+                    kind.resource(),
+                    args.name
+                ))
+            } else {
+                client.apply(&[parsed.object]).await.map(|_| ())
+            };
+            client.close().await;
+            result?;
+            println!("{}/{} created", kind.resource(), args.name);
+        }
         Cmd::Set {
             cmd:
                 SetCmd::Image {

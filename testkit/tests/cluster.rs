@@ -665,6 +665,56 @@ async fn fleet_cli_behaves_like_kubectl() {
         "{out}"
     );
 
+    // fleet create, kubectl's way: literals and files; a second create is refused.
+    let file = cluster.dir.path().join("app.conf");
+    std::fs::write(&file, "level=debug\n").unwrap();
+    let from_file = format!("--from-file={}", file.display());
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        fleet(
+            &[
+                "create",
+                "configmap",
+                "made",
+                "--from-literal=a=1",
+                &from_file,
+            ],
+            None,
+        )
+    });
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "configmap/made created\n"),
+        "{err}"
+    );
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        fleet(&["create", "configmap", "made", "--from-literal=a=2"], None)
+    });
+    assert_eq!(code, 1);
+    assert!(err.contains("configmaps \"made\" already exists"), "{err}");
+    let (code, out, _) =
+        tokio::task::block_in_place(|| fleet(&["get", "cm", "made", "-o", "json"], None));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("\"a\": \"1\"") && out.contains("\"app.conf\": \"level=debug\\n\""),
+        "{out}"
+    );
+    let (code, out, _) = tokio::task::block_in_place(|| {
+        fleet(
+            &[
+                "create",
+                "secret",
+                "generic",
+                "pw",
+                "--from-literal=password=hunter2",
+            ],
+            None,
+        )
+    });
+    assert_eq!((code, out.as_str()), (0, "secret/pw created\n"));
+    let (_, out, _) =
+        tokio::task::block_in_place(|| fleet(&["get", "secret", "pw", "-o", "yaml"], None));
+    assert!(out.contains("password: aHVudGVyMg=="), "{out}");
+
     let (code, out, err) = tokio::task::block_in_place(|| {
         fleet(
             &["apply", "-f", "-"],
