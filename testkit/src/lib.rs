@@ -374,6 +374,16 @@ impl Cluster {
     }
 }
 
+/// The pods labelled `app=<app>`.
+pub fn app_pods<'a>(
+    pods: &'a [flotilla_proto::api::Pod],
+    app: &str,
+) -> Vec<&'a flotilla_proto::api::Pod> {
+    pods.iter()
+        .filter(|p| p.metadata.labels.get("app").map(String::as_str) == Some(app))
+        .collect()
+}
+
 /// GET with the real curl client: (status, body).
 pub fn curl(url: &str) -> (u16, String) {
     let out = std::process::Command::new("curl")

@@ -3,9 +3,9 @@
 //! deadline, pause/resume with proportional scaling, undo and history, and probes running
 //! against real wasi:http components.
 use fleet::rollout::Progress;
-use flotilla_proto::api::{Deployment, Kind, Object, Pod, ReplicaSet, TEMPLATE_HASH_LABEL};
+use flotilla_proto::api::{Deployment, Kind, Object, ReplicaSet, TEMPLATE_HASH_LABEL};
 use flotilla_proto::wire::RolloutAction;
-use flotilla_testkit::{Cluster, curl, eventually, eventually_within};
+use flotilla_testkit::{Cluster, app_pods, curl, eventually, eventually_within};
 use std::time::Duration;
 
 /// A Deployment of `image` whose container has `env` (YAML list items) and `probes` (YAML
@@ -66,12 +66,6 @@ async fn rollout(cluster: &Cluster, name: &str, action: RolloutAction) -> anyhow
     let r = c.rollout("default", name, action).await;
     c.close().await;
     r
-}
-
-fn app_pods<'a>(pods: &'a [Pod], app: &str) -> Vec<&'a Pod> {
-    pods.iter()
-        .filter(|p| p.metadata.labels.get("app").map(String::as_str) == Some(app))
-        .collect()
 }
 
 /// Waits for `fleet rollout status` to say the rollout is done; dumps the state if it never is.

@@ -2,7 +2,7 @@
 //! wasi:cli guests, back-off limits, deadlines and TTLs; a CronJob that fires on the minute;
 //! a DaemonSet that follows node labels, node removal and template changes.
 use flotilla_proto::api::{DaemonSet, Job, Kind, Object, Pod};
-use flotilla_testkit::{Cluster, eventually, eventually_within};
+use flotilla_testkit::{Cluster, app_pods, eventually, eventually_within};
 use std::time::Duration;
 
 fn job(name: &str, image: &str, spec: &str, policy: &str) -> String {
@@ -47,12 +47,6 @@ async fn finished(cluster: &Cluster, name: &str, kind: &str) -> Job {
         },
     )
     .await
-}
-
-fn app_pods<'a>(pods: &'a [Pod], app: &str) -> Vec<&'a Pod> {
-    pods.iter()
-        .filter(|p| p.metadata.labels.get("app").map(String::as_str) == Some(app))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
