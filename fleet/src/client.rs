@@ -2,7 +2,7 @@
 use anyhow::{Context as _, bail};
 use flotilla_hub::config::ClientFile;
 use flotilla_proto::api::{Deployment, Kind, Object, ReplicaSet};
-use flotilla_proto::wire::{Applied, Request, Response, RolloutAction};
+use flotilla_proto::wire::{Applied, Edit, Request, Response, RolloutAction};
 use flotilla_transport::send_frame;
 use sha2::{Digest, Sha256};
 use std::net::ToSocketAddrs;
@@ -140,6 +140,48 @@ impl Client {
             .await?
         {
             Response::Done { message } => Ok(message),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `fleet label|taint|cordon|uncordon`; returns the hub's message.
+    pub async fn edit(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        edit: Edit,
+    ) -> anyhow::Result<String> {
+        match self
+            .call(&Request::Edit {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+                edit,
+            })
+            .await?
+        {
+            Response::Done { message } => Ok(message),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Asks the hub to evict a pod: `Ok(Ok(message))` when it is gone, `Ok(Err(reason))` when a
+    /// disruption budget forbids it for now.
+    pub async fn evict(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<Result<String, String>> {
+        match self
+            .call(&Request::Evict {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+            .await?
+        {
+            Response::Done { message } => Ok(Ok(message)),
+            Response::Retry { message } => Ok(Err(message)),
             r => Err(unexpected(r)),
         }
     }

@@ -7,7 +7,7 @@ use fleet::rollout::Progress;
 use fleet::{Client, up};
 use flotilla_hub::config::ClientFile;
 use flotilla_proto::api::{Kind, Object};
-use flotilla_proto::wire::{ApplyAction, RolloutAction};
+use flotilla_proto::wire::{ApplyAction, Edit, RolloutAction};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
@@ -100,6 +100,43 @@ enum Cmd {
     Set {
         #[command(subcommand)]
         cmd: SetCmd,
+    },
+    /// Set or remove labels: fleet label nodes NAME zone=a old-  (or KIND/NAME).
+    Label {
+        /// KIND NAME or KIND/NAME, then KEY=VALUE or KEY- updates.
+        #[arg(required = true, num_args = 2..)]
+        args: Vec<String>,
+        /// Replace a label's existing value.
+        #[arg(long)]
+        overwrite: bool,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Add or remove node taints: fleet taint nodes NAME key=value:NoSchedule key-.
+    Taint {
+        /// nodes NAME or node/NAME, then KEY[=VALUE]:EFFECT or KEY[:EFFECT]- updates.
+        #[arg(required = true, num_args = 2..)]
+        args: Vec<String>,
+        /// Replace a taint with the same key and effect.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Mark a node unschedulable: new pods go elsewhere, running pods stay.
+    Cordon { node: String },
+    /// Mark a node schedulable again.
+    Uncordon { node: String },
+    /// Cordon a node and evict its pods, respecting PodDisruptionBudgets.
+    Drain {
+        node: String,
+        /// Leave DaemonSet pods running (they would come back anyway).
+        #[arg(long)]
+        ignore_daemonsets: bool,
+        /// Also evict pods that no controller manages (they are not recreated).
+        #[arg(long)]
+        force: bool,
+        /// Give up after this long while budgets forbid evictions (0: wait forever).
+        #[arg(long, default_value = "60s")]
+        timeout: String,
     },
     /// Print a pod's logs.
     Logs {
@@ -595,6 +632,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client.close().await;
             println!("{}", msg?);
         }
+        Cmd::Label {
+            args,
+            overwrite,
+            namespace,
+        } => {
+            let (kind, name, updates) = object_and_updates(args)?;
+            let edit = fleet::node::parse_labels(updates, *overwrite)?;
+            let ns = namespace.clone().unwrap_or_else(|| "default".into());
+            let client = connect(&cli).await?;
+            let result = client.edit(kind, &ns, &name, edit).await;
+            client.close().await;
+            println!("{}", result?);
+        }
+        Cmd::Taint { args, overwrite } => {
+            let (kind, name, updates) = object_and_updates(args)?;
+            if kind != Kind::Node {
+                bail!("fleet taint works on nodes: fleet taint nodes NAME KEY=VALUE:EFFECT");
+            }
+            let edit = fleet::node::parse_taints(updates, *overwrite)?;
+            let client = connect(&cli).await?;
+            let result = client.edit(Kind::Node, "", &name, edit).await;
+            client.close().await;
+            println!("{}", result?);
+        }
+        Cmd::Cordon { node } | Cmd::Uncordon { node } => {
+            let cordon = matches!(cli.cmd, Cmd::Cordon { .. });
+            let node = node.strip_prefix("node/").unwrap_or(node);
+            let client = connect(&cli).await?;
+            let result = client
+                .edit(Kind::Node, "", node, Edit::Cordon(cordon))
+                .await;
+            client.close().await;
+            println!("{}", result?);
+        }
+        Cmd::Drain {
+            node,
+            ignore_daemonsets,
+            force,
+            timeout,
+        } => {
+            let timeout = humantime::parse_duration(timeout)
+                .with_context(|| format!("--timeout {timeout:?}: expected a duration like 60s"))?;
+            let opts = fleet::node::DrainOptions {
+                ignore_daemonsets: *ignore_daemonsets,
+                force: *force,
+                timeout,
+                retry_every: std::time::Duration::from_secs(2),
+            };
+            let node = node.strip_prefix("node/").unwrap_or(node);
+            let client = connect(&cli).await?;
+            let result = fleet::node::drain(&client, node, &opts, &mut |m| println!("{m}")).await;
+            client.close().await;
+            result?;
+        }
         Cmd::Logs {
             pod,
             follow,
@@ -649,6 +740,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `KIND NAME updates…` or `KIND/NAME updates…`.
+fn object_and_updates(args: &[String]) -> anyhow::Result<(Kind, String, &[String])> {
+    let (kind, name, rest) = match args[0].split_once('/') {
+        Some((k, n)) => (k.to_string(), n.to_string(), &args[1..]),
+        None if args.len() >= 3 => (args[0].clone(), args[1].clone(), &args[2..]),
+        None => bail!("expected KIND NAME followed by at least one update"),
+    };
+    Ok((kind_arg(&kind)?, name, rest))
 }
 
 async fn rollout(cli: &Cli, cmd: &RolloutCmd) -> anyhow::Result<()> {

@@ -214,7 +214,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                     ];
                     if wide {
                         r.push(images(&d.spec.template));
-                        r.push(selector(&d.spec.selector));
+                        r.push(d.spec.selector.to_selector_string());
                     }
                     r
                 })
@@ -253,7 +253,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                                 .join(","),
                         );
                         r.push(images(&rs.spec.template));
-                        r.push(selector(&rs.spec.selector));
+                        r.push(rs.spec.selector.to_selector_string());
                     }
                     r
                 })
@@ -290,9 +290,11 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         if sel.is_empty() {
                             "<none>".into()
                         } else {
-                            selector(&LabelSelector {
+                            LabelSelector {
                                 match_labels: sel.clone(),
-                            })
+                                ..Default::default()
+                            }
+                            .to_selector_string()
                         },
                         age(&d.metadata.creation_timestamp),
                     ]
@@ -406,6 +408,34 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                 .collect();
             (h, rows)
         }
+        Kind::PodDisruptionBudget => (
+            vec![
+                "NAME",
+                "MIN AVAILABLE",
+                "MAX UNAVAILABLE",
+                "ALLOWED DISRUPTIONS",
+                "AGE",
+            ],
+            objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::PodDisruptionBudget(b) => Some(b),
+                    _ => None,
+                })
+                .map(|b| {
+                    let shown = |v: &Option<flotilla_proto::api::IntOrString>| {
+                        v.as_ref().map_or_else(|| "N/A".into(), |v| v.to_string())
+                    };
+                    vec![
+                        b.metadata.name.clone(),
+                        shown(&b.spec.min_available),
+                        shown(&b.spec.max_unavailable),
+                        b.status.disruptions_allowed.to_string(),
+                        age(&b.metadata.creation_timestamp),
+                    ]
+                })
+                .collect(),
+        ),
         Kind::Namespace => (
             vec!["NAME", "STATUS", "AGE"],
             objects
@@ -475,14 +505,6 @@ fn images(t: &PodTemplateSpec) -> String {
         .containers
         .iter()
         .map(|c| c.image.clone())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn selector(s: &LabelSelector) -> String {
-    s.match_labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
 }

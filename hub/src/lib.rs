@@ -3,6 +3,7 @@
 pub mod blobs;
 pub mod config;
 pub mod controller;
+pub mod edit;
 pub mod pki;
 pub mod rollout;
 pub mod scheduler;
@@ -106,6 +107,8 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
         controller::daemonset::CONTROLLER,
         controller::job::CONTROLLER,
         controller::cronjob::CONTROLLER,
+        controller::disruption::CONTROLLER,
+        controller::taint::CONTROLLER,
     ] {
         tracker.spawn(controller::run(hub.clone(), ctl, cancel.child_token()));
     }

@@ -3,9 +3,11 @@
 use crate::Hub;
 use crate::controller::{BatchKind, next_batch};
 use crate::store::{StoreError, Tx};
-use flotilla_proto::api::{Condition, Kind, Node, Object, Pod};
-use flotilla_proto::labels;
-use std::collections::BTreeMap;
+use flotilla_proto::api::{
+    Condition, Kind, Node, Object, Pod, PodAffinityTerm, PodSpec, Taint, UNSCHEDULABLE_TAINT,
+};
+use flotilla_proto::scheduling::{self, NO_EXECUTE, NO_SCHEDULE, PREFER_NO_SCHEDULE};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -44,37 +46,39 @@ fn pass(tx: &mut Tx<'_>) -> Result<(), StoreError> {
             _ => None,
         })
         .collect();
-    let mut pods: Vec<Pod> = tx
-        .list(Kind::Pod, None)?
-        .into_iter()
-        .filter_map(|o| match o {
-            Object::Pod(p) => Some(p),
-            _ => None,
-        })
-        .collect();
-    let mut pending: Vec<usize> = (0..pods.len())
-        .filter(|&i| pods[i].spec.node_name.is_none() && !pods[i].is_terminal())
-        .collect();
-    pending.sort_by(|&a, &b| {
-        pods[a]
-            .metadata
+    let mut pending: Vec<Pod> = Vec::new();
+    let mut bound: Vec<Pod> = Vec::new();
+    for o in tx.list(Kind::Pod, None)? {
+        let Object::Pod(p) = o else { continue };
+        if p.is_terminal() {
+            continue;
+        }
+        if p.spec.node_name.is_some() {
+            bound.push(p);
+        } else {
+            pending.push(p);
+        }
+    }
+    pending.sort_by(|a, b| {
+        a.metadata
             .creation_timestamp
-            .cmp(&pods[b].metadata.creation_timestamp)
+            .cmp(&b.metadata.creation_timestamp)
     });
-    for i in pending {
-        let decision = place(&pods[i], &nodes, &pods);
-        let pod = &mut pods[i];
-        let changed = match decision {
-            Ok(node) => {
+    let mut snapshot = Snapshot::new(nodes, &bound);
+    for mut pod in pending {
+        let changed = match snapshot.place(&pod) {
+            Ok(i) => {
+                snapshot.bind(&pod, i);
+                let node = snapshot.nodes[i].node.metadata.name.clone();
                 info!(pod = %pod.metadata.name, node = %node, "scheduled");
                 pod.spec.node_name = Some(node);
-                set_scheduled(pod, "True", None, None);
+                set_scheduled(&mut pod, "True", None, None);
                 true
             }
-            Err(message) => set_scheduled(pod, "False", Some("Unschedulable"), Some(message)),
+            Err(message) => set_scheduled(&mut pod, "False", Some("Unschedulable"), Some(message)),
         };
         if changed {
-            tx.put(Object::Pod(pod.clone()))?;
+            tx.put(Object::Pod(pod))?;
         }
     }
     Ok(())
@@ -112,84 +116,446 @@ fn set_scheduled(
     true
 }
 
-fn owner_uid(p: &Pod) -> Option<&str> {
-    p.metadata
-        .owner_references
-        .iter()
-        .find(|r| r.controller == Some(true))
-        .map(|r| r.uid.as_str())
+/// What a pass knows about one node, kept current as the pass binds pods.
+struct NodeState {
+    node: Node,
+    cpu: u64,
+    mem: u64,
+    ports: HashSet<i32>,
 }
 
-/// Picks a node for `pod`, or explains (the kubectl way) why none fits.
-pub fn place(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
-    let (want_cpu, want_mem) = pod.spec.requests();
-    let want_ports: Vec<i32> = pod.spec.host_ports().collect();
-    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut best: Option<((usize, u64), &str)> = None;
-    for node in nodes {
-        let name = node.metadata.name.as_str();
-        let on_node: Vec<&Pod> = pods
+/// The parts of a bound pod that later placements look at.
+struct BoundPod {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    node: usize,
+    /// Its required anti-affinity terms, which repel matching newcomers (symmetry).
+    anti: Vec<PodAffinityTerm>,
+}
+
+/// The cluster as one scheduling pass sees it. Building it is linear in pods; placing a pod
+/// with no inter-pod terms is linear in nodes, so a pass over a large backlog stays fast.
+pub struct Snapshot {
+    nodes: Vec<NodeState>,
+    index: HashMap<String, usize>,
+    bound: Vec<BoundPod>,
+    /// Pods per node, by controller uid: the default spreading of a workload's replicas.
+    siblings: HashMap<String, Vec<u32>>,
+}
+
+impl Snapshot {
+    pub fn new(nodes: Vec<Node>, bound: &[Pod]) -> Snapshot {
+        let index = nodes
             .iter()
-            .filter(|p| p.spec.node_name.as_deref() == Some(name) && !p.is_terminal())
+            .enumerate()
+            .map(|(i, n)| (n.metadata.name.clone(), i))
             .collect();
-        let reason = if !node.is_ready() {
-            Some("node(s) were not ready")
-        } else if node.spec.unschedulable {
-            Some("node(s) were unschedulable")
-        } else if !labels::matches(&pod.spec.node_selector, &node.metadata.labels) {
-            Some("node(s) didn't match Pod's node affinity/selector")
-        } else if on_node
-            .iter()
-            .flat_map(|p| p.spec.host_ports())
-            .any(|hp| want_ports.contains(&hp))
-        {
-            Some("node(s) didn't have free ports for the requested pod ports")
-        } else {
-            let (alloc_cpu, alloc_mem) = node.allocatable();
-            let (used_cpu, used_mem) = on_node.iter().fold((0, 0), |(c, m), p| {
-                let (pc, pm) = p.spec.requests();
-                (c + pc, m + pm)
-            });
-            if used_cpu + want_cpu > alloc_cpu {
-                Some("Insufficient cpu")
-            } else if used_mem + want_mem > alloc_mem {
-                Some("Insufficient memory")
-            } else {
-                // Score: fewer siblings (same owner) first, then the least requested memory share.
-                let siblings = owner_uid(pod).map_or(0, |u| {
-                    on_node.iter().filter(|p| owner_uid(p) == Some(u)).count()
-                });
-                let load = ((used_mem + want_mem) * 1000)
-                    .checked_div(alloc_mem)
-                    .unwrap_or(0);
-                let score = (siblings, load);
-                if best.is_none_or(|(s, n)| score < s || (score == s && name < n)) {
-                    best = Some((score, name));
-                }
-                None
-            }
+        let mut snapshot = Snapshot {
+            nodes: nodes
+                .into_iter()
+                .map(|node| NodeState {
+                    node,
+                    cpu: 0,
+                    mem: 0,
+                    ports: HashSet::new(),
+                })
+                .collect(),
+            index,
+            bound: Vec::new(),
+            siblings: HashMap::new(),
         };
-        if let Some(r) = reason {
-            *reasons.entry(r).or_default() += 1;
+        for p in bound {
+            if p.is_terminal() {
+                continue;
+            }
+            let Some(i) = p
+                .spec
+                .node_name
+                .as_ref()
+                .and_then(|n| snapshot.index.get(n))
+            else {
+                continue;
+            };
+            snapshot.bind(p, *i);
+        }
+        snapshot
+    }
+
+    /// Accounts for `pod` running on node `i`.
+    pub fn bind(&mut self, pod: &Pod, i: usize) {
+        let (cpu, mem) = pod.spec.requests();
+        let n = &mut self.nodes[i];
+        n.cpu += cpu;
+        n.mem += mem;
+        n.ports.extend(pod.spec.host_ports());
+        if let Some(uid) = pod.controller_uid() {
+            let counts = self
+                .siblings
+                .entry(uid.to_string())
+                .or_insert_with(|| vec![0; self.nodes.len()]);
+            counts[i] += 1;
+        }
+        self.bound.push(BoundPod {
+            namespace: namespace(pod).to_string(),
+            labels: pod.metadata.labels.clone(),
+            node: i,
+            anti: pod
+                .spec
+                .affinity
+                .as_ref()
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .map(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .clone()
+                })
+                .unwrap_or_default(),
+        });
+    }
+
+    fn label(&self, node: usize, key: &str) -> Option<&str> {
+        self.nodes[node]
+            .node
+            .metadata
+            .labels
+            .get(key)
+            .map(String::as_str)
+    }
+
+    /// Matching bound pods per topology domain (the value of `key` on their node).
+    fn domains(&self, pod: &Pod, term: &PodAffinityTerm) -> HashMap<&str, i64> {
+        let mut counts = HashMap::new();
+        for b in &self.bound {
+            if term_selects(pod, term, &b.namespace, &b.labels)
+                && let Some(v) = self.label(b.node, &term.topology_key)
+            {
+                *counts.entry(v).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// Picks a node index for `pod`, or explains (the kubectl way) why none fits.
+    pub fn place(&self, pod: &Pod) -> Result<usize, String> {
+        let spec = &pod.spec;
+        let (want_cpu, want_mem) = spec.requests();
+        let want_ports: Vec<i32> = spec.host_ports().collect();
+        let terms = Terms::of(self, pod);
+        let siblings = pod
+            .controller_uid()
+            .and_then(|u| self.siblings.get(u))
+            .map(Vec::as_slice);
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Option<(Score, usize)> = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let node = &n.node;
+            let refused = if !node.is_ready() {
+                Some("node(s) were not ready".to_string())
+            } else if node.spec.unschedulable && !tolerates_cordon(spec) {
+                Some("node(s) were unschedulable".into())
+            } else if let Some(t) = scheduling::untolerated(
+                &node.spec.taints,
+                &spec.tolerations,
+                &[NO_SCHEDULE, NO_EXECUTE],
+            ) {
+                Some(format!(
+                    "node(s) had untolerated taint {{{}: {}}}",
+                    t.key, t.value
+                ))
+            } else if !scheduling::node_matches(spec, node) {
+                Some("node(s) didn't match Pod's node affinity/selector".into())
+            } else if want_ports.iter().any(|p| n.ports.contains(p)) {
+                Some("node(s) didn't have free ports for the requested pod ports".into())
+            } else if n.cpu + want_cpu > node.allocatable().0 {
+                Some("Insufficient cpu".into())
+            } else if n.mem + want_mem > node.allocatable().1 {
+                Some("Insufficient memory".into())
+            } else {
+                terms.refuses(self, i).map(String::from)
+            };
+            if let Some(r) = refused {
+                *reasons.entry(r).or_default() += 1;
+                continue;
+            }
+            let alloc_mem = node.allocatable().1;
+            let score = Score {
+                soft_taints: node
+                    .spec
+                    .taints
+                    .iter()
+                    .filter(|t| {
+                        t.effect == PREFER_NO_SCHEDULE
+                            && !spec.tolerations.iter().any(|tol| tol.tolerates(t))
+                    })
+                    .count(),
+                preference: -(scheduling::preferred_node_score(spec, node)
+                    + terms.preference(self, i)),
+                spread: terms.spread_score(self, i),
+                siblings: siblings.map_or(0, |s| s[i]),
+                load: ((n.mem + want_mem) * 1000)
+                    .checked_div(alloc_mem)
+                    .unwrap_or(0),
+            };
+            let better = match &best {
+                None => true,
+                Some((s, b)) => {
+                    score < *s
+                        || (score == *s && node.metadata.name < self.nodes[*b].node.metadata.name)
+                }
+            };
+            if better {
+                best = Some((score, i));
+            }
+        }
+        match best {
+            Some((_, i)) => Ok(i),
+            None => {
+                let detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                Err(format!(
+                    "0/{} nodes are available: {}.",
+                    self.nodes.len(),
+                    detail.join(", ")
+                ))
+            }
         }
     }
-    match best {
-        Some((_, name)) => Ok(name.to_string()),
-        None => {
-            let detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-            Err(format!(
-                "0/{} nodes are available: {}.",
-                nodes.len(),
-                detail.join(", ")
-            ))
+}
+
+/// Ranks feasible nodes, lowest first, field by field: untolerated PreferNoSchedule taints,
+/// then preferred (anti-)affinity weight, then spread (ScheduleAnyway constraints, then the
+/// replicas of the same controller already there), then memory load.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Score {
+    soft_taints: usize,
+    preference: i64,
+    spread: i64,
+    siblings: u32,
+    load: u64,
+}
+
+fn namespace(pod: &Pod) -> &str {
+    pod.metadata.namespace.as_deref().unwrap_or("default")
+}
+
+/// Whether a term of `pod` selects a pod in `ns` with `labels`.
+fn term_selects(
+    pod: &Pod,
+    term: &PodAffinityTerm,
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let in_ns = if term.namespaces.is_empty() {
+        ns == namespace(pod)
+    } else {
+        term.namespaces.iter().any(|n| n == ns)
+    };
+    // A term without a selector selects no pods, as in Kubernetes.
+    in_ns
+        && term
+            .label_selector
+            .as_ref()
+            .is_some_and(|s| s.matches(labels))
+}
+
+fn tolerates_cordon(spec: &PodSpec) -> bool {
+    let taint = Taint {
+        key: UNSCHEDULABLE_TAINT.into(),
+        effect: NO_SCHEDULE.into(),
+        ..Default::default()
+    };
+    spec.tolerations.iter().any(|t| t.tolerates(&taint))
+}
+
+/// A pending pod's inter-pod terms, resolved against the snapshot once per pod.
+struct Terms<'a> {
+    /// (topology key, matching pods per domain) for required affinity; `None` counts when no
+    /// pod matches anywhere and the pod matches its own term (the first replica may go anywhere).
+    affinity: Vec<(&'a str, Option<HashMap<&'a str, i64>>)>,
+    anti: Vec<(&'a str, HashMap<&'a str, i64>)>,
+    /// Domains existing pods' required anti-affinity closes to this pod.
+    repelled: Vec<(&'a str, &'a str)>,
+    /// (weight, topology key, matching pods per domain); negative weights for anti-affinity.
+    preferred: Vec<(i64, &'a str, HashMap<&'a str, i64>)>,
+    spread: Vec<Spread<'a>>,
+}
+
+struct Spread<'a> {
+    key: &'a str,
+    max_skew: i64,
+    hard: bool,
+    counts: HashMap<&'a str, i64>,
+    min: i64,
+    self_match: i64,
+}
+
+impl<'a> Terms<'a> {
+    fn of(s: &'a Snapshot, pod: &'a Pod) -> Terms<'a> {
+        let mut t = Terms {
+            affinity: vec![],
+            anti: vec![],
+            repelled: vec![],
+            preferred: vec![],
+            spread: vec![],
+        };
+        let affinity = pod.spec.affinity.as_ref();
+        if let Some(pa) = affinity.and_then(|a| a.pod_affinity.as_ref()) {
+            for term in &pa.required_during_scheduling_ignored_during_execution {
+                let counts = s.domains(pod, term);
+                let anywhere = counts.is_empty()
+                    && term_selects(pod, term, namespace(pod), &pod.metadata.labels);
+                t.affinity
+                    .push((term.topology_key.as_str(), (!anywhere).then_some(counts)));
+            }
+            for w in &pa.preferred_during_scheduling_ignored_during_execution {
+                let term = &w.pod_affinity_term;
+                t.preferred.push((
+                    i64::from(w.weight),
+                    term.topology_key.as_str(),
+                    s.domains(pod, term),
+                ));
+            }
         }
+        if let Some(pa) = affinity.and_then(|a| a.pod_anti_affinity.as_ref()) {
+            for term in &pa.required_during_scheduling_ignored_during_execution {
+                t.anti
+                    .push((term.topology_key.as_str(), s.domains(pod, term)));
+            }
+            for w in &pa.preferred_during_scheduling_ignored_during_execution {
+                let term = &w.pod_affinity_term;
+                t.preferred.push((
+                    -i64::from(w.weight),
+                    term.topology_key.as_str(),
+                    s.domains(pod, term),
+                ));
+            }
+        }
+        for b in s.bound.iter().filter(|b| !b.anti.is_empty()) {
+            for term in &b.anti {
+                let in_ns = if term.namespaces.is_empty() {
+                    b.namespace == namespace(pod)
+                } else {
+                    term.namespaces.iter().any(|n| n == namespace(pod))
+                };
+                if in_ns
+                    && term
+                        .label_selector
+                        .as_ref()
+                        .is_some_and(|sel| sel.matches(&pod.metadata.labels))
+                    && let Some(v) = s.label(b.node, &term.topology_key)
+                {
+                    t.repelled.push((term.topology_key.as_str(), v));
+                }
+            }
+        }
+        for c in &pod.spec.topology_spread_constraints {
+            let key = c.topology_key.as_str();
+            // Domains are the values of the key on nodes the pod may use (nodeAffinityPolicy
+            // Honor); pods count where their node is in such a domain.
+            let mut counts: HashMap<&str, i64> = HashMap::new();
+            for (i, n) in s.nodes.iter().enumerate() {
+                if scheduling::node_matches(&pod.spec, &n.node)
+                    && let Some(v) = s.label(i, key)
+                {
+                    counts.entry(v).or_insert(0);
+                }
+            }
+            let selects = |ns: &str, labels: &BTreeMap<String, String>| {
+                ns == namespace(pod)
+                    && c.label_selector
+                        .as_ref()
+                        .is_some_and(|sel| sel.matches(labels))
+            };
+            for b in &s.bound {
+                if selects(&b.namespace, &b.labels)
+                    && let Some(v) = s.label(b.node, key)
+                    && let Some(n) = counts.get_mut(v)
+                {
+                    *n += 1;
+                }
+            }
+            t.spread.push(Spread {
+                key,
+                max_skew: i64::from(c.max_skew),
+                hard: c.when_unsatisfiable == "DoNotSchedule",
+                min: counts.values().copied().min().unwrap_or(0),
+                counts,
+                self_match: i64::from(selects(namespace(pod), &pod.metadata.labels)),
+            });
+        }
+        t
     }
+
+    /// Why node `i` breaks a required term, if it does.
+    fn refuses(&self, s: &Snapshot, i: usize) -> Option<&'static str> {
+        for (key, counts) in &self.affinity {
+            let Some(counts) = counts else { continue };
+            let ok = s
+                .label(i, key)
+                .is_some_and(|v| counts.get(v).copied().unwrap_or(0) > 0);
+            if !ok {
+                return Some("node(s) didn't match pod affinity rules");
+            }
+        }
+        for (key, counts) in &self.anti {
+            if s.label(i, key)
+                .is_some_and(|v| counts.get(v).copied().unwrap_or(0) > 0)
+            {
+                return Some("node(s) didn't match pod anti-affinity rules");
+            }
+        }
+        for (key, value) in &self.repelled {
+            if s.label(i, key) == Some(value) {
+                return Some("node(s) didn't satisfy existing pods anti-affinity rules");
+            }
+        }
+        for c in self.spread.iter().filter(|c| c.hard) {
+            let ok = s.label(i, c.key).is_some_and(|v| {
+                c.counts.get(v).copied().unwrap_or(0) + c.self_match - c.min <= c.max_skew
+            });
+            if !ok {
+                return Some("node(s) didn't match pod topology spread constraints");
+            }
+        }
+        None
+    }
+
+    /// Weight of preferred terms satisfied on node `i` (per matching pod, as Kubernetes counts).
+    fn preference(&self, s: &Snapshot, i: usize) -> i64 {
+        self.preferred
+            .iter()
+            .map(|(w, key, counts)| {
+                s.label(i, key)
+                    .map_or(0, |v| w * counts.get(v).copied().unwrap_or(0))
+            })
+            .sum()
+    }
+
+    /// Matching pods already in node `i`'s domains of soft spread constraints.
+    fn spread_score(&self, s: &Snapshot, i: usize) -> i64 {
+        self.spread
+            .iter()
+            .filter(|c| !c.hard)
+            .map(|c| {
+                s.label(i, c.key)
+                    .map_or(i64::MAX / 4, |v| c.counts.get(v).copied().unwrap_or(0))
+            })
+            .sum()
+    }
+}
+
+/// Picks a node name for `pod` among `nodes`, given the pods already bound.
+pub fn place(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
+    let s = Snapshot::new(nodes.to_vec(), pods);
+    s.place(pod).map(|i| s.nodes[i].node.metadata.name.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_proto::api::{Container, ContainerPort, OwnerReference};
+    use flotilla_proto::api::{
+        Affinity, Container, ContainerPort, LabelSelector, NodeAffinity, NodeSelectorRequirement,
+        NodeSelectorTerm, OwnerReference, PodAffinity, PreferredSchedulingTerm, Toleration,
+        TopologySpreadConstraint,
+    };
     use flotilla_proto::quantity::Quantity;
 
     fn node(name: &str, cpu: &str, mem: &str, arch: &str) -> Node {
@@ -290,5 +656,193 @@ mod tests {
         let mut not_ready = node("d", "4", "4Gi", "amd64");
         not_ready.status.conditions[0].status = "Unknown".into();
         assert!(place(&pod("q", "1", "1Mi", None, "o", None), &[not_ready], &[]).is_err());
+    }
+
+    fn labelled(mut n: Node, key: &str, value: &str) -> Node {
+        n.metadata.labels.insert(key.into(), value.into());
+        n
+    }
+
+    fn app(mut p: Pod, app: &str) -> Pod {
+        p.metadata.labels.insert("app".into(), app.into());
+        p
+    }
+
+    fn selector(app: &str) -> Option<LabelSelector> {
+        Some(LabelSelector {
+            match_labels: [("app".to_string(), app.to_string())].into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn taints_repel_unless_tolerated_and_cordon_blocks() {
+        let mut a = node("a", "4", "4Gi", "amd64");
+        a.spec.taints.push(Taint {
+            key: "dedicated".into(),
+            value: "edge".into(),
+            effect: NO_SCHEDULE.into(),
+            time_added: None,
+        });
+        let mut b = node("b", "4", "4Gi", "amd64");
+        b.spec.unschedulable = true;
+        let nodes = [a, b];
+        let mut p = pod("p", "10m", "1Mi", None, "o", None);
+        assert_eq!(
+            place(&p, &nodes, &[]),
+            Err("0/2 nodes are available: 1 node(s) had untolerated taint {dedicated: edge}, 1 node(s) were unschedulable.".into())
+        );
+        p.spec.tolerations.push(Toleration {
+            key: "dedicated".into(),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        });
+        assert_eq!(place(&p, &nodes, &[]), Ok("a".into()));
+    }
+
+    #[test]
+    fn prefer_no_schedule_is_a_last_resort() {
+        let mut a = node("a", "4", "4Gi", "amd64");
+        a.spec.taints.push(Taint {
+            key: "spot".into(),
+            effect: PREFER_NO_SCHEDULE.into(),
+            ..Default::default()
+        });
+        let b = node("b", "4", "4Gi", "amd64");
+        // b is busier and holds a sibling, yet the soft taint on a still wins.
+        let existing = [pod("w1", "1", "2Gi", None, "web", Some("b"))];
+        let p = pod("w2", "10m", "1Mi", None, "web", None);
+        assert_eq!(place(&p, &[a.clone(), b], &existing), Ok("b".into()));
+        assert_eq!(place(&p, &[a], &[]), Ok("a".into()));
+    }
+
+    #[test]
+    fn anti_affinity_by_hostname_and_its_symmetry() {
+        let nodes: Vec<Node> = ["a", "b"]
+            .iter()
+            .map(|n| labelled(node(n, "4", "4Gi", "amd64"), "kubernetes.io/hostname", n))
+            .collect();
+        let term = PodAffinityTerm {
+            label_selector: selector("db"),
+            namespaces: vec![],
+            topology_key: "kubernetes.io/hostname".into(),
+        };
+        let mut db = app(pod("db", "10m", "1Mi", None, "db", None), "db");
+        db.spec.affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAffinity {
+                required_during_scheduling_ignored_during_execution: vec![term],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut on_a = db.clone();
+        on_a.spec.node_name = Some("a".into());
+        assert_eq!(
+            place(&db, &nodes, std::slice::from_ref(&on_a)),
+            Ok("b".into())
+        );
+        let mut on_b = db.clone();
+        on_b.spec.node_name = Some("b".into());
+        assert_eq!(
+            place(&db, &nodes, &[on_a.clone(), on_b]),
+            Err("0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules.".into())
+        );
+        // An existing pod's anti-affinity also keeps matching newcomers away.
+        let plain = app(pod("x", "10m", "1Mi", None, "other", None), "db");
+        let mut only_a = nodes.clone();
+        only_a.truncate(1);
+        assert_eq!(
+            place(&plain, &only_a, &[on_a]),
+            Err("0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules.".into())
+        );
+    }
+
+    #[test]
+    fn pod_affinity_follows_its_peer_but_the_first_may_go_anywhere() {
+        let nodes: Vec<Node> = [("a", "z1"), ("b", "z2")]
+            .iter()
+            .map(|(n, z)| labelled(node(n, "4", "4Gi", "amd64"), "zone", z))
+            .collect();
+        let mut web = app(pod("web", "10m", "1Mi", None, "web", None), "web");
+        web.spec.affinity = Some(Affinity {
+            pod_affinity: Some(PodAffinity {
+                required_during_scheduling_ignored_during_execution: vec![PodAffinityTerm {
+                    label_selector: selector("web"),
+                    namespaces: vec![],
+                    topology_key: "zone".into(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(place(&web, &nodes, &[]).is_ok());
+        let mut peer = web.clone();
+        peer.spec.node_name = Some("b".into());
+        assert_eq!(place(&web, &nodes, &[peer]), Ok("b".into()));
+    }
+
+    #[test]
+    fn topology_spread_keeps_skew_within_bounds() {
+        let nodes: Vec<Node> = [("a", "z1"), ("b", "z1"), ("c", "z2")]
+            .iter()
+            .map(|(n, z)| labelled(node(n, "4", "4Gi", "amd64"), "zone", z))
+            .collect();
+        let mut p = app(pod("w", "10m", "1Mi", None, "w-owner", None), "w");
+        p.spec
+            .topology_spread_constraints
+            .push(TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: "zone".into(),
+                when_unsatisfiable: "DoNotSchedule".into(),
+                label_selector: selector("w"),
+            });
+        let bound = |name: &str, on: &str| {
+            let mut b = app(pod(name, "10m", "1Mi", None, "other", None), "w");
+            b.spec.node_name = Some(on.into());
+            b
+        };
+        // z1 has one, z2 none: only z2 keeps the skew at 1.
+        assert_eq!(place(&p, &nodes, &[bound("1", "a")]), Ok("c".into()));
+        // z1 has two, z2 one: z1 would make skew 2.
+        let existing = [bound("1", "a"), bound("2", "b"), bound("3", "c")];
+        assert_eq!(place(&p, &nodes, &existing), Ok("c".into()));
+        let mut no_zone = nodes.clone();
+        no_zone.push(node("d", "4", "4Gi", "amd64"));
+        p.spec.topology_spread_constraints[0].max_skew = 5;
+        let err = place(&p, &no_zone[3..], &[]).unwrap_err();
+        assert!(
+            err.contains("didn't match pod topology spread constraints"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn preferred_node_affinity_wins_over_spreading() {
+        let nodes = [
+            labelled(node("a", "4", "4Gi", "amd64"), "disk", "ssd"),
+            node("b", "4", "4Gi", "amd64"),
+        ];
+        let mut p = pod("w2", "10m", "1Mi", None, "web", None);
+        p.spec.affinity = Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                preferred_during_scheduling_ignored_during_execution: vec![
+                    PreferredSchedulingTerm {
+                        weight: 10,
+                        preference: NodeSelectorTerm {
+                            match_expressions: vec![NodeSelectorRequirement {
+                                key: "disk".into(),
+                                operator: "In".into(),
+                                values: vec!["ssd".into()],
+                            }],
+                            match_fields: vec![],
+                        },
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let existing = [pod("w1", "10m", "1Mi", None, "web", Some("a"))];
+        assert_eq!(place(&p, &nodes, &existing), Ok("a".into()));
     }
 }

@@ -218,6 +218,27 @@ async fn stream(
                 action,
             },
         ) => rollout(&hub, &namespace, &name, &action),
+        (
+            Identity::Admin,
+            Request::Edit {
+                kind,
+                namespace,
+                name,
+                edit,
+            },
+        ) => {
+            let key = ObjectKey::new(kind, &namespace, &name);
+            let now = crate::store::now_rfc3339();
+            match hub
+                .store
+                .write(|tx| crate::edit::apply(tx, &key, &edit, &now))
+            {
+                Ok(message) => Response::Done { message },
+                Err(StoreError::NotFound(k)) => error(not_found(&k)),
+                Err(e) => error(e),
+            }
+        }
+        (Identity::Admin, Request::Evict { namespace, name }) => evict(&hub, &namespace, &name),
         (Identity::Admin, Request::CreateToken { ttl_secs, max_uses }) => {
             create_token(&hub, ttl_secs, max_uses)
         }
@@ -389,6 +410,11 @@ fn apply_one(
         _ => {}
     }
     let existing = tx.get(&key)?;
+    if existing.is_none()
+        && let Object::Node(n) = &mut obj
+    {
+        stamp_taints(&mut n.spec.taints, &[]);
+    }
     let action = match &existing {
         None => ApplyAction::Created,
         Some(old) => {
@@ -420,7 +446,13 @@ fn apply_one(
                 (Object::DaemonSet(old), Object::DaemonSet(new)) => new.status = old.status.clone(),
                 (Object::Job(old), Object::Job(new)) => new.status = old.status.clone(),
                 (Object::CronJob(old), Object::CronJob(new)) => new.status = old.status.clone(),
-                (Object::Node(old), Object::Node(new)) => new.status = old.status.clone(),
+                (Object::Node(old), Object::Node(new)) => {
+                    new.status = old.status.clone();
+                    stamp_taints(&mut new.spec.taints, &old.spec.taints);
+                }
+                (Object::PodDisruptionBudget(old), Object::PodDisruptionBudget(new)) => {
+                    new.status = old.status.clone()
+                }
                 _ => {}
             }
             if old.desired_eq(&obj) {
@@ -523,6 +555,38 @@ fn rollout(
         .write(|tx| crate::rollout::apply(tx, &key, action, &now))
     {
         Ok(message) => Response::Done { message },
+        Err(StoreError::NotFound(k)) => error(not_found(&k)),
+        Err(e) => error(e),
+    }
+}
+
+/// NoExecute taints keep the time they were first added (tolerationSeconds count from it); new
+/// ones are stamped now.
+fn stamp_taints(taints: &mut [flotilla_proto::api::Taint], old: &[flotilla_proto::api::Taint]) {
+    let now = crate::store::now_rfc3339();
+    for t in taints
+        .iter_mut()
+        .filter(|t| t.effect == flotilla_proto::scheduling::NO_EXECUTE && t.time_added.is_none())
+    {
+        let before = old
+            .iter()
+            .find(|o| o.key == t.key && o.effect == t.effect && o.value == t.value);
+        t.time_added = Some(
+            before
+                .and_then(|o| o.time_added.clone())
+                .unwrap_or(now.clone()),
+        );
+    }
+}
+
+fn evict(hub: &Hub, namespace: &str, name: &str) -> Response {
+    use crate::controller::disruption::{Eviction, evict};
+    let key = ObjectKey::new(Kind::Pod, namespace, name);
+    match hub.store.write(|tx| evict(tx, &key)) {
+        Ok(Eviction::Evicted) => Response::Done {
+            message: format!("pod/{name} evicted"),
+        },
+        Ok(Eviction::Refused(message)) => Response::Retry { message },
         Err(StoreError::NotFound(k)) => error(not_found(&k)),
         Err(e) => error(e),
     }

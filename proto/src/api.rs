@@ -19,10 +19,11 @@ pub enum Kind {
     DaemonSet,
     Job,
     CronJob,
+    PodDisruptionBudget,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -31,6 +32,7 @@ impl Kind {
         Kind::DaemonSet,
         Kind::Job,
         Kind::CronJob,
+        Kind::PodDisruptionBudget,
         Kind::ConfigMap,
         Kind::Secret,
     ];
@@ -47,6 +49,7 @@ impl Kind {
             Kind::DaemonSet => "DaemonSet",
             Kind::Job => "Job",
             Kind::CronJob => "CronJob",
+            Kind::PodDisruptionBudget => "PodDisruptionBudget",
         }
     }
 
@@ -54,6 +57,7 @@ impl Kind {
         match self {
             Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet => "apps/v1",
             Kind::Job | Kind::CronJob => "batch/v1",
+            Kind::PodDisruptionBudget => "policy/v1",
             _ => "v1",
         }
     }
@@ -75,6 +79,7 @@ impl Kind {
             Kind::DaemonSet => "daemonset.apps",
             Kind::Job => "job.batch",
             Kind::CronJob => "cronjob.batch",
+            Kind::PodDisruptionBudget => "poddisruptionbudget.policy",
         }
     }
 
@@ -84,6 +89,7 @@ impl Kind {
         let s = s
             .strip_suffix(".apps")
             .or_else(|| s.strip_suffix(".batch"))
+            .or_else(|| s.strip_suffix(".policy"))
             .unwrap_or(&s);
         Some(match s {
             "namespace" | "namespaces" | "ns" => Kind::Namespace,
@@ -96,6 +102,7 @@ impl Kind {
             "daemonset" | "daemonsets" | "ds" => Kind::DaemonSet,
             "job" | "jobs" => Kind::Job,
             "cronjob" | "cronjobs" | "cj" => Kind::CronJob,
+            "poddisruptionbudget" | "poddisruptionbudgets" | "pdb" => Kind::PodDisruptionBudget,
             _ => return None,
         })
     }
@@ -291,6 +298,12 @@ pub struct PodSpec {
     pub restart_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
 }
 
 impl PodSpec {
@@ -852,6 +865,18 @@ impl Deployment {
 pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+/// `key operator values`: In, NotIn, Exists, DoesNotExist.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -1222,6 +1247,52 @@ pub const CRONJOB_SCHEDULED_ANNOTATION: &str = "batch.kubernetes.io/cronjob-sche
 /// On a Job's pods: the Job's name (Kubernetes' label).
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
+// ---------------------------------------------------------------- PodDisruptionBudget
+
+/// Limits voluntary disruptions (evictions, drains) of the pods its selector matches.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisruptionBudget {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodDisruptionBudgetSpec,
+    #[serde(default)]
+    pub status: PodDisruptionBudgetStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisruptionBudgetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+    #[serde(default)]
+    pub selector: LabelSelector,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisruptionBudgetStatus {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub disruptions_allowed: i32,
+    #[serde(default)]
+    pub current_healthy: i32,
+    #[serde(default)]
+    pub desired_healthy: i32,
+    #[serde(default)]
+    pub expected_pods: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
 // ---------------------------------------------------------------- Node
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -1244,6 +1315,136 @@ pub struct Node {
 pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unschedulable: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+}
+
+/// Repels pods that do not tolerate it: NoSchedule, PreferNoSchedule or NoExecute.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    pub effect: String,
+    /// When a NoExecute taint was added; tolerationSeconds count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_added: Option<String>,
+}
+
+/// The taint a cordoned node carries, as in Kubernetes.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Toleration {
+    /// Empty with operator Exists tolerates every taint.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// Equal (default) or Exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    /// Empty matches every effect.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub effect: String,
+    /// For NoExecute: how long the pod may stay after the taint appears.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Affinity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<NodeAffinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_affinity: Option<PodAffinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_anti_affinity: Option<PodAffinity>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAffinity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_during_scheduling_ignored_during_execution: Option<NodeSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_during_scheduling_ignored_during_execution: Vec<PreferredSchedulingTerm>,
+}
+
+/// Terms ORed; within a term, requirements ANDed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelector {
+    #[serde(default)]
+    pub node_selector_terms: Vec<NodeSelectorTerm>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelectorTerm {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<NodeSelectorRequirement>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_fields: Vec<NodeSelectorRequirement>,
+}
+
+/// `key operator values`: In, NotIn, Exists, DoesNotExist, Gt, Lt.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelectorRequirement {
+    pub key: String,
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreferredSchedulingTerm {
+    pub weight: i32,
+    pub preference: NodeSelectorTerm,
+}
+
+/// Used for both podAffinity and podAntiAffinity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodAffinity {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_during_scheduling_ignored_during_execution: Vec<PodAffinityTerm>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_during_scheduling_ignored_during_execution: Vec<WeightedPodAffinityTerm>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodAffinityTerm {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
+    /// Namespaces the selector applies to; empty means the pod's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    pub topology_key: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedPodAffinityTerm {
+    pub weight: i32,
+    pub pod_affinity_term: PodAffinityTerm,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologySpreadConstraint {
+    pub max_skew: i32,
+    pub topology_key: String,
+    /// DoNotSchedule or ScheduleAnyway.
+    pub when_unsatisfiable: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -1333,6 +1534,7 @@ pub enum Object {
     DaemonSet(DaemonSet),
     Job(Job),
     CronJob(CronJob),
+    PodDisruptionBudget(PodDisruptionBudget),
 }
 
 macro_rules! each_object {
@@ -1348,6 +1550,7 @@ macro_rules! each_object {
             Object::DaemonSet($o) => $body,
             Object::Job($o) => $body,
             Object::CronJob($o) => $body,
+            Object::PodDisruptionBudget($o) => $body,
         }
     };
 }
@@ -1365,6 +1568,7 @@ impl Object {
             Object::DaemonSet(_) => Kind::DaemonSet,
             Object::Job(_) => Kind::Job,
             Object::CronJob(_) => Kind::CronJob,
+            Object::PodDisruptionBudget(_) => Kind::PodDisruptionBudget,
         }
     }
 
@@ -1431,6 +1635,7 @@ impl Object {
             Kind::DaemonSet => Object::DaemonSet(serde_json::from_value(v)?),
             Kind::Job => Object::Job(serde_json::from_value(v)?),
             Kind::CronJob => Object::CronJob(serde_json::from_value(v)?),
+            Kind::PodDisruptionBudget => Object::PodDisruptionBudget(serde_json::from_value(v)?),
         })
     }
 

@@ -4,6 +4,7 @@ pub mod cron;
 pub mod labels;
 pub mod manifest;
 pub mod quantity;
+pub mod scheduling;
 pub mod token;
 pub mod wire;
 

@@ -156,6 +156,9 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
         Kind::DaemonSet => Object::DaemonSet(typed(value, &label, &mut warnings)?),
         Kind::Job => Object::Job(typed(value, &label, &mut warnings)?),
         Kind::CronJob => Object::CronJob(typed(value, &label, &mut warnings)?),
+        Kind::PodDisruptionBudget => {
+            Object::PodDisruptionBudget(typed(value, &label, &mut warnings)?)
+        }
     };
     let mut object = object;
     object.normalize();
@@ -209,6 +212,37 @@ pub fn check_name(field: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a label the way Kubernetes does: key `[prefix/]name` (prefix a DNS subdomain, name up
+/// to 63 of `[A-Za-z0-9-_.]` starting and ending alphanumeric), value empty or like a name.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && n.as_bytes()[0].is_ascii_alphanumeric()
+            && n.as_bytes()[n.len() - 1].is_ascii_alphanumeric()
+    };
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        check_name(&format!("label key {key:?}: prefix"), p)?;
+    }
+    if !name_ok(name) {
+        return Err(format!(
+            "label key {key:?} is not valid: the name part must be 1-63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    if !value.is_empty() && !name_ok(value) {
+        return Err(format!(
+            "label {key}: value {value:?} is not valid: at most 63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
 /// Validates values the type system cannot (names, ranges, enums, quantities). Also folds
 /// Secret.stringData into data as Kubernetes does.
 pub fn validate(object: &mut Object) -> Result<(), String> {
@@ -216,6 +250,9 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
     check_name("metadata.name", &meta.name)?;
     if let Some(ns) = &meta.namespace {
         check_name("metadata.namespace", ns)?;
+    }
+    for (k, v) in &meta.labels {
+        check_label(k, v).map_err(|m| format!("metadata.labels: {m}"))?;
     }
     match object {
         Object::Pod(p) => validate_pod_spec("spec", &p.spec),
@@ -339,7 +376,31 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
             }
             Ok(())
         }
-        Object::Namespace(_) | Object::Node(_) | Object::ConfigMap(_) => Ok(()),
+        Object::Node(n) => crate::scheduling::validate_taints("spec.taints", &n.spec.taints),
+        Object::PodDisruptionBudget(pdb) => {
+            let s = &pdb.spec;
+            let (field, value) = match (&s.min_available, &s.max_unavailable) {
+                (Some(_), Some(_)) => {
+                    return Err(
+                        "spec.minAvailable and spec.maxUnavailable cannot both be set".into(),
+                    );
+                }
+                (Some(v), None) => ("minAvailable", v),
+                (None, Some(v)) => ("maxUnavailable", v),
+                (None, None) => {
+                    return Err(
+                        "one of spec.minAvailable or spec.maxUnavailable is required".into(),
+                    );
+                }
+            };
+            match value.scaled(100, true) {
+                Ok(v) if v < 0 => Err(format!("spec.{field} must be >= 0, got {v}")),
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("spec.{field} {e}")),
+            }?;
+            crate::scheduling::validate_selector("spec.selector", &s.selector)
+        }
+        Object::Namespace(_) | Object::ConfigMap(_) => Ok(()),
     }
 }
 
@@ -354,15 +415,21 @@ fn check_selector(
     selector: &crate::api::LabelSelector,
     template: &crate::api::PodTemplateSpec,
 ) -> Result<(), String> {
-    if selector.match_labels.is_empty() {
-        return Err("spec.selector.matchLabels is required".into());
+    if selector.is_empty() {
+        return Err("spec.selector is required (matchLabels or matchExpressions)".into());
     }
+    crate::scheduling::validate_selector("spec.selector", selector)?;
     for (k, v) in &selector.match_labels {
         if template.metadata.labels.get(k) != Some(v) {
             return Err(format!(
                 "spec.template.metadata.labels must match spec.selector.matchLabels ({k}={v} is missing)"
             ));
         }
+    }
+    if !selector.matches(&template.metadata.labels) {
+        return Err(
+            "spec.template.metadata.labels must match spec.selector.matchExpressions".into(),
+        );
     }
     Ok(())
 }
@@ -587,6 +654,7 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
             "{at}.restartPolicy must be Always, OnFailure or Never, got {p:?}"
         ));
     }
+    crate::scheduling::validate_pod_spec(at, spec)?;
     let mut names = BTreeSet::new();
     for (i, c) in spec.containers.iter().enumerate() {
         let at = format!("{at}.containers[{i}]");
@@ -759,7 +827,6 @@ spec:
         assert_eq!(d.metadata.namespace.as_deref(), Some("default"));
         expect![[r#"
             [
-                "deployment web: field spec.template.spec.affinity is not supported yet and was ignored",
                 "deployment web: field spec.template.spec.containers.0.volumeMounts is not supported yet and was ignored",
             ]
         "#]]
@@ -769,6 +836,45 @@ spec:
             (1, 0),
             "25% of 3: surge rounds up, unavailable down"
         );
+    }
+
+    #[test]
+    fn rejects_bad_scheduling_terms() {
+        let pod = |spec: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: [{{name: c, image: x}}]\n{spec}\n---\n"
+            )
+        };
+        let text = [
+            pod("  tolerations: [{key: a, operator: Exists, value: b}]"),
+            pod("  tolerations: [{key: a, value: b, effect: NoSchedule, tolerationSeconds: 5}]"),
+            pod("  tolerations: [{value: b}]"),
+            pod("  affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: z, operator: Near, values: [a]}]}]}}}"),
+            pod("  affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: z, operator: Gt, values: [many]}]}]}}}"),
+            pod("  affinity: {podAntiAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{labelSelector: {matchLabels: {app: w}}}]}}"),
+            pod("  affinity: {podAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 0, podAffinityTerm: {topologyKey: zone}}]}}"),
+            pod("  topologySpreadConstraints: [{maxSkew: 0, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}]"),
+            pod("  topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: Sometimes}]"),
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n}\nspec: {taints: [{key: a, effect: Never}]}\n---\n".into(),
+            "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: b}\nspec: {minAvailable: 1, maxUnavailable: 1}\n---\n".into(),
+            "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: b, labels: {\"bad key\": x}}\nspec: {maxUnavailable: \"half\"}\n---\n".into(),
+            "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: b}\nspec: {maxUnavailable: \"half\"}\n---\n".into(),
+        ]
+        .concat();
+        expect![[r#"
+            document 1 (pod p): spec.tolerations[0].value must be empty when operator is Exists
+            document 2 (pod p): spec.tolerations[0].tolerationSeconds is only allowed with effect NoExecute
+            document 3 (pod p): spec.tolerations[0].operator must be Exists when key is empty (to tolerate everything)
+            document 4 (pod p): spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator "Near" is not valid (In, NotIn, Exists, DoesNotExist, Gt, Lt)
+            document 5 (pod p): spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values must be one integer for operator Gt
+            document 6 (pod p): spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0]: missing field `topologyKey`
+            document 7 (pod p): spec.affinity.podAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight must be in 1..=100, got 0
+            document 8 (pod p): spec.topologySpreadConstraints[0].maxSkew must be at least 1, got 0
+            document 9 (pod p): spec.topologySpreadConstraints[0].whenUnsatisfiable "Sometimes" is not valid (DoNotSchedule or ScheduleAnyway)
+            document 10 (node n): spec.taints[0].effect "Never" is not valid (NoSchedule, PreferNoSchedule or NoExecute)
+            document 11 (poddisruptionbudget b): spec.minAvailable and spec.maxUnavailable cannot both be set
+            document 12 (poddisruptionbudget b): metadata.labels: label key "bad key" is not valid: the name part must be 1-63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit
+            document 13 (poddisruptionbudget b): spec.maxUnavailable must be an integer or a percentage, got "half""#]].assert_eq(&errors(&text));
     }
 
     #[test]
@@ -808,7 +914,7 @@ metadata: {name: p}
 spec: {containers: [{name: c, image: x}]}
 "#;
         expect![[r#"
-            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Deployment, ReplicaSet, DaemonSet, Job, CronJob, ConfigMap, Secret)
+            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Deployment, ReplicaSet, DaemonSet, Job, CronJob, PodDisruptionBudget, ConfigMap, Secret)
             document 2 (deployment web): spec.replicas must be >= 0, got -1
             document 3 (deployment typed): spec.replicas: invalid type: string "three", expected i32
             document 4 (pod p): spec.containers[0].resources.limits.memory: invalid quantity "lots"

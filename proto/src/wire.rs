@@ -99,6 +99,41 @@ pub enum Request {
         namespace: String,
         name: String,
     },
+    // --- CLI (admin identity) ---
+    /// A small change to one object made by the hub in one transaction (`fleet label`,
+    /// `fleet taint`, `fleet cordon`), answered with `Response::Done`.
+    Edit {
+        kind: crate::Kind,
+        namespace: String,
+        name: String,
+        edit: Edit,
+    },
+    /// Deletes a pod unless that would break a PodDisruptionBudget (the Eviction API);
+    /// answered with `Response::Done`, or `Response::Retry` while a budget forbids it.
+    Evict {
+        namespace: String,
+        name: String,
+    },
+}
+
+/// What `fleet label|taint|cordon|uncordon` change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Edit {
+    /// Sets and removes labels; a changed value needs `overwrite`, as with kubectl.
+    Labels {
+        set: Vec<(String, String)>,
+        remove: Vec<String>,
+        overwrite: bool,
+    },
+    /// Node taints: `add` as (key, value, effect); `remove` as (key, effect), where an empty
+    /// effect removes the key's taints of every effect.
+    Taints {
+        add: Vec<(String, String, String)>,
+        remove: Vec<(String, String)>,
+        overwrite: bool,
+    },
+    /// Sets a node's `spec.unschedulable`.
+    Cordon(bool),
 }
 
 /// What `fleet rollout …` and `fleet set image` ask of a Deployment.
@@ -177,6 +212,10 @@ pub enum Response {
     },
     /// Success with a line for the user (`deployment.apps/web rolled back`).
     Done {
+        message: String,
+    },
+    /// Refused for now, worth asking again later (a disruption budget is exhausted).
+    Retry {
         message: String,
     },
 }

@@ -1,5 +1,6 @@
 //! The DaemonSet controller: one pod of the template on every eligible node (its
-//! `nodeSelector` matches the node's labels), bound to the node directly; a new node gets one,
+//! `nodeSelector` and required node affinity match the node's labels, and it tolerates the
+//! node's NoSchedule and NoExecute taints), bound to the node directly; a new node gets one,
 //! a node that leaves or stops matching loses it. Template changes roll out node by node
 //! within maxUnavailable (or maxSurge, starting the new pod before removing the old), or wait
 //! for pods to be deleted by hand with OnDelete.
@@ -9,7 +10,6 @@ use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{
     CONTROLLER_REVISION_LABEL, DaemonSet, DaemonSetStatus, Kind, Node, Object, ObjectKey, Pod,
 };
-use flotilla_proto::labels;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tracing::info;
@@ -30,13 +30,16 @@ fn keys_of(e: &StoreEvent) -> Vec<ObjectKey> {
     }
 }
 
-/// Nodes coming, going or changing labels concern every DaemonSet.
+/// Nodes coming, going or changing labels or taints concern every DaemonSet.
 fn all_on(e: &StoreEvent) -> bool {
     if e.key.kind != Kind::Node {
         return false;
     }
-    let labels_of = |o: &Option<Object>| o.as_ref().map(|o| o.meta().labels.clone());
-    e.prev.is_none() || e.object.is_none() || labels_of(&e.prev) != labels_of(&e.object)
+    let placement = |o: &Option<Object>| match o {
+        Some(Object::Node(n)) => Some((n.metadata.labels.clone(), n.spec.taints.clone())),
+        _ => None,
+    };
+    e.prev.is_none() || e.object.is_none() || placement(&e.prev) != placement(&e.object)
 }
 
 /// The pods of one node, split by template.
@@ -193,9 +196,9 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
     Ok(requeue)
 }
 
-/// Whether the DaemonSet's pods belong on `node`: its nodeSelector matches the node's labels.
+/// Whether the DaemonSet's pods belong on `node`.
 fn wants(ds: &DaemonSet, node: &Node) -> bool {
-    labels::matches(&ds.spec.template.spec.node_selector, &node.metadata.labels)
+    flotilla_proto::scheduling::daemon_fits(&ds.spec.template.spec, node)
 }
 
 fn daemon_pod(ds: &DaemonSet, hash: &str, node: &str) -> Pod {

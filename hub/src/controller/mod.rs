@@ -5,10 +5,12 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod gc;
 pub mod job;
 pub mod node;
 pub mod replicaset;
+pub mod taint;
 
 use crate::Hub;
 use crate::store::{StoreError, StoreEvent, Tx};
