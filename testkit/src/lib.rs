@@ -180,6 +180,43 @@ impl Cluster {
             .expect("connect to hub")
     }
 
+    /// Runs the real `fleet` binary (built by scripts/test) against this cluster, with `stdin`
+    /// piped in; returns (exit code, stdout, stderr). Blocks the calling worker thread.
+    pub fn fleet_cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        use std::io::Write;
+        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/fleet");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo build --release` (scripts/test does)",
+            bin.display()
+        );
+        let config = self.dir.path().join("fleet.yaml");
+        if !config.exists() {
+            self.client_file.write(&config).expect("write fleet config");
+        }
+        tokio::task::block_in_place(|| {
+            let mut child = std::process::Command::new(&bin)
+                .args(args)
+                .env("FLEET_CONFIG", &config)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run fleet");
+            if let Some(text) = stdin {
+                let mut pipe = child.stdin.take().expect("stdin");
+                pipe.write_all(text.as_bytes()).expect("write stdin");
+            }
+            drop(child.stdin.take());
+            let out = child.wait_with_output().expect("wait for fleet");
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        })
+    }
+
     pub fn agent(&self, i: usize) -> &AgentHandle {
         self.agents[i].as_ref().expect("agent is stopped")
     }

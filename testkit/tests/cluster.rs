@@ -613,52 +613,18 @@ async fn identities_are_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_cli_behaves_like_kubectl() {
     let cluster = Cluster::builder().agents(1).start().await;
-    let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/fleet");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release` (scripts/test does)",
-        bin.display()
-    );
-    let config = cluster.dir.path().join("fleet.yaml");
-    cluster.client_file.write(&config).unwrap();
-    let fleet = |args: &[&str], stdin: Option<&str>| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(&bin)
-            .args(args)
-            .env("FLEET_CONFIG", &config)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
-    let (code, out, _) = tokio::task::block_in_place(|| fleet(&["get", "nodes"], None));
+    let fleet = |args: &[&str], stdin: Option<&str>| cluster.fleet_cli(args, stdin);
+    let (code, out, _) = fleet(&["get", "nodes"], None);
     assert_eq!(code, 0);
     assert!(out.starts_with("NAME     STATUS   ROLES    AGE"), "{out}");
     assert!(out.contains("node-0   Ready"), "{out}");
 
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n";
-    let (code, out, _) = tokio::task::block_in_place(|| fleet(&["apply", "-f", "-"], Some(cm)));
+    let (code, out, _) = fleet(&["apply", "-f", "-"], Some(cm));
     assert_eq!((code, out.as_str()), (0, "configmap/settings created\n"));
-    let (code, out, _) = tokio::task::block_in_place(|| fleet(&["apply", "-f", "-"], Some(cm)));
+    let (code, out, _) = fleet(&["apply", "-f", "-"], Some(cm));
     assert_eq!((code, out.as_str()), (0, "configmap/settings unchanged\n"));
-    let (code, out, _) =
-        tokio::task::block_in_place(|| fleet(&["get", "cm", "settings", "-o", "yaml"], None));
+    let (code, out, _) = fleet(&["get", "cm", "settings", "-o", "yaml"], None);
     assert_eq!(code, 0);
     assert!(
         out.contains("mode: fast") && out.contains("resourceVersion:"),
@@ -669,58 +635,48 @@ async fn fleet_cli_behaves_like_kubectl() {
     let file = cluster.dir.path().join("app.conf");
     std::fs::write(&file, "level=debug\n").unwrap();
     let from_file = format!("--from-file={}", file.display());
-    let (code, out, err) = tokio::task::block_in_place(|| {
-        fleet(
-            &[
-                "create",
-                "configmap",
-                "made",
-                "--from-literal=a=1",
-                &from_file,
-            ],
-            None,
-        )
-    });
+    let (code, out, err) = fleet(
+        &[
+            "create",
+            "configmap",
+            "made",
+            "--from-literal=a=1",
+            &from_file,
+        ],
+        None,
+    );
     assert_eq!(
         (code, out.as_str()),
         (0, "configmap/made created\n"),
         "{err}"
     );
-    let (code, _, err) = tokio::task::block_in_place(|| {
-        fleet(&["create", "configmap", "made", "--from-literal=a=2"], None)
-    });
+    let (code, _, err) = fleet(&["create", "configmap", "made", "--from-literal=a=2"], None);
     assert_eq!(code, 1);
     assert!(err.contains("configmaps \"made\" already exists"), "{err}");
-    let (code, out, _) =
-        tokio::task::block_in_place(|| fleet(&["get", "cm", "made", "-o", "json"], None));
+    let (code, out, _) = fleet(&["get", "cm", "made", "-o", "json"], None);
     assert_eq!(code, 0);
     assert!(
         out.contains("\"a\": \"1\"") && out.contains("\"app.conf\": \"level=debug\\n\""),
         "{out}"
     );
-    let (code, out, _) = tokio::task::block_in_place(|| {
-        fleet(
-            &[
-                "create",
-                "secret",
-                "generic",
-                "pw",
-                "--from-literal=password=hunter2",
-            ],
-            None,
-        )
-    });
+    let (code, out, _) = fleet(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "pw",
+            "--from-literal=password=hunter2",
+        ],
+        None,
+    );
     assert_eq!((code, out.as_str()), (0, "secret/pw created\n"));
-    let (_, out, _) =
-        tokio::task::block_in_place(|| fleet(&["get", "secret", "pw", "-o", "yaml"], None));
+    let (_, out, _) = fleet(&["get", "secret", "pw", "-o", "yaml"], None);
     assert!(out.contains("password: aHVudGVyMg=="), "{out}");
 
-    let (code, out, err) = tokio::task::block_in_place(|| {
-        fleet(
-            &["apply", "-f", "-"],
-            Some("apiVersion: v1\nkind: Gizmo\nmetadata: {name: g}\n"),
-        )
-    });
+    let (code, out, err) = fleet(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Gizmo\nmetadata: {name: g}\n"),
+    );
     assert_eq!(code, 1);
     assert!(out.is_empty());
     assert!(
@@ -728,22 +684,19 @@ async fn fleet_cli_behaves_like_kubectl() {
         "{err}"
     );
 
-    let (code, _, err) =
-        tokio::task::block_in_place(|| fleet(&["delete", "deployment", "nope"], None));
+    let (code, _, err) = fleet(&["delete", "deployment", "nope"], None);
     assert_eq!(code, 1);
     assert!(err.contains("deployments \"nope\" not found"), "{err}");
-    let (code, _, err) = tokio::task::block_in_place(|| fleet(&["get", "pods"], None));
+    let (code, _, err) = fleet(&["get", "pods"], None);
     assert_eq!(code, 0);
     assert_eq!(err.trim(), "No resources found in default namespace.");
-    let (code, _, err) = tokio::task::block_in_place(|| fleet(&["get", "gizmos"], None));
+    let (code, _, err) = fleet(&["get", "gizmos"], None);
     assert_eq!(code, 1);
     assert!(
         err.contains("doesn't have a resource type \"gizmos\""),
         "{err}"
     );
-    let (code, out, _) = tokio::task::block_in_place(|| {
-        fleet(&["token", "create", "--ttl", "1h", "--max-uses", "1"], None)
-    });
+    let (code, out, _) = fleet(&["token", "create", "--ttl", "1h", "--max-uses", "1"], None);
     assert_eq!(code, 0);
     assert!(out.starts_with("FLT1."), "{out}");
     cluster.shutdown().await;
