@@ -2,6 +2,8 @@
 //! separate processes, measures them from /proc, and runs peers side by side. Prints figures;
 //! asserts nothing.
 #![allow(clippy::print_stdout)]
+mod sched;
+
 use anyhow::{Context as _, bail};
 use fleet::Client;
 use fleet::up::http_get;
@@ -251,6 +253,10 @@ fn peer_wasmtime() -> Option<PathBuf> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    if only.iter().any(|a| a == "sched") {
+        return sched::run().await;
+    }
     let secs: u32 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -404,5 +410,6 @@ async fn main() -> anyhow::Result<()> {
         ),
     }
     println!("  ({} and {} stopped)", c.hub.name, c.agent.name);
-    Ok(())
+    drop(c);
+    sched::run().await
 }

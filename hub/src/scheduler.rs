@@ -4,9 +4,11 @@ use crate::Hub;
 use crate::controller::{BatchKind, next_batch};
 use crate::store::{StoreError, Tx};
 use flotilla_proto::api::{
-    Condition, Kind, Node, Object, Pod, PodAffinityTerm, PodSpec, Taint, UNSCHEDULABLE_TAINT,
+    Condition, Kind, LabelSelector, Node, Object, Pod, PodAffinityTerm, PodSpec, Taint,
+    UNSCHEDULABLE_TAINT,
 };
 use flotilla_proto::scheduling::{self, NO_EXECUTE, NO_SCHEDULE, PREFER_NO_SCHEDULE};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +121,9 @@ fn set_scheduled(
 /// What a pass knows about one node, kept current as the pass binds pods.
 struct NodeState {
     node: Node,
+    ready: bool,
+    /// Allocatable (millicores, bytes), parsed once per pass.
+    alloc: (u64, u64),
     cpu: u64,
     mem: u64,
     ports: HashSet<i32>,
@@ -141,6 +146,17 @@ pub struct Snapshot {
     bound: Vec<BoundPod>,
     /// Pods per node, by controller uid: the default spreading of a workload's replicas.
     siblings: HashMap<String, Vec<u32>>,
+    /// Matching pods per topology domain for each (namespaces, selector, key) a term has asked
+    /// about, kept current by [`Snapshot::bind`], so a backlog of pods with the same terms
+    /// does not rescan every bound pod for each placement.
+    counted: RefCell<HashMap<String, DomainCounts>>,
+}
+
+struct DomainCounts {
+    namespaces: Vec<String>,
+    selector: LabelSelector,
+    key: String,
+    by_domain: HashMap<String, i64>,
 }
 
 impl Snapshot {
@@ -154,6 +170,8 @@ impl Snapshot {
             nodes: nodes
                 .into_iter()
                 .map(|node| NodeState {
+                    ready: node.is_ready(),
+                    alloc: node.allocatable(),
                     node,
                     cpu: 0,
                     mem: 0,
@@ -163,6 +181,7 @@ impl Snapshot {
             index,
             bound: Vec::new(),
             siblings: HashMap::new(),
+            counted: RefCell::new(HashMap::new()),
         };
         for p in bound {
             if p.is_terminal() {
@@ -195,6 +214,15 @@ impl Snapshot {
                 .or_insert_with(|| vec![0; self.nodes.len()]);
             counts[i] += 1;
         }
+        let ns = namespace(pod);
+        for c in self.counted.get_mut().values_mut() {
+            if c.namespaces.iter().any(|n| n == ns)
+                && c.selector.matches(&pod.metadata.labels)
+                && let Some(v) = self.nodes[i].node.metadata.labels.get(&c.key)
+            {
+                *c.by_domain.entry(v.clone()).or_default() += 1;
+            }
+        }
         self.bound.push(BoundPod {
             namespace: namespace(pod).to_string(),
             labels: pod.metadata.labels.clone(),
@@ -221,17 +249,48 @@ impl Snapshot {
             .map(String::as_str)
     }
 
-    /// Matching bound pods per topology domain (the value of `key` on their node).
-    fn domains(&self, pod: &Pod, term: &PodAffinityTerm) -> HashMap<&str, i64> {
-        let mut counts = HashMap::new();
-        for b in &self.bound {
-            if term_selects(pod, term, &b.namespace, &b.labels)
-                && let Some(v) = self.label(b.node, &term.topology_key)
-            {
-                *counts.entry(v).or_default() += 1;
+    /// Bound pods in `namespaces` matching `selector`, per topology domain (the value of `key`
+    /// on their node). No selector selects no pods, as in Kubernetes.
+    fn counted(
+        &self,
+        namespaces: &[String],
+        selector: Option<&LabelSelector>,
+        key: &str,
+    ) -> HashMap<String, i64> {
+        let Some(selector) = selector else {
+            return HashMap::new();
+        };
+        let id = serde_json::to_string(&(namespaces, selector, key)).unwrap_or_default();
+        let mut cache = self.counted.borrow_mut();
+        let entry = cache.entry(id).or_insert_with(|| {
+            let mut by_domain = HashMap::new();
+            for b in &self.bound {
+                if namespaces.contains(&b.namespace)
+                    && selector.matches(&b.labels)
+                    && let Some(v) = self.label(b.node, key)
+                {
+                    *by_domain.entry(v.to_string()).or_default() += 1;
+                }
             }
-        }
-        counts
+            DomainCounts {
+                namespaces: namespaces.to_vec(),
+                selector: selector.clone(),
+                key: key.to_string(),
+                by_domain,
+            }
+        });
+        entry.by_domain.clone()
+    }
+
+    /// Matching bound pods per topology domain for one of `pod`'s terms.
+    fn domains(&self, pod: &Pod, term: &PodAffinityTerm) -> HashMap<String, i64> {
+        let own = [namespace(pod).to_string()];
+        let namespaces = if term.namespaces.is_empty() {
+            &own[..]
+        } else {
+            &term.namespaces[..]
+        };
+        self.counted(namespaces, term.label_selector.as_ref(), &term.topology_key)
     }
 
     /// Picks a node index for `pod`, or explains (the kubectl way) why none fits.
@@ -248,7 +307,7 @@ impl Snapshot {
         let mut best: Option<(Score, usize)> = None;
         for (i, n) in self.nodes.iter().enumerate() {
             let node = &n.node;
-            let refused = if !node.is_ready() {
+            let refused = if !n.ready {
                 Some("node(s) were not ready".to_string())
             } else if node.spec.unschedulable && !tolerates_cordon(spec) {
                 Some("node(s) were unschedulable".into())
@@ -265,9 +324,9 @@ impl Snapshot {
                 Some("node(s) didn't match Pod's node affinity/selector".into())
             } else if want_ports.iter().any(|p| n.ports.contains(p)) {
                 Some("node(s) didn't have free ports for the requested pod ports".into())
-            } else if n.cpu + want_cpu > node.allocatable().0 {
+            } else if n.cpu + want_cpu > n.alloc.0 {
                 Some("Insufficient cpu".into())
-            } else if n.mem + want_mem > node.allocatable().1 {
+            } else if n.mem + want_mem > n.alloc.1 {
                 Some("Insufficient memory".into())
             } else {
                 terms.refuses(self, i).map(String::from)
@@ -276,7 +335,7 @@ impl Snapshot {
                 *reasons.entry(r).or_default() += 1;
                 continue;
             }
-            let alloc_mem = node.allocatable().1;
+            let alloc_mem = n.alloc.1;
             let score = Score {
                 soft_taints: node
                     .spec
@@ -369,12 +428,12 @@ fn tolerates_cordon(spec: &PodSpec) -> bool {
 struct Terms<'a> {
     /// (topology key, matching pods per domain) for required affinity; `None` counts when no
     /// pod matches anywhere and the pod matches its own term (the first replica may go anywhere).
-    affinity: Vec<(&'a str, Option<HashMap<&'a str, i64>>)>,
-    anti: Vec<(&'a str, HashMap<&'a str, i64>)>,
+    affinity: Vec<(&'a str, Option<HashMap<String, i64>>)>,
+    anti: Vec<(&'a str, HashMap<String, i64>)>,
     /// Domains existing pods' required anti-affinity closes to this pod.
     repelled: Vec<(&'a str, &'a str)>,
     /// (weight, topology key, matching pods per domain); negative weights for anti-affinity.
-    preferred: Vec<(i64, &'a str, HashMap<&'a str, i64>)>,
+    preferred: Vec<(i64, &'a str, HashMap<String, i64>)>,
     spread: Vec<Spread<'a>>,
 }
 
@@ -458,27 +517,25 @@ impl<'a> Terms<'a> {
                     counts.entry(v).or_insert(0);
                 }
             }
-            let selects = |ns: &str, labels: &BTreeMap<String, String>| {
-                ns == namespace(pod)
-                    && c.label_selector
-                        .as_ref()
-                        .is_some_and(|sel| sel.matches(labels))
-            };
-            for b in &s.bound {
-                if selects(&b.namespace, &b.labels)
-                    && let Some(v) = s.label(b.node, key)
-                    && let Some(n) = counts.get_mut(v)
-                {
-                    *n += 1;
-                }
+            let matching = s.counted(
+                &[namespace(pod).to_string()],
+                c.label_selector.as_ref(),
+                key,
+            );
+            for (domain, n) in counts.iter_mut() {
+                *n = matching.get(*domain).copied().unwrap_or(0);
             }
+            let self_match = c
+                .label_selector
+                .as_ref()
+                .is_some_and(|sel| sel.matches(&pod.metadata.labels));
             t.spread.push(Spread {
                 key,
                 max_skew: i64::from(c.max_skew),
                 hard: c.when_unsatisfiable == "DoNotSchedule",
                 min: counts.values().copied().min().unwrap_or(0),
                 counts,
-                self_match: i64::from(selects(namespace(pod), &pod.metadata.labels)),
+                self_match: i64::from(self_match),
             });
         }
         t
