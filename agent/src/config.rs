@@ -27,15 +27,23 @@ pub struct Config {
     /// Per-pod log bound (two files of this size at most).
     pub log_max_bytes: u64,
     pub max_instances: u32,
+    /// Where secret volumes (and emptyDir with medium Memory) are written: a tmpfs, so secrets
+    /// never reach the disk. Default `/dev/shm/flotilla-<node>`.
+    pub secret_dir: PathBuf,
+    /// How often projected volumes (configMap, secret, downwardAPI) are re-read and rewritten.
+    pub volume_refresh: Duration,
 }
 
 impl Config {
     pub fn new(data_dir: impl Into<PathBuf>, node_name: impl Into<String>) -> Config {
+        let data_dir = data_dir.into();
+        let node_name = node_name.into();
         Config {
-            data_dir: data_dir.into(),
+            secret_dir: default_secret_dir(&data_dir, &node_name),
+            data_dir,
             hub: None,
             token: None,
-            node_name: node_name.into(),
+            node_name,
             node_ip: IpAddr::from([127, 0, 0, 1]),
             labels: BTreeMap::new(),
             cpu_millis: None,
@@ -45,6 +53,18 @@ impl Config {
             backoff_max: Duration::from_secs(300),
             log_max_bytes: 1 << 20,
             max_instances: 1000,
+            volume_refresh: Duration::from_secs(10),
         }
+    }
+}
+
+/// A tmpfs when the system has one at /dev/shm; otherwise (with a warning at start) the data
+/// directory.
+fn default_secret_dir(data_dir: &std::path::Path, node_name: &str) -> PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.join(format!("flotilla-{node_name}"))
+    } else {
+        data_dir.join("secrets")
     }
 }

@@ -28,7 +28,13 @@ fn data_of(o: &Object) -> BTreeMap<String, String> {
 }
 
 /// One ConfigMap or Secret: from the hub when connected (refreshing the cache), else cached.
-async fn fetch(shared: &Shared, kind: Kind, namespace: &str, name: &str) -> Result<Data, String> {
+/// `Ok(None)` when it does not exist.
+pub(crate) async fn fetch(
+    shared: &Shared,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Object>, String> {
     let cache_key = format!("{kind}/{namespace}/{name}");
     let conn = shared.hub.borrow().clone();
     if let Some(conn) = conn {
@@ -49,7 +55,7 @@ async fn fetch(shared: &Shared, kind: Kind, namespace: &str, name: &str) -> Resu
                 if let Err(e) = shared.cache.set_config(&cache_key, Some(&json)) {
                     tracing::warn!(error = %e, "failed to cache {cache_key}");
                 }
-                return Ok(Some(data_of(&obj)));
+                return Ok(Some(obj));
             }
             Ok(Ok((_, _, Response::Error { message }))) if message.contains("not found") => {
                 let _ = shared.cache.set_config(&cache_key, None);
@@ -62,7 +68,7 @@ async fn fetch(shared: &Shared, kind: Kind, namespace: &str, name: &str) -> Resu
     }
     match shared.cache.config(&cache_key) {
         Ok(Some(json)) => Object::from_json_str(&json)
-            .map(|o| Some(data_of(&o)))
+            .map(Some)
             .map_err(|e| e.to_string()),
         _ => Err(format!(
             "the hub is unreachable and {} \"{name}\" is not cached on this node",
@@ -83,7 +89,7 @@ pub async fn resolve(
     let mut objects: BTreeMap<(Kind, String), Data> = BTreeMap::new();
     for (kind, name) in pod.config_refs() {
         let data = fetch(shared, kind, ns, &name).await?;
-        objects.insert((kind, name), data);
+        objects.insert((kind, name), data.as_ref().map(data_of));
     }
     let missing = |kind: Kind, name: &str| {
         format!(

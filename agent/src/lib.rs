@@ -12,6 +12,7 @@ pub mod probe;
 pub mod runtime;
 pub mod supervisor;
 pub mod sync;
+pub mod volumes;
 
 use anyhow::Context as _;
 use flotilla_proto::api::Pod;
@@ -161,6 +162,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         logs: Mutex::new(HashMap::new()),
         tracker: tracker.clone(),
     });
+    // Volumes of pods deleted while the agent was down go now; those of cached pods stay.
+    match shared.cache.pods() {
+        Ok(pods) => volumes::sweep(&shared, &pods.keys().cloned().collect()),
+        Err(e) => tracing::warn!(error = %e, "cannot read cached pods to sweep volumes"),
+    }
     let cancel = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (reports_tx, reports_rx) = watch::channel(Default::default());

@@ -31,6 +31,9 @@ struct Args {
     /// Extra node labels, KEY=VALUE.
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// Where secret volumes are written; should be a tmpfs (default /dev/shm/flotilla-NODE).
+    #[arg(long, env = "FLOTILLA_SECRET_DIR")]
+    secret_dir: Option<PathBuf>,
 }
 
 fn hostname() -> String {
@@ -52,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
     cfg.hub = args.hub;
     cfg.token = args.token;
     cfg.node_ip = args.node_ip;
+    if let Some(d) = args.secret_dir {
+        cfg.secret_dir = d;
+    }
     let mut labels = BTreeMap::new();
     for l in args.labels {
         let (k, v) = l

@@ -181,7 +181,35 @@ pub async fn run(
         }
     };
     backoff = shared.cfg.backoff_base;
-    let spec = Arc::new(guest_spec(&pod, &container, env, log.clone()));
+    // Volumes: a missing ConfigMap or host directory may appear later; retried with back-off.
+    let mounts = loop {
+        match crate::volumes::prepare(&shared, &pod, &container).await {
+            Ok(m) => break m,
+            Err(e) => {
+                warn!(pod = %pod.metadata.name, error = %e, "cannot set up volumes");
+                log.note(&e);
+                rep.waiting("ContainerCreating", Some(e));
+                if sleep_or_cancel(backoff, &cancel).await {
+                    return exited(&events, uid);
+                }
+                backoff = (backoff * 2).min(shared.cfg.backoff_max);
+            }
+        }
+    };
+    backoff = shared.cfg.backoff_base;
+    if pod
+        .spec
+        .volumes
+        .iter()
+        .any(|v| v.config_map.is_some() || v.secret.is_some())
+    {
+        shared
+            .tracker
+            .spawn(refresh_volumes(shared.clone(), pod.clone(), cancel.clone()));
+    }
+    let mut spec = guest_spec(&pod, &container, env, log.clone());
+    spec.mounts = mounts;
+    let spec = Arc::new(spec);
     let policy = pod.spec.restart_policy().to_string();
     loop {
         let started_at = now();
@@ -236,6 +264,16 @@ pub async fn run(
             return exited(&events, uid);
         }
         backoff = (backoff * 2).min(shared.cfg.backoff_max);
+    }
+}
+
+/// Keeps the pod's ConfigMap and Secret files current until the pod goes.
+async fn refresh_volumes(shared: Arc<Shared>, pod: Pod, cancel: CancellationToken) {
+    loop {
+        if sleep_or_cancel(shared.cfg.volume_refresh, &cancel).await {
+            return;
+        }
+        crate::volumes::refresh(&shared, &pod).await;
     }
 }
 
@@ -364,5 +402,6 @@ fn guest_spec(
             .get(INSTANCE_REUSE_ANNOTATION)
             .map(String::as_str)
             != Some("false"),
+        mounts: Vec::new(),
     }
 }

@@ -116,6 +116,7 @@ pub async fn run(
             Event::Exited { uid } => {
                 if let Some(pod) = stopping.remove(&uid) {
                     shared.forget_log(&pod);
+                    crate::volumes::remove(&shared, &uid);
                 }
             }
         }

@@ -366,6 +366,7 @@ fn apply_one(
             key.namespace
         )));
     }
+    check_host_paths(tx, &obj, &key)?;
     // Defaults, as the Kubernetes API server applies them.
     match &mut obj {
         Object::Deployment(d) => {
@@ -558,6 +559,62 @@ fn rollout(
         Err(StoreError::NotFound(k)) => error(not_found(&k)),
         Err(e) => error(e),
     }
+}
+
+/// hostPath volumes only under the directories the namespace allows (its
+/// `flotilla.io/allowed-host-paths` annotation); none without it.
+fn check_host_paths(tx: &Tx<'_>, obj: &Object, key: &ObjectKey) -> Result<(), StoreError> {
+    let Some(spec) = obj.pod_spec() else {
+        return Ok(());
+    };
+    let paths: Vec<(&str, &str)> = spec
+        .volumes
+        .iter()
+        .filter_map(|v| {
+            v.host_path
+                .as_ref()
+                .map(|h| (v.name.as_str(), h.path.as_str()))
+        })
+        .collect();
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let allowed: Vec<String> = match tx.get(&ObjectKey::new(Kind::Namespace, "", &key.namespace))? {
+        Some(ns) => ns
+            .meta()
+            .annotations
+            .get(flotilla_proto::api::ALLOWED_HOST_PATHS_ANNOTATION)
+            .map(|v| {
+                v.split(',')
+                    .map(|p| p.trim())
+                    .filter(|p| p.starts_with('/'))
+                    .map(|p| match p.trim_end_matches('/') {
+                        "" => "/".to_string(),
+                        p => p.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    for (name, path) in paths {
+        let inside = allowed
+            .iter()
+            .any(|a| a == "/" || path == a || path.starts_with(&format!("{a}/")));
+        if !inside {
+            return Err(StoreError::Invalid(format!(
+                "{key}: volume {name:?}: hostPath {path:?} is not allowed in namespace {:?} (allowed: {}; set the namespace annotation {})",
+                key.namespace,
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                },
+                flotilla_proto::api::ALLOWED_HOST_PATHS_ANNOTATION
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// NoExecute taints keep the time they were first added (tolerationSeconds count from it); new

@@ -777,6 +777,162 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
             }
         }
     }
+    validate_volumes(at, spec)
+}
+
+/// The fields a downwardAPI volume file may project.
+const DOWNWARD_FIELDS: [&str; 6] = [
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "metadata.labels",
+    "metadata.annotations",
+    "spec.nodeName",
+];
+
+fn validate_volumes(at: &str, spec: &crate::api::PodSpec) -> Result<(), String> {
+    let mut names = BTreeSet::new();
+    for (i, v) in spec.volumes.iter().enumerate() {
+        let at = format!("{at}.volumes[{i}]");
+        check_name(&format!("{at}.name"), &v.name)?;
+        if !names.insert(v.name.as_str()) {
+            return Err(format!("{at}.name: duplicate volume name {:?}", v.name));
+        }
+        let sources = [
+            v.empty_dir.is_some(),
+            v.host_path.is_some(),
+            v.config_map.is_some(),
+            v.secret.is_some(),
+            v.downward_api.is_some(),
+        ];
+        match sources.iter().filter(|s| **s).count() {
+            1 => {}
+            0 => {
+                return Err(format!(
+                    "{at} ({}): no supported volume source (emptyDir, hostPath, configMap, secret, downwardAPI)",
+                    v.name
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "{at} ({}): specify exactly one volume source",
+                    v.name
+                ));
+            }
+        }
+        if let Some(e) = &v.empty_dir {
+            if let Some(m) = e
+                .medium
+                .as_deref()
+                .filter(|m| !m.is_empty() && *m != "Memory")
+            {
+                return Err(format!(
+                    "{at}.emptyDir.medium {m:?} is not valid (\"\" or Memory)"
+                ));
+            }
+            if let Some(q) = &e.size_limit {
+                q.bytes()
+                    .map_err(|e| format!("{at}.emptyDir.sizeLimit: {e}"))?;
+            }
+        }
+        if let Some(h) = &v.host_path {
+            if !h.path.starts_with('/') || h.path.split('/').any(|c| c == "..") {
+                return Err(format!(
+                    "{at}.hostPath.path must be an absolute path without '..', got {:?}",
+                    h.path
+                ));
+            }
+            if let Some(t) = h.type_.as_deref().filter(|t| !t.is_empty())
+                && !matches!(t, "Directory" | "DirectoryOrCreate")
+            {
+                return Err(format!(
+                    "{at}.hostPath.type {t:?} is not supported: WASI pods mount directories (\"\", Directory or DirectoryOrCreate)"
+                ));
+            }
+        }
+        let items: Vec<(&str, &str)> = match (&v.config_map, &v.secret) {
+            (Some(c), _) => {
+                check_name(&format!("{at}.configMap.name"), &c.name)?;
+                c.items
+                    .iter()
+                    .map(|k| ("configMap", k.path.as_str()))
+                    .collect()
+            }
+            (_, Some(s)) => {
+                check_name(&format!("{at}.secret.secretName"), &s.secret_name)?;
+                s.items
+                    .iter()
+                    .map(|k| ("secret", k.path.as_str()))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let downward: Vec<(&str, &str)> = v
+            .downward_api
+            .iter()
+            .flat_map(|d| d.items.iter().map(|f| ("downwardAPI", f.path.as_str())))
+            .collect();
+        for (j, (source, path)) in items.iter().chain(downward.iter()).enumerate() {
+            check_relative(&format!("{at}.{source}.items[{j}].path"), path)?;
+        }
+        if let Some(d) = &v.downward_api {
+            for (j, f) in d.items.iter().enumerate() {
+                match &f.field_ref {
+                    Some(r) if DOWNWARD_FIELDS.contains(&r.field_path.as_str()) => {}
+                    Some(r) => {
+                        return Err(format!(
+                            "{at}.downwardAPI.items[{j}].fieldRef.fieldPath {:?} is not supported ({})",
+                            r.field_path,
+                            DOWNWARD_FIELDS.join(", ")
+                        ));
+                    }
+                    None => {
+                        return Err(format!("{at}.downwardAPI.items[{j}].fieldRef is required"));
+                    }
+                }
+            }
+        }
+    }
+    for (i, c) in spec.containers.iter().enumerate() {
+        let mut paths = BTreeSet::new();
+        for (j, m) in c.volume_mounts.iter().enumerate() {
+            let at = format!("{at}.containers[{i}].volumeMounts[{j}]");
+            if !names.contains(m.name.as_str()) {
+                return Err(format!(
+                    "{at}.name: no volume named {:?} in the pod",
+                    m.name
+                ));
+            }
+            if !m.mount_path.starts_with('/') || m.mount_path.split('/').any(|c| c == "..") {
+                return Err(format!(
+                    "{at}.mountPath must be an absolute path without '..', got {:?}",
+                    m.mount_path
+                ));
+            }
+            if !paths.insert(m.mount_path.trim_end_matches('/')) {
+                return Err(format!(
+                    "{at}.mountPath {:?} is mounted twice",
+                    m.mount_path
+                ));
+            }
+            if m.sub_path.as_deref().is_some_and(|p| !p.is_empty()) {
+                return Err(format!("{at}.subPath is not supported yet"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A relative path of plain components (no `..`, not absolute).
+fn check_relative(field: &str, path: &str) -> Result<(), String> {
+    if path.is_empty()
+        || path.starts_with('/')
+        || path.split('/').any(|c| c == ".." || c.is_empty())
+    {
+        return Err(format!(
+            "{field} must be a relative path without '..', got {path:?}"
+        ));
+    }
     Ok(())
 }
 

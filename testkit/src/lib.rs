@@ -86,6 +86,8 @@ impl Builder {
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// Agents' secret volumes: under /dev/shm (tmpfs) where the system has it.
+    pub shm: tempfile::TempDir,
     pub hub_addr: SocketAddr,
     hub: Option<HubHandle>,
     agents: Vec<Option<AgentHandle>>,
@@ -123,8 +125,10 @@ impl Cluster {
         let client = Client::connect(&client_file).await?;
         let token = client.create_token(Some(600), None).await?;
         client.close().await;
+        let shm = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir())?;
         let mut cluster = Cluster {
             dir,
+            shm,
             hub_addr,
             hub: Some(hub),
             agents: Vec::new(),
@@ -145,6 +149,9 @@ impl Cluster {
             cfg.cpu_millis = Some(4000);
             cfg.memory_bytes = Some(4 << 30);
             cfg.max_instances = 200;
+            cfg.volume_refresh = Duration::from_millis(300);
+            // Secret volumes on a tmpfs of this cluster's own, so clusters never share one.
+            cfg.secret_dir = cluster.shm.path().join(format!("agent-{i}"));
             for (_, k, v) in labels.iter().filter(|(j, _, _)| *j == i) {
                 cfg.labels.insert(k.clone(), v.clone());
             }

@@ -286,6 +286,16 @@ pub struct GuestSpec {
     /// wasi:http: keep an instance that answered cleanly for the next request (like a server
     /// process) instead of instantiating per request. A trapped instance is never reused.
     pub reuse_instances: bool,
+    /// Directories granted to the guest (the pod's volume mounts), and nothing else.
+    pub mounts: Vec<Mount>,
+}
+
+/// A host directory preopened for the guest at `guest_path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub read_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -548,7 +558,7 @@ impl WasmRuntime {
         pre: &CommandPre<ComponentState>,
         spec: &GuestSpec,
     ) -> Result<ExitStatus, WasmError> {
-        let mut store = component_store(pre.engine(), spec, self.max_memory_bytes);
+        let mut store = component_store(pre.engine(), spec, self.max_memory_bytes)?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         let result = async {
@@ -576,7 +586,7 @@ impl WasmRuntime {
         pre: &InstancePre<ModuleState>,
         spec: &GuestSpec,
     ) -> Result<ExitStatus, WasmError> {
-        let wasi = wasi_builder(spec).build_p1();
+        let wasi = wasi_builder(spec)?.build_p1();
         let limits = GuestLimiter::new(spec.memory_limit_bytes, self.max_memory_bytes);
         let mut store = Store::new(pre.module().engine(), ModuleState { wasi, limits });
         store.limiter(|s| &mut s.limits);
@@ -907,10 +917,10 @@ struct ModuleState {
     limits: GuestLimiter,
 }
 
-fn wasi_builder(spec: &GuestSpec) -> WasiCtxBuilder {
+fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, WasmError> {
     let mut builder = WasiCtxBuilder::new();
-    // Stdin stays closed and nothing is preopened or inherited: the builder
-    // starts empty and only the pod's own settings are added.
+    // Stdin stays closed and nothing is inherited: the builder starts empty and only the
+    // pod's own settings are added; the only directories are its volume mounts.
     builder
         .arg(&spec.pod)
         .args(&spec.args)
@@ -929,16 +939,33 @@ fn wasi_builder(spec: &GuestSpec) -> WasiCtxBuilder {
     if let Some(dir) = &spec.working_dir {
         builder.initial_cwd(dir);
     }
-    builder
+    for m in &spec.mounts {
+        let perms = if m.read_only {
+            wasmtime_wasi::FsPerms::ReadOnly
+        } else {
+            wasmtime_wasi::FsPerms::ReadWrite
+        };
+        builder
+            .preopened_dir(&m.host_path, &m.guest_path, perms)
+            .map_err(|e| WasmError::Instantiate {
+                pod: spec.pod.clone(),
+                reason: format!(
+                    "failed to open volume directory {} for {}: {e}",
+                    m.host_path.display(),
+                    m.guest_path
+                ),
+            })?;
+    }
+    Ok(builder)
 }
 
 fn component_store(
     engine: &Engine,
     spec: &GuestSpec,
     max_memory_bytes: u64,
-) -> Store<ComponentState> {
+) -> Result<Store<ComponentState>, WasmError> {
     let state = ComponentState {
-        wasi: wasi_builder(spec).build(),
+        wasi: wasi_builder(spec)?.build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         outbound: OutboundPolicy {
@@ -950,7 +977,7 @@ fn component_store(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
-    store
+    Ok(store)
 }
 
 fn effective_memory_limit(requested: Option<u64>, max_memory_bytes: u64) -> u64 {
@@ -1261,10 +1288,17 @@ impl HttpService {
         let target = format!("{} {}", request.method(), request.uri().path());
         let (mut store, proxy) = match self.take_warm() {
             Some(w) => (w.store, Some(w.proxy)),
-            None => (
-                component_store(self.pre.engine(), &self.spec, self.max_memory_bytes),
-                None,
-            ),
+            None => match component_store(self.pre.engine(), &self.spec, self.max_memory_bytes) {
+                Ok(store) => (store, None),
+                Err(e) => {
+                    warn!(pod = %self.spec.pod, error = %e, "cannot instantiate for a request");
+                    self.spec.log.note(&e.to_string());
+                    return text_response(
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error\n",
+                    );
+                }
+            },
         };
         store.data_mut().limits.hit = false;
         // Yielding every tick keeps one busy request from starving the others
@@ -1533,6 +1567,7 @@ mod tests {
                 allow_outbound_http: false,
                 reuse_instances: true,
                 working_dir: None,
+                mounts: vec![],
             }
         }
 

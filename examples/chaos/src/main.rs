@@ -1,5 +1,7 @@
 //! chaos: wasi:http component that misbehaves on demand (spin, grow memory, panic) for tests,
-//! with a `/healthz` that fails while the pod's env has `CHAOS_UNHEALTHY` set (probe tests).
+//! with a `/healthz` that fails while the pod's env has `CHAOS_UNHEALTHY` set (probe tests),
+//! and file access through its preopened volumes: `/read?path=P`, `/write?path=P&data=D`,
+//! `/ls?path=P` (volume tests).
 
 use std::hint::black_box;
 use wstd::http::{Body, Error, Request, Response, StatusCode};
@@ -22,12 +24,42 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             None => status(StatusCode::BAD_REQUEST, "bad mb\n"),
         },
         "/panic" => panic!("chaos: /panic requested"),
+        "/read" => match std::fs::read_to_string(param(&request, "path")) {
+            Ok(text) => Ok(Response::new(text.into())),
+            Err(e) => status(StatusCode::NOT_FOUND, &format!("read failed: {e}\n")),
+        },
+        "/write" => match std::fs::write(param(&request, "path"), param(&request, "data")) {
+            Ok(()) => Ok(Response::new("written\n".into())),
+            Err(e) => status(StatusCode::FORBIDDEN, &format!("write failed: {e}\n")),
+        },
+        "/ls" => match std::fs::read_dir(param(&request, "path")) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                Ok(Response::new(format!("{}\n", names.join("\n")).into()))
+            }
+            Err(e) => status(StatusCode::NOT_FOUND, &format!("ls failed: {e}\n")),
+        },
         _ => status(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
 fn status(code: StatusCode, body: &str) -> Result<Response<Body>, Error> {
     Ok(Response::builder().status(code).body(body.into())?)
+}
+
+/// A query parameter's raw value (tests send plain values), or "".
+fn param<'a>(request: &'a Request<Body>, name: &str) -> &'a str {
+    request
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or("")
 }
 
 /// Burns CPU forever; `black_box` keeps the optimizer from eliding the loop.
