@@ -968,7 +968,7 @@ spec:
         image: hello:latest
         resources: {requests: {cpu: 100m, memory: 32Mi}}
         livenessProbe: {httpGet: {path: /, port: 8080}}
-        volumeMounts: [{name: data, mountPath: /data}]
+        securityContext: {runAsUser: 1000}
       affinity: {}
 "#;
 
@@ -983,7 +983,7 @@ spec:
         assert_eq!(d.metadata.namespace.as_deref(), Some("default"));
         expect![[r#"
             [
-                "deployment web: field spec.template.spec.containers.0.volumeMounts is not supported yet and was ignored",
+                "deployment web: field spec.template.spec.containers.0.securityContext is not supported yet and was ignored",
             ]
         "#]]
         .assert_debug_eq(&parsed[0].warnings);
