@@ -34,6 +34,10 @@ struct Args {
     /// Where secret volumes are written; should be a tmpfs (default /dev/shm/flotilla-NODE).
     #[arg(long, env = "FLOTILLA_SECRET_DIR")]
     secret_dir: Option<PathBuf>,
+    /// How often the node reports to the hub (the hub's --node-grace should be several times
+    /// this).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    heartbeat: std::time::Duration,
 }
 
 fn hostname() -> String {
@@ -55,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.hub = args.hub;
     cfg.token = args.token;
     cfg.node_ip = args.node_ip;
+    cfg.heartbeat = args.heartbeat;
     if let Some(d) = args.secret_dir {
         cfg.secret_dir = d;
     }

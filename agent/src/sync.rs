@@ -95,7 +95,11 @@ async fn session(
                 apply(shared, ev)?;
                 let _ = events.send(Event::Desired);
             }
-            _ = heartbeat.tick() => report_node(shared, conn).await?,
+            _ = heartbeat.tick() => if report_node(shared, conn).await? {
+                // The hub showed our pods as Unknown while it could not hear us.
+                sent.clear();
+                reports.mark_changed();
+            },
             changed = reports.changed() => {
                 if changed.is_err() { return Ok(()) }
                 let current = reports.borrow_and_update().clone();
@@ -145,16 +149,19 @@ fn apply(shared: &Shared, ev: WatchEvent) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn report_node(shared: &Shared, conn: &quinn::Connection) -> anyhow::Result<()> {
+/// Sends the node's status; true when the hub asks for every pod's status again.
+async fn report_node(shared: &Shared, conn: &quinn::Connection) -> anyhow::Result<bool> {
     let node = crate::node::describe(&shared.cfg);
     let req = Request::ReportNode {
         node: serde_json::to_string(&node)?,
     };
     let (_, _, resp): (_, _, Response) = flotilla_transport::request(conn, &req).await?;
-    if let Response::Error { message } = resp {
-        warn!(error = %message, "hub refused node status");
+    match resp {
+        Response::Error { message } => warn!(error = %message, "hub refused node status"),
+        Response::ResendPods => return Ok(true),
+        _ => {}
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Serves a request the hub opened on our connection.

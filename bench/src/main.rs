@@ -2,6 +2,7 @@
 //! separate processes, measures them from /proc, and runs peers side by side. Prints figures;
 //! asserts nothing.
 #![allow(clippy::print_stdout)]
+mod lost;
 mod sched;
 
 use anyhow::{Context as _, bail};
@@ -105,8 +106,25 @@ struct Cluster {
 
 async fn start_cluster(port: u16) -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir()?;
-    let hub_dir = dir.path().join("hub");
-    let quiet = || Stdio::null();
+    let (hub, client) = start_hub(dir.path(), port, &[]).await?;
+    let token = client.create_token(Some(600), None).await?;
+    let agent = start_agent(dir.path(), port, &token, "bench", &[])?;
+    wait_nodes_ready(&client, 1).await?;
+    Ok(Cluster {
+        _dir: dir,
+        hub,
+        agent,
+        client,
+    })
+}
+
+/// Starts `flotilla-hub` under `dir/hub` on 127.0.0.1:`port` and connects a client to it.
+async fn start_hub(
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+) -> anyhow::Result<(Proc, Client)> {
+    let hub_dir = dir.join("hub");
     let hub = Proc {
         child: Command::new(bin("flotilla-hub"))
             .args([
@@ -115,9 +133,10 @@ async fn start_cluster(port: u16) -> anyhow::Result<Cluster> {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
-            .env("RUST_LOG", "warn")
-            .stdout(quiet())
-            .stderr(quiet())
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .context("start flotilla-hub (run `cargo build --release` first)")?,
         name: "hub",
@@ -132,45 +151,63 @@ async fn start_cluster(port: u16) -> anyhow::Result<Cluster> {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let client = Client::connect(&ClientFile::read(&admin)?).await?;
-    let token = client.create_token(Some(600), None).await?;
-    let agent = Proc {
+    Ok((hub, client))
+}
+
+/// Starts `flotilla-agent` named `name` under `dir/agent-NAME`, joining the hub on `port`.
+fn start_agent(
+    dir: &std::path::Path,
+    port: u16,
+    token: &str,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
+    Ok(Proc {
         child: Command::new(bin("flotilla-agent"))
             .args([
                 "--hub",
                 &format!("127.0.0.1:{port}"),
                 "--token",
-                &token,
+                token,
                 "--node-name",
-                "bench",
+                name,
                 "--data-dir",
-                dir.path().join("agent").to_str().unwrap_or_default(),
+                dir.join(format!("agent-{name}"))
+                    .to_str()
+                    .unwrap_or_default(),
             ])
-            .env("RUST_LOG", "warn")
-            .stdout(quiet())
-            .stderr(quiet())
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .context("start flotilla-agent")?,
         name: "agent",
-    };
-    loop {
-        let nodes = client.get(Kind::Node, None, None).await?;
-        if nodes
-            .iter()
-            .any(|o| matches!(o, Object::Node(n) if n.is_ready()))
-        {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            bail!("agent did not become ready");
+    })
+}
+
+/// Names of the nodes the hub shows Ready.
+async fn ready_nodes(client: &Client) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .get(Kind::Node, None, None)
+        .await?
+        .iter()
+        .filter_map(|o| match o {
+            Object::Node(n) if n.is_ready() => Some(n.metadata.name.clone()),
+            _ => None,
+        })
+        .collect())
+}
+
+async fn wait_nodes_ready(client: &Client, n: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while ready_nodes(client).await?.len() < n {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{n} agents did not become ready");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(Cluster {
-        _dir: dir,
-        hub,
-        agent,
-        client,
-    })
+    Ok(())
 }
 
 async fn startup_latency(c: &Cluster, n: usize) -> anyhow::Result<Vec<Duration>> {
@@ -256,6 +293,9 @@ async fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
     if only.iter().any(|a| a == "sched") {
         return sched::run().await;
+    }
+    if only.iter().any(|a| a == "lost") {
+        return lost::run().await;
     }
     let secs: u32 = std::env::var("BENCH_SECS")
         .ok()
@@ -411,5 +451,6 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("  ({} and {} stopped)", c.hub.name, c.agent.name);
     drop(c);
-    sched::run().await
+    sched::run().await?;
+    lost::run().await
 }

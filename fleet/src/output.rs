@@ -71,6 +71,10 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The STATUS column of `get pods`: a waiting/terminated reason wins over the phase.
 pub fn pod_status(p: &Pod) -> String {
+    // A pod of a silent node: what its container last did is not known any more.
+    if p.status.phase == "Unknown" {
+        return "Unknown".into();
+    }
     for c in &p.status.container_statuses {
         if let Some(r) = c.state.waiting.as_ref().and_then(|w| w.reason.clone()) {
             return r;

@@ -25,6 +25,10 @@ struct Args {
     /// Extra names for the hub certificate.
     #[arg(long)]
     tls_san: Vec<String>,
+    /// A node whose agent is silent this long is marked NotReady (keep it several agent
+    /// heartbeats long, and longer than the 15 s QUIC idle timeout).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "40s")]
+    node_grace: std::time::Duration,
 }
 
 #[tokio::main]
@@ -38,6 +42,13 @@ async fn main() -> anyhow::Result<()> {
     let mut config = flotilla_hub::Config::new(args.data_dir);
     config.advertise_address = args.advertise_address;
     config.tls_san = args.tls_san;
+    config.node_grace = args.node_grace;
+    if args.node_grace < flotilla_transport::IDLE_TIMEOUT {
+        tracing::warn!(
+            grace = ?args.node_grace,
+            "--node-grace is shorter than the QUIC idle timeout: nodes may be marked NotReady while their link still looks alive"
+        );
+    }
     let socket = std::net::UdpSocket::bind(args.listen)
         .map_err(|e| anyhow::anyhow!("failed to bind {}: {e}", args.listen))?;
     let hub = flotilla_hub::start(config, socket).await?;

@@ -984,10 +984,12 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
         if changed || force || !was_ready {
             tx.put(Object::Node(next))?;
         }
-        Ok(())
+        // Back from NotReady: the node lifecycle showed its pods as Unknown meanwhile.
+        Ok(existing.is_some() && !was_ready)
     });
     match result {
-        Ok(()) => Response::Ok,
+        Ok(true) => Response::ResendPods,
+        Ok(false) => Response::Ok,
         Err(e) => error(e),
     }
 }

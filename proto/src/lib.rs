@@ -1,6 +1,7 @@
 //! Flotilla's API objects (Kubernetes-shaped) and hub<->agent/CLI wire messages. Serde only, no I/O.
 pub mod api;
 pub mod cron;
+pub mod disconnect;
 pub mod labels;
 pub mod manifest;
 pub mod quantity;

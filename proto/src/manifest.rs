@@ -254,6 +254,15 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
     for (k, v) in &meta.labels {
         check_label(k, v).map_err(|m| format!("metadata.labels: {m}"))?;
     }
+    if let Object::Pod(_) = object {
+        crate::disconnect::Policy::from_annotations("metadata.annotations", &meta.annotations)?;
+    }
+    if let Some((at, template)) = pod_template(object) {
+        crate::disconnect::Policy::from_annotations(
+            &format!("{at}.metadata.annotations"),
+            &template.metadata.annotations,
+        )?;
+    }
     match object {
         Object::Pod(p) => validate_pod_spec("spec", &p.spec),
         Object::Deployment(d) => {
@@ -401,6 +410,21 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
             crate::scheduling::validate_selector("spec.selector", &s.selector)
         }
         Object::Namespace(_) | Object::ConfigMap(_) => Ok(()),
+    }
+}
+
+/// The pod template of a workload object, with the path of its field.
+fn pod_template(object: &Object) -> Option<(&'static str, &crate::api::PodTemplateSpec)> {
+    match object {
+        Object::Deployment(d) => Some(("spec.template", &d.spec.template)),
+        Object::ReplicaSet(rs) => Some(("spec.template", &rs.spec.template)),
+        Object::DaemonSet(ds) => Some(("spec.template", &ds.spec.template)),
+        Object::Job(j) => Some(("spec.template", &j.spec.template)),
+        Object::CronJob(cj) => Some((
+            "spec.jobTemplate.spec.template",
+            &cj.spec.job_template.spec.template,
+        )),
+        _ => None,
     }
 }
 

@@ -218,6 +218,9 @@ pub enum Response {
     Retry {
         message: String,
     },
+    /// To a node's status report: the hub had marked the node NotReady and its pods Unknown,
+    /// so the agent should send every pod's status again, changed or not.
+    ResendPods,
 }
 
 /// Desired-state events for one node, in revision order.

@@ -1,5 +1,9 @@
 //! Dev-only harness: a real hub and N real agents in one process on loopback (each agent on its
-//! own 127.0.0.x address, each with its own data dir), plus fixtures and `eventually`.
+//! own 127.0.0.x address, each with its own data dir), plus fixtures and `eventually`. With
+//! [`Builder::on`] the hub and each agent live in network namespaces of their own instead
+//! ([`netns::Net`]), so tests can cut links.
+pub mod netns;
+
 use anyhow::Context as _;
 use fleet::Client;
 use flotilla_agent::AgentHandle;
@@ -63,6 +67,15 @@ where
 pub struct Builder {
     agents: usize,
     labels: Vec<(usize, String, String)>,
+    placement: Option<Placement>,
+}
+
+/// Where the hub and agents run when not all on loopback in the test's runtime.
+#[derive(Clone)]
+struct Placement {
+    hub_ip: IpAddr,
+    agent_ips: Vec<IpAddr>,
+    runtimes: Vec<tokio::runtime::Handle>,
 }
 
 impl Builder {
@@ -77,8 +90,19 @@ impl Builder {
         self
     }
 
+    /// Runs the hub in `net`'s hub namespace (the caller must be on [`netns::Net::block_on`])
+    /// and agent `i` in agent namespace `i`, on its own runtime.
+    pub fn on(mut self, net: &netns::Net) -> Self {
+        self.placement = Some(Placement {
+            hub_ip: IpAddr::from(netns::Net::HUB_IP),
+            agent_ips: (0..self.agents).map(netns::Net::agent_ip).collect(),
+            runtimes: (0..self.agents).map(|i| net.agent_runtime(i)).collect(),
+        });
+        self
+    }
+
     pub async fn start(self) -> Cluster {
-        Cluster::start(self.agents, &self.labels)
+        Cluster::start(self.agents, &self.labels, self.placement)
             .await
             .expect("cluster failed to start")
     }
@@ -93,6 +117,7 @@ pub struct Cluster {
     agents: Vec<Option<AgentHandle>>,
     agent_cfgs: Vec<flotilla_agent::Config>,
     pub client_file: ClientFile,
+    placement: Option<Placement>,
 }
 
 /// The loopback address agent `i` serves workloads on.
@@ -105,6 +130,7 @@ impl Cluster {
         Builder {
             agents: 1,
             labels: Vec::new(),
+            placement: None,
         }
     }
 
@@ -115,10 +141,17 @@ impl Cluster {
         c
     }
 
-    async fn start(n: usize, labels: &[(usize, String, String)]) -> anyhow::Result<Cluster> {
+    async fn start(
+        n: usize,
+        labels: &[(usize, String, String)],
+        placement: Option<Placement>,
+    ) -> anyhow::Result<Cluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let hub_ip = placement
+            .as_ref()
+            .map_or(IpAddr::from([127, 0, 0, 1]), |p| p.hub_ip);
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(hub_ip, 0))?;
         let hub = flotilla_hub::start(Self::hub_config(dir.path()), socket).await?;
         let hub_addr = hub.addr;
         let client_file = hub.client_config();
@@ -134,6 +167,7 @@ impl Cluster {
             agents: Vec::new(),
             agent_cfgs: Vec::new(),
             client_file,
+            placement,
         };
         for i in 0..n {
             let mut cfg = flotilla_agent::Config::new(
@@ -142,7 +176,10 @@ impl Cluster {
             );
             cfg.hub = Some(hub_addr);
             cfg.token = Some(token.clone());
-            cfg.node_ip = agent_ip(i);
+            cfg.node_ip = cluster
+                .placement
+                .as_ref()
+                .map_or(agent_ip(i), |p| p.agent_ips[i]);
             cfg.heartbeat = Duration::from_secs(1);
             cfg.backoff_base = Duration::from_millis(200);
             cfg.backoff_max = Duration::from_secs(2);
@@ -155,12 +192,14 @@ impl Cluster {
             for (_, k, v) in labels.iter().filter(|(j, _, _)| *j == i) {
                 cfg.labels.insert(k.clone(), v.clone());
             }
-            cluster.agent_cfgs.push(cfg.clone());
-            cluster.agents.push(Some(
-                flotilla_agent::start(cfg)
+            cluster.agent_cfgs.push(cfg);
+            cluster.agents.push(None);
+            cluster.agents[i] = Some(
+                cluster
+                    .launch_agent(i)
                     .await
                     .with_context(|| format!("agent {i} failed to start"))?,
-            ));
+            );
         }
         cluster.wait_nodes_ready(n).await;
         Ok(cluster)
@@ -255,10 +294,17 @@ impl Cluster {
     }
 
     pub async fn start_agent(&mut self, i: usize) {
-        let a = flotilla_agent::start(self.agent_cfgs[i].clone())
-            .await
-            .expect("agent restart");
+        let a = self.launch_agent(i).await.expect("agent restart");
         self.agents[i] = Some(a);
+    }
+
+    /// Starts agent `i` from its config, on its own runtime when it has one.
+    async fn launch_agent(&self, i: usize) -> anyhow::Result<AgentHandle> {
+        let cfg = self.agent_cfgs[i].clone();
+        match &self.placement {
+            Some(p) => p.runtimes[i].spawn(flotilla_agent::start(cfg)).await?,
+            None => flotilla_agent::start(cfg).await,
+        }
     }
 
     pub async fn stop_hub(&mut self) {
@@ -304,6 +350,22 @@ impl Cluster {
         let p = c.pods(Some("default")).await.expect("list pods");
         c.close().await;
         p
+    }
+
+    /// Waits until exactly `n` pods labelled `app=<app>` exist and all are Ready with an
+    /// endpoint; returns them.
+    pub async fn wait_ready(&self, app: &str, n: usize) -> Vec<flotilla_proto::api::Pod> {
+        eventually(&format!("{n} ready pods of {app}"), || async {
+            let pods = self.pods().await;
+            let all = app_pods(&pods, app);
+            let ready: Vec<_> = all
+                .iter()
+                .filter(|p| p.is_ready() && p.status.endpoint.is_some())
+                .map(|p| (*p).clone())
+                .collect();
+            (all.len() == n && ready.len() == n).then_some(ready)
+        })
+        .await
     }
 
     pub async fn shutdown(mut self) {

@@ -36,27 +36,10 @@ spec:
 }
 
 fn running<'a>(pods: &'a [Pod], app: &str) -> Vec<&'a Pod> {
-    pods.iter()
-        .filter(|p| {
-            p.metadata.labels.get("app").map(String::as_str) == Some(app)
-                && p.is_ready()
-                && p.status.endpoint.is_some()
-        })
+    flotilla_testkit::app_pods(pods, app)
+        .into_iter()
+        .filter(|p| p.is_ready() && p.status.endpoint.is_some())
         .collect()
-}
-
-/// Waits until exactly `n` pods of `app` exist and all are ready; returns them.
-async fn wait_ready(cluster: &Cluster, app: &str, n: usize) -> Vec<Pod> {
-    eventually(&format!("{n} ready pods of {app}"), || async {
-        let pods = cluster.pods().await;
-        let all: Vec<_> = pods
-            .iter()
-            .filter(|p| p.metadata.labels.get("app").map(String::as_str) == Some(app))
-            .collect();
-        let ready = running(&pods, app);
-        (all.len() == n && ready.len() == n).then(|| ready.into_iter().cloned().collect())
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +51,7 @@ async fn deployment_spreads_scales_replaces_and_deletes() {
         .await
         .unwrap();
 
-    let pods = wait_ready(&cluster, "web", 3).await;
+    let pods = cluster.wait_ready("web", 3).await;
     let nodes: BTreeSet<_> = pods
         .iter()
         .map(|p| p.spec.node_name.clone().unwrap())
@@ -91,9 +74,9 @@ async fn deployment_spreads_scales_replaces_and_deletes() {
 
     let c = cluster.fleet().await;
     c.scale("default", "web", 5).await.unwrap();
-    wait_ready(&cluster, "web", 5).await;
+    cluster.wait_ready("web", 5).await;
     c.scale("default", "web", 1).await.unwrap();
-    let one = wait_ready(&cluster, "web", 1).await;
+    let one = cluster.wait_ready("web", 1).await;
 
     // A template change replaces the pods.
     cluster
@@ -148,7 +131,7 @@ async fn hub_restart_loses_nothing_and_restarts_nothing() {
         .apply(&deployment("keep", 2, "", None))
         .await
         .unwrap();
-    let before = wait_ready(&cluster, "keep", 2).await;
+    let before = cluster.wait_ready("keep", 2).await;
     let c = cluster.fleet().await;
     let deploy_before = c
         .get(
@@ -204,7 +187,7 @@ async fn hub_restart_loses_nothing_and_restarts_nothing() {
     c.close().await;
     // Give the controllers time to (wrongly) act, then check nothing was replaced or restarted.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = wait_ready(&cluster, "keep", 2).await;
+    let after = cluster.wait_ready("keep", 2).await;
     let names = |ps: &[Pod]| {
         ps.iter()
             .map(|p| (p.metadata.name.clone(), p.status.start_time.clone()))
@@ -227,7 +210,7 @@ async fn agent_restart_without_hub_serves_from_cache() {
         .apply(&deployment("offline", 1, "", Some(18080)))
         .await
         .unwrap();
-    wait_ready(&cluster, "offline", 1).await;
+    cluster.wait_ready("offline", 1).await;
     let url = format!("http://{}:18080/", agent_ip(0));
     assert_eq!(curl(&url).0, 200);
 
@@ -773,7 +756,7 @@ async fn silent_nodes_become_not_ready_and_get_no_pods() {
         .apply(&deployment("after", 2, "", None))
         .await
         .unwrap();
-    let pods = wait_ready(&cluster, "after", 2).await;
+    let pods = cluster.wait_ready("after", 2).await;
     assert!(
         pods.iter()
             .all(|p| p.spec.node_name.as_deref() == Some("node-0")),

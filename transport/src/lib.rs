@@ -98,12 +98,15 @@ pub fn cert_fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// How long a silent peer's connection is kept before it is given up (bounds how long a dead
+/// link looks alive).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(4)));
-    // Idle timeout bounds how long a silently dead peer looks alive.
     t.max_idle_timeout(Some(
-        Duration::from_secs(15)
+        IDLE_TIMEOUT
             .try_into()
             .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000))),
     ));

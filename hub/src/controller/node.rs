@@ -1,69 +1,201 @@
-//! Node lifecycle: a node whose agent stopped reporting for longer than the grace period is
-//! marked Ready=Unknown, so the scheduler stops placing pods there. Its pods keep running on
-//! the agent (autonomy); eviction policy belongs to the workloads issue.
+//! Node lifecycle, on the hub's clock only: a node whose agent has been silent for the grace
+//! period is marked Ready=Unknown, so the scheduler stops placing pods there, and its pods are
+//! shown as Unknown. They keep running on the agent (autonomy) and are neither evicted nor
+//! duplicated, unless their workload opted into replacement (`proto::disconnect`): once the
+//! node has been silent for `lost-after`, such a pod is declared lost (keep-original: its
+//! controller starts a replacement and the original is kept as a candidate survivor) or deleted
+//! (keep-replacement). If more than half of the nodes are silent at once, the hub assumes it is
+//! the one cut off and declares nothing lost. Pods bound to nodes that no longer exist are
+//! deleted (Kubernetes' pod garbage collector).
+use super::{gc, parse_time, stamp};
 use crate::Hub;
-use flotilla_proto::api::{Kind, Object};
+use crate::store::{StoreError, Tx};
+use flotilla_proto::api::{Condition, Kind, Node, Object, ObjectKey, Pod};
+use flotilla_proto::disconnect::{self, Policy, Reconcile};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
-    let started = std::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut warned_cut_off = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         let grace = hub.config.node_grace;
-        let Ok((nodes, _)) = hub.store.list(Kind::Node, None) else {
+        let result = hub.store.write(|tx| {
+            let now = SystemTime::now();
+            let silent_for = |node: &Node| -> Duration {
+                hub.agents
+                    .last_seen(&node.metadata.name)
+                    .unwrap_or_else(|| {
+                        // Not heard from since the hub started: judge by the stored heartbeat, but
+                        // give agents one grace period to reconnect after a hub restart.
+                        let stored = heartbeat(node)
+                            .and_then(|t| now.duration_since(t).ok())
+                            .unwrap_or(Duration::MAX);
+                        stored.min(started.elapsed())
+                    })
+            };
+            reconcile(tx, now, grace, silent_for)
+        });
+        match result {
+            Ok(cut_off) => {
+                if cut_off && !warned_cut_off {
+                    warn!("most nodes are silent: assuming the hub is cut off, replacing nothing");
+                }
+                warned_cut_off = cut_off;
+            }
+            Err(e) => warn!(error = %e, "node lifecycle pass failed"),
+        }
+    }
+}
+
+/// One pass in one transaction (so an agent's report committed meanwhile is never overwritten
+/// with a stale verdict). Returns whether the hub considers itself cut off.
+///
+/// Nodes that drop together are not all detected in the same pass (their last heartbeats
+/// were up to one interval apart), so for the cut-off rule a node counts as dropping once it
+/// has been silent for half the grace period, not only once it is marked NotReady.
+pub(crate) fn reconcile(
+    tx: &mut Tx<'_>,
+    now: SystemTime,
+    grace: Duration,
+    silent_for: impl Fn(&Node) -> Duration,
+) -> Result<bool, StoreError> {
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut dropping = 0;
+    for o in tx.list(Kind::Node, None)? {
+        let Object::Node(mut node) = o else { continue };
+        let silent = silent_for(&node);
+        if node.is_ready() && silent >= grace {
+            info!(node = %node.metadata.name, "node stopped reporting");
+            mark_unknown(&mut node, now);
+            tx.put(Object::Node(node.clone()))?;
+        }
+        if !node.is_ready() || silent >= grace / 2 {
+            dropping += 1;
+        }
+        nodes.insert(node.metadata.name.clone(), node);
+    }
+    let cut_off = dropping * 2 > nodes.len();
+    for o in tx.list(Kind::Pod, None)? {
+        let Object::Pod(pod) = o else { continue };
+        let Some(node_name) = pod.spec.node_name.clone() else {
             continue;
         };
-        for obj in nodes {
-            let Object::Node(mut node) = obj else {
-                continue;
-            };
-            if !node.is_ready() {
-                continue;
+        let key = pod_key(&pod);
+        let Some(node) = nodes.get(&node_name) else {
+            info!(pod = %key, node = %node_name, "deleting pod of a node that no longer exists");
+            gc::delete_cascade(tx, &key)?;
+            continue;
+        };
+        if node.is_ready() || pod.is_terminal() {
+            continue;
+        }
+        let silent_since = not_ready_since(node).unwrap_or(now);
+        let lost = match Policy::of(&pod) {
+            Some(p) if !cut_off => {
+                now.duration_since(silent_since).unwrap_or_default() >= p.lost_after
             }
-            let silent_for = hub
-                .agents
-                .last_seen(&node.metadata.name)
-                .unwrap_or_else(|| {
-                    // Not heard from since the hub started: judge by the stored heartbeat, but give
-                    // agents one grace period to reconnect after a hub restart.
-                    let stored = node
+            _ => false,
+        };
+        match (lost, Policy::of(&pod).map(|p| p.reconcile)) {
+            (true, Some(Reconcile::KeepReplacement)) => {
+                info!(pod = %key, node = %node_name, "pod lost with its node: deleting it for a replacement");
+                gc::delete_cascade(tx, &key)?;
+            }
+            _ => {
+                let mut updated = pod.clone();
+                show_unknown(&mut updated, &node_name, now);
+                if lost && !disconnect::is_lost(&updated) {
+                    info!(pod = %key, node = %node_name, "pod lost with its node: replacing it, keeping the original");
+                    updated
                         .status
                         .conditions
-                        .iter()
-                        .find_map(|c| c.last_heartbeat_time.as_deref())
-                        .and_then(|t| humantime::parse_rfc3339(t).ok())
-                        .and_then(|t| SystemTime::now().duration_since(t).ok())
-                        .unwrap_or(Duration::MAX);
-                    stored.min(started.elapsed())
-                });
-            if silent_for < grace {
-                continue;
+                        .push(disconnect::lost_condition(&node_name, &stamp(now)));
+                }
+                if updated.status != pod.status {
+                    tx.put(Object::Pod(updated))?;
+                }
             }
-            info!(node = %node.metadata.name, silent_secs = silent_for.as_secs(), "node stopped reporting");
-            for c in node
-                .status
-                .conditions
-                .iter_mut()
-                .filter(|c| c.type_ == "Ready")
-            {
-                c.status = "Unknown".into();
-                c.reason = Some("NodeStatusUnknown".into());
-                c.message = Some("agent stopped posting node status".into());
-                c.last_transition_time = Some(crate::store::now_rfc3339());
-            }
-            if let Err(e) = hub
-                .store
-                .write(|tx| tx.put(Object::Node(node.clone())).map(|_| ()))
-            {
-                warn!(error = %e, "failed to update node status");
-            }
+        }
+    }
+    Ok(cut_off)
+}
+
+fn pod_key(p: &Pod) -> ObjectKey {
+    ObjectKey::new(
+        Kind::Pod,
+        p.metadata.namespace.as_deref().unwrap_or("default"),
+        &p.metadata.name,
+    )
+}
+
+fn heartbeat(node: &Node) -> Option<SystemTime> {
+    parse_time(
+        node.status
+            .conditions
+            .iter()
+            .find_map(|c| c.last_heartbeat_time.as_deref()),
+    )
+}
+
+/// When the node's Ready condition last left True (the hub wrote that time, on its clock).
+fn not_ready_since(node: &Node) -> Option<SystemTime> {
+    parse_time(
+        node.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .and_then(|c| c.last_transition_time.as_deref()),
+    )
+}
+
+fn mark_unknown(node: &mut Node, now: SystemTime) {
+    for c in node
+        .status
+        .conditions
+        .iter_mut()
+        .filter(|c| c.type_ == "Ready")
+    {
+        c.status = "Unknown".into();
+        c.reason = Some("NodeStatusUnknown".into());
+        c.message = Some("agent stopped posting node status".into());
+        c.last_transition_time = Some(stamp(now));
+    }
+}
+
+/// A pod on a silent node: phase Unknown and Ready Unknown, as Kubernetes shows it. The agent's
+/// next report replaces the whole status again.
+fn show_unknown(pod: &mut Pod, node: &str, now: SystemTime) {
+    pod.status.phase = "Unknown".into();
+    pod.status.reason = Some(disconnect::NODE_LOST.into());
+    pod.status.message = Some(format!(
+        "node {node} is not reporting; the pod is believed to be still running there"
+    ));
+    match pod
+        .status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == "Ready")
+    {
+        Some(c) if c.status == "Unknown" => {}
+        Some(c) => {
+            c.status = "Unknown".into();
+            c.reason = Some("NodeNotReady".into());
+            c.last_transition_time = Some(stamp(now));
+        }
+        None => {
+            let mut c = Condition::new("Ready", "Unknown", "NodeNotReady", "");
+            c.message = None;
+            c.last_transition_time = Some(stamp(now));
+            pod.status.conditions.push(c);
         }
     }
 }

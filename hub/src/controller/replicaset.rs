@@ -6,7 +6,9 @@ use super::{
 };
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{Kind, Object, ObjectKey, Pod, ReplicaSetStatus};
+use flotilla_proto::disconnect;
 use std::cmp::Reverse;
+use std::collections::BTreeSet;
 use std::time::Duration;
 use tracing::info;
 
@@ -36,6 +38,9 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
     };
     let pods = pods_in(tx, &key.namespace)?;
     let mut current: Vec<&Pod> = Vec::new();
+    // Pods declared lost with their node (proto::disconnect): replaced, but kept in case their
+    // node comes back with them still running.
+    let mut lost: Vec<&Pod> = Vec::new();
     for p in pods
         .iter()
         .filter(|p| p.controller_uid() == Some(rs.metadata.uid.as_str()))
@@ -43,21 +48,43 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
         // A ReplicaSet's pods should run forever: a finished one is replaced.
         if p.is_terminal() {
             tx.delete(&pod_key(key, p))?;
+        } else if disconnect::is_lost(p) {
+            lost.push(p);
         } else {
             current.push(p);
         }
     }
     let want = rs.replicas() as usize;
     if current.len() > want {
-        current.sort_by_key(|p| deletion_rank(p));
+        // A lost pod that came back (keep-original) outranks the pod started in its place.
+        let names: BTreeSet<String> = current.iter().map(|p| p.metadata.name.clone()).collect();
+        let returned = |p: &Pod| {
+            p.metadata
+                .annotations
+                .get(disconnect::REPLACES_ANNOTATION)
+                .is_some_and(|orig| names.contains(orig))
+        };
+        current.sort_by_key(|p| (Reverse(returned(p)), deletion_rank(p)));
         for p in current.drain(..current.len() - want) {
             tx.delete(&pod_key(key, p))?;
         }
     }
     let created = want.saturating_sub(current.len());
+    let mut unreplaced = lost.iter().filter(|l| {
+        !current.iter().any(|p| {
+            p.metadata.annotations.get(disconnect::REPLACES_ANNOTATION) == Some(&l.metadata.name)
+        })
+    });
     for _ in 0..created {
         let prefix = rs.metadata.name.clone();
-        let pod = pod_from_template(&rs.spec.template, &rs.metadata, Kind::ReplicaSet, &prefix);
+        let mut pod = pod_from_template(&rs.spec.template, &rs.metadata, Kind::ReplicaSet, &prefix);
+        if let Some(l) = unreplaced.next() {
+            pod.metadata.annotations.insert(
+                disconnect::REPLACES_ANNOTATION.into(),
+                l.metadata.name.clone(),
+            );
+            info!(replicaset = %key, lost = %l.metadata.name, pod = %pod.metadata.name, "replacing a pod lost with its node");
+        }
         tx.put(Object::Pod(pod))?;
     }
     if created > 0 {
