@@ -663,6 +663,46 @@ mod tests {
     }
 
     #[test]
+    fn statefulset_and_claim_tables() {
+        let sts: Object = Object::from_json(serde_json::json!({
+            "kind": "StatefulSet",
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 3},
+            "status": {"readyReplicas": 2}
+        }))
+        .unwrap();
+        let pvc = |name: &str, bound: bool| {
+            let mut v = serde_json::json!({
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            });
+            if bound {
+                v["spec"]["volumeName"] = "pvc-1234".into();
+                v["spec"]["storageClassName"] = "local".into();
+                v["status"] = serde_json::json!({"phase": "Bound", "accessModes": ["ReadWriteOnce", "ReadWriteOncePod"], "capacity": {"storage": "1Gi"}});
+            }
+            Object::from_json(v).unwrap()
+        };
+        expect_test::expect![[r#"
+            NAME   READY   AGE
+            web    2/3     <unknown>
+        "#]]
+        .assert_eq(&render(Kind::StatefulSet, &[sts], Format::Table, false));
+        expect_test::expect![[r#"
+            NAME         STATUS    VOLUME     CAPACITY   ACCESS MODES   STORAGECLASS   AGE
+            data-web-0   Bound     pvc-1234   1Gi        RWO,RWOP       local          <unknown>
+            data-web-1   Pending                                        <unset>        <unknown>
+        "#]]
+        .assert_eq(&render(
+            Kind::PersistentVolumeClaim,
+            &[pvc("data-web-0", true), pvc("data-web-1", false)],
+            Format::Table,
+            false,
+        ));
+    }
+
+    #[test]
     fn aligned_table() {
         let t = table(
             &["NAME", "READY"],
