@@ -140,6 +140,16 @@ impl Follower {
         self.log.lock().unwrap().changes.clone()
     }
 
+    /// The changes after the first `mark`, once there are at least `n` (the follower may
+    /// still be handling an event the client has already seen committed).
+    async fn changes_since(&self, mark: usize, n: usize) -> Vec<Change> {
+        eventually_within(&format!("{n} pod changes"), WAIT, || async {
+            let all = self.changes();
+            (all.len() >= mark + n).then(|| all[mark..].to_vec())
+        })
+        .await
+    }
+
     async fn finish(self) -> Log {
         self.stop.cancel();
         self.task.await.expect("follower panicked");
@@ -226,7 +236,7 @@ async fn statefulset_ordered_sticky_scaled_and_partitioned() {
     cluster.apply(&statefulset(3, "v1", 0)).await.unwrap();
     let pods = settled(&cluster, 3).await;
     assert_eq!(
-        follower.changes(),
+        follower.changes_since(0, 3).await,
         ["web-0", "web-1", "web-2"].map(|n| Change::Created(n.into()))
     );
     let nodes: std::collections::BTreeSet<&str> = pods
@@ -317,7 +327,7 @@ async fn statefulset_ordered_sticky_scaled_and_partitioned() {
     assert_eq!(scaled, "statefulset.apps/web scaled");
     settled(&cluster, 1).await;
     assert_eq!(
-        follower.changes()[mark..],
+        follower.changes_since(mark, 2).await,
         [
             Change::Deleted("web-2".into()),
             Change::Deleted("web-1".into())
@@ -381,7 +391,7 @@ async fn statefulset_ordered_sticky_scaled_and_partitioned() {
         assert_eq!(env[0].value.as_deref(), Some(version), "{name}");
     }
     assert_eq!(
-        follower.changes()[mark..],
+        follower.changes_since(mark, 4).await,
         [
             Change::Deleted("web-2".into()),
             Change::Created("web-2".into()),
