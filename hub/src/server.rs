@@ -534,12 +534,11 @@ fn check_statefulset_update(
             s.spec.service_name.clone().unwrap_or_default(),
             s.spec.pod_management_policy.clone(),
             s.spec.volume_claim_templates.clone(),
-            s.spec.revision_history_limit,
         )
     };
     if fixed(old) != fixed(new) {
         return Err(StoreError::Invalid(format!(
-            "{key}: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"
+            "{key}: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"
         )));
     }
     Ok(())
@@ -1212,6 +1211,94 @@ async fn fetch_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Applies each manifest in turn on a fresh store: the action or the error, per manifest.
+    fn apply_all(manifests: &[&str], between: impl Fn(&mut Tx<'_>)) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb"), &[5u8; 32]).unwrap();
+        manifests
+            .iter()
+            .map(|m| {
+                let obj = manifest::parse(m).unwrap().remove(0).object;
+                let r = store.write(|tx| {
+                    let r = apply_one(tx, obj, &[]);
+                    between(tx);
+                    r
+                });
+                match r {
+                    Ok(a) => format!("{:?}", a.action),
+                    Err(e) => e.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn statefulset_identity_and_storage_are_immutable() {
+        let sts = |replicas: i32, service: &str, storage: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  serviceName: {service}\n  revisionHistoryLimit: {replicas}\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: c, image: x}}]}}\n  volumeClaimTemplates:\n  - metadata: {{name: data}}\n    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: {storage}}}}}}}\n"
+            )
+        };
+        let results = apply_all(
+            &[
+                &sts(3, "web", "1Gi"),
+                &sts(3, "web", "1Gi"),
+                &sts(5, "web", "1Gi"),
+                &sts(5, "db", "1Gi"),
+                &sts(5, "web", "2Gi"),
+            ],
+            |_| {},
+        );
+        assert_eq!(results[..3], ["Created", "Unchanged", "Configured"]);
+        for r in &results[3..] {
+            assert!(
+                r.starts_with("statefulset.apps default/web: spec: Forbidden: updates to statefulset spec for fields other than"),
+                "{r}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reapplied_claim_keeps_its_binding() {
+        let pvc = |class: &str, storage: &str| {
+            format!(
+                "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data}}\nspec: {{accessModes: [ReadWriteOnce], storageClassName: {class}, resources: {{requests: {{storage: {storage}}}}}}}\n"
+            )
+        };
+        let key = ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data");
+        // What the scheduler does when the claim's first pod is bound.
+        let bind = |tx: &mut Tx<'_>| {
+            if let Ok(Some(Object::PersistentVolumeClaim(mut c))) = tx.get(&key)
+                && c.selected_node().is_none()
+            {
+                c.metadata
+                    .annotations
+                    .insert(SELECTED_NODE_ANNOTATION.into(), "node-1".into());
+                c.status.phase = "Bound".into();
+                c.spec.volume_name = Some("pvc-1".into());
+                tx.put(Object::PersistentVolumeClaim(c)).unwrap();
+            }
+        };
+        let results = apply_all(
+            &[
+                &pvc("local", "1Gi"),
+                &pvc("local", "1Gi"),
+                &pvc("local", "2Gi"),
+                &pvc("fast", "2Gi"),
+            ],
+            bind,
+        );
+        expect_test::expect![[r#"
+            [
+                "Created",
+                "Unchanged",
+                "Configured",
+                "persistentvolumeclaim default/data: spec: Forbidden: spec is immutable after creation except resources.requests",
+            ]
+        "#]]
+        .assert_debug_eq(&results);
+    }
 
     #[test]
     fn image_references() {
