@@ -2181,3 +2181,30 @@ impl<'de> Deserialize<'de> for Object {
         Object::from_json(v).map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_names() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_kind(k.as_str()), Some(k));
+            assert_eq!(Kind::from_cli(k.resource()), Some(k), "{}", k.resource());
+            let mut v = serde_json::json!({"kind": k.as_str(), "metadata": {"name": "x"}});
+            if k == Kind::ControllerRevision {
+                v["revision"] = 1.into();
+            }
+            assert_eq!(Object::from_json(v).unwrap().kind(), k);
+        }
+        for (typed, k) in [
+            ("sts", Kind::StatefulSet),
+            ("statefulsets.apps", Kind::StatefulSet),
+            ("pvc", Kind::PersistentVolumeClaim),
+            ("persistentvolumeclaims", Kind::PersistentVolumeClaim),
+            ("controllerrevisions", Kind::ControllerRevision),
+        ] {
+            assert_eq!(Kind::from_cli(typed), Some(k), "{typed}");
+        }
+    }
+}
