@@ -2,6 +2,9 @@
 //! - emptyDir: `<data>/pods/<uid>/volumes/<name>`, kept across container restarts and agent
 //!   restarts, removed with the pod (medium Memory: under the tmpfs secret root instead);
 //! - hostPath: the node's directory itself (the hub only admits paths the namespace allows);
+//! - persistentVolumeClaim: `<data>/claims/<namespace>/<claimName>`, created on first use and
+//!   never removed with a pod (nor by [`sweep`]): a StatefulSet replica's data outlives its pods
+//!   and agent restarts, and the hub keeps the claim's pods on this node;
 //! - configMap, secret, downwardAPI: files written by the agent and mounted read-only. Secret
 //!   files live under `secret_dir` (tmpfs by default, never the disk, like kubelet's) and
 //!   everything projected is rewritten in place when its source changes (see [`refresh`]).
@@ -15,6 +18,16 @@ use std::path::{Path, PathBuf};
 /// The directory of the pod's disk-backed volumes.
 fn pod_root(shared: &Shared, uid: &str) -> PathBuf {
     shared.cfg.data_dir.join("pods").join(uid)
+}
+
+/// The directory of a claim on this node, shared by every pod that uses the claim.
+fn claim_dir(shared: &Shared, namespace: &str, claim: &str) -> PathBuf {
+    shared
+        .cfg
+        .data_dir
+        .join("claims")
+        .join(namespace)
+        .join(claim)
 }
 
 /// The directory of the pod's memory-backed volumes (secrets, emptyDir medium Memory).
@@ -56,6 +69,11 @@ pub async fn prepare(shared: &Shared, pod: &Pod, c: &Container) -> Result<Vec<Mo
                 ));
             }
             (dir, false)
+        } else if let Some(c) = &v.persistent_volume_claim {
+            let dir = claim_dir(shared, pod.namespace(), &c.claim_name);
+            create_private_dir(&dir)
+                .map_err(|e| format!("MountVolume.SetUp failed for volume {:?}: {e}", v.name))?;
+            (dir, c.read_only)
         } else if v.empty_dir.is_some() {
             let dir = volume_dir(shared, pod, v);
             create_private_dir(&dir)

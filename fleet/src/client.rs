@@ -1,7 +1,7 @@
 //! A connection to the hub with the admin credential, and one method per API request.
 use anyhow::{Context as _, bail};
 use flotilla_hub::config::ClientFile;
-use flotilla_proto::api::{Deployment, Kind, Object, ReplicaSet};
+use flotilla_proto::api::{Deployment, Kind, Object, ReplicaSet, StatefulSet};
 use flotilla_proto::wire::{Applied, Edit, Request, Response, RolloutAction};
 use flotilla_transport::send_frame;
 use sha2::{Digest, Sha256};
@@ -144,7 +144,7 @@ impl Client {
         }
     }
 
-    /// `fleet label|taint|cordon|uncordon`; returns the hub's message.
+    /// `fleet label|taint|cordon|uncordon|scale`; returns the hub's message.
     pub async fn edit(
         &self,
         kind: Kind,
@@ -202,6 +202,17 @@ impl Client {
         };
         let rss = d.history(self.get(Kind::ReplicaSet, Some(namespace), None).await?);
         Ok((d, rss))
+    }
+
+    pub async fn statefulset(&self, namespace: &str, name: &str) -> anyhow::Result<StatefulSet> {
+        match self
+            .get(Kind::StatefulSet, Some(namespace), Some(name))
+            .await?
+            .pop()
+        {
+            Some(Object::StatefulSet(s)) => Ok(s),
+            _ => bail!("statefulsets.apps \"{name}\" not found"),
+        }
     }
 
     pub async fn scale(&self, namespace: &str, name: &str, replicas: i32) -> anyhow::Result<()> {

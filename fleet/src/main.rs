@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
     },
-    /// List objects: fleet get pods|deployments|nodes|namespaces|configmaps|secrets [NAME].
+    /// List objects: fleet get pods|deployments|statefulsets|pvc|nodes|configmaps|… [NAME].
     Get {
         kind: String,
         name: Option<String>,
@@ -77,7 +77,7 @@ enum Cmd {
         #[arg(short, long)]
         namespace: Option<String>,
     },
-    /// Set a deployment's replicas: fleet scale deployment/NAME --replicas N.
+    /// Set replicas: fleet scale deployment|replicaset|statefulset/NAME --replicas N.
     Scale {
         target: String,
         name: Option<String>,
@@ -171,22 +171,29 @@ struct Target {
 impl Target {
     /// The deployment's (namespace, name); other kinds are refused.
     fn deployment(&self, verb: &str) -> anyhow::Result<(String, String)> {
+        let (kind, ns, name) = self.object(verb)?;
+        if kind != Kind::Deployment {
+            bail!("fleet {verb} supports deployments only");
+        }
+        Ok((ns, name))
+    }
+
+    /// The target's (kind, namespace, name).
+    fn object(&self, verb: &str) -> anyhow::Result<(Kind, String, String)> {
         let (kind, name) = match (self.target.split_once('/'), &self.name) {
             (Some((k, n)), _) => (k.to_string(), n.to_string()),
             (None, Some(n)) => (self.target.clone(), n.clone()),
             (None, None) => bail!("usage: fleet {verb} deployment/NAME"),
         };
-        if kind_arg(&kind)? != Kind::Deployment {
-            bail!("fleet {verb} supports deployments only");
-        }
         let ns = self.namespace.clone().unwrap_or_else(|| "default".into());
-        Ok((ns, name))
+        Ok((kind_arg(&kind)?, ns, name))
     }
 }
 
 #[derive(Subcommand, Debug)]
 enum RolloutCmd {
-    /// Watch a rollout until it completes; exits non-zero if it exceeds its progress deadline.
+    /// Watch a deployment's or statefulset's rollout until it completes; exits non-zero if a
+    /// deployment exceeds its progress deadline.
     Status {
         #[command(flatten)]
         target: Target,
@@ -551,15 +558,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(n)) => (target.clone(), n.clone()),
                 (None, None) => bail!("usage: fleet scale deployment/NAME --replicas N"),
             };
-            if kind_arg(&kind)? != Kind::Deployment {
-                bail!("fleet scale supports deployments only");
+            let kind = kind_arg(&kind)?;
+            if !matches!(
+                kind,
+                Kind::Deployment | Kind::ReplicaSet | Kind::StatefulSet
+            ) {
+                bail!("fleet scale supports deployments, replicasets and statefulsets");
             }
+            let ns = namespace.as_deref().unwrap_or("default");
             let client = connect(&cli).await?;
-            client
-                .scale(namespace.as_deref().unwrap_or("default"), &name, *replicas)
-                .await?;
-            println!("deployment.apps/{name} scaled");
+            let result = if kind == Kind::Deployment {
+                client
+                    .scale(ns, &name, *replicas)
+                    .await
+                    .map(|()| format!("deployment.apps/{name} scaled"))
+            } else {
+                client
+                    .edit(kind, ns, &name, Edit::Replicas(*replicas))
+                    .await
+            };
             client.close().await;
+            println!("{}", result?);
         }
         Cmd::Rollout { cmd } => rollout(&cli, cmd).await?,
         Cmd::Create { cmd } => {
@@ -771,14 +790,21 @@ async fn rollout_with(client: &Client, cmd: &RolloutCmd) -> anyhow::Result<()> {
             timeout,
             watch,
         } => {
-            let (ns, name) = target.deployment("rollout status")?;
+            let (kind, ns, name) = target.object("rollout status")?;
+            if !matches!(kind, Kind::Deployment | Kind::StatefulSet) {
+                bail!("fleet rollout status supports deployments and statefulsets");
+            }
             let timeout = humantime::parse_duration(timeout)
                 .with_context(|| format!("--timeout {timeout:?}: expected a duration like 2m"))?;
             let started = std::time::Instant::now();
             let mut last = String::new();
             loop {
-                let (d, _) = client.deployment_with_history(&ns, &name).await?;
-                match fleet::rollout::status(&d) {
+                let progress = if kind == Kind::StatefulSet {
+                    fleet::rollout::statefulset_status(&client.statefulset(&ns, &name).await?)
+                } else {
+                    fleet::rollout::status(&client.deployment_with_history(&ns, &name).await?.0)
+                };
+                match progress {
                     Progress::Done(m) => {
                         println!("{m}");
                         return Ok(());

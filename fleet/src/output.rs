@@ -264,6 +264,122 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                 .collect();
             (h, rows)
         }
+        Kind::StatefulSet => {
+            let mut h = vec!["NAME", "READY", "AGE"];
+            if wide {
+                h.extend(["CONTAINERS", "IMAGES"]);
+            }
+            let rows = objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::StatefulSet(s) => Some(s),
+                    _ => None,
+                })
+                .map(|s| {
+                    let mut r = vec![
+                        s.metadata.name.clone(),
+                        format!("{}/{}", s.status.ready_replicas, s.replicas()),
+                        age(&s.metadata.creation_timestamp),
+                    ];
+                    if wide {
+                        r.push(
+                            s.spec
+                                .template
+                                .spec
+                                .containers
+                                .iter()
+                                .map(|c| c.name.clone())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        );
+                        r.push(images(&s.spec.template));
+                    }
+                    r
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::PersistentVolumeClaim => {
+            let mut h = vec![
+                "NAME",
+                "STATUS",
+                "VOLUME",
+                "CAPACITY",
+                "ACCESS MODES",
+                "STORAGECLASS",
+                "AGE",
+            ];
+            if wide {
+                h.push("VOLUMEMODE");
+            }
+            let rows = objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::PersistentVolumeClaim(c) => Some(c),
+                    _ => None,
+                })
+                .map(|c| {
+                    let mut r = vec![
+                        c.metadata.name.clone(),
+                        if c.status.phase.is_empty() {
+                            "Pending".into()
+                        } else {
+                            c.status.phase.clone()
+                        },
+                        c.spec.volume_name.clone().unwrap_or_default(),
+                        c.status
+                            .capacity
+                            .get("storage")
+                            .map(|q| q.0.clone())
+                            .unwrap_or_default(),
+                        access_modes(&c.status.access_modes),
+                        c.spec
+                            .storage_class_name
+                            .clone()
+                            .filter(|s| !s.is_empty())
+                            .unwrap_or_else(|| "<unset>".into()),
+                        age(&c.metadata.creation_timestamp),
+                    ];
+                    if wide {
+                        r.push(
+                            c.spec
+                                .volume_mode
+                                .clone()
+                                .unwrap_or_else(|| "Filesystem".into()),
+                        );
+                    }
+                    r
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::ControllerRevision => (
+            vec!["NAME", "CONTROLLER", "REVISION", "AGE"],
+            objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::ControllerRevision(r) => Some(r),
+                    _ => None,
+                })
+                .map(|r| {
+                    let controller = r
+                        .metadata
+                        .owner_references
+                        .iter()
+                        .find(|o| o.controller == Some(true))
+                        .and_then(|o| {
+                            Kind::from_kind(&o.kind).map(|k| format!("{}/{}", k.resource(), o.name))
+                        })
+                        .unwrap_or_else(|| "<none>".into());
+                    vec![
+                        r.metadata.name.clone(),
+                        controller,
+                        r.revision.to_string(),
+                        age(&r.metadata.creation_timestamp),
+                    ]
+                })
+                .collect(),
+        ),
         Kind::DaemonSet => (
             vec![
                 "NAME",
@@ -504,6 +620,21 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
     table(&header, &rows)
 }
 
+/// kubectl's ACCESS MODES column: RWO, ROX, RWX, RWOP, comma-separated.
+pub fn access_modes(modes: &[String]) -> String {
+    modes
+        .iter()
+        .map(|m| match m.as_str() {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn images(t: &PodTemplateSpec) -> String {
     t.spec
         .containers
@@ -533,6 +664,46 @@ mod tests {
             ],
             ["5s", "119s", "3m12s", "10m", "3h2m", "20h", "3d4h", "12d"]
         );
+    }
+
+    #[test]
+    fn statefulset_and_claim_tables() {
+        let sts: Object = Object::from_json(serde_json::json!({
+            "kind": "StatefulSet",
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 3},
+            "status": {"readyReplicas": 2}
+        }))
+        .unwrap();
+        let pvc = |name: &str, bound: bool| {
+            let mut v = serde_json::json!({
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            });
+            if bound {
+                v["spec"]["volumeName"] = "pvc-1234".into();
+                v["spec"]["storageClassName"] = "local".into();
+                v["status"] = serde_json::json!({"phase": "Bound", "accessModes": ["ReadWriteOnce", "ReadWriteOncePod"], "capacity": {"storage": "1Gi"}});
+            }
+            Object::from_json(v).unwrap()
+        };
+        expect_test::expect![[r#"
+            NAME   READY   AGE
+            web    2/3     <unknown>
+        "#]]
+        .assert_eq(&render(Kind::StatefulSet, &[sts], Format::Table, false));
+        expect_test::expect![[r#"
+            NAME         STATUS    VOLUME     CAPACITY   ACCESS MODES   STORAGECLASS   AGE
+            data-web-0   Bound     pvc-1234   1Gi        RWO,RWOP       local          <unknown>
+            data-web-1   Pending                                        <unset>        <unknown>
+        "#]]
+        .assert_eq(&render(
+            Kind::PersistentVolumeClaim,
+            &[pvc("data-web-0", true), pvc("data-web-1", false)],
+            Format::Table,
+            false,
+        ));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `fleet rollout status|history`: what kubectl prints for a Deployment's rollout, computed
-//! from the Deployment and its ReplicaSets (pure; `main` does the polling and printing).
+//! from the Deployment and its ReplicaSets, and for a StatefulSet's, from its status (pure;
+//! `main` does the polling and printing).
 use crate::output::table;
 use flotilla_proto::api::{
-    CHANGE_CAUSE_ANNOTATION, Deployment, ReplicaSet, TEMPLATE_HASH_LABEL, condition,
+    CHANGE_CAUSE_ANNOTATION, Deployment, ReplicaSet, StatefulSet, TEMPLATE_HASH_LABEL, condition,
 };
 
 /// Where a rollout stands, in kubectl's words.
@@ -45,6 +46,54 @@ pub fn status(d: &Deployment) -> Progress {
     } else {
         Progress::Done(format!("deployment \"{name}\" successfully rolled out"))
     }
+}
+
+/// kubectl's `rollout status statefulset/NAME` (its statefulSetStatusViewer).
+pub fn statefulset_status(s: &StatefulSet) -> Progress {
+    if s.is_on_delete() {
+        return Progress::Failed(
+            "rollout status is only available for RollingUpdate strategy type".into(),
+        );
+    }
+    let st = &s.status;
+    if st.observed_generation == 0 || s.metadata.generation > st.observed_generation {
+        return Progress::Waiting("Waiting for statefulset spec update to be observed...".into());
+    }
+    let want = s.replicas();
+    if st.ready_replicas < want {
+        return Progress::Waiting(format!(
+            "Waiting for {} pods to be ready...",
+            want - st.ready_replicas
+        ));
+    }
+    let partitioned = s
+        .spec
+        .update_strategy
+        .as_ref()
+        .is_some_and(|u| u.rolling_update.is_some());
+    if partitioned {
+        let target = want - s.partition();
+        if st.updated_replicas < target {
+            return Progress::Waiting(format!(
+                "Waiting for partitioned roll out to finish: {} out of {target} new pods have been updated...",
+                st.updated_replicas
+            ));
+        }
+        return Progress::Done(format!(
+            "partitioned roll out complete: {} new pods have been updated...",
+            st.updated_replicas
+        ));
+    }
+    if st.update_revision != st.current_revision {
+        return Progress::Waiting(format!(
+            "waiting for statefulset rolling update to complete {} pods at revision {}...",
+            st.updated_replicas, st.update_revision
+        ));
+    }
+    Progress::Done(format!(
+        "statefulset rolling update complete {} pods at revision {}...",
+        st.current_replicas, st.current_revision
+    ))
 }
 
 /// `rollout history`: every revision with its change-cause, or one revision's pod template.
@@ -146,5 +195,66 @@ mod tests {
         let mut unobserved = dep(3, s(3, 3, 3));
         unobserved.status.observed_generation = 1;
         assert!(matches!(status(&unobserved), Progress::Waiting(_)));
+    }
+
+    #[test]
+    fn statefulset_status_lines_like_kubectl() {
+        use flotilla_proto::api::{
+            RollingUpdateStatefulSetStrategy, StatefulSetStatus, StatefulSetUpdateStrategy,
+        };
+        let set = |partition: Option<i32>, ready, updated, current: &str| {
+            let mut s = StatefulSet::default();
+            s.metadata.generation = 2;
+            s.spec.replicas = Some(3);
+            s.spec.update_strategy = Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: partition
+                    .map(|p| RollingUpdateStatefulSetStrategy { partition: Some(p) }),
+            });
+            s.status = StatefulSetStatus {
+                observed_generation: 2,
+                ready_replicas: ready,
+                updated_replicas: updated,
+                current_replicas: if current == "web-2" {
+                    updated
+                } else {
+                    3 - updated
+                },
+                current_revision: current.into(),
+                update_revision: "web-2".into(),
+                ..Default::default()
+            };
+            s
+        };
+        let lines: Vec<_> = [
+            set(Some(0), 1, 1, "web-1"),
+            set(Some(1), 3, 1, "web-1"),
+            set(Some(1), 3, 2, "web-1"),
+            set(None, 3, 2, "web-1"),
+            set(None, 3, 3, "web-2"),
+        ]
+        .iter()
+        .map(statefulset_status)
+        .collect();
+        expect_test::expect![[r#"
+            [
+                Waiting(
+                    "Waiting for 2 pods to be ready...",
+                ),
+                Waiting(
+                    "Waiting for partitioned roll out to finish: 1 out of 2 new pods have been updated...",
+                ),
+                Done(
+                    "partitioned roll out complete: 2 new pods have been updated...",
+                ),
+                Waiting(
+                    "waiting for statefulset rolling update to complete 2 pods at revision web-2...",
+                ),
+                Done(
+                    "statefulset rolling update complete 3 pods at revision web-2...",
+                ),
+            ]
+        "#]]
+        .assert_debug_eq(&lines);
     }
 }

@@ -1,5 +1,6 @@
-//! `fleet label`, `fleet taint`, `fleet cordon|uncordon`: small changes to one object, made in
-//! one transaction so they never race a controller's or an agent's write of the same object.
+//! `fleet label`, `fleet taint`, `fleet cordon|uncordon`, `fleet scale`: small changes to one
+//! object, made in one transaction so they never race a controller's or an agent's write of the
+//! same object.
 use crate::store::{StoreError, Tx};
 use flotilla_proto::api::{Object, ObjectKey, Taint};
 use flotilla_proto::scheduling::{self, NO_EXECUTE};
@@ -103,6 +104,23 @@ pub fn apply(
             }
             node.spec.unschedulable = *cordon;
             format!("{shown} {verb}")
+        }
+        Edit::Replicas(n) => {
+            let kind = key.kind.as_str().to_ascii_lowercase();
+            if *n < 0 {
+                return refuse(format!(
+                    "{kind} {}: spec.replicas must be >= 0, got {n}",
+                    key.name
+                ));
+            }
+            let replicas = match &mut obj {
+                Object::Deployment(d) => &mut d.spec.replicas,
+                Object::ReplicaSet(rs) => &mut rs.spec.replicas,
+                Object::StatefulSet(sts) => &mut sts.spec.replicas,
+                _ => return refuse(format!("{shown}: a {kind} cannot be scaled")),
+            };
+            *replicas = Some(*n);
+            format!("{shown} scaled")
         }
     };
     tx.put(obj)?;

@@ -105,6 +105,7 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
         controller::deployment::CONTROLLER,
         controller::replicaset::CONTROLLER,
         controller::daemonset::CONTROLLER,
+        controller::statefulset::CONTROLLER,
         controller::job::CONTROLLER,
         controller::cronjob::CONTROLLER,
         controller::disruption::CONTROLLER,

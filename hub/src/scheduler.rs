@@ -1,11 +1,14 @@
 //! The scheduler: binds pending pods to nodes. Each pass is snapshot -> plan -> apply inside one
 //! redb write transaction, so a plan never acts on stale state. Placement itself is pure.
+//! Claims are bound WaitForFirstConsumer: a pod whose claims name a node (annotation
+//! `volume.kubernetes.io/selected-node`) may only go there; the first pod bound with a claim
+//! that names none writes its node into the claim, in the same transaction.
 use crate::Hub;
 use crate::controller::{BatchKind, next_batch};
 use crate::store::{StoreError, Tx};
 use flotilla_proto::api::{
-    Condition, Kind, LabelSelector, Node, Object, Pod, PodAffinityTerm, PodSpec, Taint,
-    UNSCHEDULABLE_TAINT,
+    Condition, Kind, LabelSelector, Node, Object, PersistentVolumeClaim, Pod, PodAffinityTerm,
+    PodSpec, SELECTED_NODE_ANNOTATION, Taint, UNSCHEDULABLE_TAINT,
 };
 use flotilla_proto::scheduling::{self, NO_EXECUTE, NO_SCHEDULE, PREFER_NO_SCHEDULE};
 use std::cell::RefCell;
@@ -22,7 +25,7 @@ pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
         let batch = tokio::select! {
             _ = cancel.cancelled() => return,
             b = next_batch(&mut rx, Duration::from_secs(10), None, |e| match e.key.kind {
-                Kind::Pod | Kind::Node => vec![()],
+                Kind::Pod | Kind::Node | Kind::PersistentVolumeClaim => vec![()],
                 _ => vec![],
             }) => b,
         };
@@ -66,13 +69,32 @@ fn pass(tx: &mut Tx<'_>) -> Result<(), StoreError> {
             .creation_timestamp
             .cmp(&b.metadata.creation_timestamp)
     });
-    let mut snapshot = Snapshot::new(nodes, &bound);
+    let mut claims: HashMap<ClaimKey, PersistentVolumeClaim> = tx
+        .list(Kind::PersistentVolumeClaim, None)?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::PersistentVolumeClaim(c) => {
+                Some(((c.namespace().to_string(), c.metadata.name.clone()), c))
+            }
+            _ => None,
+        })
+        .collect();
+    // Pods bound without the scheduler (spec.nodeName in the manifest) pin their claims too.
+    for p in &bound {
+        if let Some(node) = p.spec.node_name.as_deref() {
+            bind_claims(tx, &mut claims, p, node)?;
+        }
+    }
+    let mut snapshot = Snapshot::new(nodes, &bound).with_claims(claims.values().cloned().collect());
     for mut pod in pending {
         let changed = match snapshot.place(&pod) {
             Ok(i) => {
                 snapshot.bind(&pod, i);
                 let node = snapshot.nodes[i].node.metadata.name.clone();
                 info!(pod = %pod.metadata.name, node = %node, "scheduled");
+                for key in bind_claims(tx, &mut claims, &pod, &node)? {
+                    snapshot.claim_selected(key, &node);
+                }
                 pod.spec.node_name = Some(node);
                 set_scheduled(&mut pod, "True", None, None);
                 true
@@ -84,6 +106,48 @@ fn pass(tx: &mut Tx<'_>) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// A claim by (namespace, name).
+type ClaimKey = (String, String);
+
+/// Binds the claims of `pod`, now on `node`: a claim without a node gets this one, and every
+/// claim is Bound (volume `pvc-<uid>`, capacity as requested). Returns the claims that
+/// were given a node.
+fn bind_claims(
+    tx: &mut Tx<'_>,
+    claims: &mut HashMap<ClaimKey, PersistentVolumeClaim>,
+    pod: &Pod,
+    node: &str,
+) -> Result<Vec<ClaimKey>, StoreError> {
+    let mut selected = Vec::new();
+    for c in pod.spec.claims() {
+        let key = (namespace(pod).to_string(), c.claim_name.clone());
+        let Some(claim) = claims.get_mut(&key) else {
+            continue;
+        };
+        let mut next = claim.clone();
+        if next.selected_node().is_none() {
+            next.metadata
+                .annotations
+                .insert(SELECTED_NODE_ANNOTATION.into(), node.into());
+            info!(claim = %c.claim_name, node = %node, "claim bound to node");
+            selected.push(key);
+        }
+        next.status.phase = "Bound".into();
+        if next.spec.volume_name.is_none() {
+            next.spec.volume_name = Some(format!("pvc-{}", next.metadata.uid));
+        }
+        next.status.access_modes = next.spec.access_modes.clone();
+        if let Some(q) = next.spec.resources.requests.get("storage") {
+            next.status.capacity.insert("storage".into(), q.clone());
+        }
+        if next != *claim {
+            tx.put(Object::PersistentVolumeClaim(next.clone()))?;
+            *claim = next;
+        }
+    }
+    Ok(selected)
 }
 
 /// Sets the PodScheduled condition; returns whether anything changed.
@@ -150,6 +214,15 @@ pub struct Snapshot {
     /// about, kept current by [`Snapshot::bind`], so a backlog of pods with the same terms
     /// does not rescan every bound pod for each placement.
     counted: RefCell<HashMap<String, DomainCounts>>,
+    /// What placement needs of each claim, by (namespace, name).
+    claims: HashMap<ClaimKey, ClaimState>,
+    /// A pod using each claim, for ReadWriteOncePod.
+    claim_users: HashMap<ClaimKey, String>,
+}
+
+struct ClaimState {
+    selected_node: Option<String>,
+    single_pod: bool,
 }
 
 struct DomainCounts {
@@ -182,6 +255,8 @@ impl Snapshot {
             bound: Vec::new(),
             siblings: HashMap::new(),
             counted: RefCell::new(HashMap::new()),
+            claims: HashMap::new(),
+            claim_users: HashMap::new(),
         };
         for p in bound {
             if p.is_terminal() {
@@ -200,8 +275,66 @@ impl Snapshot {
         snapshot
     }
 
+    /// The claims pods may use; a pod naming any other claim is not placed.
+    pub fn with_claims(mut self, claims: Vec<PersistentVolumeClaim>) -> Snapshot {
+        for c in claims {
+            let state = ClaimState {
+                selected_node: c.selected_node().map(String::from),
+                single_pod: c.single_pod(),
+            };
+            self.claims
+                .insert((c.namespace().to_string(), c.metadata.name), state);
+        }
+        self
+    }
+
+    /// Records that a claim now lives on `node` (its first pod was just bound there).
+    fn claim_selected(&mut self, key: ClaimKey, node: &str) {
+        if let Some(c) = self.claims.get_mut(&key) {
+            c.selected_node = Some(node.to_string());
+        }
+    }
+
+    /// The nodes `pod`'s claims confine it to (none: anywhere), or why it cannot be placed
+    /// at all: a claim is missing, or is ReadWriteOncePod and another pod has it.
+    fn claim_nodes(&self, pod: &Pod) -> Result<Vec<&str>, String> {
+        let ns = namespace(pod);
+        let mut nodes: Vec<&str> = Vec::new();
+        for c in pod.spec.claims() {
+            let key = (ns.to_string(), c.claim_name.clone());
+            let unavailable =
+                |why: String| format!("0/{} nodes are available: {why}.", self.nodes.len());
+            let Some(claim) = self.claims.get(&key) else {
+                return Err(unavailable(format!(
+                    "persistentvolumeclaim {:?} not found",
+                    c.claim_name
+                )));
+            };
+            if claim.single_pod
+                && let Some(user) = self.claim_users.get(&key)
+                && *user != pod.metadata.name
+            {
+                return Err(unavailable(format!(
+                    "persistentvolumeclaim {:?} has access mode ReadWriteOncePod and pod {user:?} uses it",
+                    c.claim_name
+                )));
+            }
+            if let Some(n) = claim.selected_node.as_deref()
+                && !nodes.contains(&n)
+            {
+                nodes.push(n);
+            }
+        }
+        Ok(nodes)
+    }
+
     /// Accounts for `pod` running on node `i`.
     pub fn bind(&mut self, pod: &Pod, i: usize) {
+        for c in pod.spec.claims() {
+            self.claim_users
+                .entry((namespace(pod).to_string(), c.claim_name.clone()))
+                .or_insert_with(|| pod.metadata.name.clone());
+        }
         let (cpu, mem) = pod.spec.requests();
         let n = &mut self.nodes[i];
         n.cpu += cpu;
@@ -303,6 +436,8 @@ impl Snapshot {
             .controller_uid()
             .and_then(|u| self.siblings.get(u))
             .map(Vec::as_slice);
+        // Claims on two different nodes leave no node; one confines the pod to it.
+        let claim_nodes = self.claim_nodes(pod)?;
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<(Score, usize)> = None;
         for (i, n) in self.nodes.iter().enumerate() {
@@ -328,6 +463,10 @@ impl Snapshot {
                 Some("Insufficient cpu".into())
             } else if n.mem + want_mem > n.alloc.1 {
                 Some("Insufficient memory".into())
+            } else if !claim_nodes.is_empty()
+                && (claim_nodes.len() > 1 || claim_nodes[0] != node.metadata.name)
+            {
+                Some("node(s) had volume node affinity conflict".into())
             } else {
                 terms.refuses(self, i).map(String::from)
             };
@@ -601,13 +740,24 @@ impl<'a> Terms<'a> {
 
 /// Picks a node name for `pod` among `nodes`, given the pods already bound.
 pub fn place(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
-    let s = Snapshot::new(nodes.to_vec(), pods);
+    place_with_claims(pod, nodes, pods, &[])
+}
+
+/// [`place`] for pods that may use `claims`.
+pub fn place_with_claims(
+    pod: &Pod,
+    nodes: &[Node],
+    pods: &[Pod],
+    claims: &[PersistentVolumeClaim],
+) -> Result<String, String> {
+    let s = Snapshot::new(nodes.to_vec(), pods).with_claims(claims.to_vec());
     s.place(pod).map(|i| s.nodes[i].node.metadata.name.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_proto::api::ObjectKey as ObjectKeyOf;
     use flotilla_proto::api::{
         Affinity, Container, ContainerPort, LabelSelector, NodeAffinity, NodeSelectorRequirement,
         NodeSelectorTerm, OwnerReference, PodAffinity, PreferredSchedulingTerm, Toleration,
@@ -671,6 +821,165 @@ mod tests {
         });
         p.spec.node_name = on.map(String::from);
         p
+    }
+
+    fn claim(name: &str, node: Option<&str>, mode: &str) -> PersistentVolumeClaim {
+        let mut c = PersistentVolumeClaim::default();
+        c.metadata.name = name.into();
+        c.metadata.namespace = Some("default".into());
+        c.spec.access_modes = vec![mode.into()];
+        if let Some(n) = node {
+            c.metadata
+                .annotations
+                .insert(SELECTED_NODE_ANNOTATION.into(), n.into());
+        }
+        c
+    }
+
+    fn with_claims(mut p: Pod, claims: &[&str]) -> Pod {
+        p.metadata.namespace = Some("default".into());
+        for c in claims {
+            p.spec.volumes.push(flotilla_proto::api::Volume {
+                name: format!("v-{c}"),
+                persistent_volume_claim: Some(
+                    flotilla_proto::api::PersistentVolumeClaimVolumeSource {
+                        claim_name: c.to_string(),
+                        read_only: false,
+                    },
+                ),
+                ..Default::default()
+            });
+        }
+        p
+    }
+
+    #[test]
+    fn claims_pin_pods_to_their_node() {
+        let nodes = [
+            node("a", "4", "4Gi", "amd64"),
+            node("b", "4", "4Gi", "amd64"),
+        ];
+        // a already runs a sibling, so spreading alone would pick b; the claim wins.
+        let existing = [pod("web-1", "10m", "1Mi", None, "web", Some("a"))];
+        let p = with_claims(
+            pod("web-0", "10m", "1Mi", None, "web", None),
+            &["data-web-0"],
+        );
+        let pinned = [claim("data-web-0", Some("a"), "ReadWriteOnce")];
+        assert_eq!(
+            place_with_claims(&p, &nodes, &existing, &pinned),
+            Ok("a".into())
+        );
+        // A claim without a node leaves the choice to the usual rules.
+        let fresh = [claim("data-web-0", None, "ReadWriteOnce")];
+        assert_eq!(
+            place_with_claims(&p, &nodes, &existing, &fresh),
+            Ok("b".into())
+        );
+        // The claim's node cordoned: the pod waits, and says why for every node.
+        let mut cordoned = nodes.clone();
+        cordoned[0].spec.unschedulable = true;
+        assert_eq!(
+            place_with_claims(&p, &cordoned, &existing, &pinned),
+            Err("0/2 nodes are available: 1 node(s) had volume node affinity conflict, 1 node(s) were unschedulable.".into())
+        );
+        // The claim's node gone from the cluster.
+        assert_eq!(
+            place_with_claims(&p, &nodes[1..], &[], &pinned),
+            Err("0/1 nodes are available: 1 node(s) had volume node affinity conflict.".into())
+        );
+        // Two claims on two nodes: nowhere.
+        let two = with_claims(
+            pod("x", "10m", "1Mi", None, "o", None),
+            &["data-web-0", "other"],
+        );
+        let split = [
+            pinned[0].clone(),
+            claim("other", Some("b"), "ReadWriteOnce"),
+        ];
+        assert_eq!(
+            place_with_claims(&two, &nodes, &[], &split),
+            Err("0/2 nodes are available: 2 node(s) had volume node affinity conflict.".into())
+        );
+    }
+
+    #[test]
+    fn missing_and_single_pod_claims_keep_pods_pending() {
+        let nodes = [node("a", "4", "4Gi", "amd64")];
+        let p = with_claims(
+            pod("web-0", "10m", "1Mi", None, "web", None),
+            &["data-web-0"],
+        );
+        assert_eq!(
+            place_with_claims(&p, &nodes, &[], &[]),
+            Err("0/1 nodes are available: persistentvolumeclaim \"data-web-0\" not found.".into())
+        );
+        let once = [claim("data-web-0", Some("a"), "ReadWriteOncePod")];
+        let mut user = with_claims(
+            pod("other", "10m", "1Mi", None, "o", Some("a")),
+            &["data-web-0"],
+        );
+        user.spec.node_name = Some("a".into());
+        assert_eq!(
+            place_with_claims(&p, &nodes, std::slice::from_ref(&user), &once),
+            Err("0/1 nodes are available: persistentvolumeclaim \"data-web-0\" has access mode ReadWriteOncePod and pod \"other\" uses it.".into())
+        );
+        assert_eq!(place_with_claims(&p, &nodes, &[], &once), Ok("a".into()));
+        // ReadWriteOnce: pods on the claim's node share it.
+        let shared = [claim("data-web-0", Some("a"), "ReadWriteOnce")];
+        assert_eq!(
+            place_with_claims(&p, &nodes, &[user], &shared),
+            Ok("a".into())
+        );
+    }
+
+    #[test]
+    fn binding_a_pod_binds_its_claims_in_the_same_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb"), &[7u8; 32]).unwrap();
+        let mut b = node("b", "4", "4Gi", "amd64");
+        b.metadata.labels.clear();
+        let mut fresh = claim("data-web-0", None, "ReadWriteOnce");
+        fresh
+            .spec
+            .resources
+            .requests
+            .insert("storage".into(), Quantity("1Gi".into()));
+        let p = with_claims(
+            pod("web-0", "10m", "1Mi", None, "web", None),
+            &["data-web-0"],
+        );
+        let q = with_claims(
+            pod("web-x", "10m", "1Mi", None, "web", None),
+            &["data-web-0"],
+        );
+        store
+            .write(|tx| {
+                tx.put(Object::Node(node("a", "4", "4Gi", "amd64")))?;
+                tx.put(Object::Node(b))?;
+                tx.put(Object::PersistentVolumeClaim(fresh))?;
+                tx.put(Object::Pod(p))?;
+                tx.put(Object::Pod(q))
+            })
+            .unwrap();
+        store.write(pass).unwrap();
+        let get = |kind, name: &str| store.get(&ObjectKeyOf::new(kind, "default", name)).unwrap();
+        let Some(Object::PersistentVolumeClaim(c)) = get(Kind::PersistentVolumeClaim, "data-web-0")
+        else {
+            panic!("claim gone")
+        };
+        let node_of = |name: &str| match get(Kind::Pod, name) {
+            Some(Object::Pod(p)) => p.spec.node_name,
+            _ => None,
+        };
+        let on = node_of("web-0").expect("web-0 scheduled");
+        assert_eq!(c.selected_node(), Some(on.as_str()));
+        assert_eq!(c.status.phase, "Bound");
+        assert_eq!(c.spec.volume_name, Some(format!("pvc-{}", c.metadata.uid)));
+        assert_eq!(c.status.capacity["storage"], Quantity("1Gi".into()));
+        // The second pod of the same claim followed it within the same pass, although
+        // spreading would have sent it to the other node.
+        assert_eq!(node_of("web-x"), Some(on));
     }
 
     #[test]

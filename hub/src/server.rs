@@ -5,7 +5,8 @@ use crate::controller::gc;
 use crate::store::{StoreError, StoreEvent, Tx};
 use crate::tokens;
 use flotilla_proto::api::{
-    Condition, Kind, Node, Object, ObjectKey, PodStatus, REVISION_ANNOTATION,
+    Condition, Kind, Node, Object, ObjectKey, PersistentVolumeClaim, PodStatus,
+    REVISION_ANNOTATION, SELECTED_NODE_ANNOTATION, StatefulSet,
 };
 use flotilla_proto::manifest;
 use flotilla_proto::wire::{
@@ -400,6 +401,12 @@ fn apply_one(
             j.spec.completions.get_or_insert(1);
             j.spec.backoff_limit.get_or_insert(6);
         }
+        Object::StatefulSet(sts) => default_statefulset(sts),
+        Object::PersistentVolumeClaim(pvc) => {
+            pvc.spec
+                .volume_mode
+                .get_or_insert_with(|| "Filesystem".into());
+        }
         Object::CronJob(cj) => {
             cj.spec
                 .concurrency_policy
@@ -454,6 +461,13 @@ fn apply_one(
                 (Object::PodDisruptionBudget(old), Object::PodDisruptionBudget(new)) => {
                     new.status = old.status.clone()
                 }
+                (Object::StatefulSet(old), Object::StatefulSet(new)) => {
+                    check_statefulset_update(&key, old, new)?;
+                    new.status = old.status.clone();
+                }
+                (Object::PersistentVolumeClaim(old), Object::PersistentVolumeClaim(new)) => {
+                    keep_claim_binding(&key, old, new)?;
+                }
                 _ => {}
             }
             if old.desired_eq(&obj) {
@@ -472,6 +486,89 @@ fn apply_one(
         name: key.name,
         action,
     })
+}
+
+/// What the Kubernetes API server fills in for a StatefulSet left unsaid.
+fn default_statefulset(sts: &mut StatefulSet) {
+    let s = &mut sts.spec;
+    s.replicas.get_or_insert(1);
+    s.pod_management_policy
+        .get_or_insert_with(|| "OrderedReady".into());
+    s.revision_history_limit.get_or_insert(10);
+    let strategy = s.update_strategy.get_or_insert_with(Default::default);
+    let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+    if kind == "RollingUpdate" {
+        strategy
+            .rolling_update
+            .get_or_insert_with(Default::default)
+            .partition
+            .get_or_insert(0);
+    }
+    let retention = s
+        .persistent_volume_claim_retention_policy
+        .get_or_insert_with(Default::default);
+    retention
+        .when_deleted
+        .get_or_insert_with(|| "Retain".into());
+    retention.when_scaled.get_or_insert_with(|| "Retain".into());
+    s.template
+        .spec
+        .restart_policy
+        .get_or_insert_with(|| "Always".into());
+    for t in &mut s.volume_claim_templates {
+        t.spec
+            .volume_mode
+            .get_or_insert_with(|| "Filesystem".into());
+    }
+}
+
+/// Kubernetes allows changing only some of a StatefulSet's spec: identity and storage stay.
+fn check_statefulset_update(
+    key: &ObjectKey,
+    old: &StatefulSet,
+    new: &StatefulSet,
+) -> Result<(), StoreError> {
+    let fixed = |s: &StatefulSet| {
+        (
+            s.spec.selector.clone(),
+            s.spec.service_name.clone().unwrap_or_default(),
+            s.spec.pod_management_policy.clone(),
+            s.spec.volume_claim_templates.clone(),
+        )
+    };
+    if fixed(old) != fixed(new) {
+        return Err(StoreError::Invalid(format!(
+            "{key}: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"
+        )));
+    }
+    Ok(())
+}
+
+/// A re-applied claim keeps what binding gave it (its node, volume name and status); like
+/// Kubernetes, only `resources.requests` may change after creation.
+fn keep_claim_binding(
+    key: &ObjectKey,
+    old: &PersistentVolumeClaim,
+    new: &mut PersistentVolumeClaim,
+) -> Result<(), StoreError> {
+    new.status = old.status.clone();
+    if let Some(node) = old.selected_node() {
+        new.metadata
+            .annotations
+            .entry(SELECTED_NODE_ANNOTATION.into())
+            .or_insert_with(|| node.to_string());
+    }
+    if new.spec.volume_name.is_none() {
+        new.spec.volume_name = old.spec.volume_name.clone();
+    }
+    let mut same = new.spec.clone();
+    same.resources.requests = old.spec.resources.requests.clone();
+    if same != old.spec {
+        return Err(StoreError::Invalid(format!(
+            "{key}: spec: Forbidden: spec is immutable after creation except resources.requests"
+        )));
+    }
+    Ok(())
 }
 
 fn get(hub: &Hub, kind: Kind, namespace: Option<String>, name: Option<String>) -> Response {
@@ -1116,6 +1213,94 @@ async fn fetch_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Applies each manifest in turn on a fresh store: the action or the error, per manifest.
+    fn apply_all(manifests: &[&str], between: impl Fn(&mut Tx<'_>)) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb"), &[5u8; 32]).unwrap();
+        manifests
+            .iter()
+            .map(|m| {
+                let obj = manifest::parse(m).unwrap().remove(0).object;
+                let r = store.write(|tx| {
+                    let r = apply_one(tx, obj, &[]);
+                    between(tx);
+                    r
+                });
+                match r {
+                    Ok(a) => format!("{:?}", a.action),
+                    Err(e) => e.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn statefulset_identity_and_storage_are_immutable() {
+        let sts = |replicas: i32, service: &str, storage: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  serviceName: {service}\n  revisionHistoryLimit: {replicas}\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: c, image: x}}]}}\n  volumeClaimTemplates:\n  - metadata: {{name: data}}\n    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: {storage}}}}}}}\n"
+            )
+        };
+        let results = apply_all(
+            &[
+                &sts(3, "web", "1Gi"),
+                &sts(3, "web", "1Gi"),
+                &sts(5, "web", "1Gi"),
+                &sts(5, "db", "1Gi"),
+                &sts(5, "web", "2Gi"),
+            ],
+            |_| {},
+        );
+        assert_eq!(results[..3], ["Created", "Unchanged", "Configured"]);
+        for r in &results[3..] {
+            assert!(
+                r.starts_with("statefulset.apps default/web: spec: Forbidden: updates to statefulset spec for fields other than"),
+                "{r}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reapplied_claim_keeps_its_binding() {
+        let pvc = |class: &str, storage: &str| {
+            format!(
+                "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data}}\nspec: {{accessModes: [ReadWriteOnce], storageClassName: {class}, resources: {{requests: {{storage: {storage}}}}}}}\n"
+            )
+        };
+        let key = ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data");
+        // What the scheduler does when the claim's first pod is bound.
+        let bind = |tx: &mut Tx<'_>| {
+            if let Ok(Some(Object::PersistentVolumeClaim(mut c))) = tx.get(&key)
+                && c.selected_node().is_none()
+            {
+                c.metadata
+                    .annotations
+                    .insert(SELECTED_NODE_ANNOTATION.into(), "node-1".into());
+                c.status.phase = "Bound".into();
+                c.spec.volume_name = Some("pvc-1".into());
+                tx.put(Object::PersistentVolumeClaim(c)).unwrap();
+            }
+        };
+        let results = apply_all(
+            &[
+                &pvc("local", "1Gi"),
+                &pvc("local", "1Gi"),
+                &pvc("local", "2Gi"),
+                &pvc("fast", "2Gi"),
+            ],
+            bind,
+        );
+        expect_test::expect![[r#"
+            [
+                "Created",
+                "Unchanged",
+                "Configured",
+                "persistentvolumeclaim default/data: spec: Forbidden: spec is immutable after creation except resources.requests",
+            ]
+        "#]]
+        .assert_debug_eq(&results);
+    }
 
     #[test]
     fn image_references() {

@@ -20,21 +20,27 @@ pub enum Kind {
     Job,
     CronJob,
     PodDisruptionBudget,
+    StatefulSet,
+    PersistentVolumeClaim,
+    ControllerRevision,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Deployment,
         Kind::ReplicaSet,
+        Kind::StatefulSet,
         Kind::DaemonSet,
         Kind::Job,
         Kind::CronJob,
         Kind::PodDisruptionBudget,
         Kind::ConfigMap,
         Kind::Secret,
+        Kind::PersistentVolumeClaim,
+        Kind::ControllerRevision,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,12 +56,19 @@ impl Kind {
             Kind::Job => "Job",
             Kind::CronJob => "CronJob",
             Kind::PodDisruptionBudget => "PodDisruptionBudget",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
+            Kind::ControllerRevision => "ControllerRevision",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet => "apps/v1",
+            Kind::Deployment
+            | Kind::ReplicaSet
+            | Kind::DaemonSet
+            | Kind::StatefulSet
+            | Kind::ControllerRevision => "apps/v1",
             Kind::Job | Kind::CronJob => "batch/v1",
             Kind::PodDisruptionBudget => "policy/v1",
             _ => "v1",
@@ -80,6 +93,9 @@ impl Kind {
             Kind::Job => "job.batch",
             Kind::CronJob => "cronjob.batch",
             Kind::PodDisruptionBudget => "poddisruptionbudget.policy",
+            Kind::StatefulSet => "statefulset.apps",
+            Kind::PersistentVolumeClaim => "persistentvolumeclaim",
+            Kind::ControllerRevision => "controllerrevision.apps",
         }
     }
 
@@ -103,6 +119,11 @@ impl Kind {
             "job" | "jobs" => Kind::Job,
             "cronjob" | "cronjobs" | "cj" => Kind::CronJob,
             "poddisruptionbudget" | "poddisruptionbudgets" | "pdb" => Kind::PodDisruptionBudget,
+            "statefulset" | "statefulsets" | "sts" => Kind::StatefulSet,
+            "persistentvolumeclaim" | "persistentvolumeclaims" | "pvc" => {
+                Kind::PersistentVolumeClaim
+            }
+            "controllerrevision" | "controllerrevisions" => Kind::ControllerRevision,
             _ => return None,
         })
     }
@@ -306,6 +327,13 @@ pub struct PodSpec {
     pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// The pod's hostname (a DNS label); a StatefulSet sets it to the pod's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// With `hostname`, the pod's name in DNS is `hostname.subdomain.namespace`; a StatefulSet
+    /// sets it to its serviceName. Stored for now: Flotilla has no cluster DNS yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
 }
 
 /// A pod volume. WASI pods see each mount as a preopened directory.
@@ -324,6 +352,17 @@ pub struct Volume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "downwardAPI")]
     pub downward_api: Option<DownwardApiVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
+}
+
+/// A claim in the pod's namespace; on the node it is a directory that outlives the pod.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistentVolumeClaimVolumeSource {
+    pub claim_name: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -433,6 +472,13 @@ impl PodSpec {
                 .and_then(|q| q.bytes().ok());
             (c + cpu.unwrap_or(0), m + mem.unwrap_or(0))
         })
+    }
+
+    /// The claims the pod's volumes name (in the pod's namespace).
+    pub fn claims(&self) -> impl Iterator<Item = &PersistentVolumeClaimVolumeSource> + '_ {
+        self.volumes
+            .iter()
+            .filter_map(|v| v.persistent_volume_claim.as_ref())
     }
 
     pub fn host_ports(&self) -> impl Iterator<Item = i32> + '_ {
@@ -1192,8 +1238,320 @@ impl DaemonSet {
     }
 }
 
-/// The pod label that ties a DaemonSet's pods to one template (Kubernetes' name).
+/// The pod label that ties a DaemonSet's or StatefulSet's pods to one template (Kubernetes'
+/// name).
 pub const CONTROLLER_REVISION_LABEL: &str = "controller-revision-hash";
+
+// ---------------------------------------------------------------- StatefulSet
+
+/// Pods with stable identities (`NAME-0..N-1`) and stable storage (one claim per template and
+/// ordinal), started, stopped and updated in ordinal order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSet {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: StatefulSetSpec,
+    #[serde(default)]
+    pub status: StatefulSetStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetSpec {
+    /// Defaults to 1, as in Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(default)]
+    pub selector: LabelSelector,
+    /// The governing Service: pods get it as `spec.subdomain`. Stored; DNS comes later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+    /// OrderedReady (default) or Parallel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_management_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<StatefulSetUpdateStrategy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_claim_templates: Vec<PersistentVolumeClaimTemplate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim_retention_policy:
+        Option<StatefulSetPersistentVolumeClaimRetentionPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+    /// Old ControllerRevisions kept (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetUpdateStrategy {
+    /// RollingUpdate (default) or OnDelete.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdateStatefulSetStrategy>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdateStatefulSetStrategy {
+    /// Ordinals below the partition keep the current revision (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetPersistentVolumeClaimRetentionPolicy {
+    /// Retain (default) or Delete: what happens to the claims when the StatefulSet is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_deleted: Option<String>,
+    /// Retain (default) or Delete: what happens to the claims of ordinals scaled away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_scaled: Option<String>,
+}
+
+/// An entry of `volumeClaimTemplates`: a claim without status (apiVersion and kind optional).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistentVolumeClaimTemplate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PersistentVolumeClaimSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetStatus {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub observed_generation: i64,
+    /// Pods that exist, ready or not.
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pods at `currentRevision`.
+    #[serde(default)]
+    pub current_replicas: i32,
+    /// Pods at `updateRevision`.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Ready for at least minReadySeconds.
+    #[serde(default)]
+    pub available_replicas: i32,
+    /// The ControllerRevision of the pods before the rollout in progress (all of them once
+    /// it completes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub current_revision: String,
+    /// The ControllerRevision of the current template.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub update_revision: String,
+}
+
+impl StatefulSet {
+    pub fn replicas(&self) -> i32 {
+        self.spec.replicas.unwrap_or(1).max(0)
+    }
+
+    pub fn is_parallel(&self) -> bool {
+        self.spec.pod_management_policy.as_deref() == Some("Parallel")
+    }
+
+    pub fn is_on_delete(&self) -> bool {
+        self.spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            == Some("OnDelete")
+    }
+
+    /// Ordinals below this keep the current revision during a RollingUpdate.
+    pub fn partition(&self) -> i32 {
+        self.spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.as_ref())
+            .and_then(|r| r.partition)
+            .unwrap_or(0)
+            .max(0)
+    }
+
+    fn retention(
+        &self,
+        f: fn(&StatefulSetPersistentVolumeClaimRetentionPolicy) -> &Option<String>,
+    ) -> bool {
+        self.spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .and_then(|p| f(p).as_deref())
+            == Some("Delete")
+    }
+
+    /// Whether deleting the StatefulSet deletes its claims (whenDeleted: Delete).
+    pub fn deletes_claims_with_set(&self) -> bool {
+        self.retention(|p| &p.when_deleted)
+    }
+
+    /// Whether scaling down deletes the claims of the removed ordinals (whenScaled: Delete).
+    pub fn deletes_claims_on_scale_down(&self) -> bool {
+        self.retention(|p| &p.when_scaled)
+    }
+
+    /// The pod name of `ordinal`.
+    pub fn pod_name(&self, ordinal: i32) -> String {
+        format!("{}-{ordinal}", self.metadata.name)
+    }
+
+    /// The claim of template `template` for `ordinal`: `<template>-<set>-<ordinal>`.
+    pub fn claim_name(&self, template: &str, ordinal: i32) -> String {
+        format!("{template}-{}-{ordinal}", self.metadata.name)
+    }
+
+    /// The ordinal of one of this set's pods, from its name.
+    pub fn ordinal_of(&self, pod_name: &str) -> Option<i32> {
+        ordinal_suffix(pod_name, &format!("{}-", self.metadata.name))
+    }
+
+    /// The ordinal and template of one of this set's claims, from its name.
+    pub fn claim_ordinal(&self, claim_name: &str) -> Option<(i32, &str)> {
+        self.spec.volume_claim_templates.iter().find_map(|t| {
+            let prefix = format!("{}-{}-", t.metadata.name, self.metadata.name);
+            ordinal_suffix(claim_name, &prefix).map(|o| (o, t.metadata.name.as_str()))
+        })
+    }
+}
+
+/// `prefix` followed by a canonical non-negative integer (no sign, no leading zeros).
+fn ordinal_suffix(name: &str, prefix: &str) -> Option<i32> {
+    let digits = name.strip_prefix(prefix)?;
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
+}
+
+/// Pod label: the pod's own name, so a Service can select a single replica (Kubernetes' name).
+pub const STATEFULSET_POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+/// Pod label: the pod's ordinal (Kubernetes' name).
+pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
+// ---------------------------------------------------------------- PersistentVolumeClaim
+
+/// A request for storage. On Flotilla a claim is a directory on one node
+/// (`<agent data>/claims/<namespace>/<name>`), chosen when its first pod is scheduled
+/// (WaitForFirstConsumer) and recorded in `volume.kubernetes.io/selected-node`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistentVolumeClaim {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PersistentVolumeClaimSpec,
+    #[serde(default)]
+    pub status: PersistentVolumeClaimStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistentVolumeClaimSpec {
+    /// ReadWriteOnce or ReadWriteOncePod (a claim lives on one node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+    /// `requests.storage` is required; it is recorded, not enforced (no quotas on directories).
+    #[serde(default)]
+    pub resources: ResourceRequirements,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Filesystem (the only mode: claims are directories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<String>,
+    /// Set when the claim is bound (`pvc-<uid>`, as dynamic provisioners name volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistentVolumeClaimStatus {
+    /// Pending until a pod using it is scheduled, then Bound.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: BTreeMap<String, Quantity>,
+}
+
+/// Claim annotation: the node the claim's directory lives on, set by the scheduler when the
+/// first pod using the claim is bound (Kubernetes' WaitForFirstConsumer annotation).
+pub const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
+
+impl PersistentVolumeClaim {
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    pub fn selected_node(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .get(SELECTED_NODE_ANNOTATION)
+            .map(String::as_str)
+    }
+
+    /// Whether at most one pod may use the claim (access mode ReadWriteOncePod).
+    pub fn single_pod(&self) -> bool {
+        self.spec
+            .access_modes
+            .iter()
+            .any(|m| m == "ReadWriteOncePod")
+    }
+}
+
+// ---------------------------------------------------------------- ControllerRevision
+
+/// One template a StatefulSet has had: pods carry its name in `controller-revision-hash`, and
+/// pods below a rollout's partition are recreated from the current revision's template.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerRevision {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// For a StatefulSet: `{"spec": {"template": …}}`.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    #[serde(default)]
+    pub revision: i64,
+}
+
+impl ControllerRevision {
+    /// The pod template a StatefulSet's revision holds.
+    pub fn template(&self) -> Option<PodTemplateSpec> {
+        let t = self.data.get("spec")?.get("template")?;
+        serde_json::from_value(t.clone()).ok()
+    }
+}
 
 // ---------------------------------------------------------------- Job
 
@@ -1652,6 +2010,9 @@ pub enum Object {
     Job(Job),
     CronJob(CronJob),
     PodDisruptionBudget(PodDisruptionBudget),
+    StatefulSet(StatefulSet),
+    PersistentVolumeClaim(PersistentVolumeClaim),
+    ControllerRevision(ControllerRevision),
 }
 
 macro_rules! each_object {
@@ -1668,6 +2029,9 @@ macro_rules! each_object {
             Object::Job($o) => $body,
             Object::CronJob($o) => $body,
             Object::PodDisruptionBudget($o) => $body,
+            Object::StatefulSet($o) => $body,
+            Object::PersistentVolumeClaim($o) => $body,
+            Object::ControllerRevision($o) => $body,
         }
     };
 }
@@ -1686,6 +2050,9 @@ impl Object {
             Object::Job(_) => Kind::Job,
             Object::CronJob(_) => Kind::CronJob,
             Object::PodDisruptionBudget(_) => Kind::PodDisruptionBudget,
+            Object::StatefulSet(_) => Kind::StatefulSet,
+            Object::PersistentVolumeClaim(_) => Kind::PersistentVolumeClaim,
+            Object::ControllerRevision(_) => Kind::ControllerRevision,
         }
     }
 
@@ -1700,6 +2067,7 @@ impl Object {
             Object::Deployment(d) => Some(&d.spec.template.spec),
             Object::ReplicaSet(r) => Some(&r.spec.template.spec),
             Object::DaemonSet(d) => Some(&d.spec.template.spec),
+            Object::StatefulSet(s) => Some(&s.spec.template.spec),
             Object::Job(j) => Some(&j.spec.template.spec),
             Object::CronJob(c) => Some(&c.spec.job_template.spec.template.spec),
             _ => None,
@@ -1766,6 +2134,11 @@ impl Object {
             Kind::Job => Object::Job(serde_json::from_value(v)?),
             Kind::CronJob => Object::CronJob(serde_json::from_value(v)?),
             Kind::PodDisruptionBudget => Object::PodDisruptionBudget(serde_json::from_value(v)?),
+            Kind::StatefulSet => Object::StatefulSet(serde_json::from_value(v)?),
+            Kind::PersistentVolumeClaim => {
+                Object::PersistentVolumeClaim(serde_json::from_value(v)?)
+            }
+            Kind::ControllerRevision => Object::ControllerRevision(serde_json::from_value(v)?),
         })
     }
 
@@ -1806,5 +2179,32 @@ impl<'de> Deserialize<'de> for Object {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = serde_json::Value::deserialize(d)?;
         Object::from_json(v).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_names() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_kind(k.as_str()), Some(k));
+            assert_eq!(Kind::from_cli(k.resource()), Some(k), "{}", k.resource());
+            let mut v = serde_json::json!({"kind": k.as_str(), "metadata": {"name": "x"}});
+            if k == Kind::ControllerRevision {
+                v["revision"] = 1.into();
+            }
+            assert_eq!(Object::from_json(v).unwrap().kind(), k);
+        }
+        for (typed, k) in [
+            ("sts", Kind::StatefulSet),
+            ("statefulsets.apps", Kind::StatefulSet),
+            ("pvc", Kind::PersistentVolumeClaim),
+            ("persistentvolumeclaims", Kind::PersistentVolumeClaim),
+            ("controllerrevisions", Kind::ControllerRevision),
+        ] {
+            assert_eq!(Kind::from_cli(typed), Some(k), "{typed}");
+        }
     }
 }

@@ -159,6 +159,13 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
         Kind::PodDisruptionBudget => {
             Object::PodDisruptionBudget(typed(value, &label, &mut warnings)?)
         }
+        Kind::StatefulSet => Object::StatefulSet(typed(value, &label, &mut warnings)?),
+        Kind::PersistentVolumeClaim => {
+            Object::PersistentVolumeClaim(typed(value, &label, &mut warnings)?)
+        }
+        Kind::ControllerRevision => {
+            Object::ControllerRevision(typed(value, &label, &mut warnings)?)
+        }
     };
     let mut object = object;
     object.normalize();
@@ -178,7 +185,13 @@ fn typed<T: DeserializeOwned>(
 ) -> Result<T, ManifestError> {
     let mut ignored = Vec::new();
     let mut note = |path: serde_ignored::Path<'_>| {
-        let p = path.to_string();
+        // serde_ignored marks an Option's Some with a `?` segment; users never write one.
+        let p = path
+            .to_string()
+            .split('.')
+            .filter(|s| *s != "?")
+            .collect::<Vec<_>>()
+            .join(".");
         // Server-set metadata in manifests (e.g. from `fleet get -o yaml`) is accepted silently.
         if !matches!(p.as_str(), "metadata.managedFields" | "metadata.selfLink") {
             ignored.push(p)
@@ -409,7 +422,12 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
             }?;
             crate::scheduling::validate_selector("spec.selector", &s.selector)
         }
-        Object::Namespace(_) | Object::ConfigMap(_) => Ok(()),
+        Object::StatefulSet(sts) => validate_statefulset(sts),
+        Object::PersistentVolumeClaim(pvc) => validate_claim_spec("spec", &pvc.spec),
+        Object::ControllerRevision(cr) if cr.revision < 0 => {
+            Err(format!("revision must be >= 0, got {}", cr.revision))
+        }
+        Object::Namespace(_) | Object::ConfigMap(_) | Object::ControllerRevision(_) => Ok(()),
     }
 }
 
@@ -420,12 +438,226 @@ fn pod_template(object: &Object) -> Option<(&'static str, &crate::api::PodTempla
         Object::ReplicaSet(rs) => Some(("spec.template", &rs.spec.template)),
         Object::DaemonSet(ds) => Some(("spec.template", &ds.spec.template)),
         Object::Job(j) => Some(("spec.template", &j.spec.template)),
+        Object::StatefulSet(sts) => Some(("spec.template", &sts.spec.template)),
         Object::CronJob(cj) => Some((
             "spec.jobTemplate.spec.template",
             &cj.spec.job_template.spec.template,
         )),
         _ => None,
     }
+}
+
+/// A DNS-1123 label (what a hostname or a Service name must be): at most 63 lowercase
+/// letters, digits or '-', starting and ending with a letter or digit.
+pub fn check_label_name(field: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} must be a DNS label: at most 63 lowercase letters, digits or '-', starting and ending with a letter or digit, got {name:?}"
+        ))
+    }
+}
+
+/// The longest StatefulSet name: its revision label `NAME-<10-character hash>` must fit a
+/// label value (63).
+const MAX_STATEFULSET_NAME: usize = 52;
+
+fn validate_statefulset(sts: &crate::api::StatefulSet) -> Result<(), String> {
+    let name = &sts.metadata.name;
+    check_label_name("metadata.name", name).map_err(|e| {
+        format!("{e} (a StatefulSet's pods are named NAME-ORDINAL and use it as their hostname)")
+    })?;
+    if name.len() > MAX_STATEFULSET_NAME {
+        return Err(format!(
+            "metadata.name must be at most {MAX_STATEFULSET_NAME} characters for a StatefulSet (its pods' controller-revision-hash label is NAME-<10-character hash>), got {}",
+            name.len()
+        ));
+    }
+    let s = &sts.spec;
+    check_replicas(s.replicas)?;
+    check_selector(&s.selector, &s.template)?;
+    for (field, v) in [
+        ("minReadySeconds", s.min_ready_seconds),
+        ("revisionHistoryLimit", s.revision_history_limit),
+    ] {
+        if let Some(v) = v
+            && v < 0
+        {
+            return Err(format!("spec.{field} must be >= 0, got {v}"));
+        }
+    }
+    if let Some(service) = s.service_name.as_deref().filter(|n| !n.is_empty()) {
+        check_label_name("spec.serviceName", service)?;
+    }
+    if let Some(p) = &s.pod_management_policy
+        && !matches!(p.as_str(), "OrderedReady" | "Parallel")
+    {
+        return Err(format!(
+            "spec.podManagementPolicy must be OrderedReady or Parallel, got {p:?}"
+        ));
+    }
+    if let Some(st) = &s.update_strategy {
+        match st.type_.as_deref() {
+            None | Some("RollingUpdate") => {
+                if let Some(p) = st.rolling_update.as_ref().and_then(|r| r.partition)
+                    && p < 0
+                {
+                    return Err(format!(
+                        "spec.updateStrategy.rollingUpdate.partition must be >= 0, got {p}"
+                    ));
+                }
+            }
+            Some("OnDelete") if st.rolling_update.is_some() => {
+                return Err("spec.updateStrategy.rollingUpdate may not be specified when strategy type is OnDelete".into());
+            }
+            Some("OnDelete") => {}
+            Some(t) => {
+                return Err(format!(
+                    "spec.updateStrategy.type must be RollingUpdate or OnDelete, got {t:?}"
+                ));
+            }
+        }
+    }
+    if let Some(p) = &s.persistent_volume_claim_retention_policy {
+        for (field, v) in [
+            ("whenDeleted", &p.when_deleted),
+            ("whenScaled", &p.when_scaled),
+        ] {
+            if let Some(v) = v
+                && !matches!(v.as_str(), "Retain" | "Delete")
+            {
+                return Err(format!(
+                    "spec.persistentVolumeClaimRetentionPolicy.{field} must be Retain or Delete, got {v:?}"
+                ));
+            }
+        }
+    }
+    if s.template.spec.restart_policy() != "Always" {
+        return Err(format!(
+            "spec.template.spec.restartPolicy must be Always for a StatefulSet, got {:?}",
+            s.template.spec.restart_policy()
+        ));
+    }
+    // The pods' volumes: the template's, plus one claim per volumeClaimTemplate (what the
+    // controller adds), so volumeMounts may name either.
+    let mut pod = s.template.spec.clone();
+    let mut names = BTreeSet::new();
+    for (i, t) in s.volume_claim_templates.iter().enumerate() {
+        let at = format!("spec.volumeClaimTemplates[{i}]");
+        let tname = &t.metadata.name;
+        check_label_name(&format!("{at}.metadata.name"), tname)?;
+        if !names.insert(tname.as_str()) {
+            return Err(format!(
+                "{at}.metadata.name: duplicate claim template name {tname:?}"
+            ));
+        }
+        if pod.volumes.iter().any(|v| &v.name == tname) {
+            return Err(format!(
+                "{at}.metadata.name {tname:?} is also the name of a volume in spec.template.spec.volumes"
+            ));
+        }
+        for (k, v) in &t.metadata.labels {
+            check_label(k, v).map_err(|m| format!("{at}.metadata.labels: {m}"))?;
+        }
+        for (field, v) in [("apiVersion", &t.api_version), ("kind", &t.kind)] {
+            let want = if field == "kind" {
+                "PersistentVolumeClaim"
+            } else {
+                "v1"
+            };
+            if let Some(v) = v
+                && v != want
+            {
+                return Err(format!("{at}.{field} must be {want:?}, got {v:?}"));
+            }
+        }
+        validate_claim_spec(&format!("{at}.spec"), &t.spec)?;
+        pod.volumes.push(crate::api::Volume {
+            name: tname.clone(),
+            persistent_volume_claim: Some(crate::api::PersistentVolumeClaimVolumeSource {
+                claim_name: sts.claim_name(tname, 0),
+                read_only: false,
+            }),
+            ..Default::default()
+        });
+    }
+    validate_pod_spec("spec.template.spec", &pod)
+}
+
+/// Access modes a claim may ask for: a claim is a directory on one node.
+const ACCESS_MODES: [&str; 2] = ["ReadWriteOnce", "ReadWriteOncePod"];
+
+fn validate_claim_spec(
+    at: &str,
+    spec: &crate::api::PersistentVolumeClaimSpec,
+) -> Result<(), String> {
+    if spec.access_modes.is_empty() {
+        return Err(format!(
+            "{at}.accessModes: at least one access mode is required ({})",
+            ACCESS_MODES.join(" or ")
+        ));
+    }
+    for (i, m) in spec.access_modes.iter().enumerate() {
+        match m.as_str() {
+            "ReadWriteOnce" | "ReadWriteOncePod" => {}
+            "ReadOnlyMany" | "ReadWriteMany" => {
+                return Err(format!(
+                    "{at}.accessModes[{i}] {m:?} is not supported: a claim is a directory on one node ({})",
+                    ACCESS_MODES.join(" or ")
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "{at}.accessModes[{i}] {m:?} is not valid (ReadWriteOnce, ReadOnlyMany, ReadWriteMany or ReadWriteOncePod)"
+                ));
+            }
+        }
+    }
+    match spec.resources.requests.get("storage") {
+        None => return Err(format!("{at}.resources.requests.storage is required")),
+        Some(q) => {
+            q.bytes().map_err(|_| {
+                format!(
+                    "{at}.resources.requests.storage: invalid quantity {:?}",
+                    q.0
+                )
+            })?;
+        }
+    }
+    for (which, map) in [
+        ("requests", &spec.resources.requests),
+        ("limits", &spec.resources.limits),
+    ] {
+        for (res, q) in map {
+            if res != "storage" {
+                return Err(format!(
+                    "{at}.resources.{which}.{res}: resource {res:?} is not supported (storage)"
+                ));
+            }
+            q.bytes().map_err(|_| {
+                format!("{at}.resources.{which}.storage: invalid quantity {:?}", q.0)
+            })?;
+        }
+    }
+    if let Some(m) = &spec.volume_mode
+        && m != "Filesystem"
+    {
+        return Err(format!(
+            "{at}.volumeMode {m:?} is not supported (only Filesystem: claims are directories)"
+        ));
+    }
+    if let Some(c) = spec.storage_class_name.as_deref().filter(|c| !c.is_empty()) {
+        check_name(&format!("{at}.storageClassName"), c)?;
+    }
+    Ok(())
 }
 
 fn check_replicas(replicas: Option<i32>) -> Result<(), String> {
@@ -679,6 +911,11 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
         ));
     }
     crate::scheduling::validate_pod_spec(at, spec)?;
+    for (field, v) in [("hostname", &spec.hostname), ("subdomain", &spec.subdomain)] {
+        if let Some(v) = v {
+            check_label_name(&format!("{at}.{field}"), v)?;
+        }
+    }
     let mut names = BTreeSet::new();
     for (i, c) in spec.containers.iter().enumerate() {
         let at = format!("{at}.containers[{i}]");
@@ -828,12 +1065,13 @@ fn validate_volumes(at: &str, spec: &crate::api::PodSpec) -> Result<(), String> 
             v.config_map.is_some(),
             v.secret.is_some(),
             v.downward_api.is_some(),
+            v.persistent_volume_claim.is_some(),
         ];
         match sources.iter().filter(|s| **s).count() {
             1 => {}
             0 => {
                 return Err(format!(
-                    "{at} ({}): no supported volume source (emptyDir, hostPath, configMap, secret, downwardAPI)",
+                    "{at} ({}): no supported volume source (emptyDir, hostPath, configMap, secret, downwardAPI, persistentVolumeClaim)",
                     v.name
                 ));
             }
@@ -858,6 +1096,12 @@ fn validate_volumes(at: &str, spec: &crate::api::PodSpec) -> Result<(), String> 
                 q.bytes()
                     .map_err(|e| format!("{at}.emptyDir.sizeLimit: {e}"))?;
             }
+        }
+        if let Some(c) = &v.persistent_volume_claim {
+            check_name(
+                &format!("{at}.persistentVolumeClaim.claimName"),
+                &c.claim_name,
+            )?;
         }
         if let Some(h) = &v.host_path {
             if !h.path.starts_with('/') || h.path.split('/').any(|c| c == "..") {
@@ -1094,7 +1338,7 @@ metadata: {name: p}
 spec: {containers: [{name: c, image: x}]}
 "#;
         expect![[r#"
-            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Deployment, ReplicaSet, DaemonSet, Job, CronJob, PodDisruptionBudget, ConfigMap, Secret)
+            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, PodDisruptionBudget, ConfigMap, Secret, PersistentVolumeClaim, ControllerRevision)
             document 2 (deployment web): spec.replicas must be >= 0, got -1
             document 3 (deployment typed): spec.replicas: invalid type: string "three", expected i32
             document 4 (pod p): spec.containers[0].resources.limits.memory: invalid quantity "lots"
@@ -1232,6 +1476,128 @@ spec: {containers: [{name: c, image: x}]}
             job("ok1", "  completions: 3\n  parallelism: 2\n  ttlSecondsAfterFinished: 0", "restartPolicy: OnFailure"),
             cron("ok2", "  schedule: '30 9 * * 1-5'\n  timeZone: Europe/Berlin\n  concurrencyPolicy: Forbid"),
             ds("ok3", "  updateStrategy: {rollingUpdate: {maxUnavailable: 25%}}", ""),
+        ]
+        .join("");
+        assert_eq!(errors(&ok), "ok");
+    }
+
+    const STS: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  updateStrategy: {type: RollingUpdate, rollingUpdate: {partition: 1, maxUnavailable: 2}}
+  ordinals: {start: 5}
+  persistentVolumeClaimRetentionPolicy: {whenDeleted: Delete, whenScaled: Retain}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: chaos:latest
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - apiVersion: v1
+    kind: PersistentVolumeClaim
+    metadata: {name: data, labels: {tier: db}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+      dataSource: {kind: VolumeSnapshot, name: snap}
+"#;
+
+    #[test]
+    fn parses_statefulset_with_warnings() {
+        let parsed = parse(STS).unwrap();
+        let Object::StatefulSet(s) = &parsed[0].object else {
+            panic!("not a statefulset")
+        };
+        assert_eq!((s.replicas(), s.partition()), (3, 1));
+        assert!(s.deletes_claims_with_set() && !s.deletes_claims_on_scale_down());
+        assert_eq!(s.claim_name("data", 2), "data-web-2");
+        assert_eq!(s.claim_ordinal("data-web-2"), Some((2, "data")));
+        assert_eq!(s.ordinal_of("web-10"), Some(10));
+        for not_ours in ["web-", "web-01", "web-+1", "web-x", "webb-1", "data-web-1"] {
+            assert_eq!(s.ordinal_of(not_ours), None, "{not_ours}");
+        }
+        expect![[r#"
+            [
+                "statefulset web: field spec.ordinals is not supported yet and was ignored",
+                "statefulset web: field spec.updateStrategy.rollingUpdate.maxUnavailable is not supported yet and was ignored",
+                "statefulset web: field spec.volumeClaimTemplates.0.spec.dataSource is not supported yet and was ignored",
+            ]
+        "#]]
+        .assert_debug_eq(&parsed[0].warnings);
+    }
+
+    #[test]
+    fn statefulset_and_claim_fields_are_checked() {
+        let sts = |name: &str, spec: &str, template: &str, claims: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n{spec}\n  template:\n    metadata: {{labels: {{app: {template}}}}}\n    spec:\n      containers: [{{name: c, image: x, volumeMounts: [{{name: data, mountPath: /data}}]}}]\n  volumeClaimTemplates:\n{claims}\n---\n"
+            )
+        };
+        let ok_claim = "  - metadata: {name: data}\n    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}";
+        let claim = |spec: &str| format!("  - metadata: {{name: data}}\n    spec: {spec}");
+        let pvc = |name: &str, spec: &str| {
+            format!(
+                "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec: {spec}\n---\n"
+            )
+        };
+        let text = [
+            sts("s1", "  replicas: -1", "a", ok_claim),
+            sts("s2", "", "b", ok_claim),
+            sts("s3", "  podManagementPolicy: Burst", "a", ok_claim),
+            sts("s4", "  updateStrategy: {rollingUpdate: {partition: -2}}", "a", ok_claim),
+            sts("s5", "  updateStrategy: {type: OnDelete, rollingUpdate: {partition: 1}}", "a", ok_claim),
+            sts("s6", "  updateStrategy: {type: Blue}", "a", ok_claim),
+            sts("s7", "  persistentVolumeClaimRetentionPolicy: {whenScaled: Keep}", "a", ok_claim),
+            sts("s8", "  serviceName: My_Service", "a", ok_claim),
+            sts("s9.x", "", "a", ok_claim),
+            sts(&"s".repeat(53), "", "a", ok_claim),
+            sts("s11", "", "a", &ok_claim.replace("name: data", "name: logs")),
+            sts("s12", "", "a", &claim("{accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}")),
+            sts("s13", "", "a", &claim("{accessModes: [ReadWriteOnce]}")),
+            sts("s14", "", "a", &claim("{accessModes: [ReadWriteOnce], resources: {requests: {storage: lots}}}")),
+            sts("s15", "", "a", &format!("{ok_claim}\n{ok_claim}")),
+            sts("s16", "  minReadySeconds: -1", "a", ok_claim),
+            pvc("p1", "{resources: {requests: {storage: 1Gi}}}"),
+            pvc("p2", "{accessModes: [ReadWriteOnce], volumeMode: Block, resources: {requests: {storage: 1Gi}}}"),
+            pvc("p3", "{accessModes: [Sometimes], resources: {requests: {storage: 1Gi}}}"),
+            pvc("p4", "{accessModes: [ReadWriteOncePod], resources: {requests: {storage: 1Gi, cpu: 1}}}"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  hostname: a.b\n  containers: [{name: c, image: x}]\n---\n".into(),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: q}\nspec:\n  containers: [{name: c, image: x}]\n  volumes: [{name: d, persistentVolumeClaim: {claimName: Bad}}]\n---\n".into(),
+        ]
+        .join("");
+        expect![[r#"
+            document 1 (statefulset s1): spec.replicas must be >= 0, got -1
+            document 2 (statefulset s2): spec.template.metadata.labels must match spec.selector.matchLabels (app=a is missing)
+            document 3 (statefulset s3): spec.podManagementPolicy must be OrderedReady or Parallel, got "Burst"
+            document 4 (statefulset s4): spec.updateStrategy.rollingUpdate.partition must be >= 0, got -2
+            document 5 (statefulset s5): spec.updateStrategy.rollingUpdate may not be specified when strategy type is OnDelete
+            document 6 (statefulset s6): spec.updateStrategy.type must be RollingUpdate or OnDelete, got "Blue"
+            document 7 (statefulset s7): spec.persistentVolumeClaimRetentionPolicy.whenScaled must be Retain or Delete, got "Keep"
+            document 8 (statefulset s8): spec.serviceName must be a DNS label: at most 63 lowercase letters, digits or '-', starting and ending with a letter or digit, got "My_Service"
+            document 9 (statefulset s9.x): metadata.name must be a DNS label: at most 63 lowercase letters, digits or '-', starting and ending with a letter or digit, got "s9.x" (a StatefulSet's pods are named NAME-ORDINAL and use it as their hostname)
+            document 10 (statefulset sssssssssssssssssssssssssssssssssssssssssssssssssssss): metadata.name must be at most 52 characters for a StatefulSet (its pods' controller-revision-hash label is NAME-<10-character hash>), got 53
+            document 11 (statefulset s11): spec.template.spec.containers[0].volumeMounts[0].name: no volume named "data" in the pod
+            document 12 (statefulset s12): spec.volumeClaimTemplates[0].spec.accessModes[0] "ReadWriteMany" is not supported: a claim is a directory on one node (ReadWriteOnce or ReadWriteOncePod)
+            document 13 (statefulset s13): spec.volumeClaimTemplates[0].spec.resources.requests.storage is required
+            document 14 (statefulset s14): spec.volumeClaimTemplates[0].spec.resources.requests.storage: invalid quantity "lots"
+            document 15 (statefulset s15): spec.volumeClaimTemplates[1].metadata.name: duplicate claim template name "data"
+            document 16 (statefulset s16): spec.minReadySeconds must be >= 0, got -1
+            document 17 (persistentvolumeclaim p1): spec.accessModes: at least one access mode is required (ReadWriteOnce or ReadWriteOncePod)
+            document 18 (persistentvolumeclaim p2): spec.volumeMode "Block" is not supported (only Filesystem: claims are directories)
+            document 19 (persistentvolumeclaim p3): spec.accessModes[0] "Sometimes" is not valid (ReadWriteOnce, ReadOnlyMany, ReadWriteMany or ReadWriteOncePod)
+            document 20 (persistentvolumeclaim p4): spec.resources.requests.cpu: resource "cpu" is not supported (storage)
+            document 21 (pod p): spec.hostname must be a DNS label: at most 63 lowercase letters, digits or '-', starting and ending with a letter or digit, got "a.b"
+            document 22 (pod q): spec.volumes[0].persistentVolumeClaim.claimName must consist of lowercase letters, digits, '-' or '.', and start and end with a letter or digit, got "Bad""#]].assert_eq(&errors(&text));
+        let ok = [
+            sts("ok1", "  replicas: 0\n  podManagementPolicy: Parallel\n  updateStrategy: {type: OnDelete}", "a", ok_claim),
+            pvc("ok2", "{accessModes: [ReadWriteOncePod], storageClassName: local, volumeMode: Filesystem, resources: {requests: {storage: 512Mi}}}"),
         ]
         .join("");
         assert_eq!(errors(&ok), "ok");

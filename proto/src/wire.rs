@@ -116,7 +116,7 @@ pub enum Request {
     },
 }
 
-/// What `fleet label|taint|cordon|uncordon` change.
+/// What `fleet label|taint|cordon|uncordon|scale` change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Edit {
     /// Sets and removes labels; a changed value needs `overwrite`, as with kubectl.
@@ -134,6 +134,8 @@ pub enum Edit {
     },
     /// Sets a node's `spec.unschedulable`.
     Cordon(bool),
+    /// Sets `spec.replicas` of a Deployment, ReplicaSet or StatefulSet (`fleet scale`).
+    Replicas(i32),
 }
 
 /// What `fleet rollout …` and `fleet set image` ask of a Deployment.

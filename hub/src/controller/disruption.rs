@@ -161,6 +161,7 @@ fn expected_pods(
         expected += match scale.map(|k| tx.get(&k)).transpose()?.flatten() {
             Some(Object::ReplicaSet(rs)) => rs.spec.replicas.unwrap_or(1),
             Some(Object::DaemonSet(ds)) => ds.status.desired_number_scheduled,
+            Some(Object::StatefulSet(sts)) => sts.replicas(),
             Some(Object::Job(j)) => j.spec.parallelism.unwrap_or(1),
             // An owner that is gone, or has no scale: count the pods it left.
             _ => matched

@@ -4,7 +4,13 @@ use crate::store::{StoreError, Tx};
 use flotilla_proto::api::{Kind, Object, ObjectKey};
 
 /// Kinds whose objects can have owners.
-const DEPENDENT_KINDS: [Kind; 3] = [Kind::ReplicaSet, Kind::Job, Kind::Pod];
+const DEPENDENT_KINDS: [Kind; 5] = [
+    Kind::ReplicaSet,
+    Kind::Job,
+    Kind::Pod,
+    Kind::ControllerRevision,
+    Kind::PersistentVolumeClaim,
+];
 
 /// Deletes `key` and everything it owns, directly or through its children.
 pub fn delete_cascade(tx: &mut Tx<'_>, key: &ObjectKey) -> Result<Option<Object>, StoreError> {

@@ -10,6 +10,7 @@ pub mod gc;
 pub mod job;
 pub mod node;
 pub mod replicaset;
+pub mod statefulset;
 pub mod taint;
 
 use crate::Hub;
