@@ -218,7 +218,8 @@ fn most_nodes_silent_means_the_hub_is_cut_off_and_replaces_nothing() {
     net.block_on(async {
         let cluster = Cluster::builder().agents(3).on(&net).start().await;
         cluster.push_example("hello").await;
-        let opt_in = r#""flotilla.io/disconnect-lost-after": 1s"#;
+        // Long enough to cover the two nodes' returns being a heartbeat or two apart.
+        let opt_in = r#""flotilla.io/disconnect-lost-after": 3s"#;
         cluster.apply(&deployment("web", 3, opt_in)).await.unwrap();
         let before = cluster.wait_ready("web", 3).await;
         let tracker = cluster.track_pods("web");

@@ -181,3 +181,137 @@ fn trim_history(tx: &mut Tx<'_>, cj: &CronJob, jobs: &mut Vec<Job>) -> Result<()
     jobs.retain(|j| !doomed.contains(&j.metadata.name));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The concurrency policies against a real store, on an injected clock: each reconcile is
+    //! given the time it runs at, so minutes pass without waiting for them.
+    use super::*;
+    use crate::store::Store;
+    use flotilla_proto::api::Condition;
+
+    const CRON: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick, namespace: default}
+spec:
+  schedule: "* * * * *"
+  concurrencyPolicy: POLICY
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: main, image: batch:latest}]
+"#;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        key: ObjectKey,
+        /// The minute boundary after the CronJob was created.
+        first: SystemTime,
+    }
+
+    impl Fixture {
+        fn new(policy: &str) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("s.redb"), &[5u8; 32]).unwrap();
+            let mut parsed =
+                flotilla_proto::manifest::parse(&CRON.replace("POLICY", policy)).unwrap();
+            let obj = parsed.remove(0).object;
+            store.write(|tx| tx.put(obj)).unwrap();
+            let key = ObjectKey::new(Kind::CronJob, "default", "tick");
+            let Some(Object::CronJob(cj)) = store.get(&key).unwrap() else {
+                panic!("stored cronjob")
+            };
+            let created = parse_time(Some(&cj.metadata.creation_timestamp)).unwrap();
+            let secs = created.duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let first = UNIX_EPOCH + Duration::from_secs((secs / 60 + 1) * 60);
+            Fixture {
+                _dir: dir,
+                store,
+                key,
+                first,
+            }
+        }
+
+        /// Runs the controller at `minute` minutes after the first boundary (plus a second).
+        fn at(&self, minute: u64) {
+            let ctx = Ctx {
+                now: self.first + Duration::from_secs(minute * 60 + 1),
+                job_backoff: Duration::from_secs(1),
+            };
+            self.store
+                .write(|tx| reconcile(tx, &self.key, &ctx))
+                .unwrap();
+        }
+
+        /// The Jobs, by the minute (relative to the first boundary) they were scheduled for.
+        fn jobs(&self) -> Vec<(u64, bool)> {
+            let (objs, _) = self.store.list(Kind::Job, Some("default")).unwrap();
+            let first = self.first.duration_since(UNIX_EPOCH).unwrap().as_secs() / 60;
+            objs.into_iter()
+                .filter_map(|o| match o {
+                    Object::Job(j) => {
+                        let m: u64 = j.metadata.name.strip_prefix("tick-")?.parse().ok()?;
+                        Some((m - first, j.finished().is_some()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn complete(&self, minute: u64) {
+            let first = self.first.duration_since(UNIX_EPOCH).unwrap().as_secs() / 60;
+            let key = ObjectKey::new(Kind::Job, "default", &format!("tick-{}", first + minute));
+            self.store
+                .write(|tx| {
+                    let Some(Object::Job(mut j)) = tx.get(&key)? else {
+                        panic!("no job {key}")
+                    };
+                    j.status
+                        .conditions
+                        .push(Condition::new("Complete", "True", "Completed", ""));
+                    tx.put(Object::Job(j)).map(|_| ())
+                })
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn forbid_skips_a_run_that_would_overlap() {
+        let f = Fixture::new("Forbid");
+        f.at(0);
+        assert_eq!(f.jobs(), [(0, false)]);
+        // The first Job still runs a minute later: that run is skipped, not queued.
+        f.at(1);
+        assert_eq!(f.jobs(), [(0, false)]);
+        f.complete(0);
+        f.at(2);
+        assert_eq!(f.jobs(), [(0, true), (2, false)]);
+    }
+
+    #[test]
+    fn replace_stops_the_running_job_and_allow_runs_both() {
+        let f = Fixture::new("Replace");
+        f.at(0);
+        f.at(1);
+        assert_eq!(f.jobs(), [(1, false)]);
+        let f = Fixture::new("Allow");
+        f.at(0);
+        f.at(1);
+        assert_eq!(f.jobs(), [(0, false), (1, false)]);
+    }
+
+    #[test]
+    fn a_run_is_created_at_most_once_per_scheduled_time() {
+        let f = Fixture::new("Allow");
+        f.at(0);
+        f.at(0);
+        assert_eq!(f.jobs(), [(0, false)]);
+        // Missed minutes are not made up: only the latest due time runs.
+        f.at(5);
+        assert_eq!(f.jobs(), [(0, false), (5, false)]);
+    }
+}

@@ -14,14 +14,16 @@ use flotilla_proto::api::{Condition, Kind, Node, Object, ObjectKey, Pod};
 use flotilla_proto::disconnect::{self, Policy, Reconcile};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut warned_cut_off = false;
+    // When the hub last judged itself cut off: lost-after clocks restart from there, since
+    // while cut off it could not tell a silent node from its own isolation.
+    let mut last_cut_off: Option<SystemTime> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -42,14 +44,20 @@ pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
                         stored.min(started.elapsed())
                     })
             };
-            reconcile(tx, now, grace, silent_for)
+            reconcile(tx, now, grace, last_cut_off, silent_for).map(|c| (c, now))
         });
         match result {
-            Ok(cut_off) => {
-                if cut_off && !warned_cut_off {
+            Ok((cut_off, now)) => {
+                if cut_off
+                    && last_cut_off.is_none_or(|t| {
+                        now.duration_since(t).unwrap_or_default() > Duration::from_secs(2)
+                    })
+                {
                     warn!("most nodes are silent: assuming the hub is cut off, replacing nothing");
                 }
-                warned_cut_off = cut_off;
+                if cut_off {
+                    last_cut_off = Some(now);
+                }
             }
             Err(e) => warn!(error = %e, "node lifecycle pass failed"),
         }
@@ -61,11 +69,14 @@ pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
 ///
 /// Nodes that drop together are not all detected in the same pass (their last heartbeats
 /// were up to one interval apart), so for the cut-off rule a node counts as dropping once it
-/// has been silent for half the grace period, not only once it is marked NotReady.
+/// has been silent for half the grace period, not only once it is marked NotReady. And once the
+/// hub hears most nodes again, the ones still silent get a full `lost-after` from that moment
+/// (`last_cut_off`): nodes come back one by one.
 pub(crate) fn reconcile(
     tx: &mut Tx<'_>,
     now: SystemTime,
     grace: Duration,
+    last_cut_off: Option<SystemTime>,
     silent_for: impl Fn(&Node) -> Duration,
 ) -> Result<bool, StoreError> {
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
@@ -98,7 +109,9 @@ pub(crate) fn reconcile(
         if node.is_ready() || pod.is_terminal() {
             continue;
         }
-        let silent_since = not_ready_since(node).unwrap_or(now);
+        let silent_since = not_ready_since(node)
+            .unwrap_or(now)
+            .max(last_cut_off.unwrap_or(UNIX_EPOCH));
         let lost = match Policy::of(&pod) {
             Some(p) if !cut_off => {
                 now.duration_since(silent_since).unwrap_or_default() >= p.lost_after
