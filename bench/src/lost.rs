@@ -12,6 +12,7 @@ const AGENTS: usize = 8;
 const ROUNDS: usize = 3;
 const GRACE: Duration = Duration::from_secs(4);
 const HEARTBEAT: &str = "1s";
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 fn signal(p: &Proc, sig: &str) -> anyhow::Result<()> {
     let ok = Command::new("kill")
@@ -38,21 +39,26 @@ pub async fn run() -> anyhow::Result<()> {
     wait_nodes_ready(&client, AGENTS).await?;
     let mut samples = Vec::new();
     for _ in 0..ROUNDS {
-        let stopped = Instant::now();
-        for (_, p) in &agents {
+        // Stops spread over one heartbeat interval, so they fall at every phase of the
+        // agents' heartbeats and of the hub's lifecycle tick.
+        let mut stopped: BTreeMap<String, Instant> = BTreeMap::new();
+        for (name, p) in &agents {
             signal(p, "-STOP")?;
+            stopped.insert(name.clone(), Instant::now());
+            tokio::time::sleep(HEARTBEAT_EVERY / AGENTS as u32).await;
         }
+        let first = Instant::now();
         let mut detected: BTreeMap<String, Duration> = BTreeMap::new();
         while detected.len() < AGENTS {
             anyhow::ensure!(
-                stopped.elapsed() < GRACE * 5,
+                first.elapsed() < GRACE * 5,
                 "nodes not marked NotReady after {:?}",
-                stopped.elapsed()
+                first.elapsed()
             );
             let ready = ready_nodes(&client).await?;
-            for (name, _) in &agents {
+            for (name, at) in &stopped {
                 if !ready.contains(name) {
-                    detected.entry(name.clone()).or_insert(stopped.elapsed());
+                    detected.entry(name.clone()).or_insert(at.elapsed());
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
