@@ -116,6 +116,49 @@ fn new_hash(rss: &[ReplicaSet]) -> String {
     rss.last().unwrap().metadata.labels[TEMPLATE_HASH_LABEL].clone()
 }
 
+/// Ten replicas under the default strategy (maxSurge 25% rounds up to 3, maxUnavailable 25%
+/// rounds down to 2): at no committed state are fewer than 8 pods Ready or more than 13 pods
+/// there, and the rollout ends with all ten on the new template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_replicas_roll_within_the_default_bounds() {
+    let cluster = Cluster::builder().agents(3).start().await;
+    cluster.push_example("hello").await;
+    let v1 = deployment("ten", 10, "hello:latest", "", "", READY_PROBE);
+    cluster.apply(&v1).await.unwrap();
+    rolled_out(&cluster, "ten").await;
+    let tracker = cluster.track_pods("ten");
+    let v2 = deployment(
+        "ten",
+        10,
+        "hello:latest",
+        "        - {name: VERSION, value: v2}",
+        "",
+        READY_PROBE,
+    );
+    cluster.apply(&v2).await.unwrap();
+    let d = rolled_out(&cluster, "ten").await;
+    let seen = tracker.finish().await;
+    assert!(
+        seen.mixed_templates && seen.changes > 20,
+        "the rollout was not observed: {seen:?}"
+    );
+    assert!(
+        seen.min_ready >= 8,
+        "fewer than 10 - maxUnavailable(2) ready: {seen:?}"
+    );
+    assert!(
+        seen.max_pods <= 13,
+        "more than 10 + maxSurge(3) pods: {seen:?}"
+    );
+    assert_eq!(
+        (d.status.updated_replicas, d.status.available_replicas),
+        (10, 10)
+    );
+    let rss = replica_sets(&cluster, "ten").await;
+    all_pods_serve(&cluster, "ten", 10, &new_hash(&rss)).await;
+    cluster.shutdown().await;
+}
+
 /// A rolling update with maxUnavailable 0 never has fewer than `replicas` Ready pods, at any
 /// committed state; history lists both revisions; undo brings the first template back as
 /// revision 3, reusing its ReplicaSet; old ReplicaSets beyond revisionHistoryLimit go.

@@ -125,6 +125,11 @@ impl Rollout {
         self.all.iter().map(Rs::replicas).sum()
     }
 
+    /// Per ReplicaSet the larger of its spec and the pods it still has.
+    fn pods_or_spec_total(&self) -> i32 {
+        self.all.iter().map(|r| r.replicas().max(r.pods)).sum()
+    }
+
     fn available_total(&self) -> i32 {
         self.all.iter().map(Rs::available).sum()
     }
@@ -421,7 +426,9 @@ fn rolling(ro: &mut Rollout) {
         return;
     }
     if new_replicas < ro.desired {
-        let room = ro.desired + ro.surge - ro.spec_total();
+        // Pods an old ReplicaSet has not deleted yet still count: the surge bounds pods that
+        // exist, not only the sum of the ReplicaSets' specs (which is all Kubernetes counts).
+        let room = ro.desired + ro.surge - ro.pods_or_spec_total();
         if room > 0 {
             let up = room.min(ro.desired - new_replicas);
             ro.scale(n, new_replicas + up);
