@@ -282,17 +282,14 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
             let s = &d.spec;
             check_replicas(s.replicas)?;
             check_selector(&s.selector, &s.template)?;
-            for (field, v) in [
-                ("minReadySeconds", s.min_ready_seconds),
-                ("revisionHistoryLimit", s.revision_history_limit),
-                ("progressDeadlineSeconds", s.progress_deadline_seconds),
-            ] {
-                if let Some(v) = v
-                    && v < 0
-                {
-                    return Err(format!("spec.{field} must be >= 0, got {v}"));
-                }
-            }
+            check_non_negative(
+                "spec",
+                &[
+                    ("minReadySeconds", s.min_ready_seconds),
+                    ("revisionHistoryLimit", s.revision_history_limit),
+                    ("progressDeadlineSeconds", s.progress_deadline_seconds),
+                ],
+            )?;
             if let Some(p) = s.progress_deadline_seconds
                 && p <= s.min_ready_seconds.unwrap_or(0)
             {
@@ -306,51 +303,33 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
         Object::ReplicaSet(rs) => {
             let s = &rs.spec;
             check_replicas(s.replicas)?;
-            if let Some(v) = s.min_ready_seconds
-                && v < 0
-            {
-                return Err(format!("spec.minReadySeconds must be >= 0, got {v}"));
-            }
+            check_non_negative("spec", &[("minReadySeconds", s.min_ready_seconds)])?;
             check_selector(&s.selector, &s.template)?;
             validate_pod_spec("spec.template.spec", &s.template.spec)
         }
         Object::DaemonSet(ds) => {
             let s = &ds.spec;
             check_selector(&s.selector, &s.template)?;
-            for (field, v) in [
-                ("minReadySeconds", s.min_ready_seconds),
-                ("revisionHistoryLimit", s.revision_history_limit),
-            ] {
-                if let Some(v) = v
-                    && v < 0
-                {
-                    return Err(format!("spec.{field} must be >= 0, got {v}"));
-                }
-            }
+            check_non_negative(
+                "spec",
+                &[
+                    ("minReadySeconds", s.min_ready_seconds),
+                    ("revisionHistoryLimit", s.revision_history_limit),
+                ],
+            )?;
             if let Some(st) = &s.update_strategy {
-                match st.type_.as_deref() {
-                    None | Some("RollingUpdate") => {
-                        if let Some(ru) = &st.rolling_update {
-                            check_rolling_update("spec.updateStrategy.rollingUpdate", ru, true)?;
+                check_update_strategy(
+                    st.type_.as_deref(),
+                    st.rolling_update.is_some(),
+                    || match &st.rolling_update {
+                        Some(ru) => {
+                            check_rolling_update("spec.updateStrategy.rollingUpdate", ru, true)
                         }
-                    }
-                    Some("OnDelete") if st.rolling_update.is_some() => {
-                        return Err("spec.updateStrategy.rollingUpdate may not be specified when strategy type is OnDelete".into());
-                    }
-                    Some("OnDelete") => {}
-                    Some(t) => {
-                        return Err(format!(
-                            "spec.updateStrategy.type must be RollingUpdate or OnDelete, got {t:?}"
-                        ));
-                    }
-                }
+                        None => Ok(()),
+                    },
+                )?;
             }
-            if s.template.spec.restart_policy() != "Always" {
-                return Err(format!(
-                    "spec.template.spec.restartPolicy must be Always for a DaemonSet, got {:?}",
-                    s.template.spec.restart_policy()
-                ));
-            }
+            check_restart_always("DaemonSet", &s.template.spec)?;
             validate_pod_spec("spec.template.spec", &s.template.spec)
         }
         Object::Job(j) => validate_job("spec", &j.spec),
@@ -371,19 +350,16 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
                     "spec.startingDeadlineSeconds must be >= 0, got {d}"
                 ));
             }
-            for (field, v) in [
-                (
-                    "successfulJobsHistoryLimit",
-                    s.successful_jobs_history_limit,
-                ),
-                ("failedJobsHistoryLimit", s.failed_jobs_history_limit),
-            ] {
-                if let Some(v) = v
-                    && v < 0
-                {
-                    return Err(format!("spec.{field} must be >= 0, got {v}"));
-                }
-            }
+            check_non_negative(
+                "spec",
+                &[
+                    (
+                        "successfulJobsHistoryLimit",
+                        s.successful_jobs_history_limit,
+                    ),
+                    ("failedJobsHistoryLimit", s.failed_jobs_history_limit),
+                ],
+            )?;
             validate_job("spec.jobTemplate.spec", &s.job_template.spec)
         }
         Object::Secret(s) => {
@@ -484,16 +460,13 @@ fn validate_statefulset(sts: &crate::api::StatefulSet) -> Result<(), String> {
     let s = &sts.spec;
     check_replicas(s.replicas)?;
     check_selector(&s.selector, &s.template)?;
-    for (field, v) in [
-        ("minReadySeconds", s.min_ready_seconds),
-        ("revisionHistoryLimit", s.revision_history_limit),
-    ] {
-        if let Some(v) = v
-            && v < 0
-        {
-            return Err(format!("spec.{field} must be >= 0, got {v}"));
-        }
-    }
+    check_non_negative(
+        "spec",
+        &[
+            ("minReadySeconds", s.min_ready_seconds),
+            ("revisionHistoryLimit", s.revision_history_limit),
+        ],
+    )?;
     if let Some(service) = s.service_name.as_deref().filter(|n| !n.is_empty()) {
         check_label_name("spec.serviceName", service)?;
     }
@@ -505,26 +478,16 @@ fn validate_statefulset(sts: &crate::api::StatefulSet) -> Result<(), String> {
         ));
     }
     if let Some(st) = &s.update_strategy {
-        match st.type_.as_deref() {
-            None | Some("RollingUpdate") => {
-                if let Some(p) = st.rolling_update.as_ref().and_then(|r| r.partition)
-                    && p < 0
-                {
-                    return Err(format!(
-                        "spec.updateStrategy.rollingUpdate.partition must be >= 0, got {p}"
-                    ));
-                }
-            }
-            Some("OnDelete") if st.rolling_update.is_some() => {
-                return Err("spec.updateStrategy.rollingUpdate may not be specified when strategy type is OnDelete".into());
-            }
-            Some("OnDelete") => {}
-            Some(t) => {
-                return Err(format!(
-                    "spec.updateStrategy.type must be RollingUpdate or OnDelete, got {t:?}"
-                ));
-            }
-        }
+        check_update_strategy(
+            st.type_.as_deref(),
+            st.rolling_update.is_some(),
+            || match st.rolling_update.as_ref().and_then(|r| r.partition) {
+                Some(p) if p < 0 => Err(format!(
+                    "spec.updateStrategy.rollingUpdate.partition must be >= 0, got {p}"
+                )),
+                _ => Ok(()),
+            },
+        )?;
     }
     if let Some(p) = &s.persistent_volume_claim_retention_policy {
         for (field, v) in [
@@ -540,12 +503,7 @@ fn validate_statefulset(sts: &crate::api::StatefulSet) -> Result<(), String> {
             }
         }
     }
-    if s.template.spec.restart_policy() != "Always" {
-        return Err(format!(
-            "spec.template.spec.restartPolicy must be Always for a StatefulSet, got {:?}",
-            s.template.spec.restart_policy()
-        ));
-    }
+    check_restart_always("StatefulSet", &s.template.spec)?;
     // The pods' volumes: the template's, plus one claim per volumeClaimTemplate (what the
     // controller adds), so volumeMounts may name either.
     let mut pod = s.template.spec.clone();
@@ -660,6 +618,49 @@ fn validate_claim_spec(
     Ok(())
 }
 
+/// Fields that must not be negative, under `at`.
+fn check_non_negative(at: &str, fields: &[(&str, Option<i32>)]) -> Result<(), String> {
+    for (field, v) in fields {
+        if let Some(v) = v
+            && *v < 0
+        {
+            return Err(format!("{at}.{field} must be >= 0, got {v}"));
+        }
+    }
+    Ok(())
+}
+
+/// DaemonSets and StatefulSets run forever: their pods must restart Always.
+fn check_restart_always(kind: &str, spec: &crate::api::PodSpec) -> Result<(), String> {
+    match spec.restart_policy() {
+        "Always" => Ok(()),
+        other => Err(format!(
+            "spec.template.spec.restartPolicy must be Always for a {kind}, got {other:?}"
+        )),
+    }
+}
+
+/// `spec.updateStrategy.type` of a DaemonSet or StatefulSet; `rolling` checks the
+/// rollingUpdate block when the type is RollingUpdate and one is given.
+fn check_update_strategy(
+    type_: Option<&str>,
+    has_rolling: bool,
+    rolling: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    match type_ {
+        None | Some("RollingUpdate") if has_rolling => rolling(),
+        None | Some("RollingUpdate") => Ok(()),
+        Some("OnDelete") if has_rolling => Err(
+            "spec.updateStrategy.rollingUpdate may not be specified when strategy type is OnDelete"
+                .into(),
+        ),
+        Some("OnDelete") => Ok(()),
+        Some(t) => Err(format!(
+            "spec.updateStrategy.type must be RollingUpdate or OnDelete, got {t:?}"
+        )),
+    }
+}
+
 fn check_replicas(replicas: Option<i32>) -> Result<(), String> {
     match replicas {
         Some(r) if r < 0 => Err(format!("spec.replicas must be >= 0, got {r}")),
@@ -752,18 +753,15 @@ fn check_rolling_update(
 }
 
 fn validate_job(at: &str, spec: &crate::api::JobSpec) -> Result<(), String> {
-    for (field, v) in [
-        ("parallelism", spec.parallelism),
-        ("completions", spec.completions),
-        ("backoffLimit", spec.backoff_limit),
-        ("ttlSecondsAfterFinished", spec.ttl_seconds_after_finished),
-    ] {
-        if let Some(v) = v
-            && v < 0
-        {
-            return Err(format!("{at}.{field} must be >= 0, got {v}"));
-        }
-    }
+    check_non_negative(
+        at,
+        &[
+            ("parallelism", spec.parallelism),
+            ("completions", spec.completions),
+            ("backoffLimit", spec.backoff_limit),
+            ("ttlSecondsAfterFinished", spec.ttl_seconds_after_finished),
+        ],
+    )?;
     if let Some(d) = spec.active_deadline_seconds
         && d <= 0
     {
