@@ -6,7 +6,7 @@ use fleet::output::{self, Format};
 use fleet::rollout::Progress;
 use fleet::{Client, up};
 use flotilla_hub::config::ClientFile;
-use flotilla_proto::api::{Kind, Object};
+use flotilla_proto::api::{Event, Kind, Object};
 use flotilla_proto::wire::{ApplyAction, Edit, RolloutAction};
 use std::path::{Path, PathBuf};
 
@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
     },
-    /// List objects: fleet get pods|deployments|statefulsets|pvc|nodes|configmaps|… [NAME].
+    /// List objects: fleet get pods|deployments|statefulsets|pvc|nodes|events|… [NAME].
     Get {
         kind: String,
         name: Option<String>,
@@ -491,7 +491,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await?;
             for o in &objs {
+                // Events of cluster-scoped objects (nodes) live in the default namespace.
+                let ns = o.meta().namespace.as_deref().unwrap_or("default");
+                let events: Option<Vec<Event>> = client
+                    .get(Kind::Event, Some(ns), None)
+                    .await
+                    .ok()
+                    .map(|all| {
+                        all.into_iter()
+                            .filter_map(|e| match e {
+                                Object::Event(e) if e.involved_object.uid == o.meta().uid => {
+                                    Some(e)
+                                }
+                                _ => None,
+                            })
+                            .collect()
+                    });
                 print!("{}", describe(o));
+                // A hub too old to keep events: no section rather than a wrong `<none>`.
+                if let Some(events) = events {
+                    print!(
+                        "{}",
+                        output::events_section(&events, std::time::SystemTime::now())
+                    );
+                }
             }
             client.close().await;
         }

@@ -10,7 +10,7 @@ use flotilla_proto::api::{
 };
 use flotilla_proto::manifest;
 use flotilla_proto::wire::{
-    AgentRequest, Applied, ApplyAction, PodReport, Request, Response, WatchEvent,
+    AgentRequest, Applied, ApplyAction, EventReport, PodReport, Request, Response, WatchEvent,
 };
 use flotilla_transport::{
     Identity, TransportError, check_hello, hello, peer_identity, recv_frame, send_frame,
@@ -278,6 +278,9 @@ async fn stream(
             report_node(&hub, node, &json)
         }
         (Identity::Node(node), Request::ReportPods { pods }) => report_pods(&hub, node, pods),
+        (Identity::Node(node), Request::ReportEvents { events }) => {
+            report_events(&hub, node, events)
+        }
         (Identity::Node(_), Request::ResolveImage { image }) => resolve_image(&hub, &image),
         (
             Identity::Node(node),
@@ -1079,7 +1082,18 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
             }
         };
         if changed || force || !was_ready {
-            tx.put(Object::Node(next))?;
+            let stored = tx.put(Object::Node(next))?;
+            if existing.is_some() && !was_ready {
+                crate::events::about(
+                    tx,
+                    &stored,
+                    flotilla_proto::api::EventType::Normal,
+                    "NodeReady",
+                    &format!("Node {node} status is now: NodeReady"),
+                    crate::controller::node::COMPONENT,
+                    std::time::SystemTime::now(),
+                )?;
+            }
         }
         // Back from NotReady: the node lifecycle showed its pods as Unknown meanwhile.
         Ok(existing.is_some() && !was_ready)
@@ -1114,6 +1128,59 @@ fn report_pods(hub: &Hub, node: &str, pods: Vec<PodReport>) -> Response {
         }
         Ok(())
     });
+    match result {
+        Ok(()) => Response::Ok,
+        Err(e) => error(e),
+    }
+}
+
+/// Agent events become Events on the pods they are about, only for pods bound to the caller's
+/// node (or bound there when they were deleted a moment ago: the agent reports stopping them
+/// after the fact). A time ahead of the hub's clock is taken as the hub's now.
+fn report_events(hub: &Hub, node: &str, events: Vec<EventReport>) -> Response {
+    let now = std::time::SystemTime::now();
+    let mut ignored = 0;
+    let result = hub.store.write(|tx| {
+        ignored = 0;
+        for r in &events {
+            let key = ObjectKey::new(Kind::Pod, &r.namespace, &r.name);
+            let bound_here = match tx.get(&key)? {
+                Some(Object::Pod(p)) if p.metadata.uid == r.uid => {
+                    p.spec.node_name.as_deref() == Some(node)
+                }
+                _ => hub.deleted_pods.was_on(&r.uid, node),
+            };
+            if !bound_here || r.reason.is_empty() || r.reason.len() > 128 {
+                ignored += 1;
+                continue;
+            }
+            let at = humantime::parse_rfc3339(&r.time)
+                .ok()
+                .filter(|t| *t <= now)
+                .unwrap_or(now);
+            let involved = flotilla_proto::api::ObjectReference {
+                api_version: "v1".into(),
+                kind: Kind::Pod.as_str().into(),
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                uid: r.uid.clone(),
+            };
+            crate::events::record(
+                tx,
+                &involved,
+                r.event_type,
+                &r.reason,
+                crate::events::truncate(&r.message),
+                crate::events::AGENT,
+                node,
+                at,
+            )?;
+        }
+        Ok(())
+    });
+    if ignored > 0 {
+        warn!(node = %node, ignored, "ignoring events about pods not bound to this node (or without a reason)");
+    }
     match result {
         Ok(()) => Response::Ok,
         Err(e) => error(e),

@@ -114,6 +114,25 @@ pub enum Request {
         namespace: String,
         name: String,
     },
+    // --- agent (node identity) ---
+    /// Events about pods bound to the caller's node (pulls, starts, probe failures, back-off),
+    /// oldest first; answered with `Response::Ok`. The hub drops reports about other pods.
+    ReportEvents {
+        events: Vec<EventReport>,
+    },
+}
+
+/// One thing that happened to a pod on the reporting node. The time is the agent's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventReport {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub event_type: crate::api::EventType,
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339, when it (last) happened on the node.
+    pub time: String,
 }
 
 /// What `fleet label|taint|cordon|uncordon|scale` change.
@@ -311,6 +330,20 @@ mod tests {
         })
         .unwrap();
         expect!["0000000e02070764656661756c7401770175"].assert_eq(&hex::encode(ev));
+        let report = encode(&Request::ReportEvents {
+            events: vec![EventReport {
+                namespace: "default".into(),
+                name: "w".into(),
+                uid: "u".into(),
+                event_type: crate::api::EventType::Warning,
+                reason: "BackOff".into(),
+                message: "m".into(),
+                time: "t".into(),
+            }],
+        })
+        .unwrap();
+        expect!["0000001b11010764656661756c740177017501074261636b4f6666016d0174"]
+            .assert_eq(&hex::encode(report));
     }
 
     #[test]
