@@ -10,7 +10,8 @@ use flotilla_proto::api::{
 };
 use flotilla_proto::manifest;
 use flotilla_proto::wire::{
-    AgentRequest, Applied, ApplyAction, EventReport, PodReport, Request, Response, WatchEvent,
+    AgentRequest, Applied, ApplyAction, EventReport, PodReport, PropagationPolicy, Request,
+    Response, WatchEvent,
 };
 use flotilla_transport::{
     Identity, TransportError, check_hello, hello, peer_identity, recv_frame, send_frame,
@@ -202,7 +203,16 @@ async fn stream(
                 namespace,
                 name,
             },
-        ) => delete(&hub, kind, &namespace, &name),
+        ) => delete(&hub, kind, &namespace, &name, PropagationPolicy::Background),
+        (
+            Identity::Admin,
+            Request::DeleteWith {
+                kind,
+                namespace,
+                name,
+                propagation,
+            },
+        ) => delete(&hub, kind, &namespace, &name, propagation),
         (
             Identity::Admin,
             Request::Scale {
@@ -595,22 +605,35 @@ fn get(hub: &Hub, kind: Kind, namespace: Option<String>, name: Option<String>) -
     }
 }
 
-fn delete(hub: &Hub, kind: Kind, namespace: &str, name: &str) -> Response {
+fn delete(
+    hub: &Hub,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    propagation: PropagationPolicy,
+) -> Response {
     let key = ObjectKey::new(kind, namespace, name);
     if kind == Kind::Namespace && name == "default" {
         return error("namespace \"default\" cannot be deleted");
     }
     let result = hub.store.write(|tx| {
         if kind == Kind::Namespace {
-            // Namespaces take everything in them along.
+            // Namespaces take everything in them along, whatever the propagation policy.
             for k in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
                 for o in tx.list(k, Some(name))? {
                     tx.delete(&o.key())?;
                 }
             }
         }
-        // Background cascade, done in the same transaction: what the object owns goes too.
-        match gc::delete_cascade(tx, &key)? {
+        let deleted = match propagation {
+            // Both done in the same transaction: deletion has no graceful phase yet, so
+            // "dependents first" and "dependents after" end the same.
+            PropagationPolicy::Background | PropagationPolicy::Foreground => {
+                gc::delete_cascade(tx, &key)?
+            }
+            PropagationPolicy::Orphan => gc::delete_orphaning(tx, &key)?,
+        };
+        match deleted {
             Some(_) => Ok(()),
             None => Err(StoreError::NotFound(key.clone())),
         }

@@ -120,6 +120,39 @@ pub enum Request {
     ReportEvents {
         events: Vec<EventReport>,
     },
+    // --- CLI (admin identity) ---
+    /// `Delete` with kubectl's `--cascade` (`Delete` itself is `Background`); answered with
+    /// `Response::Ok`.
+    DeleteWith {
+        kind: crate::Kind,
+        namespace: String,
+        name: String,
+        propagation: PropagationPolicy,
+    },
+}
+
+/// What happens to the objects a deleted object owns (Kubernetes' `propagationPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PropagationPolicy {
+    /// Dependents are deleted too (in Flotilla, in the same transaction as the owner).
+    Background,
+    /// Dependents first, then the owner. Deletion has no graceful phase yet, so this ends
+    /// exactly like Background: everything goes in one transaction.
+    Foreground,
+    /// Only the owner goes; its dependents lose their owner reference and stay.
+    Orphan,
+}
+
+impl PropagationPolicy {
+    /// kubectl's `--cascade` values (and its deprecated `true`/`false`).
+    pub fn from_cli(s: &str) -> Option<PropagationPolicy> {
+        Some(match s {
+            "background" | "true" => PropagationPolicy::Background,
+            "foreground" => PropagationPolicy::Foreground,
+            "orphan" | "false" => PropagationPolicy::Orphan,
+            _ => return None,
+        })
+    }
 }
 
 /// One thing that happened to a pod on the reporting node. The time is the agent's.
@@ -344,6 +377,14 @@ mod tests {
         .unwrap();
         expect!["0000001b11010764656661756c740177017501074261636b4f6666016d0174"]
             .assert_eq(&hex::encode(report));
+        let delete = encode(&Request::DeleteWith {
+            kind: crate::Kind::Deployment,
+            namespace: "default".into(),
+            name: "web".into(),
+            propagation: PropagationPolicy::Orphan,
+        })
+        .unwrap();
+        expect!["0000000f12030764656661756c740377656202"].assert_eq(&hex::encode(delete));
     }
 
     #[test]
