@@ -4,6 +4,7 @@ pub mod artifacts;
 pub mod cache;
 pub mod config;
 pub mod envsource;
+pub mod events;
 pub mod identity;
 pub mod logs;
 pub mod node;
@@ -34,6 +35,8 @@ pub struct Shared {
     /// Compiled artifacts by digest, shared by every pod that runs them.
     pub artifacts: Mutex<HashMap<String, runtime::wasm::Artifact>>,
     logs: Mutex<HashMap<String, logs::PodLog>>,
+    /// Events about this node's pods, waiting for the hub (delivered by `sync`).
+    pub events: events::EventQueue,
     pub tracker: TaskTracker,
 }
 
@@ -160,6 +163,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         hub: watch::channel(None).0,
         artifacts: Mutex::new(HashMap::new()),
         logs: Mutex::new(HashMap::new()),
+        events: Default::default(),
         tracker: tracker.clone(),
     });
     // Volumes of pods deleted while the agent was down go now; those of cached pods stay.

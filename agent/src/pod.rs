@@ -4,6 +4,7 @@ use crate::Shared;
 use crate::probe::{Prober, Verdict};
 use crate::runtime::wasm::{Artifact, ArtifactKind, GuestSpec, WasmError};
 use crate::supervisor::Event;
+use flotilla_proto::api::EventType::{self, Normal, Warning};
 use flotilla_proto::api::{
     Condition, ContainerState, ContainerStatus, Pod, PodStatus, StateRunning, StateTerminated,
     StateWaiting, condition,
@@ -146,17 +147,49 @@ pub async fn run(
     let log = shared.log_for(&pod);
     let mut backoff = shared.cfg.backoff_base;
 
+    let image = &container.image;
     // Pull: retried with back-off until it works or the pod is removed.
     let artifact = loop {
-        match crate::artifacts::load(&shared, &container.image).await {
-            Ok(a) => break a,
+        event(
+            &shared,
+            &pod,
+            Normal,
+            "Pulling",
+            format!("Pulling image {image:?}"),
+        );
+        let pull_started = Instant::now();
+        match crate::artifacts::load(&shared, image).await {
+            Ok(a) => {
+                let took = go_duration(pull_started.elapsed());
+                let message = format!("Successfully pulled image {image:?} in {took}");
+                event(&shared, &pod, Normal, "Pulled", message);
+                break a;
+            }
             Err(e) => {
                 warn!(pod = %pod.metadata.name, error = %e, "image pull failed");
-                log.note(&format!("failed to pull {}: {e}", container.image));
+                log.note(&format!("failed to pull {image}: {e}"));
+                let message = format!("Failed to pull image {image:?}: {e}");
+                event(&shared, &pod, Warning, "Failed", message);
+                event(
+                    &shared,
+                    &pod,
+                    Warning,
+                    "Failed",
+                    "Error: ErrImagePull".into(),
+                );
                 rep.waiting("ErrImagePull", Some(e.to_string()));
                 if sleep_or_cancel(backoff, &cancel).await {
                     return exited(&events, uid);
                 }
+                let message = format!("Back-off pulling image {image:?}");
+                event(&shared, &pod, Normal, "BackOff", message);
+                event(
+                    &shared,
+                    &pod,
+                    Warning,
+                    "Failed",
+                    "Error: ImagePullBackOff".into(),
+                );
                 rep.waiting("ImagePullBackOff", Some(e.to_string()));
                 backoff = (backoff * 2).min(shared.cfg.backoff_max);
             }
@@ -172,6 +205,7 @@ pub async fn run(
             Err(e) => {
                 warn!(pod = %pod.metadata.name, error = %e, "cannot build the container's environment");
                 log.note(&format!("CreateContainerConfigError: {e}"));
+                event(&shared, &pod, Warning, "Failed", format!("Error: {e}"));
                 rep.waiting("CreateContainerConfigError", Some(e));
                 if sleep_or_cancel(backoff, &cancel).await {
                     return exited(&events, uid);
@@ -188,6 +222,7 @@ pub async fn run(
             Err(e) => {
                 warn!(pod = %pod.metadata.name, error = %e, "cannot set up volumes");
                 log.note(&e);
+                event(&shared, &pod, Warning, "FailedMount", e.clone());
                 rep.waiting("ContainerCreating", Some(e));
                 if sleep_or_cancel(backoff, &cancel).await {
                     return exited(&events, uid);
@@ -228,7 +263,10 @@ pub async fn run(
         if cancel.is_cancelled() {
             return exited(&events, uid);
         }
-        let (code, reason) = outcome.unwrap_or_else(|e| (128, format!("Error: {e}")));
+        let (code, reason) = outcome.unwrap_or_else(|e| {
+            event(&shared, &pod, Warning, "Failed", format!("Error: {e}"));
+            (128, format!("Error: {e}"))
+        });
         log.note(&format!(
             "container {} exited with code {code} ({reason})",
             container.name
@@ -260,6 +298,14 @@ pub async fn run(
             pod.metadata.name
         );
         rep.waiting("CrashLoopBackOff", Some(msg));
+        let message = format!(
+            "Back-off restarting failed container {} in pod {}_{}({})",
+            container.name,
+            pod.metadata.name,
+            pod.namespace(),
+            pod.metadata.uid
+        );
+        event(&shared, &pod, Warning, "BackOff", message);
         if sleep_or_cancel(backoff, &cancel).await {
             return exited(&events, uid);
         }
@@ -274,6 +320,23 @@ async fn refresh_volumes(shared: Arc<Shared>, pod: Pod, cancel: CancellationToke
             return;
         }
         crate::volumes::refresh(&shared, &pod).await;
+    }
+}
+
+/// Queues an event about `pod` for the hub.
+fn event(shared: &Shared, pod: &Pod, event_type: EventType, reason: &str, message: String) {
+    shared.events.push(pod, event_type, reason, message);
+}
+
+/// A duration as Go prints it in Kubernetes' messages: `850µs`, `12ms`, `1.234s`.
+fn go_duration(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{}µs", d.as_micros())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        let s = format!("{:.3}", d.as_secs_f64());
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
     }
 }
 
@@ -331,6 +394,21 @@ async fn run_once(
         }
     };
     rep.status.endpoint = endpoint.map(|e| e.to_string());
+    let name = &container.name;
+    event(
+        shared,
+        pod,
+        Normal,
+        "Created",
+        format!("Created container {name}"),
+    );
+    event(
+        shared,
+        pod,
+        Normal,
+        "Started",
+        format!("Started container {name}"),
+    );
     let mut prober = Prober::new(container, endpoint, tokio::time::Instant::now());
     rep.unready_message = None;
     rep.running(started_at, prober.ready());
@@ -342,12 +420,21 @@ async fn run_once(
                 Verdict::Ready(ready, why) => {
                     if let Some(why) = &why {
                         log.note(why);
+                        event(shared, pod, Warning, "Unhealthy", why.clone());
                     }
                     rep.unready_message = why;
                     rep.running(started_at, ready);
                 }
                 Verdict::Restart { reason, message } => {
                     warn!(pod = %pod.metadata.name, %message, "container will be restarted");
+                    event(shared, pod, Warning, "Unhealthy", message.clone());
+                    let probe = match reason {
+                        "StartupProbeFailed" => "startup",
+                        _ => "liveness",
+                    };
+                    let killing =
+                        format!("Container {name} failed {probe} probe, will be restarted");
+                    event(shared, pod, Normal, "Killing", killing);
                     log.note(&format!(
                         "{message}; container {} will be restarted",
                         container.name

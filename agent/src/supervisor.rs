@@ -1,7 +1,7 @@
 //! The supervisor: one loop over a closed set of events. It compares the desired pods (from the
 //! cache) with the running workers through the pure `plan`, and collects pod statuses for sync.
 use crate::Shared;
-use flotilla_proto::api::{Pod, PodStatus};
+use flotilla_proto::api::{EventType, Pod, PodStatus};
 use flotilla_proto::wire::PodReport;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -86,6 +86,20 @@ pub async fn run(
                         Op::Stop(uid) => {
                             if let Some(w) = workers.remove(&uid) {
                                 info!(pod = %w.pod.metadata.name, pod.uid = %uid, "stopping pod");
+                                // A finished pod's container is not running any more.
+                                let finished = reports.borrow().get(&uid).is_some_and(|r| {
+                                    serde_json::from_str::<PodStatus>(&r.status).is_ok_and(|s| {
+                                        matches!(s.phase.as_str(), "Succeeded" | "Failed")
+                                    })
+                                });
+                                for c in w.pod.spec.containers.iter().filter(|_| !finished) {
+                                    shared.events.push(
+                                        &w.pod,
+                                        EventType::Normal,
+                                        "Killing",
+                                        format!("Stopping container {}", c.name),
+                                    );
+                                }
                                 w.cancel.cancel();
                                 stopping.insert(uid.clone(), w.pod);
                             }

@@ -14,6 +14,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// Events per `ReportEvents` request.
+const EVENT_BATCH: usize = 128;
+/// How long queued events wait for company before they are sent.
+const EVENT_DELAY: Duration = Duration::from_millis(100);
+
 pub async fn run(
     shared: Arc<Shared>,
     identity: crate::identity::Identity,
@@ -82,6 +87,13 @@ async fn session(
         .await?;
         (s, r, ())
     };
+    // Events (also those of a time offline) go up from a task of their own, so they never
+    // hold up a status report.
+    let events_done = cancel.child_token();
+    let _stop_events = events_done.clone().drop_guard();
+    shared
+        .tracker
+        .spawn(event_loop(shared.clone(), conn.clone(), events_done));
     // Everything we know goes up on (re)connect; afterwards only changes.
     let mut sent: Reports = Default::default();
     let mut heartbeat = tokio::time::interval(shared.cfg.heartbeat);
@@ -122,6 +134,49 @@ async fn session(
             }
         }
     }
+}
+
+/// Delivers queued events while the session lasts: at once on (re)connect, then a moment
+/// after something is queued, so a burst (a pod starting) goes up as one request.
+async fn event_loop(shared: Arc<Shared>, conn: quinn::Connection, done: CancellationToken) {
+    loop {
+        if let Err(e) = deliver_events(&shared, &conn).await {
+            // The session sees the broken link too and reconnects; the rest waits.
+            debug!(error = %e, "event delivery stopped");
+            return;
+        }
+        tokio::select! {
+            _ = done.cancelled() => return,
+            () = shared.events.queued() => {}
+        }
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(EVENT_DELAY) => {}
+        }
+    }
+}
+
+/// Sends the queued events, oldest first, in batches. An event leaves the queue once the hub
+/// has answered for it; on a lost link the rest wait for the next session.
+async fn deliver_events(shared: &Shared, conn: &quinn::Connection) -> anyhow::Result<()> {
+    while let Some((upto, events)) = shared.events.batch(EVENT_BATCH) {
+        let asked: Result<(_, _, Response), _> =
+            flotilla_transport::request(conn, &Request::ReportEvents { events }).await;
+        match asked {
+            Ok((_, _, Response::Error { message })) => {
+                // Not worth retrying: the hub would refuse them again.
+                warn!(error = %message, "hub refused events");
+            }
+            Ok(_) => {}
+            // The stream failed but the link is up: a hub that does not know this request.
+            Err(e) if conn.close_reason().is_none() => {
+                warn!(error = %e, "hub did not take events (an older hub?); dropping them");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        shared.events.ack(upto);
+    }
+    Ok(())
 }
 
 fn parse_pod(json: &str) -> anyhow::Result<Pod> {

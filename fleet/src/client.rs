@@ -2,7 +2,7 @@
 use anyhow::{Context as _, bail};
 use flotilla_hub::config::ClientFile;
 use flotilla_proto::api::{Deployment, Kind, Object, ReplicaSet, StatefulSet};
-use flotilla_proto::wire::{Applied, Edit, Request, Response, RolloutAction};
+use flotilla_proto::wire::{Applied, Edit, PropagationPolicy, Request, Response, RolloutAction};
 use flotilla_transport::send_frame;
 use sha2::{Digest, Sha256};
 use std::net::ToSocketAddrs;
@@ -119,6 +119,34 @@ impl Client {
             })
             .await?
         {
+            Response::Ok => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Deletes with a propagation policy (`--cascade`). Background goes as a plain `Delete`,
+    /// which every hub understands.
+    pub async fn delete_with(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        propagation: PropagationPolicy,
+    ) -> anyhow::Result<()> {
+        let req = match propagation {
+            PropagationPolicy::Background => Request::Delete {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            propagation => Request::DeleteWith {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+                propagation,
+            },
+        };
+        match self.call(&req).await? {
             Response::Ok => Ok(()),
             r => Err(unexpected(r)),
         }

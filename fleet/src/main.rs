@@ -6,8 +6,8 @@ use fleet::output::{self, Format};
 use fleet::rollout::Progress;
 use fleet::{Client, up};
 use flotilla_hub::config::ClientFile;
-use flotilla_proto::api::{Kind, Object};
-use flotilla_proto::wire::{ApplyAction, Edit, RolloutAction};
+use flotilla_proto::api::{Event, Kind, Object};
+use flotilla_proto::wire::{ApplyAction, Edit, PropagationPolicy, RolloutAction};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
     },
-    /// List objects: fleet get pods|deployments|statefulsets|pvc|nodes|configmaps|… [NAME].
+    /// List objects: fleet get pods|deployments|statefulsets|pvc|nodes|events|… [NAME].
     Get {
         kind: String,
         name: Option<String>,
@@ -76,6 +76,17 @@ enum Cmd {
         files: Vec<String>,
         #[arg(short, long)]
         namespace: Option<String>,
+        /// What happens to what the object owns: background or foreground (deleted with it;
+        /// both at once here) or orphan (kept, without the owner reference).
+        #[arg(
+            long,
+            default_value = "background",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "background",
+            value_name = "background|foreground|orphan"
+        )]
+        cascade: String,
     },
     /// Set replicas: fleet scale deployment|replicaset|statefulset/NAME --replicas N.
     Scale {
@@ -341,6 +352,25 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     Client::connect(&file).await
 }
 
+/// kubectl's `--cascade` values; `true` and `false` are its deprecated spellings.
+fn cascade_flag(value: &str) -> anyhow::Result<PropagationPolicy> {
+    let policy = PropagationPolicy::from_cli(value).with_context(|| {
+        format!(
+            "invalid cascade value ({value}). Must be \"background\", \"foreground\", or \"orphan\""
+        )
+    })?;
+    if let Some(instead) = match value {
+        "true" => Some("background"),
+        "false" => Some("orphan"),
+        _ => None,
+    } {
+        eprintln!(
+            "warning: --cascade={value} is deprecated (boolean value) and can be replaced with --cascade={instead}."
+        );
+    }
+    Ok(policy)
+}
+
 fn kind_arg(s: &str) -> anyhow::Result<Kind> {
     Kind::from_cli(s).with_context(|| format!("the server doesn't have a resource type {s:?}"))
 }
@@ -491,7 +521,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await?;
             for o in &objs {
+                // Events of cluster-scoped objects (nodes) live in the default namespace.
+                let ns = o.meta().namespace.as_deref().unwrap_or("default");
+                let events: Option<Vec<Event>> = client
+                    .get(Kind::Event, Some(ns), None)
+                    .await
+                    .ok()
+                    .map(|all| {
+                        all.into_iter()
+                            .filter_map(|e| match e {
+                                Object::Event(e) if e.involved_object.uid == o.meta().uid => {
+                                    Some(e)
+                                }
+                                _ => None,
+                            })
+                            .collect()
+                    });
                 print!("{}", describe(o));
+                // A hub too old to keep events: no section rather than a wrong `<none>`.
+                if let Some(events) = events {
+                    print!(
+                        "{}",
+                        output::events_section(&events, std::time::SystemTime::now())
+                    );
+                }
             }
             client.close().await;
         }
@@ -500,7 +553,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             files,
             namespace,
+            cascade,
         } => {
+            let propagation = cascade_flag(cascade)?;
             let client = connect(&cli).await?;
             let mut targets: Vec<(Kind, String, String)> = Vec::new();
             if !files.is_empty() {
@@ -519,12 +574,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     targets.push((key.kind, key.namespace, key.name));
                 }
             } else {
-                let (Some(kind), Some(name)) = (kind, name) else {
-                    bail!("usage: fleet delete KIND NAME | -f FILE")
-                };
-                let (kind, name) = match kind.split_once('/') {
-                    Some((k, n)) => (k.to_string(), n.to_string()),
-                    None => (kind.clone(), name.clone()),
+                let (kind, name) = match (kind.as_deref().map(|k| k.split_once('/')), name) {
+                    (Some(Some((k, n))), None) => (k.to_string(), n.to_string()),
+                    (Some(None), Some(n)) => (kind.clone().unwrap_or_default(), n.clone()),
+                    _ => bail!("usage: fleet delete KIND NAME | KIND/NAME | -f FILE"),
                 };
                 targets.push((
                     kind_arg(&kind)?,
@@ -534,7 +587,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let mut failed = false;
             for (k, ns, n) in targets {
-                match client.delete(k, &ns, &n).await {
+                match client.delete_with(k, &ns, &n, propagation).await {
                     Ok(()) => println!("{}/{n} deleted", k.resource()),
                     Err(e) => {
                         eprintln!("Error from server (NotFound): {e}");

@@ -1,5 +1,5 @@
 //! kubectl-style output: tables with the usual columns, AGE like kubectl, and YAML/JSON.
-use flotilla_proto::api::{Kind, LabelSelector, Object, Pod, PodTemplateSpec};
+use flotilla_proto::api::{Event, Kind, LabelSelector, Object, Pod, PodTemplateSpec};
 use std::time::{Duration, SystemTime};
 
 /// kubectl's HumanDuration: 45s, 3m12s, 17m, 5h3m, 20h, 3d4h, 12d.
@@ -36,10 +36,14 @@ pub fn human_duration(d: Duration) -> String {
 }
 
 pub fn age(timestamp: &str) -> String {
+    age_at(SystemTime::now(), timestamp)
+}
+
+/// [`age`] as seen at `now` (a clock in the past or future of the hub's shows `0s`).
+pub fn age_at(now: SystemTime, timestamp: &str) -> String {
     humantime::parse_rfc3339(timestamp)
         .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .map(human_duration)
+        .map(|t| human_duration(now.duration_since(t).unwrap_or_default()))
         .unwrap_or_else(|| "<unknown>".into())
 }
 
@@ -126,6 +130,33 @@ impl Format {
 
 /// Renders objects of one kind.
 pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bool) -> String {
+    render_at(kind, objects, format, all_namespaces, SystemTime::now())
+}
+
+/// [`render`] with ages as seen at `now`.
+pub fn render_at(
+    kind: Kind,
+    objects: &[Object],
+    format: Format,
+    all_namespaces: bool,
+    now: SystemTime,
+) -> String {
+    // Events read as a timeline: oldest first, by when they last happened.
+    let sorted;
+    let objects = if kind == Kind::Event {
+        let mut v = objects.to_vec();
+        v.sort_by_cached_key(|o| match o {
+            Object::Event(e) => (
+                humantime::parse_rfc3339(&e.last_timestamp).ok(),
+                e.metadata.name.clone(),
+            ),
+            _ => (None, String::new()),
+        });
+        sorted = v;
+        &sorted[..]
+    } else {
+        objects
+    };
     match format {
         Format::Yaml => {
             if objects.len() == 1 {
@@ -178,7 +209,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         format!("{ready}/{}", p.spec.containers.len()),
                         pod_status(p),
                         p.restarts().to_string(),
-                        age(&p.metadata.creation_timestamp),
+                        age_at(now, &p.metadata.creation_timestamp),
                     ];
                     if wide {
                         r.push(p.status.pod_ip.clone().unwrap_or_else(|| "<none>".into()));
@@ -214,7 +245,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         ),
                         d.status.updated_replicas.to_string(),
                         d.status.available_replicas.to_string(),
-                        age(&d.metadata.creation_timestamp),
+                        age_at(now, &d.metadata.creation_timestamp),
                     ];
                     if wide {
                         r.push(images(&d.spec.template));
@@ -245,7 +276,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         rs.replicas().to_string(),
                         rs.status.replicas.to_string(),
                         rs.status.ready_replicas.to_string(),
-                        age(&rs.metadata.creation_timestamp),
+                        age_at(now, &rs.metadata.creation_timestamp),
                     ];
                     if wide {
                         let t = &rs.spec.template.spec;
@@ -279,7 +310,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                     let mut r = vec![
                         s.metadata.name.clone(),
                         format!("{}/{}", s.status.ready_replicas, s.replicas()),
-                        age(&s.metadata.creation_timestamp),
+                        age_at(now, &s.metadata.creation_timestamp),
                     ];
                     if wide {
                         r.push(
@@ -338,7 +369,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                             .clone()
                             .filter(|s| !s.is_empty())
                             .unwrap_or_else(|| "<unset>".into()),
-                        age(&c.metadata.creation_timestamp),
+                        age_at(now, &c.metadata.creation_timestamp),
                     ];
                     if wide {
                         r.push(
@@ -375,7 +406,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         r.metadata.name.clone(),
                         controller,
                         r.revision.to_string(),
-                        age(&r.metadata.creation_timestamp),
+                        age_at(now, &r.metadata.creation_timestamp),
                     ]
                 })
                 .collect(),
@@ -416,7 +447,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                             }
                             .to_selector_string()
                         },
-                        age(&d.metadata.creation_timestamp),
+                        age_at(now, &d.metadata.creation_timestamp),
                     ]
                 })
                 .collect(),
@@ -450,7 +481,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         status,
                         format!("{}/{}", j.status.succeeded, j.completions()),
                         duration,
-                        age(&j.metadata.creation_timestamp),
+                        age_at(now, &j.metadata.creation_timestamp),
                     ]
                 })
                 .collect(),
@@ -481,8 +512,8 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         c.status
                             .last_schedule_time
                             .as_deref()
-                            .map_or_else(|| "<none>".into(), age),
-                        age(&c.metadata.creation_timestamp),
+                            .map_or_else(|| "<none>".into(), |t| age_at(now, t)),
+                        age_at(now, &c.metadata.creation_timestamp),
                     ]
                 })
                 .collect(),
@@ -514,7 +545,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         n.metadata.name.clone(),
                         status,
                         "<none>".into(),
-                        age(&n.metadata.creation_timestamp),
+                        age_at(now, &n.metadata.creation_timestamp),
                         n.status.node_info.kubelet_version.clone(),
                     ];
                     if wide {
@@ -551,11 +582,47 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         shown(&b.spec.min_available),
                         shown(&b.spec.max_unavailable),
                         b.status.disruptions_allowed.to_string(),
-                        age(&b.metadata.creation_timestamp),
+                        age_at(now, &b.metadata.creation_timestamp),
                     ]
                 })
                 .collect(),
         ),
+        Kind::Event => {
+            let mut h = vec!["LAST SEEN", "TYPE", "REASON", "OBJECT"];
+            if wide {
+                h.push("SOURCE");
+            }
+            h.push("MESSAGE");
+            if wide {
+                h.extend(["FIRST SEEN", "COUNT", "NAME"]);
+            }
+            let rows = objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::Event(e) => Some(e),
+                    _ => None,
+                })
+                .map(|e| {
+                    let mut r = vec![
+                        age_at(now, &e.last_timestamp),
+                        e.type_.to_string(),
+                        e.reason.clone(),
+                        event_object(e),
+                    ];
+                    if wide {
+                        r.push(event_source(e));
+                    }
+                    r.push(e.message.trim().to_string());
+                    if wide {
+                        r.push(age_at(now, &e.first_timestamp));
+                        r.push(e.count.to_string());
+                        r.push(e.metadata.name.clone());
+                    }
+                    r
+                })
+                .collect();
+            (h, rows)
+        }
         Kind::Namespace => (
             vec!["NAME", "STATUS", "AGE"],
             objects
@@ -564,7 +631,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                     vec![
                         o.meta().name.clone(),
                         "Active".into(),
-                        age(&o.meta().creation_timestamp),
+                        age_at(now, &o.meta().creation_timestamp),
                     ]
                 })
                 .collect(),
@@ -584,7 +651,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                     vec![
                         c.metadata.name.clone(),
                         (c.data.len() + c.binary_data.len()).to_string(),
-                        age(&c.metadata.creation_timestamp),
+                        age_at(now, &c.metadata.creation_timestamp),
                     ]
                 })
                 .collect(),
@@ -605,7 +672,7 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
                         s.metadata.name.clone(),
                         s.type_.clone().unwrap_or_else(|| "Opaque".into()),
                         s.data.len().to_string(),
-                        age(&s.metadata.creation_timestamp),
+                        age_at(now, &s.metadata.creation_timestamp),
                     ]
                 })
                 .collect(),
@@ -618,6 +685,89 @@ pub fn render(kind: Kind, objects: &[Object], format: Format, all_namespaces: bo
         }
     }
     table(&header, &rows)
+}
+
+/// An event's OBJECT column: `pod/web-abc`, as kubectl prints it.
+fn event_object(e: &Event) -> String {
+    let kind = e.involved_object.kind.to_ascii_lowercase();
+    if e.involved_object.name.is_empty() {
+        kind
+    } else {
+        format!("{kind}/{}", e.involved_object.name)
+    }
+}
+
+/// An event's SOURCE column: `component, host` (or just the component).
+fn event_source(e: &Event) -> String {
+    match (e.source.component.as_str(), e.source.host.as_str()) {
+        (c, "") => c.to_string(),
+        (c, h) => format!("{c}, {h}"),
+    }
+}
+
+/// The `Events:` section that ends `fleet describe`, as kubectl writes it: oldest first,
+/// AGE `3s (x4 over 12s)` for a repeated event, `<none>` when there are none.
+pub fn events_section(events: &[Event], now: SystemTime) -> String {
+    if events.is_empty() {
+        return "Events:       <none>\n".into();
+    }
+    let mut events: Vec<&Event> = events.iter().collect();
+    events.sort_by_cached_key(|e| {
+        (
+            humantime::parse_rfc3339(&e.last_timestamp).ok(),
+            e.metadata.name.clone(),
+        )
+    });
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            let first = age_at(now, &e.first_timestamp);
+            let age = if e.count > 1 {
+                format!(
+                    "{} (x{} over {first})",
+                    age_at(now, &e.last_timestamp),
+                    e.count
+                )
+            } else {
+                first
+            };
+            vec![
+                e.type_.to_string(),
+                e.reason.clone(),
+                age,
+                e.source.component.clone(),
+                e.message.trim().to_string(),
+            ]
+        })
+        .collect();
+    let header = ["Type", "Reason", "Age", "From", "Message"];
+    // kubectl's rule line, four dashes under Age included.
+    let rule: Vec<String> = ["----", "------", "----", "----", "-------"]
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    let mut all = vec![rule];
+    all.extend(rows);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &all {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let mut out = String::from("Events:\n");
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for r in std::iter::once(&header).chain(all.iter()) {
+        out.push_str("  ");
+        let n = r.len();
+        for (i, c) in r.iter().enumerate() {
+            out.push_str(c);
+            if i + 1 < n {
+                out.push_str(&" ".repeat(widths[i] - c.len() + 2));
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// kubectl's ACCESS MODES column: RWO, ROX, RWX, RWOP, comma-separated.
@@ -704,6 +854,107 @@ mod tests {
             Format::Table,
             false,
         ));
+    }
+
+    fn event(name: &str, kind: &str, obj: &str, ty: &str, reason: &str, msg: &str) -> Object {
+        Object::from_json(serde_json::json!({
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": "default"},
+            "involvedObject": {"kind": kind, "name": obj, "namespace": "default", "uid": "u"},
+            "type": ty,
+            "reason": reason,
+            "message": msg,
+            "count": 1,
+            "firstTimestamp": "2026-03-01T10:00:00Z",
+            "lastTimestamp": "2026-03-01T10:00:00Z",
+            "source": {"component": "agent", "host": "node-0"},
+        }))
+        .unwrap()
+    }
+
+    fn events_fixture() -> Vec<Object> {
+        let mut backoff = event(
+            "web-1.b",
+            "Pod",
+            "web-1",
+            "Warning",
+            "BackOff",
+            "Back-off restarting failed container web in pod web-1_default(u)",
+        );
+        if let Object::Event(e) = &mut backoff {
+            e.count = 4;
+            e.first_timestamp = "2026-03-01T10:00:30Z".into();
+            e.last_timestamp = "2026-03-01T10:02:50Z".into();
+        }
+        let mut scheduled = event(
+            "web-1.a",
+            "Pod",
+            "web-1",
+            "Normal",
+            "Scheduled",
+            "Successfully assigned default/web-1 to node-0",
+        );
+        if let Object::Event(e) = &mut scheduled {
+            e.source.component = "default-scheduler".into();
+            e.source.host.clear();
+        }
+        let pulled = event(
+            "web-1.c",
+            "Pod",
+            "web-1",
+            "Normal",
+            "Pulled",
+            "Successfully pulled image \"hello:latest\" in 12ms",
+        );
+        vec![backoff, scheduled, pulled]
+    }
+
+    fn at(t: &str) -> SystemTime {
+        humantime::parse_rfc3339(t).unwrap()
+    }
+
+    #[test]
+    fn events_table_is_sorted_by_last_seen() {
+        let now = at("2026-03-01T10:03:00Z");
+        expect_test::expect![[r#"
+            LAST SEEN   TYPE      REASON      OBJECT      MESSAGE
+            3m          Normal    Scheduled   pod/web-1   Successfully assigned default/web-1 to node-0
+            3m          Normal    Pulled      pod/web-1   Successfully pulled image "hello:latest" in 12ms
+            10s         Warning   BackOff     pod/web-1   Back-off restarting failed container web in pod web-1_default(u)
+        "#]]
+        .assert_eq(&render_at(Kind::Event, &events_fixture(), Format::Table, false, now));
+        expect_test::expect![[r#"
+            NAMESPACE   LAST SEEN   TYPE      REASON      OBJECT      SOURCE              MESSAGE                                                            FIRST SEEN   COUNT   NAME
+            default     3m          Normal    Scheduled   pod/web-1   default-scheduler   Successfully assigned default/web-1 to node-0                      3m           1       web-1.a
+            default     3m          Normal    Pulled      pod/web-1   agent, node-0       Successfully pulled image "hello:latest" in 12ms                   3m           1       web-1.c
+            default     10s         Warning   BackOff     pod/web-1   agent, node-0       Back-off restarting failed container web in pod web-1_default(u)   2m30s        4       web-1.b
+        "#]]
+        .assert_eq(&render_at(Kind::Event, &events_fixture(), Format::Wide, true, now));
+    }
+
+    #[test]
+    fn describe_ends_with_events() {
+        let now = at("2026-03-01T10:03:00Z");
+        let events: Vec<Event> = events_fixture()
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        expect_test::expect![[r#"
+            Events:
+              Type     Reason     Age                  From               Message
+              ----     ------     ----                 ----               -------
+              Normal   Scheduled  3m                   default-scheduler  Successfully assigned default/web-1 to node-0
+              Normal   Pulled     3m                   agent              Successfully pulled image "hello:latest" in 12ms
+              Warning  BackOff    10s (x4 over 2m30s)  agent              Back-off restarting failed container web in pod web-1_default(u)
+        "#]]
+        .assert_eq(&events_section(&events, now));
+        expect_test::expect![[r#"
+            Events:       <none>
+        "#]]
+        .assert_eq(&events_section(&[], now));
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod blobs;
 pub mod config;
 pub mod controller;
 pub mod edit;
+pub mod events;
 pub mod pki;
 pub mod rollout;
 pub mod scheduler;
@@ -26,6 +27,8 @@ pub struct Hub {
     pub pki: pki::Pki,
     pub blobs: blobs::BlobStore,
     pub agents: server::AgentRegistry,
+    /// Recently deleted pods and their nodes, whose agents may still report events about them.
+    pub deleted_pods: events::DeletedPods,
     pub config: Config,
 }
 
@@ -90,6 +93,7 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
         pki,
         blobs,
         agents: Default::default(),
+        deleted_pods: Default::default(),
         config,
     });
 
@@ -115,6 +119,7 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
     }
     tracker.spawn(scheduler::run(hub.clone(), cancel.child_token()));
     tracker.spawn(controller::node::run(hub.clone(), cancel.child_token()));
+    tracker.spawn(events::run(hub.clone(), cancel.child_token()));
     tracing::info!(addr = %addr, data_dir = %data_dir.display(), "hub started");
     Ok(HubHandle {
         addr,

@@ -5,18 +5,22 @@
 //! that names none writes its node into the claim, in the same transaction.
 use crate::Hub;
 use crate::controller::{BatchKind, next_batch};
+use crate::events;
 use crate::store::{StoreError, Tx};
 use flotilla_proto::api::{
-    Condition, Kind, LabelSelector, Node, Object, PersistentVolumeClaim, Pod, PodAffinityTerm,
-    PodSpec, SELECTED_NODE_ANNOTATION, Taint, UNSCHEDULABLE_TAINT,
+    Condition, EventType, Kind, LabelSelector, Node, Object, PersistentVolumeClaim, Pod,
+    PodAffinityTerm, PodSpec, SELECTED_NODE_ANNOTATION, Taint, UNSCHEDULABLE_TAINT,
 };
 use flotilla_proto::scheduling::{self, NO_EXECUTE, NO_SCHEDULE, PREFER_NO_SCHEDULE};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// The source component of the scheduler's events (Kubernetes' name).
+const COMPONENT: &str = "default-scheduler";
 
 pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
     let mut rx = hub.store.subscribe();
@@ -86,8 +90,9 @@ fn pass(tx: &mut Tx<'_>) -> Result<(), StoreError> {
         }
     }
     let mut snapshot = Snapshot::new(nodes, &bound).with_claims(claims.values().cloned().collect());
+    let now = SystemTime::now();
     for mut pod in pending {
-        let changed = match snapshot.place(&pod) {
+        let event = match snapshot.place(&pod) {
             Ok(i) => {
                 snapshot.bind(&pod, i);
                 let node = snapshot.nodes[i].node.metadata.name.clone();
@@ -95,14 +100,27 @@ fn pass(tx: &mut Tx<'_>) -> Result<(), StoreError> {
                 for key in bind_claims(tx, &mut claims, &pod, &node)? {
                     snapshot.claim_selected(key, &node);
                 }
+                let message = format!(
+                    "Successfully assigned {}/{} to {node}",
+                    namespace(&pod),
+                    pod.metadata.name
+                );
                 pod.spec.node_name = Some(node);
                 set_scheduled(&mut pod, "True", None, None);
-                true
+                Some((EventType::Normal, "Scheduled", message))
             }
-            Err(message) => set_scheduled(&mut pod, "False", Some("Unschedulable"), Some(message)),
+            // An event only when the reason changes, not on every pass.
+            Err(message) => set_scheduled(
+                &mut pod,
+                "False",
+                Some("Unschedulable"),
+                Some(message.clone()),
+            )
+            .then_some((EventType::Warning, "FailedScheduling", message)),
         };
-        if changed {
-            tx.put(Object::Pod(pod))?;
+        if let Some((type_, reason, message)) = event {
+            let pod = tx.put(Object::Pod(pod))?;
+            events::about(tx, &pod, type_, reason, &message, COMPONENT, now)?;
         }
     }
     Ok(())
@@ -931,6 +949,50 @@ mod tests {
             place_with_claims(&p, &nodes, &[user], &shared),
             Ok("a".into())
         );
+    }
+
+    #[test]
+    fn scheduling_records_events_and_failures_only_when_they_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb"), &[7u8; 32]).unwrap();
+        store
+            .write(|tx| {
+                tx.put(Object::Node(node("a", "1", "1Gi", "amd64")))?;
+                tx.put(Object::Pod(pod("fits", "100m", "1Mi", None, "web", None)))?;
+                tx.put(Object::Pod(pod("huge", "8", "1Mi", None, "web", None)))
+            })
+            .unwrap();
+        for _ in 0..3 {
+            store.write(pass).unwrap();
+        }
+        let mut events: Vec<(String, String, String, i32)> = store
+            .list(Kind::Event, None)
+            .unwrap()
+            .0
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Event(e) => Some((e.involved_object.name, e.reason, e.message, e.count)),
+                _ => None,
+            })
+            .collect();
+        events.sort();
+        expect_test::expect![[r#"
+            [
+                (
+                    "fits",
+                    "Scheduled",
+                    "Successfully assigned default/fits to a",
+                    1,
+                ),
+                (
+                    "huge",
+                    "FailedScheduling",
+                    "0/1 nodes are available: 1 Insufficient cpu.",
+                    1,
+                ),
+            ]
+        "#]]
+        .assert_debug_eq(&events);
     }
 
     #[test]

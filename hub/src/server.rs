@@ -10,7 +10,8 @@ use flotilla_proto::api::{
 };
 use flotilla_proto::manifest;
 use flotilla_proto::wire::{
-    AgentRequest, Applied, ApplyAction, PodReport, Request, Response, WatchEvent,
+    AgentRequest, Applied, ApplyAction, EventReport, PodReport, PropagationPolicy, Request,
+    Response, WatchEvent,
 };
 use flotilla_transport::{
     Identity, TransportError, check_hello, hello, peer_identity, recv_frame, send_frame,
@@ -202,7 +203,16 @@ async fn stream(
                 namespace,
                 name,
             },
-        ) => delete(&hub, kind, &namespace, &name),
+        ) => delete(&hub, kind, &namespace, &name, PropagationPolicy::Background),
+        (
+            Identity::Admin,
+            Request::DeleteWith {
+                kind,
+                namespace,
+                name,
+                propagation,
+            },
+        ) => delete(&hub, kind, &namespace, &name, propagation),
         (
             Identity::Admin,
             Request::Scale {
@@ -278,6 +288,9 @@ async fn stream(
             report_node(&hub, node, &json)
         }
         (Identity::Node(node), Request::ReportPods { pods }) => report_pods(&hub, node, pods),
+        (Identity::Node(node), Request::ReportEvents { events }) => {
+            report_events(&hub, node, events)
+        }
         (Identity::Node(_), Request::ResolveImage { image }) => resolve_image(&hub, &image),
         (
             Identity::Node(node),
@@ -592,22 +605,35 @@ fn get(hub: &Hub, kind: Kind, namespace: Option<String>, name: Option<String>) -
     }
 }
 
-fn delete(hub: &Hub, kind: Kind, namespace: &str, name: &str) -> Response {
+fn delete(
+    hub: &Hub,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    propagation: PropagationPolicy,
+) -> Response {
     let key = ObjectKey::new(kind, namespace, name);
     if kind == Kind::Namespace && name == "default" {
         return error("namespace \"default\" cannot be deleted");
     }
     let result = hub.store.write(|tx| {
         if kind == Kind::Namespace {
-            // Namespaces take everything in them along.
+            // Namespaces take everything in them along, whatever the propagation policy.
             for k in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
                 for o in tx.list(k, Some(name))? {
                     tx.delete(&o.key())?;
                 }
             }
         }
-        // Background cascade, done in the same transaction: what the object owns goes too.
-        match gc::delete_cascade(tx, &key)? {
+        let deleted = match propagation {
+            // Both done in the same transaction: deletion has no graceful phase yet, so
+            // "dependents first" and "dependents after" end the same.
+            PropagationPolicy::Background | PropagationPolicy::Foreground => {
+                gc::delete_cascade(tx, &key)?
+            }
+            PropagationPolicy::Orphan => gc::delete_orphaning(tx, &key)?,
+        };
+        match deleted {
             Some(_) => Ok(()),
             None => Err(StoreError::NotFound(key.clone())),
         }
@@ -1079,7 +1105,18 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
             }
         };
         if changed || force || !was_ready {
-            tx.put(Object::Node(next))?;
+            let stored = tx.put(Object::Node(next))?;
+            if existing.is_some() && !was_ready {
+                crate::events::about(
+                    tx,
+                    &stored,
+                    flotilla_proto::api::EventType::Normal,
+                    "NodeReady",
+                    &format!("Node {node} status is now: NodeReady"),
+                    crate::controller::node::COMPONENT,
+                    std::time::SystemTime::now(),
+                )?;
+            }
         }
         // Back from NotReady: the node lifecycle showed its pods as Unknown meanwhile.
         Ok(existing.is_some() && !was_ready)
@@ -1114,6 +1151,59 @@ fn report_pods(hub: &Hub, node: &str, pods: Vec<PodReport>) -> Response {
         }
         Ok(())
     });
+    match result {
+        Ok(()) => Response::Ok,
+        Err(e) => error(e),
+    }
+}
+
+/// Agent events become Events on the pods they are about, only for pods bound to the caller's
+/// node (or bound there when they were deleted a moment ago: the agent reports stopping them
+/// after the fact). A time ahead of the hub's clock is taken as the hub's now.
+fn report_events(hub: &Hub, node: &str, events: Vec<EventReport>) -> Response {
+    let now = std::time::SystemTime::now();
+    let mut ignored = 0;
+    let result = hub.store.write(|tx| {
+        ignored = 0;
+        for r in &events {
+            let key = ObjectKey::new(Kind::Pod, &r.namespace, &r.name);
+            let bound_here = match tx.get(&key)? {
+                Some(Object::Pod(p)) if p.metadata.uid == r.uid => {
+                    p.spec.node_name.as_deref() == Some(node)
+                }
+                _ => hub.deleted_pods.was_on(&r.uid, node),
+            };
+            if !bound_here || r.reason.is_empty() || r.reason.len() > 128 {
+                ignored += 1;
+                continue;
+            }
+            let at = humantime::parse_rfc3339(&r.time)
+                .ok()
+                .filter(|t| *t <= now)
+                .unwrap_or(now);
+            let involved = flotilla_proto::api::ObjectReference {
+                api_version: "v1".into(),
+                kind: Kind::Pod.as_str().into(),
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                uid: r.uid.clone(),
+            };
+            crate::events::record(
+                tx,
+                &involved,
+                r.event_type,
+                &r.reason,
+                crate::events::truncate(&r.message),
+                crate::events::AGENT,
+                node,
+                at,
+            )?;
+        }
+        Ok(())
+    });
+    if ignored > 0 {
+        warn!(node = %node, ignored, "ignoring events about pods not bound to this node (or without a reason)");
+    }
     match result {
         Ok(()) => Response::Ok,
         Err(e) => error(e),

@@ -20,6 +20,12 @@ const FORMAT_JSON: u8 = 1;
 const FORMAT_SEALED_JSON: u8 = 2;
 /// How many log entries to keep for watchers that resume; older resumes get a snapshot.
 const LOG_RETAIN: u64 = 50_000;
+/// Meta key present once the per-kind object counts (`count/<Kind>`) are maintained.
+const COUNTED: &str = "counted";
+
+fn count_key_str(kind: &str) -> String {
+    format!("count/{kind}")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,11 +91,25 @@ impl Store {
         let db = Database::builder().set_cache_size(16 << 20).create(path)?;
         let txn = db.begin_write()?;
         {
-            txn.open_table(OBJECTS)?;
+            let objects = txn.open_table(OBJECTS)?;
             txn.open_table(LOG)?;
-            txn.open_table(META)?;
+            let mut meta = txn.open_table(META)?;
             txn.open_table(TOKENS)?;
             txn.open_table(IMAGES)?;
+            // A store written before objects were counted: count them once.
+            if meta.get(COUNTED)?.is_none() {
+                let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+                for item in objects.iter()? {
+                    let (k, _) = item?;
+                    if let Some((kind, _)) = k.value().split_once('/') {
+                        *counts.entry(count_key_str(kind)).or_default() += 1;
+                    }
+                }
+                for (k, n) in counts {
+                    meta.insert(k.as_str(), n)?;
+                }
+                meta.insert(COUNTED, 1)?;
+            }
         }
         txn.commit()?;
         let (events, _) = broadcast::channel(8192);
@@ -281,6 +301,38 @@ impl Tx<'_> {
             .scan(&self.objects, &ObjectKey::prefix(kind, namespace))
     }
 
+    /// How many objects of `kind` exist, without reading them (a counter kept with every
+    /// create and delete).
+    pub fn count(&self, kind: Kind) -> Result<u64, StoreError> {
+        let k = count_key_str(kind.as_str());
+        Ok(self.meta.get(k.as_str())?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Counts the objects of `kind` afresh and stores the count (a repair for a store that
+    /// an older release wrote to in between).
+    pub fn recount(&mut self, kind: Kind) -> Result<u64, StoreError> {
+        let prefix = ObjectKey::prefix(kind, None);
+        let mut n = 0;
+        for item in self.objects.range(prefix.as_str()..)? {
+            let (k, _) = item?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            n += 1;
+        }
+        let k = count_key_str(kind.as_str());
+        self.meta.insert(k.as_str(), n)?;
+        Ok(n)
+    }
+
+    fn add_count(&mut self, kind: Kind, delta: i64) -> Result<(), StoreError> {
+        let k = count_key_str(kind.as_str());
+        let n = self.meta.get(k.as_str())?.map(|v| v.value()).unwrap_or(0);
+        self.meta
+            .insert(k.as_str(), n.saturating_add_signed(delta))?;
+        Ok(())
+    }
+
     fn next_revision(&mut self) -> Result<u64, StoreError> {
         let rev = self.meta.get("revision")?.map(|v| v.value()).unwrap_or(0) + 1;
         self.meta.insert("revision", rev)?;
@@ -306,6 +358,9 @@ impl Tx<'_> {
                 meta.creation_timestamp = self.now.clone();
                 meta.generation = 0;
             }
+        }
+        if prev.is_none() {
+            self.add_count(key.kind, 1)?;
         }
         let spec_changed = prev
             .as_ref()
@@ -334,6 +389,7 @@ impl Tx<'_> {
         };
         let sk = key.storage_key();
         self.objects.remove(sk.as_str())?;
+        self.add_count(key.kind, -1)?;
         let rev = self.next_revision()?;
         let bytes = self.store.encode(&prev)?;
         self.append_log(rev, &sk, true, bytes)?;
@@ -429,6 +485,32 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(a.meta().uid, uid);
+    }
+
+    #[test]
+    fn objects_are_counted_per_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        {
+            let s = Store::open(&path, &[7u8; 32]).unwrap();
+            s.write(|tx| {
+                tx.put(cm("a", "1"))?;
+                tx.put(cm("b", "1"))?;
+                tx.put(cm("a", "2"))?;
+                tx.delete(&ObjectKey::new(Kind::ConfigMap, "default", "b"))?;
+                tx.delete(&ObjectKey::new(Kind::ConfigMap, "default", "gone"))?;
+                tx.put(cm("c", "1"))
+            })
+            .unwrap();
+        }
+        let s = Store::open(&path, &[7u8; 32]).unwrap();
+        let counts = s
+            .write(|tx| {
+                let counted = (tx.count(Kind::ConfigMap)?, tx.count(Kind::Namespace)?);
+                Ok((counted, tx.recount(Kind::ConfigMap)?))
+            })
+            .unwrap();
+        assert_eq!(counts, ((2, 1), 2));
     }
 
     #[test]

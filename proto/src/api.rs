@@ -23,10 +23,11 @@ pub enum Kind {
     StatefulSet,
     PersistentVolumeClaim,
     ControllerRevision,
+    Event,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -41,6 +42,7 @@ impl Kind {
         Kind::Secret,
         Kind::PersistentVolumeClaim,
         Kind::ControllerRevision,
+        Kind::Event,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +61,7 @@ impl Kind {
             Kind::StatefulSet => "StatefulSet",
             Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
             Kind::ControllerRevision => "ControllerRevision",
+            Kind::Event => "Event",
         }
     }
 
@@ -96,6 +99,7 @@ impl Kind {
             Kind::StatefulSet => "statefulset.apps",
             Kind::PersistentVolumeClaim => "persistentvolumeclaim",
             Kind::ControllerRevision => "controllerrevision.apps",
+            Kind::Event => "event",
         }
     }
 
@@ -124,6 +128,7 @@ impl Kind {
                 Kind::PersistentVolumeClaim
             }
             "controllerrevision" | "controllerrevisions" => Kind::ControllerRevision,
+            "event" | "events" | "ev" => Kind::Event,
             _ => return None,
         })
     }
@@ -1991,6 +1996,74 @@ impl Node {
     }
 }
 
+// ---------------------------------------------------------------- Event
+
+/// A core/v1 Event: something that happened to an object (a pod scheduled, an image pulled, a
+/// probe failing), written by the hub's controllers and the agents, never by users. The same
+/// happening again bumps `count` and `lastTimestamp` of one Event instead of adding another.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub involved_object: ObjectReference,
+    /// A short CamelCase word: Scheduled, Pulled, BackOff…
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, rename = "type")]
+    pub type_: EventType,
+    #[serde(default)]
+    pub count: i32,
+    #[serde(default)]
+    pub first_timestamp: String,
+    #[serde(default)]
+    pub last_timestamp: String,
+    #[serde(default)]
+    pub source: EventSource,
+}
+
+/// Normal or Warning, as in Kubernetes. Also on the wire (postcard, by index): new types go at
+/// the end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[default]
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who reported an Event: a hub component (`default-scheduler`, `replicaset-controller`…) or
+/// an agent (`host` is then its node).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventSource {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub component: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+}
+
 // ---------------------------------------------------------------- Object
 
 /// Any stored object. Serialized as the inner object, whose `kind` field says which it is.
@@ -2013,6 +2086,7 @@ pub enum Object {
     StatefulSet(StatefulSet),
     PersistentVolumeClaim(PersistentVolumeClaim),
     ControllerRevision(ControllerRevision),
+    Event(Event),
 }
 
 macro_rules! each_object {
@@ -2032,6 +2106,7 @@ macro_rules! each_object {
             Object::StatefulSet($o) => $body,
             Object::PersistentVolumeClaim($o) => $body,
             Object::ControllerRevision($o) => $body,
+            Object::Event($o) => $body,
         }
     };
 }
@@ -2053,6 +2128,7 @@ impl Object {
             Object::StatefulSet(_) => Kind::StatefulSet,
             Object::PersistentVolumeClaim(_) => Kind::PersistentVolumeClaim,
             Object::ControllerRevision(_) => Kind::ControllerRevision,
+            Object::Event(_) => Kind::Event,
         }
     }
 
@@ -2076,6 +2152,18 @@ impl Object {
 
     pub fn meta_mut(&mut self) -> &mut ObjectMeta {
         each_object!(self, o => &mut o.metadata)
+    }
+
+    /// A reference to this object, as an Event's `involvedObject` names it.
+    pub fn reference(&self) -> ObjectReference {
+        let m = self.meta();
+        ObjectReference {
+            api_version: self.kind().api_version().into(),
+            kind: self.kind().as_str().into(),
+            namespace: m.namespace.clone().unwrap_or_default(),
+            name: m.name.clone(),
+            uid: m.uid.clone(),
+        }
     }
 
     pub fn key(&self) -> ObjectKey {
@@ -2139,6 +2227,7 @@ impl Object {
                 Object::PersistentVolumeClaim(serde_json::from_value(v)?)
             }
             Kind::ControllerRevision => Object::ControllerRevision(serde_json::from_value(v)?),
+            Kind::Event => Object::Event(serde_json::from_value(v)?),
         })
     }
 
@@ -2203,6 +2292,8 @@ mod tests {
             ("pvc", Kind::PersistentVolumeClaim),
             ("persistentvolumeclaims", Kind::PersistentVolumeClaim),
             ("controllerrevisions", Kind::ControllerRevision),
+            ("ev", Kind::Event),
+            ("events", Kind::Event),
         ] {
             assert_eq!(Kind::from_cli(typed), Some(k), "{typed}");
         }

@@ -115,8 +115,18 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
     if kind_str.is_empty() {
         return Err(err(None, "field kind is required".into()));
     }
-    let Some(kind) = Kind::from_kind(&kind_str) else {
-        let supported: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+    let Some(kind) = Kind::from_kind(&kind_str).filter(|k| *k != Kind::Event) else {
+        if kind_str == Kind::Event.as_str() {
+            return Err(err(
+                Some(label),
+                "kind Event cannot be applied: events are recorded by Flotilla itself (its controllers and agents)".into(),
+            ));
+        }
+        let supported: Vec<_> = Kind::ALL
+            .iter()
+            .filter(|k| **k != Kind::Event)
+            .map(|k| k.as_str())
+            .collect();
         return Err(err(
             Some(label),
             format!(
@@ -166,6 +176,8 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
         Kind::ControllerRevision => {
             Object::ControllerRevision(typed(value, &label, &mut warnings)?)
         }
+        // Refused above; kept here so the match stays exhaustive.
+        Kind::Event => Object::Event(typed(value, &label, &mut warnings)?),
     };
     let mut object = object;
     object.normalize();
@@ -404,6 +416,7 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
             Err(format!("revision must be >= 0, got {}", cr.revision))
         }
         Object::Namespace(_) | Object::ConfigMap(_) | Object::ControllerRevision(_) => Ok(()),
+        Object::Event(_) => Err("events are recorded by Flotilla and cannot be applied".into()),
     }
 }
 
@@ -1618,6 +1631,13 @@ spec:
     fn wrong_api_version_is_an_error() {
         let text = "apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: d}\n";
         expect![[r#"document 1 (deployment d): apiVersion must be "apps/v1" for kind Deployment, got "extensions/v1beta1""#]]
+            .assert_eq(&errors(text));
+    }
+
+    #[test]
+    fn events_cannot_be_applied() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: Event\nmetadata: {name: web.1}\nreason: Scheduled\n";
+        expect![[r#"document 2 (event web.1): kind Event cannot be applied: events are recorded by Flotilla itself (its controllers and agents)"#]]
             .assert_eq(&errors(text));
     }
 }

@@ -114,6 +114,58 @@ pub enum Request {
         namespace: String,
         name: String,
     },
+    // --- agent (node identity) ---
+    /// Events about pods bound to the caller's node (pulls, starts, probe failures, back-off),
+    /// oldest first; answered with `Response::Ok`. The hub drops reports about other pods.
+    ReportEvents {
+        events: Vec<EventReport>,
+    },
+    // --- CLI (admin identity) ---
+    /// `Delete` with kubectl's `--cascade` (`Delete` itself is `Background`); answered with
+    /// `Response::Ok`.
+    DeleteWith {
+        kind: crate::Kind,
+        namespace: String,
+        name: String,
+        propagation: PropagationPolicy,
+    },
+}
+
+/// What happens to the objects a deleted object owns (Kubernetes' `propagationPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PropagationPolicy {
+    /// Dependents are deleted too (in Flotilla, in the same transaction as the owner).
+    Background,
+    /// Dependents first, then the owner. Deletion has no graceful phase yet, so this ends
+    /// exactly like Background: everything goes in one transaction.
+    Foreground,
+    /// Only the owner goes; its dependents lose their owner reference and stay.
+    Orphan,
+}
+
+impl PropagationPolicy {
+    /// kubectl's `--cascade` values (and its deprecated `true`/`false`).
+    pub fn from_cli(s: &str) -> Option<PropagationPolicy> {
+        Some(match s {
+            "background" | "true" => PropagationPolicy::Background,
+            "foreground" => PropagationPolicy::Foreground,
+            "orphan" | "false" => PropagationPolicy::Orphan,
+            _ => return None,
+        })
+    }
+}
+
+/// One thing that happened to a pod on the reporting node. The time is the agent's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventReport {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub event_type: crate::api::EventType,
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339, when it (last) happened on the node.
+    pub time: String,
 }
 
 /// What `fleet label|taint|cordon|uncordon|scale` change.
@@ -311,6 +363,28 @@ mod tests {
         })
         .unwrap();
         expect!["0000000e02070764656661756c7401770175"].assert_eq(&hex::encode(ev));
+        let report = encode(&Request::ReportEvents {
+            events: vec![EventReport {
+                namespace: "default".into(),
+                name: "w".into(),
+                uid: "u".into(),
+                event_type: crate::api::EventType::Warning,
+                reason: "BackOff".into(),
+                message: "m".into(),
+                time: "t".into(),
+            }],
+        })
+        .unwrap();
+        expect!["0000001b11010764656661756c740177017501074261636b4f6666016d0174"]
+            .assert_eq(&hex::encode(report));
+        let delete = encode(&Request::DeleteWith {
+            kind: crate::Kind::Deployment,
+            namespace: "default".into(),
+            name: "web".into(),
+            propagation: PropagationPolicy::Orphan,
+        })
+        .unwrap();
+        expect!["0000000f12030764656661756c740377656202"].assert_eq(&hex::encode(delete));
     }
 
     #[test]

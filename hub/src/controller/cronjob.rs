@@ -4,14 +4,18 @@
 //! keeps `successfulJobsHistoryLimit` and `failedJobsHistoryLimit` finished Jobs. It sleeps
 //! until the next scheduled time (a requeue), and wakes when its Jobs change.
 use super::{Controller, Ctx, Requeue, gc, owner_keys, parse_time, stamp};
+use crate::events;
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{
-    CRONJOB_SCHEDULED_ANNOTATION, CronJob, Job, Kind, Object, ObjectKey, ObjectReference,
-    OwnerReference,
+    CRONJOB_SCHEDULED_ANNOTATION, CronJob, EventType, Job, Kind, Object, ObjectKey,
+    ObjectReference, OwnerReference,
 };
 use flotilla_proto::cron::Schedule;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
+
+/// The source component of this controller's events (Kubernetes' name).
+const COMPONENT: &str = "cronjob-controller";
 
 pub(crate) const CONTROLLER: Controller = Controller {
     name: "cronjob",
@@ -44,7 +48,32 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
         })
         .collect();
     jobs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    trim_history(tx, &cj, &mut jobs)?;
+    let owner = Object::CronJob(original.clone());
+    // A Job that was active at the last look and has finished since.
+    for j in &jobs {
+        if let Some(done) = j.finished()
+            && original
+                .status
+                .active
+                .iter()
+                .any(|a| a.uid == j.metadata.uid)
+        {
+            let message = format!(
+                "Saw completed job: {}, condition: {}",
+                j.metadata.name, done.type_
+            );
+            events::about(
+                tx,
+                &owner,
+                EventType::Normal,
+                "SawCompletedJob",
+                &message,
+                COMPONENT,
+                now,
+            )?;
+        }
+    }
+    trim_history(tx, &cj, &mut jobs, now)?;
 
     let schedule = match Schedule::parse(&cj.spec.schedule, cj.spec.time_zone.as_deref()) {
         Ok(s) => s,
@@ -85,6 +114,16 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
                 for j in &running {
                     info!(cronjob = %key, job = %j.metadata.name, "replacing running job");
                     gc::delete_cascade(tx, &Object::Job(j.clone()).key())?;
+                    let message = format!("Deleted job {}", j.metadata.name);
+                    events::about(
+                        tx,
+                        &owner,
+                        EventType::Normal,
+                        "SuccessfulDelete",
+                        &message,
+                        COMPONENT,
+                        now,
+                    )?;
                 }
                 jobs.retain(|j| j.finished().is_some());
             }
@@ -92,6 +131,16 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
                 unreachable!("put returns the object it stored")
             };
             info!(cronjob = %key, job = %name, "created job");
+            let message = format!("Created job {name}");
+            events::about(
+                tx,
+                &owner,
+                EventType::Normal,
+                "SuccessfulCreate",
+                &message,
+                COMPONENT,
+                now,
+            )?;
             jobs.push(job);
             cj.status.last_schedule_time = Some(stamp(due));
         }
@@ -153,7 +202,12 @@ fn new_job(cj: &CronJob, name: &str, due: SystemTime) -> Job {
 }
 
 /// Deletes the oldest finished Jobs beyond the history limits (3 successful, 1 failed).
-fn trim_history(tx: &mut Tx<'_>, cj: &CronJob, jobs: &mut Vec<Job>) -> Result<(), StoreError> {
+fn trim_history(
+    tx: &mut Tx<'_>,
+    cj: &CronJob,
+    jobs: &mut Vec<Job>,
+    now: SystemTime,
+) -> Result<(), StoreError> {
     let mut doomed = Vec::new();
     for (kind, limit) in [
         (
@@ -176,7 +230,18 @@ fn trim_history(tx: &mut Tx<'_>, cj: &CronJob, jobs: &mut Vec<Job>) -> Result<()
             cj.metadata.namespace.as_deref().unwrap_or("default"),
             name,
         );
-        gc::delete_cascade(tx, &key)?;
+        if gc::delete_cascade(tx, &key)?.is_some() {
+            let message = format!("Deleted job {name}");
+            events::about(
+                tx,
+                &Object::CronJob(cj.clone()),
+                EventType::Normal,
+                "SuccessfulDelete",
+                &message,
+                COMPONENT,
+                now,
+            )?;
+        }
     }
     jobs.retain(|j| !doomed.contains(&j.metadata.name));
     Ok(())

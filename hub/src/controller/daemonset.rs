@@ -5,7 +5,10 @@
 //! within maxUnavailable (or maxSurge, starting the new pod before removing the old), or wait
 //! for pods to be deleted by hand with OnDelete.
 use super::deployment::template_hash;
-use super::{Controller, Ctx, Requeue, availability, gc, owner_keys, pod_from_template, sooner};
+use super::{
+    Controller, Ctx, Requeue, availability, create_pod, delete_pod, gc, owner_keys,
+    pod_from_template, sooner,
+};
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{
     CONTROLLER_REVISION_LABEL, DaemonSet, DaemonSetStatus, Kind, Node, Object, ObjectKey, Pod,
@@ -13,6 +16,9 @@ use flotilla_proto::api::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tracing::info;
+
+/// The source component of this controller's events (Kubernetes' name).
+const COMPONENT: &str = "daemonset-controller";
 
 pub(crate) const CONTROLLER: Controller = Controller {
     name: "daemonset",
@@ -71,7 +77,8 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             _ => None,
         })
         .collect();
-    let pod_key = |p: &Pod| ObjectKey::new(Kind::Pod, &key.namespace, &p.metadata.name);
+    let owner = Object::DaemonSet(ds.clone());
+    let now = ctx.now;
     let min_ready = Duration::from_secs(ds.spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
     let mut requeue = None;
     let mut available = |p: &Pod| {
@@ -87,7 +94,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
         if p.is_terminal() || !eligible.contains(&node) {
             // Finished (a daemon should not finish), or on a node that no longer wants it.
             misscheduled += !p.is_terminal() as i32;
-            tx.delete(&pod_key(p))?;
+            delete_pod(tx, &owner, p, COMPONENT, now)?;
             continue;
         }
         let slot = by_node.entry(node).or_default();
@@ -102,7 +109,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
         for list in [&mut slot.new, &mut slot.old] {
             list.sort_by_key(|p| std::cmp::Reverse(super::replicaset::deletion_rank(p)));
             for p in list.drain(1.min(list.len())..) {
-                tx.delete(&pod_key(p))?;
+                delete_pod(tx, &owner, p, COMPONENT, now)?;
             }
         }
     }
@@ -114,7 +121,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             .get(node)
             .is_none_or(|s| s.new.is_empty() && s.old.is_empty())
         {
-            tx.put(Object::Pod(daemon_pod(&ds, &hash, node)))?;
+            create_pod(tx, &owner, daemon_pod(&ds, &hash, node), COMPONENT, now)?;
             created += 1;
         }
     }
@@ -146,12 +153,12 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             match slot.new.first() {
                 // Surge: the new pod runs beside the old one until it is available.
                 Some(new) if available(new) => {
-                    tx.delete(&pod_key(old))?;
+                    delete_pod(tx, &owner, old, COMPONENT, now)?;
                 }
                 Some(_) => {}
                 None if surge > 0 => {
                     if surging < surge {
-                        tx.put(Object::Pod(daemon_pod(&ds, &hash, node)))?;
+                        create_pod(tx, &owner, daemon_pod(&ds, &hash, node), COMPONENT, now)?;
                         surging += 1;
                     }
                 }
@@ -159,9 +166,9 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
                     // An unavailable old pod costs nothing to replace; an available one
                     // only within maxUnavailable.
                     if !available(old) {
-                        tx.delete(&pod_key(old))?;
+                        delete_pod(tx, &owner, old, COMPONENT, now)?;
                     } else if unavailable < max_unavailable {
-                        tx.delete(&pod_key(old))?;
+                        delete_pod(tx, &owner, old, COMPONENT, now)?;
                         unavailable += 1;
                     }
                 }

@@ -4,10 +4,11 @@
 //! mid-rollout; pause; revisions for `rollout undo`; history trimmed to revisionHistoryLimit;
 //! status with Available and Progressing conditions and the progress deadline.
 use super::{Controller, Ctx, Requeue, availability, gc, owner_keys, pods_in, sooner};
+use crate::events;
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{
-    CHANGE_CAUSE_ANNOTATION, Condition, Deployment, DeploymentStatus, Kind, Object, ObjectKey,
-    OwnerReference, PodTemplateSpec, REVISION_ANNOTATION, ReplicaSet, ReplicaSetSpec,
+    CHANGE_CAUSE_ANNOTATION, Condition, Deployment, DeploymentStatus, EventType, Kind, Object,
+    ObjectKey, OwnerReference, PodTemplateSpec, REVISION_ANNOTATION, ReplicaSet, ReplicaSetSpec,
     TEMPLATE_HASH_LABEL, condition,
 };
 use sha2::{Digest, Sha256};
@@ -19,6 +20,8 @@ use tracing::info;
 const DESIRED_ANNOTATION: &str = "deployment.kubernetes.io/desired-replicas";
 const MAX_ANNOTATION: &str = "deployment.kubernetes.io/max-replicas";
 const DEFAULT_HISTORY: usize = 10;
+/// The source component of this controller's events (Kubernetes' name).
+const COMPONENT: &str = "deployment-controller";
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 
 pub(crate) const CONTROLLER: Controller = Controller {
@@ -48,6 +51,8 @@ pub fn template_hash(template: &PodTemplateSpec) -> String {
 /// One ReplicaSet of the Deployment with its pods counted in this transaction.
 struct Rs {
     rs: ReplicaSet,
+    /// Its replicas when this reconcile began (0 for one it created), for ScalingReplicaSet.
+    from: i32,
     pods: i32,
     ready: i32,
     available: i32,
@@ -171,6 +176,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             requeue = sooner(requeue, later);
         }
         all.push(Rs {
+            from: rs.replicas(),
             rs,
             pods: n,
             ready,
@@ -224,6 +230,25 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
     for r in ro.all.iter_mut().filter(|r| r.dirty) {
         r.dirty = false;
         tx.put(Object::ReplicaSet(r.rs.clone()))?;
+    }
+    let owner = Object::Deployment(original.clone());
+    for r in ro.all.iter().filter(|r| r.replicas() != r.from) {
+        let way = if r.replicas() > r.from { "up" } else { "down" };
+        let message = format!(
+            "Scaled {way} replica set {} from {} to {}",
+            r.name(),
+            r.from,
+            r.replicas()
+        );
+        events::about(
+            tx,
+            &owner,
+            EventType::Normal,
+            "ScalingReplicaSet",
+            &message,
+            COMPONENT,
+            now,
+        )?;
     }
     let deadline = update_status(&mut ro, complete, progress_reason, now);
     if ro.d != original {
@@ -352,6 +377,7 @@ fn create_new(
     };
     ro.all.push(Rs {
         rs,
+        from: 0,
         pods: 0,
         ready: 0,
         available: 0,

@@ -4,11 +4,14 @@
 use super::{Controller, Ctx, Requeue, never, pods_in};
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{
-    Condition, IntOrString, Kind, Object, ObjectKey, Pod, PodDisruptionBudget,
+    Condition, EventType, IntOrString, Kind, Object, ObjectKey, Pod, PodDisruptionBudget,
     PodDisruptionBudgetStatus,
 };
 use std::collections::BTreeSet;
 use tracing::info;
+
+/// The source component of the events of evictions (`fleet drain`, the Eviction API).
+const EVICTION_COMPONENT: &str = "eviction-api";
 
 pub(crate) const CONTROLLER: Controller = Controller {
     name: "disruption",
@@ -215,5 +218,14 @@ pub fn evict(tx: &mut Tx<'_>, key: &ObjectKey) -> Result<Eviction, StoreError> {
     }
     super::gc::delete_cascade(tx, key)?;
     info!(pod = %key, "evicted");
+    crate::events::about(
+        tx,
+        &Object::Pod(pod),
+        EventType::Normal,
+        "Evicted",
+        "Eviction API: evicting",
+        EVICTION_COMPONENT,
+        std::time::SystemTime::now(),
+    )?;
     Ok(Eviction::Evicted)
 }

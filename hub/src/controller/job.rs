@@ -4,13 +4,19 @@
 //! Job past `activeDeadlineSeconds`; honours `suspend`; deletes a finished Job after
 //! `ttlSecondsAfterFinished`. Finished pods are kept for their logs, as in Kubernetes.
 use super::{
-    Controller, Ctx, Requeue, gc, owner_keys, parse_time, pod_from_template, sooner, stamp,
+    Controller, Ctx, Requeue, create_pod, delete_pod, gc, owner_keys, parse_time,
+    pod_from_template, sooner, stamp,
 };
+use crate::events;
 use crate::store::{StoreError, StoreEvent, Tx};
-use flotilla_proto::api::{Condition, JOB_NAME_LABEL, Job, Kind, Object, ObjectKey, Pod};
+use flotilla_proto::api::{
+    Condition, EventType, JOB_NAME_LABEL, Job, Kind, Object, ObjectKey, Pod,
+};
 use std::time::{Duration, SystemTime};
 use tracing::info;
 
+/// The source component of this controller's events (Kubernetes' name).
+const COMPONENT: &str = "job-controller";
 /// The cap of the failed-pod back-off, as in Kubernetes.
 const MAX_BACKOFF: Duration = Duration::from_secs(360);
 
@@ -83,12 +89,12 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
     };
     let failures = failed_pods.len() as i32 + restarts;
     let mut requeue = None;
-    let pod_key = |p: &Pod| ObjectKey::new(Kind::Pod, &key.namespace, &p.metadata.name);
+    let owner = Object::Job(original.clone());
 
     if let Some(done) = job.finished().cloned() {
         // Done: nothing runs any more; the Job itself may have a time to live.
         for p in active.drain(..) {
-            tx.delete(&pod_key(p))?;
+            delete_pod(tx, &owner, p, COMPONENT, now)?;
         }
         if let Some(ttl) = job.spec.ttl_seconds_after_finished {
             let finished = parse_time(job.status.completion_time.as_deref())
@@ -104,7 +110,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
         }
     } else if job.spec.suspend == Some(true) {
         for p in active.drain(..) {
-            tx.delete(&pod_key(p))?;
+            delete_pod(tx, &owner, p, COMPONENT, now)?;
         }
         set_condition(
             &mut job.status.conditions,
@@ -149,8 +155,17 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
         };
         if let Some((reason, message)) = failure {
             info!(job = %key, reason, "job failed");
+            events::about(
+                tx,
+                &owner,
+                EventType::Warning,
+                reason,
+                message,
+                COMPONENT,
+                now,
+            )?;
             for p in active.drain(..) {
-                tx.delete(&pod_key(p))?;
+                delete_pod(tx, &owner, p, COMPONENT, now)?;
             }
             set_condition(
                 &mut job.status.conditions,
@@ -160,8 +175,17 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             requeue = None;
         } else if succeeded >= job.completions() {
             info!(job = %key, succeeded, "job complete");
+            events::about(
+                tx,
+                &owner,
+                EventType::Normal,
+                "Completed",
+                "Job completed",
+                COMPONENT,
+                now,
+            )?;
             for p in active.drain(..) {
-                tx.delete(&pod_key(p))?;
+                delete_pod(tx, &owner, p, COMPONENT, now)?;
             }
             job.status.completion_time = Some(stamp(now));
             set_condition(
@@ -183,7 +207,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             if active.len() > want {
                 active.sort_by_key(|p| super::replicaset::deletion_rank(p));
                 for p in active.drain(..active.len() - want) {
-                    tx.delete(&pod_key(p))?;
+                    delete_pod(tx, &owner, p, COMPONENT, now)?;
                 }
             } else if active.len() < want {
                 // Failed pods are replaced after 10 s, 20 s, 40 s … (job_backoff doubling).
@@ -192,7 +216,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
                     requeue = sooner(requeue, wait);
                 } else {
                     for _ in active.len()..want {
-                        tx.put(Object::Pod(job_pod(&job)))?;
+                        create_pod(tx, &owner, job_pod(&job), COMPONENT, now)?;
                     }
                     info!(job = %key, created = want - active.len(), "created pods");
                 }

@@ -14,9 +14,10 @@ pub mod statefulset;
 pub mod taint;
 
 use crate::Hub;
+use crate::events;
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{
-    Kind, Object, ObjectKey, ObjectMeta, OwnerReference, Pod, PodStatus, PodTemplateSpec,
+    EventType, Kind, Object, ObjectKey, ObjectMeta, OwnerReference, Pod, PodStatus, PodTemplateSpec,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -240,6 +241,57 @@ pub(crate) fn pod_from_template(
         controller: Some(true),
     }];
     pod
+}
+
+/// Creates a controller's pod and records `SuccessfulCreate` on the controller, in the same
+/// transaction (Kubernetes' wording, shared by the ReplicaSet, DaemonSet and Job controllers).
+pub(crate) fn create_pod(
+    tx: &mut Tx<'_>,
+    owner: &Object,
+    pod: Pod,
+    component: &str,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let message = format!("Created pod: {}", pod.metadata.name);
+    tx.put(Object::Pod(pod))?;
+    events::about(
+        tx,
+        owner,
+        EventType::Normal,
+        "SuccessfulCreate",
+        &message,
+        component,
+        now,
+    )
+}
+
+/// Deletes a controller's pod and records `SuccessfulDelete` on the controller.
+pub(crate) fn delete_pod(
+    tx: &mut Tx<'_>,
+    owner: &Object,
+    p: &Pod,
+    component: &str,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    if tx
+        .delete(&ObjectKey::new(
+            Kind::Pod,
+            &owner.key().namespace,
+            &p.metadata.name,
+        ))?
+        .is_some()
+    {
+        events::about(
+            tx,
+            owner,
+            EventType::Normal,
+            "SuccessfulDelete",
+            &format!("Deleted pod: {}", p.metadata.name),
+            component,
+            now,
+        )?;
+    }
+    Ok(())
 }
 
 /// Objects of `kind` in `namespace` whose controller is `owner_uid`.

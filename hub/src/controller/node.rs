@@ -9,14 +9,18 @@
 //! deleted (Kubernetes' pod garbage collector).
 use super::{gc, parse_time, stamp};
 use crate::Hub;
+use crate::events;
 use crate::store::{StoreError, Tx};
-use flotilla_proto::api::{Condition, Kind, Node, Object, ObjectKey, Pod};
-use flotilla_proto::disconnect::{self, Policy, Reconcile};
+use flotilla_proto::api::{Condition, EventType, Kind, Node, Object, ObjectKey, Pod};
+use flotilla_proto::disconnect::{self, NODE_LOST, Policy, Reconcile};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// The source component of the node lifecycle's events (Kubernetes' name).
+pub(crate) const COMPONENT: &str = "node-controller";
 
 pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
     let started = Instant::now();
@@ -87,7 +91,17 @@ pub(crate) fn reconcile(
         if node.is_ready() && silent >= grace {
             info!(node = %node.metadata.name, "node stopped reporting");
             mark_unknown(&mut node, now);
-            tx.put(Object::Node(node.clone()))?;
+            let stored = tx.put(Object::Node(node.clone()))?;
+            let message = format!("Node {} status is now: NodeNotReady", node.metadata.name);
+            events::about(
+                tx,
+                &stored,
+                EventType::Normal,
+                "NodeNotReady",
+                &message,
+                COMPONENT,
+                now,
+            )?;
         }
         if !node.is_ready() || silent >= grace / 2 {
             dropping += 1;
@@ -118,10 +132,26 @@ pub(crate) fn reconcile(
             }
             _ => false,
         };
+        let lost_message = || {
+            format!(
+                "Node {node_name} which was running pod {} is unresponsive",
+                pod.metadata.name
+            )
+        };
         match (lost, Policy::of(&pod).map(|p| p.reconcile)) {
             (true, Some(Reconcile::KeepReplacement)) => {
                 info!(pod = %key, node = %node_name, "pod lost with its node: deleting it for a replacement");
                 gc::delete_cascade(tx, &key)?;
+                let obj = Object::Pod(pod.clone());
+                events::about(
+                    tx,
+                    &obj,
+                    EventType::Warning,
+                    NODE_LOST,
+                    &lost_message(),
+                    COMPONENT,
+                    now,
+                )?;
             }
             _ => {
                 let mut updated = pod.clone();
@@ -132,6 +162,16 @@ pub(crate) fn reconcile(
                         .status
                         .conditions
                         .push(disconnect::lost_condition(&node_name, &stamp(now)));
+                    let obj = Object::Pod(pod.clone());
+                    events::about(
+                        tx,
+                        &obj,
+                        EventType::Warning,
+                        NODE_LOST,
+                        &lost_message(),
+                        COMPONENT,
+                        now,
+                    )?;
                 }
                 if updated.status != pod.status {
                     tx.put(Object::Pod(updated))?;

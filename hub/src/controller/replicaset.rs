@@ -2,7 +2,8 @@
 //! ones, scales down the least valuable pods first, and reports replicas, ready and available
 //! (Ready for `minReadySeconds`) counts.
 use super::{
-    Controller, Ctx, Requeue, availability, gc, owner_keys, pod_from_template, pods_in, sooner,
+    Controller, Ctx, Requeue, availability, create_pod, delete_pod, gc, owner_keys,
+    pod_from_template, pods_in, sooner,
 };
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{Kind, Object, ObjectKey, Pod, ReplicaSetStatus};
@@ -11,6 +12,9 @@ use std::cmp::Reverse;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tracing::info;
+
+/// The source component of this controller's events (Kubernetes' name).
+const COMPONENT: &str = "replicaset-controller";
 
 pub(crate) const CONTROLLER: Controller = Controller {
     name: "replicaset",
@@ -41,13 +45,14 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
     // Pods declared lost with their node (proto::disconnect): replaced, but kept in case their
     // node comes back with them still running.
     let mut lost: Vec<&Pod> = Vec::new();
+    let owner = Object::ReplicaSet(rs.clone());
     for p in pods
         .iter()
         .filter(|p| p.controller_uid() == Some(rs.metadata.uid.as_str()))
     {
         // A ReplicaSet's pods should run forever: a finished one is replaced.
         if p.is_terminal() {
-            tx.delete(&pod_key(key, p))?;
+            delete_pod(tx, &owner, p, COMPONENT, now)?;
         } else if disconnect::is_lost(p) {
             lost.push(p);
         } else {
@@ -66,7 +71,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
         };
         current.sort_by_key(|p| (Reverse(returned(p)), deletion_rank(p)));
         for p in current.drain(..current.len() - want) {
-            tx.delete(&pod_key(key, p))?;
+            delete_pod(tx, &owner, p, COMPONENT, now)?;
         }
     }
     let created = want.saturating_sub(current.len());
@@ -85,7 +90,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             );
             info!(replicaset = %key, lost = %l.metadata.name, pod = %pod.metadata.name, "replacing a pod lost with its node");
         }
-        tx.put(Object::Pod(pod))?;
+        create_pod(tx, &owner, pod, COMPONENT, now)?;
     }
     if created > 0 {
         info!(replicaset = %key, created, "created pods");
@@ -111,10 +116,6 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
         tx.put(Object::ReplicaSet(rs))?;
     }
     Ok(requeue)
-}
-
-fn pod_key(rs: &ObjectKey, p: &Pod) -> ObjectKey {
-    ObjectKey::new(Kind::Pod, &rs.namespace, &p.metadata.name)
 }
 
 /// Kubernetes' order for scale-down (least valuable first): unscheduled before scheduled,

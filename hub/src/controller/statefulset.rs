@@ -11,16 +11,20 @@ use super::deployment::template_hash;
 use super::{
     Controller, Ctx, Requeue, availability, gc, owned, owner_keys, pod_from_template, sooner,
 };
+use crate::events;
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{
-    CONTROLLER_REVISION_LABEL, ControllerRevision, Kind, Object, ObjectKey, ObjectMeta,
+    CONTROLLER_REVISION_LABEL, ControllerRevision, EventType, Kind, Object, ObjectKey, ObjectMeta,
     OwnerReference, POD_INDEX_LABEL, PersistentVolumeClaim, PersistentVolumeClaimStatus,
     PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, STATEFULSET_POD_NAME_LABEL,
     StatefulSet, StatefulSetStatus, Volume,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
+
+/// The source component of this controller's events (Kubernetes' name).
+const COMPONENT: &str = "statefulset-controller";
 
 pub(crate) const CONTROLLER: Controller = Controller {
     name: "statefulset",
@@ -248,6 +252,11 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
                 tx.delete(&ObjectKey::new(Kind::Pod, &key.namespace, &name))?;
                 after.remove(&ordinal);
                 info!(statefulset = %key, pod = %name, reason = ?why, "deleted pod");
+                let message = format!(
+                    "delete Pod {name} in StatefulSet {} successful",
+                    sts.metadata.name
+                );
+                event(tx, &sts, "SuccessfulDelete", &message, ctx.now)?;
             }
             Step::Create { ordinal, revision } => {
                 let name = sts.pod_name(ordinal);
@@ -258,7 +267,7 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
                     warn!(statefulset = %key, pod = %name, "a pod of this name exists and is not owned by the statefulset");
                     continue;
                 }
-                create_claims(tx, &sts, ordinal)?;
+                create_claims(tx, &sts, ordinal, ctx.now)?;
                 let (template, rev) = match revision {
                     Revision::Current => (&revs.current_template, &revs.current),
                     Revision::Update => (&sts.spec.template, &revs.update),
@@ -267,13 +276,18 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
                 tx.put(Object::Pod(pod.clone()))?;
                 after.insert(ordinal, pod);
                 info!(statefulset = %key, pod = %name, revision = %rev, "created pod");
+                let message = format!(
+                    "create Pod {name} in StatefulSet {} successful",
+                    sts.metadata.name
+                );
+                event(tx, &sts, "SuccessfulCreate", &message, ctx.now)?;
             }
         }
     }
     // A pod still waiting for a node gets back a claim deleted under it.
     for (ordinal, p) in &after {
         if p.spec.node_name.is_none() {
-            create_claims(tx, &sts, *ordinal)?;
+            create_claims(tx, &sts, *ordinal, ctx.now)?;
         }
     }
     retain_or_release_claims(tx, &sts, &pods, &after)?;
@@ -413,6 +427,26 @@ fn trim_history(
     Ok(())
 }
 
+/// A Normal event on the set, from this controller.
+fn event(
+    tx: &mut Tx<'_>,
+    sts: &StatefulSet,
+    reason: &str,
+    message: &str,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    events::record(
+        tx,
+        &Object::StatefulSet(sts.clone()).reference(),
+        EventType::Normal,
+        reason,
+        message,
+        COMPONENT,
+        "",
+        now,
+    )
+}
+
 /// A reference to the set: as controller (its pods and revisions), or as plain owner (claims
 /// under whenDeleted: Delete, as Kubernetes marks them).
 fn owner_ref(sts: &StatefulSet, controller: bool) -> OwnerReference {
@@ -459,7 +493,12 @@ fn replica_pod(sts: &StatefulSet, template: &PodTemplateSpec, revision: &str, or
 
 /// Creates the ordinal's claims that do not exist yet: the template's metadata plus the set's
 /// selector labels, Pending until its first pod is scheduled.
-fn create_claims(tx: &mut Tx<'_>, sts: &StatefulSet, ordinal: i32) -> Result<(), StoreError> {
+fn create_claims(
+    tx: &mut Tx<'_>,
+    sts: &StatefulSet,
+    ordinal: i32,
+    now: SystemTime,
+) -> Result<(), StoreError> {
     let ns = sts.metadata.namespace.as_deref().unwrap_or("default");
     for t in &sts.spec.volume_claim_templates {
         let name = sts.claim_name(&t.metadata.name, ordinal);
@@ -493,6 +532,12 @@ fn create_claims(tx: &mut Tx<'_>, sts: &StatefulSet, ordinal: i32) -> Result<(),
         };
         tx.put(Object::PersistentVolumeClaim(claim))?;
         info!(statefulset = %sts.metadata.name, claim = %name, "created claim");
+        let message = format!(
+            "create Claim {name} Pod {} in StatefulSet {} success",
+            sts.pod_name(ordinal),
+            sts.metadata.name
+        );
+        event(tx, sts, "SuccessfulCreate", &message, now)?;
     }
     Ok(())
 }

@@ -2,11 +2,15 @@
 //! once; pods that tolerate it for `tolerationSeconds` are evicted when that time has passed
 //! since the taint was added. Their controllers then replace them elsewhere.
 use super::{Controller, Ctx, Requeue, gc, never, parse_time, sooner};
+use crate::events;
 use crate::store::{StoreError, StoreEvent, Tx};
-use flotilla_proto::api::{Kind, Object, ObjectKey, Pod, Taint};
+use flotilla_proto::api::{EventType, Kind, Object, ObjectKey, Pod, Taint};
 use flotilla_proto::scheduling::NO_EXECUTE;
 use std::time::{Duration, SystemTime};
 use tracing::info;
+
+/// The source component of this controller's events (Kubernetes' name).
+const COMPONENT: &str = "taint-eviction-controller";
 
 pub(crate) const CONTROLLER: Controller = Controller {
     name: "taint-eviction",
@@ -76,7 +80,20 @@ fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue, Sto
                     pod.metadata.namespace.as_deref().unwrap_or("default"),
                     &pod.metadata.name,
                 );
+                let message = format!(
+                    "Marking for deletion Pod {}/{}",
+                    pod_key.namespace, pod_key.name
+                );
                 gc::delete_cascade(tx, &pod_key)?;
+                events::about(
+                    tx,
+                    &Object::Pod(pod.clone()),
+                    EventType::Normal,
+                    "TaintManagerEviction",
+                    &message,
+                    COMPONENT,
+                    ctx.now,
+                )?;
             }
             Some(at) => {
                 let wait = at.duration_since(ctx.now).unwrap_or_default();
