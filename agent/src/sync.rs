@@ -118,7 +118,13 @@ async fn session(
                 let changed: Vec<_> = current.iter().filter(|(k, v)| sent.get(*k) != Some(v)).map(|(_, v)| v.clone()).collect();
                 if !changed.is_empty() {
                     let (_, _, resp): (_, _, Response) = flotilla_transport::request(conn, &Request::ReportPods { pods: changed }).await?;
-                    if let Response::Error { message } = resp { warn!(error = %message, "hub refused pod statuses") }
+                    match resp {
+                        Response::Error { message } => warn!(error = %message, "hub refused pod statuses"),
+                        // Not taken while the hub thinks we are away: sent again after the
+                        // heartbeat that brings the node back (answered ResendPods too).
+                        Response::ResendPods => continue,
+                        _ => {}
+                    }
                     sent = current;
                 }
             }

@@ -146,11 +146,8 @@ pub fn render_at(
     let objects = if kind == Kind::Event {
         let mut v = objects.to_vec();
         v.sort_by_cached_key(|o| match o {
-            Object::Event(e) => (
-                humantime::parse_rfc3339(&e.last_timestamp).ok(),
-                e.metadata.name.clone(),
-            ),
-            _ => (None, String::new()),
+            Object::Event(e) => event_order(e),
+            _ => Default::default(),
         });
         sorted = v;
         &sorted[..]
@@ -707,17 +704,22 @@ fn event_source(e: &Event) -> String {
 
 /// The `Events:` section that ends `fleet describe`, as kubectl writes it: oldest first,
 /// AGE `3s (x4 over 12s)` for a repeated event, `<none>` when there are none.
+/// Timeline order: when an event last happened (to the second), then the order the hub
+/// stored it in (its resourceVersion), which keeps same-second events in sequence.
+fn event_order(e: &Event) -> (Option<SystemTime>, u64, String) {
+    (
+        humantime::parse_rfc3339(&e.last_timestamp).ok(),
+        e.metadata.resource_version.parse().unwrap_or(0),
+        e.metadata.name.clone(),
+    )
+}
+
 pub fn events_section(events: &[Event], now: SystemTime) -> String {
     if events.is_empty() {
         return "Events:       <none>\n".into();
     }
     let mut events: Vec<&Event> = events.iter().collect();
-    events.sort_by_cached_key(|e| {
-        (
-            humantime::parse_rfc3339(&e.last_timestamp).ok(),
-            e.metadata.name.clone(),
-        )
-    });
+    events.sort_by_cached_key(|e| event_order(e));
     let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| {

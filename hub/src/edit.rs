@@ -107,11 +107,8 @@ pub fn apply(
         }
         Edit::Replicas(n) => {
             let kind = key.kind.as_str().to_ascii_lowercase();
-            if *n < 0 {
-                return refuse(format!(
-                    "{kind} {}: spec.replicas must be >= 0, got {n}",
-                    key.name
-                ));
+            if let Err(e) = flotilla_proto::manifest::check_replicas(Some(*n)) {
+                return refuse(format!("{kind} {}: {e}", key.name));
             }
             let replicas = match &mut obj {
                 Object::Deployment(d) => &mut d.spec.replicas,

@@ -210,6 +210,7 @@ pub fn expire(tx: &mut Tx<'_>, now: SystemTime) -> Result<usize, StoreError> {
 /// delete after it happened and reports stopping the pod then.
 #[derive(Default)]
 pub struct DeletedPods {
+    /// uid -> ("node/namespace/name" it had, when it was deleted)
     inner: Mutex<HashMap<String, (String, Instant)>>,
 }
 
@@ -235,16 +236,19 @@ impl DeletedPods {
                 m.remove(&k);
             }
         }
-        m.insert(p.metadata.uid.clone(), (node, Instant::now()));
+        let place = format!("{node}/{}/{}", p.namespace(), p.metadata.name);
+        m.insert(p.metadata.uid.clone(), (place, Instant::now()));
     }
 
-    /// Whether the pod with `uid` was bound to `node` when it was deleted, recently.
-    pub fn was_on(&self, uid: &str, node: &str) -> bool {
+    /// Whether the pod `namespace/name` with `uid` was bound to `node` when it was deleted,
+    /// recently.
+    pub fn was_on(&self, uid: &str, node: &str, namespace: &str, name: &str) -> bool {
+        let place = format!("{node}/{namespace}/{name}");
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(uid)
-            .is_some_and(|(n, t)| n == node && t.elapsed() < DELETED_POD_GRACE)
+            .is_some_and(|(n, t)| *n == place && t.elapsed() < DELETED_POD_GRACE)
     }
 
     fn prune(&self) {
@@ -487,8 +491,11 @@ mod tests {
             object: None,
             prev: Some(Object::Pod(p)),
         });
-        assert!(deleted.was_on("u1", "node-0"));
-        assert!(!deleted.was_on("u1", "node-1"));
-        assert!(!deleted.was_on("u2", "node-0"));
+        assert!(deleted.was_on("u1", "node-0", "default", "web-1"));
+        assert!(!deleted.was_on("u1", "node-1", "default", "web-1"));
+        assert!(!deleted.was_on("u2", "node-0", "default", "web-1"));
+        // The uid alone does not let a node write events under another pod's name.
+        assert!(!deleted.was_on("u1", "node-0", "kube-system", "web-1"));
+        assert!(!deleted.was_on("u1", "node-0", "default", "other"));
     }
 }

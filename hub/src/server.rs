@@ -646,10 +646,8 @@ fn delete(
 }
 
 fn scale(hub: &Hub, namespace: &str, name: &str, replicas: i32) -> Response {
-    if replicas < 0 {
-        return error(format!(
-            "deployment {name}: spec.replicas must be >= 0, got {replicas}"
-        ));
+    if let Err(e) = flotilla_proto::manifest::check_replicas(Some(replicas)) {
+        return error(format!("deployment {name}: {e}"));
     }
     let key = ObjectKey::new(Kind::Deployment, namespace, name);
     let result = hub.store.write(|tx| match tx.get(&key)? {
@@ -1132,6 +1130,16 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
 /// replaced since) are ignored.
 fn report_pods(hub: &Hub, node: &str, pods: Vec<PodReport>) -> Response {
     let result = hub.store.write(|tx| {
+        // A report sent during a partition may land before the heartbeat that brings the node
+        // back; the node lifecycle would mark its pods Unknown again. The agent sends every
+        // status anew once its heartbeat is answered ResendPods.
+        let node_ready = matches!(
+            tx.get(&ObjectKey::new(Kind::Node, "", node))?,
+            Some(Object::Node(n)) if n.is_ready()
+        );
+        if !node_ready {
+            return Ok(false);
+        }
         for r in pods {
             let key = ObjectKey::new(Kind::Pod, &r.namespace, &r.name);
             let Some(Object::Pod(mut pod)) = tx.get(&key)? else {
@@ -1149,37 +1157,48 @@ fn report_pods(hub: &Hub, node: &str, pods: Vec<PodReport>) -> Response {
                 tx.put(Object::Pod(pod))?;
             }
         }
-        Ok(())
+        Ok(true)
     });
     match result {
-        Ok(()) => Response::Ok,
+        Ok(true) => Response::Ok,
+        Ok(false) => Response::ResendPods,
         Err(e) => error(e),
     }
 }
 
+const MAX_EVENTS_PER_REPORT: usize = 512;
+/// Agent event times further back than this are taken as the time they arrive: offline
+/// agents deliver their queue on reconnect, but the queue is short and so is the wait.
+const AGENT_CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Agent events become Events on the pods they are about, only for pods bound to the caller's
 /// node (or bound there when they were deleted a moment ago: the agent reports stopping them
-/// after the fact). A time ahead of the hub's clock is taken as the hub's now.
+/// after the fact). An implausible time (ahead of the hub's clock, or long past) is taken as
+/// the time of arrival.
 fn report_events(hub: &Hub, node: &str, events: Vec<EventReport>) -> Response {
     let now = std::time::SystemTime::now();
     let mut ignored = 0;
     let result = hub.store.write(|tx| {
-        ignored = 0;
-        for r in &events {
+        // One report carries what an agent queues (512 at most); more is not an agent's.
+        ignored = events.len().saturating_sub(MAX_EVENTS_PER_REPORT);
+        for r in events.iter().take(MAX_EVENTS_PER_REPORT) {
             let key = ObjectKey::new(Kind::Pod, &r.namespace, &r.name);
             let bound_here = match tx.get(&key)? {
                 Some(Object::Pod(p)) if p.metadata.uid == r.uid => {
                     p.spec.node_name.as_deref() == Some(node)
                 }
-                _ => hub.deleted_pods.was_on(&r.uid, node),
+                _ => hub.deleted_pods.was_on(&r.uid, node, &r.namespace, &r.name),
             };
             if !bound_here || r.reason.is_empty() || r.reason.len() > 128 {
                 ignored += 1;
                 continue;
             }
+            // The agent's time when it is plausible (a board without a clock may say 1970).
             let at = humantime::parse_rfc3339(&r.time)
                 .ok()
-                .filter(|t| *t <= now)
+                .filter(|t| {
+                    *t <= now && now.duration_since(*t).unwrap_or_default() < AGENT_CLOCK_SLACK
+                })
                 .unwrap_or(now);
             let involved = flotilla_proto::api::ObjectReference {
                 api_version: "v1".into(),

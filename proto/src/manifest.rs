@@ -283,10 +283,19 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
         crate::disconnect::Policy::from_annotations("metadata.annotations", &meta.annotations)?;
     }
     if let Some((at, template)) = pod_template(object) {
-        crate::disconnect::Policy::from_annotations(
+        let policy = crate::disconnect::Policy::from_annotations(
             &format!("{at}.metadata.annotations"),
             &template.metadata.annotations,
         )?;
+        // A DaemonSet's pod belongs to its node; a StatefulSet promises at most one pod per
+        // identity, which a replacement elsewhere would break while the original still runs.
+        if policy.is_some() && matches!(object, Object::DaemonSet(_) | Object::StatefulSet(_)) {
+            return Err(format!(
+                "{at}.metadata.annotations[{}]: {} pods are never replaced while their node is silent",
+                crate::disconnect::LOST_AFTER_ANNOTATION,
+                object.kind()
+            ));
+        }
     }
     match object {
         Object::Pod(p) => validate_pod_spec("spec", &p.spec),
@@ -674,9 +683,17 @@ fn check_update_strategy(
     }
 }
 
-fn check_replicas(replicas: Option<i32>) -> Result<(), String> {
+/// More replicas than one workload could ever need here; a typo such as 2000000000 would
+/// otherwise have controllers create pods without end.
+pub const MAX_REPLICAS: i32 = 100_000;
+
+/// `spec.replicas` of any workload (also checked by `fleet scale`).
+pub fn check_replicas(replicas: Option<i32>) -> Result<(), String> {
     match replicas {
         Some(r) if r < 0 => Err(format!("spec.replicas must be >= 0, got {r}")),
+        Some(r) if r > MAX_REPLICAS => Err(format!(
+            "spec.replicas must be at most {MAX_REPLICAS}, got {r}"
+        )),
         _ => Ok(()),
     }
 }

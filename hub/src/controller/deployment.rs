@@ -165,10 +165,13 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
             continue;
         }
         let (mut n, mut ready, mut available) = (0, 0, 0);
-        for p in pods
-            .iter()
-            .filter(|p| p.controller_uid() == Some(rs.metadata.uid.as_str()) && !p.is_terminal())
-        {
+        for p in pods.iter().filter(|p| {
+            // A pod lost with its node is replaced by its ReplicaSet and not counted there
+            // (proto::disconnect); counting it here would stall rollouts until it returns.
+            p.controller_uid() == Some(rs.metadata.uid.as_str())
+                && !p.is_terminal()
+                && !flotilla_proto::disconnect::is_lost(p)
+        }) {
             n += 1;
             ready += p.is_ready() as i32;
             let (ok, later) = availability(p, min_ready, now);

@@ -206,6 +206,18 @@ pub(crate) fn availability(pod: &Pod, min_ready: Duration, now: SystemTime) -> (
     }
 }
 
+/// Whether the pod is bound to a node that exists and is not Ready (silent): what runs there
+/// is not known, so identity-bound controllers leave such pods alone.
+pub(crate) fn on_silent_node(tx: &Tx<'_>, pod: &Pod) -> Result<bool, StoreError> {
+    let Some(node) = pod.spec.node_name.as_deref() else {
+        return Ok(false);
+    };
+    Ok(matches!(
+        tx.get(&ObjectKey::new(Kind::Node, "", node))?,
+        Some(Object::Node(n)) if !n.is_ready()
+    ))
+}
+
 /// The earlier of two requeue requests.
 pub(crate) fn sooner(a: Requeue, b: Requeue) -> Requeue {
     match (a, b) {

@@ -62,7 +62,12 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
     let want = rs.replicas() as usize;
     if current.len() > want {
         // A lost pod that came back (keep-original) outranks the pod started in its place.
-        let names: BTreeSet<String> = current.iter().map(|p| p.metadata.name.clone()).collect();
+        // Only an original that came back Running and Ready wins over its replacement.
+        let names: BTreeSet<String> = current
+            .iter()
+            .filter(|p| p.is_ready() && p.status.phase == "Running")
+            .map(|p| p.metadata.name.clone())
+            .collect();
         let returned = |p: &Pod| {
             p.metadata
                 .annotations

@@ -249,6 +249,13 @@ pub fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, ctx: &Ctx) -> Result<Requeue,
         match step {
             Step::Delete { ordinal, why } => {
                 let name = sts.pod_name(ordinal);
+                if let Some(p) = pods.get(&ordinal)
+                    && super::on_silent_node(tx, p)?
+                {
+                    // It may still run there; deleting it would let a second pod of the same
+                    // name start elsewhere. Done once its node is heard from (or removed).
+                    continue;
+                }
                 tx.delete(&ObjectKey::new(Kind::Pod, &key.namespace, &name))?;
                 after.remove(&ordinal);
                 info!(statefulset = %key, pod = %name, reason = ?why, "deleted pod");
