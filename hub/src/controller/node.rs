@@ -58,7 +58,7 @@ pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
             }),
             Err(_) => false,
         };
-        if quiet && passes % 30 != 0 {
+        if quiet && !passes.is_multiple_of(30) {
             continue;
         }
         let result = hub.store.write(|tx| {
