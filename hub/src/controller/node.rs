@@ -156,46 +156,38 @@ pub(crate) fn reconcile(
             }
             _ => false,
         };
-        let lost_message = || {
-            format!(
+        // Declared lost now: keep-replacement deletes it, keep-original marks it.
+        let newly_lost = lost && !disconnect::is_lost(&pod);
+        if newly_lost {
+            let message = format!(
                 "Node {node_name} which was running pod {} is unresponsive",
                 pod.metadata.name
-            )
-        };
+            );
+            let obj = Object::Pod(pod.clone());
+            events::about(
+                tx,
+                &obj,
+                EventType::Warning,
+                NODE_LOST,
+                &message,
+                COMPONENT,
+                now,
+            )?;
+        }
         match (lost, Policy::of(&pod).map(|p| p.reconcile)) {
             (true, Some(Reconcile::KeepReplacement)) => {
                 info!(pod = %key, node = %node_name, "pod lost with its node: deleting it for a replacement");
                 gc::delete_cascade(tx, &key)?;
-                let obj = Object::Pod(pod.clone());
-                events::about(
-                    tx,
-                    &obj,
-                    EventType::Warning,
-                    NODE_LOST,
-                    &lost_message(),
-                    COMPONENT,
-                    now,
-                )?;
             }
             _ => {
                 let mut updated = pod.clone();
                 show_unknown(&mut updated, &node_name, now);
-                if lost && !disconnect::is_lost(&updated) {
+                if newly_lost {
                     info!(pod = %key, node = %node_name, "pod lost with its node: replacing it, keeping the original");
                     updated
                         .status
                         .conditions
                         .push(disconnect::lost_condition(&node_name, &stamp(now)));
-                    let obj = Object::Pod(pod.clone());
-                    events::about(
-                        tx,
-                        &obj,
-                        EventType::Warning,
-                        NODE_LOST,
-                        &lost_message(),
-                        COMPONENT,
-                        now,
-                    )?;
                 }
                 if updated.status != pod.status {
                     tx.put(Object::Pod(updated))?;
