@@ -150,7 +150,8 @@ pub(crate) fn reconcile(
         let went_silent = not_ready_since(node).unwrap_or(now);
         let predates = parse_time(Some(&pod.metadata.creation_timestamp))
             .is_some_and(|created| created < went_silent);
-        let lost = match Policy::of(&pod) {
+        let policy = Policy::of(&pod);
+        let lost = match policy {
             Some(p) if !cut_off && predates => {
                 silent >= grace.saturating_add(p.lost_after) && since_cut_off >= p.lost_after
             }
@@ -174,7 +175,7 @@ pub(crate) fn reconcile(
                 now,
             )?;
         }
-        match (lost, Policy::of(&pod).map(|p| p.reconcile)) {
+        match (lost, policy.map(|p| p.reconcile)) {
             (true, Some(Reconcile::KeepReplacement)) => {
                 info!(pod = %key, node = %node_name, "pod lost with its node: deleting it for a replacement");
                 gc::delete_cascade(tx, &key)?;
