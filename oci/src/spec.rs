@@ -1,0 +1,1 @@
+//! Runtime specs (to be written).

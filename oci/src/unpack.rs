@@ -1,0 +1,1 @@
+//! Layer unpacking (to be written).
