@@ -1,4 +1,7 @@
-//! OCI images for the agent's container runtime: safe layer unpacking into rootfs snapshots
-//! and OCI runtime specs (`config.json` for runc) built from an image config and a pod spec.
+//! OCI images for the agent's container runtime: registry pulls into a content-addressed
+//! store, safe layer unpacking into rootfs snapshots, and OCI runtime specs (`config.json`
+//! for runc) built from an image config and a pod spec.
+pub mod pull;
 pub mod spec;
+pub mod store;
 pub mod unpack;
