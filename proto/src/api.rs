@@ -969,6 +969,9 @@ impl Pod {
                 refs.insert((Kind::Secret, s.secret_name.clone()));
             }
         }
+        for s in &self.spec.image_pull_secrets {
+            refs.insert((Kind::Secret, s.name.clone()));
+        }
         refs
     }
 

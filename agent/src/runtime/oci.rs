@@ -1,0 +1,404 @@
+//! OCI containers under runc: the only module that runs runc.
+//!
+//! One container is one bundle under `<data>/containers/<id>/`: `config.json`, an overlayfs
+//! `rootfs` (the image's shared read-only snapshot below, the container's own `upper/` above;
+//! a full copy where overlayfs is unavailable), and nothing else. `runc run` stays in the
+//! foreground as the agent's child, so its exit status is the container's; its stdout and
+//! stderr are pipes into the pod log. Containers live in runc's state directory
+//! `<data>/runc`, which is how an agent that crashed finds what it left behind.
+use crate::logs::{LogStream, PodLog};
+use flotilla_oci::spec;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Exit code of a container killed by SIGKILL (as runc and Kubernetes report it).
+const EXIT_KILLED: i32 = 137;
+/// The cgroup every container's cgroup sits under (`/flotilla/<id>`).
+const CGROUP_PARENT: &str = "flotilla";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("runc is not installed ({0}); run scripts/setup or install Debian's runc")]
+    NoRunc(String),
+    #[error("{0}")]
+    Spec(#[from] spec::SpecError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("runc {what}: {message}")]
+    Runc { what: String, message: String },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContainerError {
+    let what = what.into();
+    move |source| ContainerError::Io { what, source }
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    /// Completed, Error, OOMKilled or Killed.
+    pub reason: String,
+}
+
+pub struct ContainerRuntime {
+    runc: PathBuf,
+    /// runc's `--root`: the state of the containers this agent started.
+    state: PathBuf,
+    bundles: PathBuf,
+    /// What `runc --version` said, for node status.
+    pub version: String,
+    cgroup_v2: bool,
+}
+
+impl ContainerRuntime {
+    /// Finds runc and prepares the agent's directories. Fails when runc is missing: the agent
+    /// then runs WASI pods only and refuses container pods with this reason.
+    pub fn new(data_dir: &Path) -> Result<ContainerRuntime, ContainerError> {
+        let runc = which("runc").ok_or_else(|| ContainerError::NoRunc("not on PATH".into()))?;
+        let out = std::process::Command::new(&runc)
+            .arg("--version")
+            .output()
+            .map_err(|e| ContainerError::NoRunc(e.to_string()))?;
+        let version = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("runc")
+            .trim()
+            .to_string();
+        let state = data_dir.join("runc");
+        let bundles = data_dir.join("containers");
+        for d in [&state, &bundles] {
+            std::fs::create_dir_all(d).map_err(io(format!("create {}", d.display())))?;
+        }
+        Ok(ContainerRuntime {
+            runc,
+            state,
+            bundles,
+            version,
+            cgroup_v2: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        })
+    }
+
+    fn runc(&self) -> Command {
+        let mut c = Command::new(&self.runc);
+        c.arg("--root").arg(&self.state);
+        c.stdin(Stdio::null()).kill_on_drop(false);
+        c
+    }
+
+    pub fn cgroups_path(id: &str) -> String {
+        format!("/{CGROUP_PARENT}/{id}")
+    }
+
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.bundles.join(id)
+    }
+
+    /// Builds the container's bundle: its rootfs over the image snapshot and `config.json`
+    /// from `make_spec` (which is handed the rootfs path).
+    pub fn create_bundle(
+        &self,
+        id: &str,
+        snapshot: &Path,
+        make_spec: impl FnOnce(&Path) -> Result<oci_spec::runtime::Spec, spec::SpecError>,
+    ) -> Result<PathBuf, ContainerError> {
+        let bundle = self.bundle(id);
+        if bundle.exists() {
+            self.remove_bundle(id);
+        }
+        let rootfs = bundle.join("rootfs");
+        for d in ["rootfs", "upper", "work"] {
+            let p = bundle.join(d);
+            std::fs::create_dir_all(&p).map_err(io(format!("create {}", p.display())))?;
+        }
+        mount_rootfs(snapshot, &bundle, &rootfs)?;
+        let spec = make_spec(&rootfs).inspect_err(|_| self.remove_bundle(id))?;
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| ContainerError::Runc {
+            what: "spec".into(),
+            message: e.to_string(),
+        })?;
+        let config = bundle.join("config.json");
+        std::fs::write(&config, json).map_err(io(format!("write {}", config.display())))?;
+        Ok(bundle)
+    }
+
+    /// Runs the container until it exits or `stop` fires; then SIGTERM, `grace`, SIGKILL.
+    /// Output goes to `log`. The bundle and runc's state are removed before returning.
+    pub async fn run(
+        &self,
+        id: &str,
+        log: PodLog,
+        stop: CancellationToken,
+        grace: Duration,
+    ) -> Result<Exit, ContainerError> {
+        let bundle = self.bundle(id);
+        let mut child = self
+            .runc()
+            .arg("run")
+            .arg("--keep")
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(id)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io("spawn runc"))?;
+        let pumps = [
+            child.stdout.take().map(|s| pump(s, log.clone(), LogStream::Stdout)),
+            child.stderr.take().map(|s| pump(s, log.clone(), LogStream::Stderr)),
+        ];
+        let status = tokio::select! {
+            s = child.wait() => s.map_err(io("wait for runc"))?,
+            _ = stop.cancelled() => self.stop(id, &mut child, grace).await?,
+        };
+        for p in pumps.into_iter().flatten() {
+            let _ = p.await;
+        }
+        let code = exit_code(&status);
+        let oom = self.oom_killed(id);
+        self.delete(id).await;
+        self.remove_bundle(id);
+        let reason = match code {
+            _ if oom => "OOMKilled",
+            0 => "Completed",
+            _ if stop.is_cancelled() => "Killed",
+            _ => "Error",
+        };
+        debug!(container = id, code, reason, "container exited");
+        Ok(Exit {
+            code: if oom { EXIT_KILLED } else { code },
+            reason: reason.to_string(),
+        })
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; returns runc's exit status.
+    async fn stop(
+        &self,
+        id: &str,
+        child: &mut Child,
+        grace: Duration,
+    ) -> Result<std::process::ExitStatus, ContainerError> {
+        self.kill(id, "TERM").await;
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(s) => s.map_err(io("wait for runc")),
+            Err(_) => {
+                info!(container = id, "container ignored SIGTERM; killing it");
+                self.kill(id, "KILL").await;
+                match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                    Ok(s) => s.map_err(io("wait for runc")),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        child.wait().await.map_err(io("wait for runc"))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn kill(&self, id: &str, signal: &str) {
+        let out = self
+            .runc()
+            .args(["kill", "--all", id, signal])
+            .output()
+            .await;
+        if let Ok(o) = out
+            && !o.status.success()
+        {
+            debug!(container = id, signal, stderr = %String::from_utf8_lossy(&o.stderr).trim(), "runc kill failed");
+        }
+    }
+
+    /// Runs `argv` inside the running container; returns its exit code and output.
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(i32, Vec<u8>), ContainerError> {
+        let mut cmd = self.runc();
+        cmd.arg("exec").arg(id).args(argv).kill_on_drop(true);
+        let out = tokio::time::timeout(timeout, cmd.output())
+            .await
+            .map_err(|_| ContainerError::Runc {
+                what: "exec".into(),
+                message: format!("timed out after {}", humantime::format_duration(timeout)),
+            })?
+            .map_err(io("spawn runc exec"))?;
+        let mut output = out.stdout;
+        output.extend_from_slice(&out.stderr);
+        Ok((exit_code(&out.status), output))
+    }
+
+    /// Whether the kernel's OOM killer struck in the container's cgroup.
+    fn oom_killed(&self, id: &str) -> bool {
+        let path = if self.cgroup_v2 {
+            PathBuf::from(format!("/sys/fs/cgroup/{CGROUP_PARENT}/{id}/memory.events"))
+        } else {
+            PathBuf::from(format!(
+                "/sys/fs/cgroup/memory/{CGROUP_PARENT}/{id}/memory.oom_control"
+            ))
+        };
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ").map(|n| n.trim().to_string()))
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    }
+
+    async fn delete(&self, id: &str) {
+        match self.runc().args(["delete", "--force", id]).output().await {
+            Ok(o) if !o.status.success() => {
+                let msg = String::from_utf8_lossy(&o.stderr);
+                if !msg.contains("does not exist") {
+                    warn!(container = id, stderr = %msg.trim(), "runc delete failed");
+                }
+            }
+            Err(e) => warn!(container = id, error = %e, "runc delete failed"),
+            _ => {}
+        }
+    }
+
+    fn remove_bundle(&self, id: &str) {
+        let bundle = self.bundle(id);
+        unmount(&bundle.join("rootfs"));
+        if let Err(e) = std::fs::remove_dir_all(&bundle)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(container = id, error = %e, "cannot remove container bundle");
+        }
+    }
+
+    /// The ids of containers runc still knows about in this agent's state directory.
+    pub async fn list(&self) -> Vec<String> {
+        let Ok(out) = self.runc().args(["list", "--format", "json"]).output().await else {
+            return Vec::new();
+        };
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            id: String,
+        }
+        serde_json::from_slice::<Option<Vec<Entry>>>(&out.stdout)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// After a crash: kills and deletes every container this agent left running, unmounts
+    /// and removes their bundles. The supervisor then starts the cached pods afresh.
+    pub async fn clean_up_leftovers(&self) -> usize {
+        let ids = self.list().await;
+        for id in &ids {
+            self.kill(id, "KILL").await;
+            self.delete(id).await;
+        }
+        let mut n = ids.len();
+        if let Ok(entries) = std::fs::read_dir(&self.bundles) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().to_string();
+                self.remove_bundle(&id);
+                if !ids.contains(&id) {
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            info!(containers = n, "removed containers left by a previous run");
+        }
+        n
+    }
+}
+
+fn exit_code(status: &std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(128)
+}
+
+/// Copies a container's output into the pod log as it arrives.
+fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    log: PodLog,
+    stream: LogStream,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => log.append(stream, &buf[..n]),
+            }
+        }
+    })
+}
+
+/// Mounts an overlay of `snapshot` (read-only, shared) and the bundle's `upper` at `rootfs`;
+/// where overlayfs is not available the snapshot is copied instead.
+fn mount_rootfs(snapshot: &Path, bundle: &Path, rootfs: &Path) -> Result<(), ContainerError> {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        snapshot.display(),
+        bundle.join("upper").display(),
+        bundle.join("work").display()
+    );
+    let mounted = nix::mount::mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    );
+    match mounted {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            warn!(error = %e, "overlayfs unavailable; copying the image for this container");
+            let status = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", snapshot.display()))
+                .arg(rootfs)
+                .status()
+                .map_err(io("copy the image"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(ContainerError::Runc {
+                    what: "rootfs".into(),
+                    message: format!("copying {} failed", snapshot.display()),
+                })
+            }
+        }
+    }
+}
+
+fn unmount(path: &Path) {
+    if let Err(e) = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+        && e != nix::errno::Errno::EINVAL
+        && e != nix::errno::Errno::ENOENT
+    {
+        warn!(path = %path.display(), error = %e, "cannot unmount container rootfs");
+    }
+}
+
+/// runc from the usual system directories (the agent reads no environment outside `main`).
+fn which(name: &str) -> Option<PathBuf> {
+    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
