@@ -32,6 +32,14 @@ pub struct Config {
     pub secret_dir: PathBuf,
     /// How often projected volumes (configMap, secret, downwardAPI) are re-read and rewritten.
     pub volume_refresh: Duration,
+    /// Registries (`host[:port]`) spoken to over plain HTTP, e.g. a registry on the LAN.
+    pub insecure_registries: Vec<String>,
+    /// The node's bridge for container pods (also the CNI network's name).
+    pub bridge: String,
+    /// The node's pod CIDR: container pods get addresses from it.
+    pub pod_cidr: String,
+    /// The pids limit of every container (a fork bomb stops here).
+    pub pids_limit: i64,
 }
 
 impl Config {
@@ -54,6 +62,10 @@ impl Config {
             log_max_bytes: 1 << 20,
             max_instances: 1000,
             volume_refresh: Duration::from_secs(10),
+            insecure_registries: Vec::new(),
+            bridge: "flotilla0".into(),
+            pod_cidr: "10.88.0.0/24".into(),
+            pids_limit: 4096,
         }
     }
 }

@@ -6,7 +6,9 @@ pub mod config;
 pub mod envsource;
 pub mod events;
 pub mod identity;
+pub mod images;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod pod;
 pub mod probe;
@@ -38,6 +40,11 @@ pub struct Shared {
     /// Events about this node's pods, waiting for the hub (delivered by `sync`).
     pub events: events::EventQueue,
     pub tracker: TaskTracker,
+    pub images: images::Images,
+    /// runc, or why this node cannot run containers.
+    pub containers: Result<runtime::oci::ContainerRuntime, String>,
+    /// The node's pod network, or why containers get none.
+    pub network: Result<network::PodNetwork, String>,
 }
 
 impl Shared {
@@ -155,6 +162,31 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         max_instances: cfg.max_instances,
     })
     .context("failed to start the wasm runtime")?;
+    let images = images::Images::open(
+        &cfg.data_dir,
+        &flotilla_oci::pull::RegistryConfig {
+            insecure: cfg.insecure_registries.clone(),
+        },
+    )
+    .context("failed to open the image store")?;
+    let containers =
+        runtime::oci::ContainerRuntime::new(&cfg.data_dir).map_err(|e| e.to_string());
+    let network = network::PodNetwork::new(&cfg.data_dir, &cfg.bridge, &cfg.pod_cidr)
+        .map_err(|e| e.to_string());
+    match &containers {
+        Ok(c) => {
+            // Containers and networks a crashed agent left behind go before anything starts;
+            // the cached pods are then started afresh.
+            c.clean_up_leftovers().await;
+            if let Ok(net) = &network {
+                for uid in net.recorded() {
+                    net.detach(&uid).await;
+                }
+            }
+            tracing::info!(runc = %c.version, "container runtime ready");
+        }
+        Err(e) => tracing::warn!(error = %e, "container pods cannot run on this node"),
+    }
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         cfg,
@@ -165,6 +197,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         logs: Mutex::new(HashMap::new()),
         events: Default::default(),
         tracker: tracker.clone(),
+        images,
+        containers,
+        network,
     });
     // Volumes of pods deleted while the agent was down go now; those of cached pods stay.
     match shared.cache.pods() {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[command(
     name = "flotilla-agent",
     version,
-    about = "The Flotilla agent: runs a node's WASI workloads"
+    about = "The Flotilla agent: runs a node's WASI workloads and OCI containers"
 )]
 struct Args {
     /// The hub's QUIC address (needed for the first join; remembered afterwards).
@@ -38,6 +38,18 @@ struct Args {
     /// this).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     heartbeat: std::time::Duration,
+    /// A registry (`host[:port]`) to reach over plain HTTP instead of HTTPS; repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// The bridge container pods attach to.
+    #[arg(long, default_value = "flotilla0")]
+    bridge: String,
+    /// The node's pod CIDR; container pods get addresses from it.
+    #[arg(long, default_value = "10.88.0.0/24")]
+    pod_cidr: String,
+    /// The pids limit of each container.
+    #[arg(long, default_value_t = 4096)]
+    pids_limit: i64,
 }
 
 fn hostname() -> String {
@@ -60,6 +72,10 @@ async fn main() -> anyhow::Result<()> {
     cfg.token = args.token;
     cfg.node_ip = args.node_ip;
     cfg.heartbeat = args.heartbeat;
+    cfg.insecure_registries = args.insecure_registries;
+    cfg.bridge = args.bridge;
+    cfg.pod_cidr = args.pod_cidr;
+    cfg.pids_limit = args.pids_limit;
     if let Some(d) = args.secret_dir {
         cfg.secret_dir = d;
     }

@@ -1,8 +1,10 @@
-//! One pod's life on this node: fetch its artifact, run it under wasmtime with its restart
-//! policy and back-off, serve it if it is a wasi:http component, and report its status.
+//! One pod's life on this node: fetch its image, run it (under wasmtime, or as a container
+//! under runc in its own network namespace) with its restart policy and back-off, serve it if
+//! it is a wasi:http component, and report its status.
 use crate::Shared;
-use crate::probe::{Prober, Verdict};
-use crate::runtime::wasm::{Artifact, ArtifactKind, GuestSpec, WasmError};
+use crate::images::Loaded;
+use crate::probe::{Prober, Target, Verdict};
+use crate::runtime::wasm::{ArtifactKind, GuestSpec};
 use crate::supervisor::Event;
 use flotilla_proto::api::EventType::{self, Normal, Warning};
 use flotilla_proto::api::{
@@ -158,10 +160,14 @@ pub async fn run(
             format!("Pulling image {image:?}"),
         );
         let pull_started = Instant::now();
-        match crate::artifacts::load(&shared, image).await {
-            Ok(a) => {
+        match crate::images::load(&shared, &pod, &container).await {
+            Ok((a, said)) => {
                 let took = go_duration(pull_started.elapsed());
-                let message = format!("Successfully pulled image {image:?} in {took}");
+                let message = if said.is_empty() {
+                    format!("Successfully pulled image {image:?} in {took}")
+                } else {
+                    format!("{said} in {took}")
+                };
                 event(&shared, &pod, Normal, "Pulled", message);
                 break a;
             }
@@ -175,9 +181,9 @@ pub async fn run(
                     &pod,
                     Warning,
                     "Failed",
-                    "Error: ErrImagePull".into(),
+                    format!("Error: {}", e.reason),
                 );
-                rep.waiting("ErrImagePull", Some(e.to_string()));
+                rep.waiting(e.reason, Some(e.to_string()));
                 if sleep_or_cancel(backoff, &cancel).await {
                     return exited(&events, uid);
                 }
@@ -195,8 +201,15 @@ pub async fn run(
             }
         }
     };
-    rep.container.image_id = artifact.digest.clone();
+    rep.container.image_id = artifact.digest();
     backoff = shared.cfg.backoff_base;
+    if let Err(e) = runtime_fits(&artifact, &container) {
+        log.note(&e);
+        event(&shared, &pod, Warning, "Failed", format!("Error: {e}"));
+        rep.waiting("CreateContainerConfigError", Some(e));
+        cancel.cancelled().await;
+        return exited(&events, uid);
+    }
 
     // Environment: ConfigMaps and Secrets may be missing for now; retried with back-off.
     let env = loop {
@@ -242,6 +255,29 @@ pub async fn run(
             .tracker
             .spawn(refresh_volumes(shared.clone(), pod.clone(), cancel.clone()));
     }
+    // A container pod gets its network namespace once; restarts keep it (and its address).
+    let _network = match &artifact {
+        Loaded::Container { .. } => loop {
+            match attach_network(&shared, &pod).await {
+                Ok((ip, guard)) => {
+                    rep.status.pod_ip = Some(ip.to_string());
+                    break Some(guard);
+                }
+                Err(e) => {
+                    warn!(pod = %pod.metadata.name, error = %e, "cannot set up the pod network");
+                    log.note(&e);
+                    event(&shared, &pod, Warning, "FailedCreatePodSandBox", e.clone());
+                    rep.waiting("ContainerCreating", Some(e));
+                    if sleep_or_cancel(backoff, &cancel).await {
+                        return exited(&events, uid);
+                    }
+                    backoff = (backoff * 2).min(shared.cfg.backoff_max);
+                }
+            }
+        },
+        Loaded::Wasm(_) => None,
+    };
+    backoff = shared.cfg.backoff_base;
     let mut spec = guest_spec(&pod, &container, env, log.clone());
     spec.mounts = mounts;
     let spec = Arc::new(spec);
@@ -357,8 +393,8 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
 /// component is served on its hostPort (or a port the agent picks).
 #[allow(clippy::too_many_arguments)]
 async fn run_once(
-    shared: &Shared,
-    artifact: &Artifact,
+    shared: &Arc<Shared>,
+    artifact: &Loaded,
     pod: &Pod,
     container: &flotilla_proto::api::Container,
     spec: Arc<GuestSpec>,
@@ -368,7 +404,59 @@ async fn run_once(
 ) -> anyhow::Result<(i32, String)> {
     let stop = cancel.child_token();
     let log = spec.log.clone();
-    let (endpoint, run) = match artifact.kind {
+    let (target, run) = match artifact {
+        Loaded::Container { image, rootfs } => {
+            let ip = rep
+                .status
+                .pod_ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("the pod has no address"))?;
+            let id = container_id(pod, container);
+            create_container(shared, pod, container, image, rootfs, &spec, &id, ip).await?;
+            let grace = Duration::from_secs(
+                pod.spec
+                    .termination_grace_period_seconds
+                    .unwrap_or(30)
+                    .max(0) as u64,
+            );
+            let exec_shared = shared.clone();
+            let exec_id = id.clone();
+            let exec: crate::probe::Exec = Arc::new(move |argv, timeout| {
+                let shared = exec_shared.clone();
+                let id = exec_id.clone();
+                Box::pin(async move {
+                    let rt = shared.containers.as_ref().map_err(|e| e.clone())?;
+                    rt.exec(&id, &argv, timeout)
+                        .await
+                        .map(|(code, _)| code)
+                        .map_err(|e| e.to_string())
+                })
+            });
+            // The endpoint is the first container port on the pod's address.
+            rep.status.endpoint = container
+                .ports
+                .first()
+                .map(|p| std::net::SocketAddr::new(ip, p.container_port as u16).to_string());
+            let target = Target::Pod {
+                ip,
+                ports: container.ports.clone(),
+                exec,
+            };
+            let shared = shared.clone();
+            let log = log.clone();
+            let stop = stop.clone();
+            let run = async move {
+                let rt = shared
+                    .containers
+                    .as_ref()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let exit = rt.run(&id, log, stop, grace).await?;
+                Ok((exit.code, exit.reason))
+            };
+            (target, futures_box(run))
+        }
+        Loaded::Wasm(artifact) => match artifact.kind {
         ArtifactKind::HttpComponent => {
             let port = container
                 .ports
@@ -384,16 +472,25 @@ async fn run_once(
             let run = shared
                 .runtime
                 .serve_http(artifact, spec.clone(), listener, stop.clone());
-            let run = async move { run.await.map(|()| (0, "Completed".to_string())) };
-            (Some(local), futures_box(run))
+            let run = async move {
+                run.await
+                    .map(|()| (0, "Completed".to_string()))
+                    .map_err(anyhow::Error::from)
+            };
+            rep.status.endpoint = Some(local.to_string());
+            (Target::Endpoint(Some(local)), futures_box(run))
         }
         ArtifactKind::CommandComponent | ArtifactKind::CoreModule => {
             let run = shared.runtime.run_command(artifact, &spec, stop.clone());
-            let run = async move { run.await.map(|s| (s.code, s.reason)) };
-            (None, futures_box(run))
+            let run = async move {
+                run.await
+                    .map(|s| (s.code, s.reason))
+                    .map_err(anyhow::Error::from)
+            };
+            (Target::Endpoint(None), futures_box(run))
         }
+        },
     };
-    rep.status.endpoint = endpoint.map(|e| e.to_string());
     let name = &container.name;
     event(
         shared,
@@ -409,13 +506,13 @@ async fn run_once(
         "Started",
         format!("Started container {name}"),
     );
-    let mut prober = Prober::new(container, endpoint, tokio::time::Instant::now());
+    let mut prober = Prober::new(container, target, tokio::time::Instant::now());
     rep.unready_message = None;
     rep.running(started_at, prober.ready());
     let mut run = run;
     loop {
         tokio::select! {
-            r = &mut run => return r.map_err(anyhow::Error::from),
+            r = &mut run => return r,
             v = prober.next() => match v {
                 Verdict::Ready(ready, why) => {
                     if let Some(why) = &why {
@@ -448,12 +545,11 @@ async fn run_once(
     }
 }
 
-type RunFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(i32, String), WasmError>> + Send + 'a>,
->;
+type RunFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<(i32, String)>> + Send + 'a>>;
 
 fn futures_box<'a>(
-    f: impl std::future::Future<Output = Result<(i32, String), WasmError>> + Send + 'a,
+    f: impl std::future::Future<Output = anyhow::Result<(i32, String)>> + Send + 'a,
 ) -> RunFuture<'a> {
     Box::pin(f)
 }
@@ -491,4 +587,187 @@ fn guest_spec(
             != Some("false"),
         mounts: Vec::new(),
     }
+}
+
+/// Refuses what the image's runtime cannot do, before anything starts.
+fn runtime_fits(loaded: &Loaded, c: &flotilla_proto::api::Container) -> Result<(), String> {
+    let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
+    match loaded {
+        Loaded::Wasm(_) if probes.iter().any(|p| p.as_ref().is_some_and(|p| p.exec.is_some())) => {
+            Err(format!(
+                "container {}: exec probes run a command in a container, and image {:?} is a wasm artifact (use httpGet or tcpSocket)",
+                c.name, c.image
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// runc's name for a pod's container: unique on the node, stable across restarts.
+fn container_id(pod: &Pod, c: &flotilla_proto::api::Container) -> String {
+    format!("{}-{}", pod.metadata.uid, c.name)
+}
+
+/// Detaches the pod's network and removes its files when the pod's task ends.
+struct NetworkGuard {
+    shared: Arc<Shared>,
+    uid: String,
+}
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        let shared = self.shared.clone();
+        let uid = std::mem::take(&mut self.uid);
+        self.shared.tracker.spawn(async move {
+            if let Ok(net) = &shared.network {
+                net.detach(&uid).await;
+            }
+            let _ = tokio::fs::remove_dir_all(pod_dir(&shared, &uid)).await;
+        });
+    }
+}
+
+fn pod_dir(shared: &Shared, uid: &str) -> std::path::PathBuf {
+    shared.cfg.data_dir.join("pods").join(uid)
+}
+
+/// Creates the pod's network namespace on the node's bridge, with its hostPorts.
+async fn attach_network(
+    shared: &Arc<Shared>,
+    pod: &Pod,
+) -> Result<(std::net::IpAddr, NetworkGuard), String> {
+    shared.containers.as_ref().map_err(|e| e.clone())?;
+    let net = shared.network.as_ref().map_err(|e| e.clone())?;
+    let ports: Vec<crate::network::PortMapping> = pod
+        .spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter_map(|p| {
+            Some(crate::network::PortMapping {
+                host_port: u16::try_from(p.host_port?).ok()?,
+                container_port: u16::try_from(p.container_port).ok()?,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                host_ip: None,
+            })
+        })
+        .collect();
+    let uid = pod.metadata.uid.clone();
+    let attached = net.attach(&uid, &ports).await.map_err(|e| e.to_string())?;
+    let guard = NetworkGuard {
+        shared: shared.clone(),
+        uid,
+    };
+    Ok((attached.ip, guard))
+}
+
+/// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` of a container pod, written by the
+/// agent and bind-mounted read-only.
+fn write_etc(shared: &Shared, pod: &Pod, ip: &str) -> std::io::Result<Vec<(std::path::PathBuf, &'static str)>> {
+    let dir = pod_dir(shared, &pod.metadata.uid).join("etc");
+    std::fs::create_dir_all(&dir)?;
+    let hostname = pod
+        .spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| pod.metadata.name.clone());
+    let mut names = hostname.clone();
+    if let Some(sub) = &pod.spec.subdomain {
+        names = format!(
+            "{hostname}.{sub}.{}.svc.cluster.local {hostname}",
+            pod.namespace()
+        );
+    }
+    let hosts = format!(
+        "# Written by the flotilla agent.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{names}\n"
+    );
+    // The node's resolvers, except loopback ones, which mean nothing inside the pod.
+    let host_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut resolv = String::from("# Written by the flotilla agent from the node's resolv.conf.\n");
+    for line in host_conf.lines() {
+        let l = line.trim();
+        let loopback = l
+            .strip_prefix("nameserver")
+            .map(|a| a.trim().starts_with("127.") || a.trim() == "::1");
+        match loopback {
+            Some(true) => {}
+            Some(false) => resolv.push_str(&format!("{l}\n")),
+            None if l.starts_with("search") || l.starts_with("options") => {
+                resolv.push_str(&format!("{l}\n"))
+            }
+            None => {}
+        }
+    }
+    let files = [
+        ("hosts", hosts, "/etc/hosts"),
+        ("hostname", format!("{hostname}\n"), "/etc/hostname"),
+        ("resolv.conf", resolv, "/etc/resolv.conf"),
+    ];
+    let mut out = Vec::new();
+    for (name, text, dest) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        out.push((path, dest));
+    }
+    Ok(out)
+}
+
+/// Writes the container's bundle: rootfs over the image snapshot, and a runtime spec from
+/// the image config, the pod spec, its environment and its volumes.
+#[allow(clippy::too_many_arguments)]
+async fn create_container(
+    shared: &Arc<Shared>,
+    pod: &Pod,
+    container: &flotilla_proto::api::Container,
+    image: &Arc<flotilla_oci::store::Image>,
+    snapshot: &std::path::Path,
+    guest: &GuestSpec,
+    id: &str,
+    ip: std::net::IpAddr,
+) -> anyhow::Result<()> {
+    let etc = write_etc(shared, pod, &ip.to_string())?;
+    let mut mounts: Vec<flotilla_oci::spec::BindMount> = guest
+        .mounts
+        .iter()
+        .map(|m| flotilla_oci::spec::BindMount {
+            source: m.host_path.clone(),
+            destination: m.guest_path.clone(),
+            read_only: m.read_only,
+        })
+        .collect();
+    for (source, dest) in etc {
+        mounts.push(flotilla_oci::spec::BindMount {
+            source,
+            destination: dest.to_string(),
+            read_only: true,
+        });
+    }
+    let shared = shared.clone();
+    let (pod, container, image) = (pod.clone(), container.clone(), image.clone());
+    let (snapshot, env, id) = (snapshot.to_path_buf(), guest.env.clone(), id.to_string());
+    tokio::task::spawn_blocking(move || {
+        let rt = shared
+            .containers
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let netns = crate::network::PodNetwork::netns_path(&pod.metadata.uid);
+        let cgroups = crate::runtime::oci::ContainerRuntime::cgroups_path(&id);
+        let config = image.config.as_ref().and_then(|c| c.config().as_ref());
+        rt.create_bundle(&id, &snapshot, |rootfs| {
+            flotilla_oci::spec::build(&flotilla_oci::spec::Input {
+                pod: &pod,
+                container: &container,
+                image: config,
+                rootfs,
+                env: &env,
+                mounts: &mounts,
+                netns: (!pod.spec.host_network).then_some(netns.as_path()),
+                cgroups_path: &cgroups,
+                pids_limit: shared.cfg.pids_limit,
+            })
+        })?;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await??;
+    Ok(())
 }

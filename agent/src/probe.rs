@@ -1,11 +1,35 @@
-//! Liveness, readiness and startup probes (httpGet, tcpSocket) with Kubernetes' timing and
-//! thresholds, aimed at the pod's endpoint: a wasi:http component has one listener, so a probe
-//! reaches the component whatever container port it names. The [`Prober`] is a small state
+//! Liveness, readiness and startup probes (httpGet, tcpSocket, exec) with Kubernetes' timing
+//! and thresholds. A wasi:http component has one listener, so its probes reach the component
+//! whatever container port they name; a container's probes reach the port they name on the
+//! pod's address, and exec probes run their command in the container. The [`Prober`] is a small state
 //! machine: [`Prober::next`] waits for the next due probe, runs it, and says what changed.
-use flotilla_proto::api::{Container, Probe};
+use flotilla_proto::api::{Container, ContainerPort, IntOrString, Probe};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs a command in the container with a timeout: its exit code, or why it could not run.
+pub type Exec = Arc<
+    dyn Fn(Vec<String>, Duration) -> futures::future::BoxFuture<'static, Result<i32, String>>
+        + Send
+        + Sync,
+>;
+
+/// What probes reach.
+#[derive(Clone)]
+pub enum Target {
+    /// A wasi:http pod's one listener (None: the pod serves nothing).
+    Endpoint(Option<SocketAddr>),
+    /// A container pod: probes dial the port they name on the pod's address, exec probes use
+    /// `exec`.
+    Pod {
+        ip: IpAddr,
+        ports: Vec<ContainerPort>,
+        exec: Exec,
+    },
+}
 use tokio::time::Instant;
 
 /// What a probe round changed.
@@ -36,7 +60,7 @@ struct Track {
 }
 
 pub struct Prober {
-    target: Option<SocketAddr>,
+    target: Target,
     tracks: Vec<Track>,
     started: Instant,
     startup_done: bool,
@@ -46,9 +70,9 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Probes of `c` against `target` (None: the pod serves no endpoint, so every probe fails),
+    /// Probes of `c` against `target` (an endpoint of None fails every probe),
     /// timed from `started`.
-    pub fn new(c: &Container, target: Option<SocketAddr>, started: Instant) -> Prober {
+    pub fn new(c: &Container, target: Target, started: Instant) -> Prober {
         let mut tracks = Vec::new();
         for (which, probe) in [
             (Which::Startup, &c.startup_probe),
@@ -96,7 +120,7 @@ impl Prober {
                 return std::future::pending().await;
             };
             tokio::time::sleep_until(self.tracks[i].next).await;
-            let result = check(&self.tracks[i].probe, self.target).await;
+            let result = check(&self.tracks[i].probe, &self.target).await;
             if let Some(v) = self.record(i, result) {
                 return v;
             }
@@ -172,9 +196,39 @@ impl Prober {
 }
 
 /// Runs one probe within its timeout.
-async fn check(probe: &Probe, target: Option<SocketAddr>) -> Result<(), String> {
-    let Some(target) = target else {
-        return Err("the pod serves no endpoint to probe".into());
+/// The port a probe names, by number or by the container port's name.
+fn probe_port(port: &IntOrString, ports: &[ContainerPort]) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+        IntOrString::String(name) => ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| format!("no container port is named {name:?}")),
+    }
+}
+
+async fn check(probe: &Probe, target: &Target) -> Result<(), String> {
+    let target = match target {
+        Target::Endpoint(Some(addr)) => *addr,
+        Target::Endpoint(None) => return Err("the pod serves no endpoint to probe".into()),
+        Target::Pod { exec, .. } if probe.exec.is_some() => {
+            let argv = probe.exec.as_ref().map(|e| e.command.clone()).unwrap_or_default();
+            let shown = argv.join(" ");
+            return match exec(argv, probe.timeout()).await {
+                Ok(0) => Ok(()),
+                Ok(code) => Err(format!("command {shown:?} exited with {code}")),
+                Err(e) => Err(format!("command {shown:?} failed: {e}")),
+            };
+        }
+        Target::Pod { ip, ports, .. } => {
+            let port = match (&probe.http_get, &probe.tcp_socket) {
+                (Some(h), _) => probe_port(&h.port, ports)?,
+                (None, Some(t)) => probe_port(&t.port, ports)?,
+                (None, None) => return Err("the probe names no action".into()),
+            };
+            SocketAddr::new(*ip, port)
+        }
     };
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(target)
@@ -258,13 +312,13 @@ mod tests {
 
     #[test]
     fn no_probes_means_ready_at_once() {
-        let p = Prober::new(&container(false, false, false), None, Instant::now());
+        let p = Prober::new(&container(false, false, false), Target::Endpoint(None), Instant::now());
         assert!(p.ready());
     }
 
     #[tokio::test]
     async fn readiness_needs_its_success_threshold_and_drops_after_failures() {
-        let mut p = Prober::new(&container(false, false, true), None, Instant::now());
+        let mut p = Prober::new(&container(false, false, true), Target::Endpoint(None), Instant::now());
         let r = index(&p, Which::Readiness);
         assert!(!p.ready());
         assert_eq!(p.record(r, Ok(())), None);
@@ -283,7 +337,7 @@ mod tests {
 
     #[tokio::test]
     async fn liveness_restarts_after_consecutive_failures_only() {
-        let mut p = Prober::new(&container(false, true, false), None, Instant::now());
+        let mut p = Prober::new(&container(false, true, false), Target::Endpoint(None), Instant::now());
         let l = index(&p, Which::Liveness);
         assert_eq!(p.record(l, Err("x".into())), None);
         assert_eq!(p.record(l, Err("x".into())), None);
@@ -301,13 +355,13 @@ mod tests {
 
     #[tokio::test]
     async fn startup_gates_the_others() {
-        let mut p = Prober::new(&container(true, true, false), None, Instant::now());
+        let mut p = Prober::new(&container(true, true, false), Target::Endpoint(None), Instant::now());
         let (s, l) = (index(&p, Which::Startup), index(&p, Which::Liveness));
         assert!(!p.ready());
         assert!(p.active(&p.tracks[s]) && !p.active(&p.tracks[l]));
         assert_eq!(p.record(s, Ok(())), Some(Verdict::Ready(true, None)));
         assert!(!p.active(&p.tracks[s]) && p.active(&p.tracks[l]));
-        let mut q = Prober::new(&container(true, false, false), None, Instant::now());
+        let mut q = Prober::new(&container(true, false, false), Target::Endpoint(None), Instant::now());
         let s = index(&q, Which::Startup);
         assert_eq!(q.record(s, Err("refused".into())), None);
         assert!(matches!(

@@ -381,6 +381,7 @@ fn apply_one(
         )));
     }
     check_host_paths(tx, &obj, &key)?;
+    check_pod_security(tx, &obj, &key)?;
     // Defaults, as the Kubernetes API server applies them.
     match &mut obj {
         Object::Deployment(d) => {
@@ -736,6 +737,31 @@ fn check_host_paths(tx: &Tx<'_>, obj: &Object, key: &ObjectKey) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// Pod Security admission: what the pod asks to loosen must be allowed by its namespace's
+/// `pod-security.kubernetes.io/enforce` level (baseline when unlabelled).
+fn check_pod_security(tx: &Tx<'_>, obj: &Object, key: &ObjectKey) -> Result<(), StoreError> {
+    use flotilla_proto::pod_security::{ENFORCE_LABEL, Level, violations};
+    let Some(spec) = obj.pod_spec() else {
+        return Ok(());
+    };
+    let ns = tx.get(&ObjectKey::new(Kind::Namespace, "", &key.namespace))?;
+    let label = ns
+        .as_ref()
+        .and_then(|n| n.meta().labels.get(ENFORCE_LABEL).cloned());
+    let level = Level::parse(label.as_deref())
+        .map_err(|e| StoreError::Invalid(format!("namespace {:?}: {e}", key.namespace)))?;
+    let found = violations(level, spec);
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Invalid(format!(
+        "{key}: violates PodSecurity {:?} of namespace {:?} (label it {ENFORCE_LABEL}=privileged to allow): {}",
+        level.as_str(),
+        key.namespace,
+        found.join("; ")
+    )))
 }
 
 /// NoExecute taints keep the time they were first added (tolerationSeconds count from it); new

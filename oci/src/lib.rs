@@ -5,3 +5,4 @@ pub mod pull;
 pub mod spec;
 pub mod store;
 pub mod unpack;
+pub use oci_spec;

@@ -540,7 +540,7 @@ pub struct Container {
     /// Always, IfNotPresent or Never (registry images; Kubernetes' defaults apply when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
-    /// Containers only (runc); WASI pods are sandboxed by wasmtime and refuse it.
+    /// Containers only (runc); WASI pods, which wasmtime sandboxes, have no use for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
 }

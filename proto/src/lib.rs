@@ -4,6 +4,7 @@ pub mod cron;
 pub mod disconnect;
 pub mod labels;
 pub mod manifest;
+pub mod pod_security;
 pub mod quantity;
 pub mod scheduling;
 pub mod token;

@@ -845,10 +845,10 @@ fn validate_probe(
             ));
         }
     }
-    if probe.exec.is_some() {
-        return Err(format!(
-            "{at}.exec is not supported yet: exec probes run a command inside a container, and WASI pods have none (use httpGet or tcpSocket)"
-        ));
+    if let Some(e) = &probe.exec
+        && e.command.is_empty()
+    {
+        return Err(format!("{at}.exec.command must not be empty"));
     }
     let port = probe
         .http_get
@@ -921,6 +921,18 @@ fn validate_probe(
     Ok(())
 }
 
+fn check_seccomp(at: &str, p: &crate::api::SeccompProfile) -> Result<(), String> {
+    match p.type_.as_str() {
+        "RuntimeDefault" | "Unconfined" => Ok(()),
+        "Localhost" => Err(format!(
+            "{at}.type Localhost is not supported (use RuntimeDefault, the agent's allow-list)"
+        )),
+        t => Err(format!(
+            "{at}.type must be RuntimeDefault, Unconfined or Localhost, got {t:?}"
+        )),
+    }
+}
+
 fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String> {
     if spec.containers.is_empty() {
         return Err(format!("{at}.containers must have at least one container"));
@@ -939,6 +951,19 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
         ));
     }
     crate::scheduling::validate_pod_spec(at, spec)?;
+    if let Some(rc) = &spec.runtime_class_name
+        && !matches!(rc.as_str(), "wasmtime" | "runc")
+    {
+        return Err(format!(
+            "{at}.runtimeClassName {rc:?} is not known (wasmtime or runc)"
+        ));
+    }
+    for (i, s) in spec.image_pull_secrets.iter().enumerate() {
+        check_name(&format!("{at}.imagePullSecrets[{i}].name"), &s.name)?;
+    }
+    if let Some(p) = spec.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref()) {
+        check_seccomp(&format!("{at}.securityContext.seccompProfile"), p)?;
+    }
     for (field, v) in [("hostname", &spec.hostname), ("subdomain", &spec.subdomain)] {
         if let Some(v) = v {
             check_label_name(&format!("{at}.{field}"), v)?;
@@ -953,6 +978,35 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
         }
         if c.image.is_empty() {
             return Err(format!("{at}.image is required"));
+        }
+        if let Some(p) = &c.image_pull_policy
+            && !matches!(p.as_str(), "Always" | "IfNotPresent" | "Never")
+        {
+            return Err(format!(
+                "{at}.imagePullPolicy must be Always, IfNotPresent or Never, got {p:?}"
+            ));
+        }
+        if let Some(sc) = &c.security_context {
+            if let Some(p) = &sc.seccomp_profile {
+                check_seccomp(&format!("{at}.securityContext.seccompProfile"), p)?;
+            }
+            for (which, caps) in sc
+                .capabilities
+                .iter()
+                .flat_map(|c| [("add", &c.add), ("drop", &c.drop)])
+            {
+                for (k, cap) in caps.iter().enumerate() {
+                    let name = cap.trim_start_matches("CAP_");
+                    let ok = (which == "drop" && name == "ALL")
+                        || (!name.is_empty()
+                            && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'));
+                    if !ok {
+                        return Err(format!(
+                            "{at}.securityContext.capabilities.{which}[{k}]: invalid capability {cap:?}"
+                        ));
+                    }
+                }
+            }
         }
         for (j, p) in c.ports.iter().enumerate() {
             if !(1..=65535).contains(&p.container_port) {
@@ -1264,7 +1318,7 @@ spec:
         image: hello:latest
         resources: {requests: {cpu: 100m, memory: 32Mi}}
         livenessProbe: {httpGet: {path: /, port: 8080}}
-        securityContext: {runAsUser: 1000}
+        lifecycle: {preStop: {exec: {command: [/bin/true]}}}
       affinity: {}
 "#;
 
@@ -1279,7 +1333,7 @@ spec:
         assert_eq!(d.metadata.namespace.as_deref(), Some("default"));
         expect![[r#"
             [
-                "deployment web: field spec.template.spec.containers.0.securityContext is not supported yet and was ignored",
+                "deployment web: field spec.template.spec.containers.0.lifecycle is not supported yet and was ignored",
             ]
         "#]]
         .assert_debug_eq(&parsed[0].warnings);
@@ -1288,6 +1342,34 @@ spec:
             (1, 0),
             "25% of 3: surge rounds up, unavailable down"
         );
+    }
+
+    #[test]
+    fn container_runtime_fields_are_checked() {
+        let pod = |spec: &str, container: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: [{{name: c, image: r.io/x{container}}}]\n{spec}\n---\n"
+            )
+        };
+        let text = [
+            pod("  runtimeClassName: runc", ""),
+            pod("  runtimeClassName: kata", ""),
+            pod("", ", imagePullPolicy: Sometimes"),
+            pod("", ", securityContext: {capabilities: {add: [net_admin]}}"),
+            pod("", ", securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}"),
+            pod("", ", securityContext: {seccompProfile: {type: Localhost, localhostProfile: p.json}}"),
+            pod("  securityContext: {seccompProfile: {type: Strict}}", ""),
+            pod("  imagePullSecrets: [{name: Bad_Name}]", ""),
+        ]
+        .concat();
+        expect![[r#"
+            document 2 (pod p): spec.runtimeClassName "kata" is not known (wasmtime or runc)
+            document 3 (pod p): spec.containers[0].imagePullPolicy must be Always, IfNotPresent or Never, got "Sometimes"
+            document 4 (pod p): spec.containers[0].securityContext.capabilities.add[0]: invalid capability "net_admin"
+            document 5 (pod p): duplicate object: an earlier document already defines it
+            document 6 (pod p): spec.containers[0].securityContext.seccompProfile.type Localhost is not supported (use RuntimeDefault, the agent's allow-list)
+            document 7 (pod p): spec.securityContext.seccompProfile.type must be RuntimeDefault, Unconfined or Localhost, got "Strict"
+            document 8 (pod p): spec.imagePullSecrets[0].name must consist of lowercase letters, digits, '-' or '.', and start and end with a letter or digit, got "Bad_Name""#]].assert_eq(&errors(&text));
     }
 
     #[test]
@@ -1393,7 +1475,7 @@ spec: {containers: [{name: c, image: x}]}
             ),
             doc("  strategy: {rollingUpdate: {maxSurge: lots}}", ""),
             doc("  progressDeadlineSeconds: 5\n  minReadySeconds: 10", ""),
-            doc("", "        livenessProbe: {exec: {command: [/bin/true]}}"),
+            doc("", "        livenessProbe: {exec: {command: []}}"),
             doc(
                 "",
                 "        readinessProbe: {httpGet: {path: /, port: web}}",
@@ -1429,7 +1511,7 @@ spec: {containers: [{name: c, image: x}]}
             document 3 (deployment d3): spec.strategy.rollingUpdate.maxUnavailable may not be 0 when maxSurge is 0
             document 4 (deployment d4): spec.strategy.rollingUpdate.maxSurge must be an integer or a percentage, got "lots"
             document 5 (deployment d5): spec.progressDeadlineSeconds must be greater than minReadySeconds, got 5
-            document 6 (deployment d6): spec.template.spec.containers[0].livenessProbe.exec is not supported yet: exec probes run a command inside a container, and WASI pods have none (use httpGet or tcpSocket)
+            document 6 (deployment d6): spec.template.spec.containers[0].livenessProbe.exec.command must not be empty
             document 7 (deployment d7): spec.template.spec.containers[0].readinessProbe.httpGet.port: no container port is named "web"
             document 8 (deployment d8): spec.template.spec.containers[0].readinessProbe must specify one of httpGet, tcpSocket or exec
             document 9 (deployment d9): spec.template.spec.containers[0].startupProbe.successThreshold must be 1

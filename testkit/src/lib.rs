@@ -3,6 +3,7 @@
 //! [`Builder::on`] the hub and each agent live in network namespaces of their own instead
 //! ([`netns::Net`]), so tests can cut links.
 pub mod netns;
+pub mod registry;
 
 use anyhow::Context as _;
 use fleet::Client;
@@ -68,7 +69,12 @@ pub struct Builder {
     agents: usize,
     labels: Vec<(usize, String, String)>,
     placement: Option<Placement>,
+    insecure_registries: Vec<String>,
 }
+
+/// Bridges and pod CIDRs handed to agents in this process, so clusters of parallel tests
+/// never share one.
+static NEXT_BRIDGE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Where the hub and agents run when not all on loopback in the test's runtime.
 #[derive(Clone)]
@@ -101,8 +107,14 @@ impl Builder {
         self
     }
 
+    /// Agents reach this registry (`host:port`) over plain HTTP.
+    pub fn registry(mut self, host: &str) -> Self {
+        self.insecure_registries.push(host.to_string());
+        self
+    }
+
     pub async fn start(self) -> Cluster {
-        Cluster::start(self.agents, &self.labels, self.placement)
+        Cluster::start(self.agents, &self.labels, self.placement, &self.insecure_registries)
             .await
             .expect("cluster failed to start")
     }
@@ -120,6 +132,15 @@ pub struct Cluster {
     placement: Option<Placement>,
 }
 
+/// Deletes a network interface if it exists (the bridges container tests create).
+fn remove_link(name: &str) {
+    if std::path::Path::new("/sys/class/net").join(name).exists() {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", name])
+            .status();
+    }
+}
+
 /// The loopback address agent `i` serves workloads on.
 pub fn agent_ip(i: usize) -> IpAddr {
     IpAddr::from([127, 0, 0, 10 + i as u8])
@@ -131,6 +152,7 @@ impl Cluster {
             agents: 1,
             labels: Vec::new(),
             placement: None,
+            insecure_registries: Vec::new(),
         }
     }
 
@@ -145,6 +167,7 @@ impl Cluster {
         n: usize,
         labels: &[(usize, String, String)],
         placement: Option<Placement>,
+        insecure_registries: &[String],
     ) -> anyhow::Result<Cluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
@@ -189,6 +212,12 @@ impl Cluster {
             cfg.volume_refresh = Duration::from_millis(300);
             // Secret volumes on a tmpfs of this cluster's own, so clusters never share one.
             cfg.secret_dir = cluster.shm.path().join(format!("agent-{i}"));
+            cfg.insecure_registries = insecure_registries.to_vec();
+            let k = NEXT_BRIDGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250;
+            cfg.bridge = format!("flt{k}");
+            cfg.pod_cidr = format!("10.89.{k}.0/24");
+            // A bridge an earlier, crashed test run left is removed first.
+            remove_link(&cfg.bridge);
             for (_, k, v) in labels.iter().filter(|(j, _, _)| *j == i) {
                 cfg.labels.insert(k.clone(), v.clone());
             }
@@ -373,6 +402,9 @@ impl Cluster {
             self.stop_agent(i).await;
         }
         self.stop_hub().await;
+        for cfg in &self.agent_cfgs {
+            remove_link(&cfg.bridge);
+        }
     }
 }
 

@@ -1,2 +1,3 @@
-//! Workload runtimes. Only `runtime::wasm` touches wasmtime.
+//! Workload runtimes. Only `runtime::wasm` touches wasmtime; only `runtime::oci` runs runc.
+pub mod oci;
 pub mod wasm;

@@ -109,7 +109,7 @@ impl ContainerRuntime {
         &self,
         id: &str,
         snapshot: &Path,
-        make_spec: impl FnOnce(&Path) -> Result<oci_spec::runtime::Spec, spec::SpecError>,
+        make_spec: impl FnOnce(&Path) -> Result<flotilla_oci::oci_spec::runtime::Spec, spec::SpecError>,
     ) -> Result<PathBuf, ContainerError> {
         let bundle = self.bundle(id);
         if bundle.exists() {
