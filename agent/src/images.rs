@@ -298,7 +298,12 @@ mod tests {
 
     #[test]
     fn registry_references_are_told_from_hub_artifacts() {
-        for r in ["127.0.0.1:5000/test/busybox:t", "ghcr.io/a/b", "localhost/x", "docker.io/library/nginx"] {
+        for r in [
+            "127.0.0.1:5000/test/busybox:t",
+            "ghcr.io/a/b",
+            "localhost/x",
+            "docker.io/library/nginx",
+        ] {
             assert!(is_registry_ref(r), "{r}");
         }
         for h in ["hello", "hello:v2", "team/hello:v1", "hello@sha256:00"] {

@@ -169,8 +169,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         },
     )
     .context("failed to open the image store")?;
-    let containers =
-        runtime::oci::ContainerRuntime::new(&cfg.data_dir).map_err(|e| e.to_string());
+    let containers = runtime::oci::ContainerRuntime::new(&cfg.data_dir).map_err(|e| e.to_string());
     let network = network::PodNetwork::new(&cfg.data_dir, &cfg.bridge, &cfg.pod_cidr)
         .map_err(|e| e.to_string());
     match &containers {

@@ -134,7 +134,11 @@ impl PodNetwork {
     }
 
     /// Creates the pod's network namespace and attaches it; returns the pod's address.
-    pub async fn attach(&self, uid: &str, ports: &[PortMapping]) -> Result<Attachment, NetworkError> {
+    pub async fn attach(
+        &self,
+        uid: &str,
+        ports: &[PortMapping],
+    ) -> Result<Attachment, NetworkError> {
         // A namespace left by an earlier attempt for this pod is detached and replaced.
         if self.record_path(uid).exists() || Self::netns_path(uid).exists() {
             self.detach(uid).await;
@@ -148,8 +152,16 @@ impl PodNetwork {
             warn!(error = %e, "cannot record the pod's network");
         }
         let attached = async {
-            self.exec("loopback", "ADD", uid, &netns, "lo", &json!({"type": "loopback"}), None)
-                .await?;
+            self.exec(
+                "loopback",
+                "ADD",
+                uid,
+                &netns,
+                "lo",
+                &json!({"type": "loopback"}),
+                None,
+            )
+            .await?;
             let mut prev: Option<Value> = None;
             for (plugin, conf) in &chain {
                 let result = self
@@ -205,7 +217,10 @@ impl PodNetwork {
             })
             .collect();
         for (plugin, conf) in self.chain(&ports).iter().rev() {
-            if let Err(e) = self.exec(plugin, "DEL", uid, &netns, "eth0", conf, None).await {
+            if let Err(e) = self
+                .exec(plugin, "DEL", uid, &netns, "eth0", conf, None)
+                .await
+            {
                 debug!(pod = uid, error = %e, "cni DEL failed");
             }
         }
@@ -286,7 +301,13 @@ impl PodNetwork {
             let msg = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v["msg"].as_str().map(str::to_string))
-                .unwrap_or_else(|| format!("{} {}", text.trim(), String::from_utf8_lossy(&out.stderr).trim()));
+                .unwrap_or_else(|| {
+                    format!(
+                        "{} {}",
+                        text.trim(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                });
             return Err(err(msg));
         }
         if out.stdout.is_empty() {
@@ -340,6 +361,9 @@ mod tests {
             chain[1].1["runtimeConfig"]["portMappings"],
             json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
         );
-        assert_eq!(chain[0].1["ipam"]["ranges"], json!([[{"subnet": "10.88.0.0/24"}]]));
+        assert_eq!(
+            chain[0].1["ipam"]["ranges"],
+            json!([[{"subnet": "10.88.0.0/24"}]])
+        );
     }
 }

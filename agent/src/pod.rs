@@ -457,38 +457,38 @@ async fn run_once(
             (target, futures_box(run))
         }
         Loaded::Wasm(artifact) => match artifact.kind {
-        ArtifactKind::HttpComponent => {
-            let port = container
-                .ports
-                .iter()
-                .find_map(|p| p.host_port)
-                .unwrap_or(0) as u16;
-            let addr = std::net::SocketAddr::new(shared.cfg.node_ip, port);
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
-            let local = listener.local_addr()?;
-            info!(pod = %pod.metadata.name, endpoint = %local, "serving wasi:http pod");
-            let run = shared
-                .runtime
-                .serve_http(artifact, spec.clone(), listener, stop.clone());
-            let run = async move {
-                run.await
-                    .map(|()| (0, "Completed".to_string()))
-                    .map_err(anyhow::Error::from)
-            };
-            rep.status.endpoint = Some(local.to_string());
-            (Target::Endpoint(Some(local)), futures_box(run))
-        }
-        ArtifactKind::CommandComponent | ArtifactKind::CoreModule => {
-            let run = shared.runtime.run_command(artifact, &spec, stop.clone());
-            let run = async move {
-                run.await
-                    .map(|s| (s.code, s.reason))
-                    .map_err(anyhow::Error::from)
-            };
-            (Target::Endpoint(None), futures_box(run))
-        }
+            ArtifactKind::HttpComponent => {
+                let port = container
+                    .ports
+                    .iter()
+                    .find_map(|p| p.host_port)
+                    .unwrap_or(0) as u16;
+                let addr = std::net::SocketAddr::new(shared.cfg.node_ip, port);
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
+                let local = listener.local_addr()?;
+                info!(pod = %pod.metadata.name, endpoint = %local, "serving wasi:http pod");
+                let run = shared
+                    .runtime
+                    .serve_http(artifact, spec.clone(), listener, stop.clone());
+                let run = async move {
+                    run.await
+                        .map(|()| (0, "Completed".to_string()))
+                        .map_err(anyhow::Error::from)
+                };
+                rep.status.endpoint = Some(local.to_string());
+                (Target::Endpoint(Some(local)), futures_box(run))
+            }
+            ArtifactKind::CommandComponent | ArtifactKind::CoreModule => {
+                let run = shared.runtime.run_command(artifact, &spec, stop.clone());
+                let run = async move {
+                    run.await
+                        .map(|s| (s.code, s.reason))
+                        .map_err(anyhow::Error::from)
+                };
+                (Target::Endpoint(None), futures_box(run))
+            }
         },
     };
     let name = &container.name;
@@ -593,7 +593,11 @@ fn guest_spec(
 fn runtime_fits(loaded: &Loaded, c: &flotilla_proto::api::Container) -> Result<(), String> {
     let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
     match loaded {
-        Loaded::Wasm(_) if probes.iter().any(|p| p.as_ref().is_some_and(|p| p.exec.is_some())) => {
+        Loaded::Wasm(_)
+            if probes
+                .iter()
+                .any(|p| p.as_ref().is_some_and(|p| p.exec.is_some())) =>
+        {
             Err(format!(
                 "container {}: exec probes run a command in a container, and image {:?} is a wasm artifact (use httpGet or tcpSocket)",
                 c.name, c.image
@@ -663,7 +667,11 @@ async fn attach_network(
 
 /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` of a container pod, written by the
 /// agent and bind-mounted read-only.
-fn write_etc(shared: &Shared, pod: &Pod, ip: &str) -> std::io::Result<Vec<(std::path::PathBuf, &'static str)>> {
+fn write_etc(
+    shared: &Shared,
+    pod: &Pod,
+    ip: &str,
+) -> std::io::Result<Vec<(std::path::PathBuf, &'static str)>> {
     let dir = pod_dir(shared, &pod.metadata.uid).join("etc");
     std::fs::create_dir_all(&dir)?;
     let hostname = pod

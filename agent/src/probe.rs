@@ -213,7 +213,11 @@ async fn check(probe: &Probe, target: &Target) -> Result<(), String> {
         Target::Endpoint(Some(addr)) => *addr,
         Target::Endpoint(None) => return Err("the pod serves no endpoint to probe".into()),
         Target::Pod { exec, .. } if probe.exec.is_some() => {
-            let argv = probe.exec.as_ref().map(|e| e.command.clone()).unwrap_or_default();
+            let argv = probe
+                .exec
+                .as_ref()
+                .map(|e| e.command.clone())
+                .unwrap_or_default();
             let shown = argv.join(" ");
             return match exec(argv, probe.timeout()).await {
                 Ok(0) => Ok(()),
@@ -312,13 +316,21 @@ mod tests {
 
     #[test]
     fn no_probes_means_ready_at_once() {
-        let p = Prober::new(&container(false, false, false), Target::Endpoint(None), Instant::now());
+        let p = Prober::new(
+            &container(false, false, false),
+            Target::Endpoint(None),
+            Instant::now(),
+        );
         assert!(p.ready());
     }
 
     #[tokio::test]
     async fn readiness_needs_its_success_threshold_and_drops_after_failures() {
-        let mut p = Prober::new(&container(false, false, true), Target::Endpoint(None), Instant::now());
+        let mut p = Prober::new(
+            &container(false, false, true),
+            Target::Endpoint(None),
+            Instant::now(),
+        );
         let r = index(&p, Which::Readiness);
         assert!(!p.ready());
         assert_eq!(p.record(r, Ok(())), None);
@@ -337,7 +349,11 @@ mod tests {
 
     #[tokio::test]
     async fn liveness_restarts_after_consecutive_failures_only() {
-        let mut p = Prober::new(&container(false, true, false), Target::Endpoint(None), Instant::now());
+        let mut p = Prober::new(
+            &container(false, true, false),
+            Target::Endpoint(None),
+            Instant::now(),
+        );
         let l = index(&p, Which::Liveness);
         assert_eq!(p.record(l, Err("x".into())), None);
         assert_eq!(p.record(l, Err("x".into())), None);
@@ -355,13 +371,21 @@ mod tests {
 
     #[tokio::test]
     async fn startup_gates_the_others() {
-        let mut p = Prober::new(&container(true, true, false), Target::Endpoint(None), Instant::now());
+        let mut p = Prober::new(
+            &container(true, true, false),
+            Target::Endpoint(None),
+            Instant::now(),
+        );
         let (s, l) = (index(&p, Which::Startup), index(&p, Which::Liveness));
         assert!(!p.ready());
         assert!(p.active(&p.tracks[s]) && !p.active(&p.tracks[l]));
         assert_eq!(p.record(s, Ok(())), Some(Verdict::Ready(true, None)));
         assert!(!p.active(&p.tracks[s]) && p.active(&p.tracks[l]));
-        let mut q = Prober::new(&container(true, false, false), Target::Endpoint(None), Instant::now());
+        let mut q = Prober::new(
+            &container(true, false, false),
+            Target::Endpoint(None),
+            Instant::now(),
+        );
         let s = index(&q, Which::Startup);
         assert_eq!(q.record(s, Err("refused".into())), None);
         assert!(matches!(
@@ -377,7 +401,7 @@ mod tests {
     async fn probes_without_an_endpoint_fail() {
         let p = probe(1, 1);
         assert_eq!(
-            check(&p, None).await,
+            check(&p, &Target::Endpoint(None)).await,
             Err("the pod serves no endpoint to probe".into())
         );
     }

@@ -73,10 +73,12 @@ pub fn platform() -> (&'static str, &'static str) {
 }
 
 pub fn parse_reference(image: &str) -> Result<Reference, PullError> {
-    image.parse().map_err(|e: oci_client::ParseError| PullError::Reference {
-        image: image.to_string(),
-        message: e.to_string(),
-    })
+    image
+        .parse()
+        .map_err(|e: oci_client::ParseError| PullError::Reference {
+            image: image.to_string(),
+            message: e.to_string(),
+        })
 }
 
 impl Registry {
@@ -173,7 +175,7 @@ impl Registry {
         let manifest = crate::store::parse_manifest(digest, &bytes)?;
         let config = manifest.config().digest().to_string();
         if !store.has_blob(&config) {
-            self.blob(store, &reference, &config, auth, MAX_MANIFEST as u64)
+            self.blob(store, &reference, config, auth, MAX_MANIFEST as u64)
                 .await?;
         }
         let mut stats = Pulled::default();
@@ -182,11 +184,19 @@ impl Registry {
             .iter()
             .map(|l| l.digest().to_string())
             .collect();
-        let missing: Vec<&String> = wanted.iter().filter(|d| !store.has_blob(d)).collect();
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|d| !store.has_blob(d))
+            .cloned()
+            .collect();
         stats.layers_cached = wanted.len() - missing.len();
         stats.layers_fetched = missing.len();
-        let sizes = futures::stream::iter(missing)
+        // Futures built first, so the stream holds no closure borrowing its items.
+        let pulls: Vec<_> = missing
+            .into_iter()
             .map(|d| self.blob(store, &reference, d, auth, u64::MAX))
+            .collect();
+        let sizes = futures::stream::iter(pulls)
             .buffer_unordered(PARALLEL_LAYERS)
             .try_collect::<Vec<u64>>()
             .await?;
@@ -200,10 +210,11 @@ impl Registry {
         &self,
         store: &Store,
         reference: &Reference,
-        digest: &str,
+        digest: String,
         auth: &RegistryAuth,
         limit: u64,
     ) -> Result<u64, PullError> {
+        let digest = digest.as_str();
         digest_hex(digest)?;
         self.client
             .store_auth_if_needed(reference.resolve_registry(), auth)
@@ -212,7 +223,9 @@ impl Registry {
             .client
             .pull_blob_stream(reference, digest)
             .await
-            .map_err(|e| PullError::Registry(format!("{}: blob {digest}: {e}", reference.whole())))?;
+            .map_err(|e| {
+                PullError::Registry(format!("{}: blob {digest}: {e}", reference.whole()))
+            })?;
         let tmp = store.temp_path("pull");
         let mut file = std::fs::File::create(&tmp).map_err(|source| StoreError::Io {
             path: tmp.display().to_string(),
@@ -284,7 +297,8 @@ fn media_type_of(bytes: &[u8]) -> String {
     }
     match serde_json::from_slice::<Probe>(bytes) {
         Ok(Probe {
-            media_type: Some(t), ..
+            media_type: Some(t),
+            ..
         }) => t,
         Ok(Probe {
             manifests: Some(_), ..
@@ -403,7 +417,9 @@ mod tests {
             choose("i", &index, "linux", "amd64").unwrap(),
             format!("sha256:{}", "a".repeat(64))
         );
-        let err = choose("i", &index, "linux", "riscv64").unwrap_err().to_string();
+        let err = choose("i", &index, "linux", "riscv64")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "image i: no manifest for linux/riscv64 in its index (has: linux/amd64, linux/arm64)"

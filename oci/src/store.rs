@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Config media type prefix of wasm OCI artifacts (`wkg`, and `oras` with the wasm config).
 const WASM_CONFIG_PREFIX: &str = "application/vnd.wasm.config.";
 /// Layer media types that hold a wasm binary.
-const WASM_LAYER_TYPES: &[&str] = &["application/wasm", "application/vnd.wasm.content.layer.v1+wasm"];
+const WASM_LAYER_TYPES: &[&str] = &[
+    "application/wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,7 +63,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 pub enum ImageKind {
     Container,
     /// A wasm OCI artifact; `layer` is the digest of the wasm binary.
-    Wasm { layer: String },
+    Wasm {
+        layer: String,
+    },
 }
 
 /// A pulled image: its manifest, config and what kind of workload it is.
@@ -334,7 +339,13 @@ fn blobs_of(image: &Image) -> Vec<String> {
         image.digest.clone(),
         image.manifest.config().digest().to_string(),
     ];
-    v.extend(image.manifest.layers().iter().map(|l| l.digest().to_string()));
+    v.extend(
+        image
+            .manifest
+            .layers()
+            .iter()
+            .map(|l| l.digest().to_string()),
+    );
     v
 }
 
@@ -379,7 +390,10 @@ pub fn image_kind(digest: &str, manifest: &ImageManifest) -> Result<ImageKind, S
         }),
         more => Err(StoreError::Image {
             image: digest.to_string(),
-            message: format!("a wasm artifact must have one wasm layer, found {}", more.len()),
+            message: format!(
+                "a wasm artifact must have one wasm layer, found {}",
+                more.len()
+            ),
         }),
     }
 }
@@ -391,8 +405,15 @@ mod tests {
     #[test]
     fn digests_are_checked_before_they_name_files() {
         assert!(digest_hex(&format!("sha256:{}", "a".repeat(64))).is_ok());
-        for bad in ["sha256:../../etc", "md5:abc", &format!("sha256:{}", "A".repeat(64))] {
-            assert!(matches!(digest_hex(bad), Err(StoreError::Digest(_))), "{bad}");
+        for bad in [
+            "sha256:../../etc",
+            "md5:abc",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
+            assert!(
+                matches!(digest_hex(bad), Err(StoreError::Digest(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -411,7 +432,10 @@ mod tests {
         assert!(!store.has_blob(&wrong));
         // A blob that rots on disk is dropped rather than used.
         std::fs::write(store.blob_path(&good).unwrap(), b"hellO").unwrap();
-        assert!(matches!(store.read_blob(&good), Err(StoreError::Missing(_))));
+        assert!(matches!(
+            store.read_blob(&good),
+            Err(StoreError::Missing(_))
+        ));
         assert!(!store.has_blob(&good));
     }
 
@@ -438,7 +462,10 @@ mod tests {
     fn wasm_artifacts_are_told_from_container_images() {
         let oci = "application/vnd.oci.image.config.v1+json";
         let tgz = "application/vnd.oci.image.layer.v1.tar+gzip";
-        assert_eq!(image_kind("m", &manifest(oci, &[tgz, tgz])).unwrap(), ImageKind::Container);
+        assert_eq!(
+            image_kind("m", &manifest(oci, &[tgz, tgz])).unwrap(),
+            ImageKind::Container
+        );
         let wkg = manifest("application/vnd.wasm.config.v0+json", &["application/wasm"]);
         assert_eq!(
             image_kind("m", &wkg).unwrap(),
@@ -447,7 +474,10 @@ mod tests {
             }
         );
         let oras = manifest(oci, &["application/vnd.wasm.content.layer.v1+wasm"]);
-        assert!(matches!(image_kind("m", &oras).unwrap(), ImageKind::Wasm { .. }));
+        assert!(matches!(
+            image_kind("m", &oras).unwrap(),
+            ImageKind::Wasm { .. }
+        ));
         let two = manifest(oci, &["application/wasm", "application/wasm"]);
         assert!(image_kind("m", &two).is_err());
     }

@@ -961,7 +961,11 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
     for (i, s) in spec.image_pull_secrets.iter().enumerate() {
         check_name(&format!("{at}.imagePullSecrets[{i}].name"), &s.name)?;
     }
-    if let Some(p) = spec.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref()) {
+    if let Some(p) = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+    {
         check_seccomp(&format!("{at}.securityContext.seccompProfile"), p)?;
     }
     for (field, v) in [("hostname", &spec.hostname), ("subdomain", &spec.subdomain)] {
@@ -1356,8 +1360,14 @@ spec:
             pod("  runtimeClassName: kata", ""),
             pod("", ", imagePullPolicy: Sometimes"),
             pod("", ", securityContext: {capabilities: {add: [net_admin]}}"),
-            pod("", ", securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}"),
-            pod("", ", securityContext: {seccompProfile: {type: Localhost, localhostProfile: p.json}}"),
+            pod(
+                "",
+                ", securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}",
+            ),
+            pod(
+                "",
+                ", securityContext: {seccompProfile: {type: Localhost, localhostProfile: p.json}}",
+            ),
             pod("  securityContext: {seccompProfile: {type: Strict}}", ""),
             pod("  imagePullSecrets: [{name: Bad_Name}]", ""),
         ]

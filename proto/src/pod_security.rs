@@ -91,10 +91,18 @@ fn container_violations(level: Level, spec: &PodSpec, c: &Container, v: &mut Vec
     let sc = c.security_context.clone().unwrap_or_default();
     let pod_sc = spec.security_context.clone().unwrap_or_default();
     if sc.privileged == Some(true) {
-        v.push(format!("{at}.privileged: privileged containers are not allowed"));
+        v.push(format!(
+            "{at}.privileged: privileged containers are not allowed"
+        ));
     }
-    if sc.seccomp_profile.as_ref().is_some_and(|p| p.type_ == "Unconfined") {
-        v.push(format!("{at}.seccompProfile.type: Unconfined is not allowed"));
+    if sc
+        .seccomp_profile
+        .as_ref()
+        .is_some_and(|p| p.type_ == "Unconfined")
+    {
+        v.push(format!(
+            "{at}.seccompProfile.type: Unconfined is not allowed"
+        ));
     }
     let added: Vec<String> = sc
         .capabilities
@@ -165,12 +173,22 @@ mod tests {
         assert!(violations(Level::Privileged, &spec(privileged.clone())).is_empty());
         assert_eq!(
             violations(Level::Baseline, &spec(privileged)),
-            ["spec.containers[c].securityContext.privileged: privileged containers are not allowed"]
+            [
+                "spec.containers[c].securityContext.privileged: privileged containers are not allowed"
+            ]
         );
-        assert!(violations(Level::Baseline, &spec(caps(&["NET_BIND_SERVICE", "CAP_CHOWN"]))).is_empty());
+        assert!(
+            violations(
+                Level::Baseline,
+                &spec(caps(&["NET_BIND_SERVICE", "CAP_CHOWN"]))
+            )
+            .is_empty()
+        );
         assert_eq!(
             violations(Level::Baseline, &spec(caps(&["SYS_ADMIN", "NET_RAW"]))),
-            ["spec.containers[c].securityContext.capabilities.add: SYS_ADMIN, NET_RAW not allowed at level baseline"]
+            [
+                "spec.containers[c].securityContext.capabilities.add: SYS_ADMIN, NET_RAW not allowed at level baseline"
+            ]
         );
         let mut host = spec(SecurityContext::default());
         host.host_network = true;

@@ -114,9 +114,14 @@ impl Builder {
     }
 
     pub async fn start(self) -> Cluster {
-        Cluster::start(self.agents, &self.labels, self.placement, &self.insecure_registries)
-            .await
-            .expect("cluster failed to start")
+        Cluster::start(
+            self.agents,
+            &self.labels,
+            self.placement,
+            &self.insecure_registries,
+        )
+        .await
+        .expect("cluster failed to start")
     }
 }
 
@@ -213,6 +218,7 @@ impl Cluster {
             // Secret volumes on a tmpfs of this cluster's own, so clusters never share one.
             cfg.secret_dir = cluster.shm.path().join(format!("agent-{i}"));
             cfg.insecure_registries = insecure_registries.to_vec();
+            cfg.pids_limit = 64;
             let k = NEXT_BRIDGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250;
             cfg.bridge = format!("flt{k}");
             cfg.pod_cidr = format!("10.89.{k}.0/24");

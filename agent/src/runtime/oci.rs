@@ -153,8 +153,14 @@ impl ContainerRuntime {
             .spawn()
             .map_err(io("spawn runc"))?;
         let pumps = [
-            child.stdout.take().map(|s| pump(s, log.clone(), LogStream::Stdout)),
-            child.stderr.take().map(|s| pump(s, log.clone(), LogStream::Stderr)),
+            child
+                .stdout
+                .take()
+                .map(|s| pump(s, log.clone(), LogStream::Stdout)),
+            child
+                .stderr
+                .take()
+                .map(|s| pump(s, log.clone(), LogStream::Stderr)),
         ];
         let status = tokio::select! {
             s = child.wait() => s.map_err(io("wait for runc"))?,
@@ -282,7 +288,12 @@ impl ContainerRuntime {
 
     /// The ids of containers runc still knows about in this agent's state directory.
     pub async fn list(&self) -> Vec<String> {
-        let Ok(out) = self.runc().args(["list", "--format", "json"]).output().await else {
+        let Ok(out) = self
+            .runc()
+            .args(["list", "--format", "json"])
+            .output()
+            .await
+        else {
             return Vec::new();
         };
         #[derive(serde::Deserialize)]
@@ -397,8 +408,15 @@ fn unmount(path: &Path) {
 
 /// runc from the usual system directories (the agent reads no environment outside `main`).
 fn which(name: &str) -> Option<PathBuf> {
-    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join(name))
+    .find(|p| p.is_file())
 }

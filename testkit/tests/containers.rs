@@ -1,0 +1,506 @@
+//! OCI containers end to end: a real registry on loopback holding images built here from
+//! busybox-static, real runc, real CNI plugins, curl. Needs root, runc, docker-registry,
+//! busybox-static and the CNI plugins (scripts/setup installs them); fails clearly without.
+use flotilla_proto::api::Pod;
+use flotilla_testkit::registry::{
+    Layer, Registry, TestImage, busybox_image, busybox_layer, image_config,
+};
+use flotilla_testkit::{Cluster, curl, eventually, eventually_within};
+use std::time::Duration;
+
+fn prerequisites() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "container tests need root (CI runs as root)"
+    );
+    for p in [
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/usr/bin/docker-registry",
+    ] {
+        assert!(
+            std::path::Path::new(p).exists(),
+            "container tests need {p}: run scripts/setup"
+        );
+    }
+}
+
+fn pod_named(pods: &[Pod], name: &str) -> Option<Pod> {
+    pods.iter().find(|p| p.metadata.name == name).cloned()
+}
+
+fn waiting(p: &Pod) -> Option<(String, String)> {
+    let w = p
+        .status
+        .container_statuses
+        .first()?
+        .state
+        .waiting
+        .as_ref()?;
+    Some((w.reason.clone()?, w.message.clone().unwrap_or_default()))
+}
+
+async fn logs(cluster: &Cluster, name: &str) -> String {
+    let c = cluster.fleet().await;
+    let mut out = Vec::new();
+    let _ = c.logs("default", name, None, false, &mut out).await;
+    c.close().await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+async fn wait_logs(cluster: &Cluster, name: &str, needle: &str) -> String {
+    eventually_within(
+        &format!("{name} logs {needle:?}"),
+        Duration::from_secs(60),
+        || async {
+            let l = logs(cluster, name).await;
+            l.contains(needle).then_some(l)
+        },
+    )
+    .await
+}
+
+async fn wait_pod(cluster: &Cluster, name: &str, what: &str, f: impl Fn(&Pod) -> bool) -> Pod {
+    eventually_within(
+        &format!("pod {name}: {what}"),
+        Duration::from_secs(60),
+        || async { pod_named(&cluster.pods().await, name).filter(|p| f(p)) },
+    )
+    .await
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What runc, the kernel's mount table and `ip netns` still hold for this agent.
+fn leftovers(cluster: &Cluster, i: usize) -> (String, Vec<String>, Vec<String>) {
+    let data = cluster.agent_config(i).data_dir.clone();
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(data.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(data.to_str().unwrap()) && l.contains("containers"))
+        .map(str::to_string)
+        .collect();
+    let netns: Vec<String> = std::fs::read_dir(data.join("net"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| n.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        String::from_utf8_lossy(&runc.stdout).trim().to_string(),
+        mounts,
+        netns,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_serves_on_its_pod_ip_and_host_port() {
+    prerequisites();
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    let web = busybox_image(
+        &["httpd", "-f", "-p", "8080", "-h", "/var/www"],
+        serde_json::json!({"User": "app", "WorkingDir": "/home/app"}),
+    )
+    .unwrap();
+    let digest = registry.push("test/web:v1", &web).await.unwrap();
+    let cluster = Cluster::builder().agents(1).registry(&host).start().await;
+    let host_port = free_port();
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: {host}/test/web:v1
+    ports: [{{containerPort: 8080, hostPort: {host_port}}}]
+    readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+"#
+        ))
+        .await
+        .unwrap();
+    let pods = cluster.wait_ready("web", 1).await;
+    let web_pod = &pods[0];
+    let ip = web_pod.status.pod_ip.clone().unwrap();
+    assert!(
+        ip.starts_with("10.89."),
+        "pod IP from the node's pod CIDR: {ip}"
+    );
+    assert_eq!(
+        web_pod.status.endpoint.as_deref(),
+        Some(format!("{ip}:8080").as_str())
+    );
+    let status = &web_pod.status.container_statuses[0];
+    assert_eq!(
+        status.image_id, digest,
+        "pulled by tag, same manifest as by digest"
+    );
+    // The pod's own address, and the node's hostPort.
+    let (code, body) = curl(&format!("http://{ip}:8080/"));
+    assert_eq!((code, body.as_str()), (200, "hello from a container\n"));
+    let node_ip = cluster.agent_config(0).node_ip;
+    let (code, body) = curl(&format!("http://{node_ip}:{host_port}/"));
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "hello from a container\n"),
+        "hostPort"
+    );
+
+    // A second pod, by digest, reaches the first across the bridge; its env, args, user and
+    // working directory take effect.
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: {host}/test/web@{digest}
+    command: [sh, -c]
+    args: ['echo uid=$(id -u) cwd=$(pwd) env=$GREETING/$FROM_IMAGE host=$(hostname); wget -qO- http://{ip}:8080/']
+    workingDir: /tmp
+    env: [{{name: GREETING, value: hi}}]
+    securityContext: {{runAsUser: 1234}}
+"#
+        ))
+        .await
+        .unwrap();
+    let done = wait_pod(&cluster, "client", "Succeeded", |p| {
+        p.status.phase == "Succeeded"
+    })
+    .await;
+    let out = logs(&cluster, "client").await;
+    assert!(
+        out.contains("uid=1234 cwd=/tmp env=hi/yes host=client"),
+        "env, user, workingDir, hostname: {out}"
+    );
+    assert!(out.contains("hello from a container"), "pod to pod: {out}");
+    assert_ne!(done.status.pod_ip, web_pod.status.pod_ip);
+
+    // Deleting the pods leaves no container, mount or network behind.
+    let c = cluster.fleet().await;
+    for name in ["web", "client"] {
+        c.delete(flotilla_proto::Kind::Pod, "default", name)
+            .await
+            .unwrap();
+    }
+    c.close().await;
+    eventually("container pods cleaned up", || async {
+        let l = leftovers(&cluster, 0);
+        (cluster.pods().await.is_empty() && l.0.is_empty() && l.1.is_empty() && l.2.is_empty())
+            .then_some(())
+    })
+    .await;
+    assert_ne!(
+        curl(&format!("http://{node_ip}:{host_port}/")).0,
+        200,
+        "hostPort removed"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_images_are_refused_and_indexes_pick_this_platform() {
+    prerequisites();
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    // A layer whose blob the registry serves corrupted.
+    let plain = busybox_image(&["echo", "never"], serde_json::json!({})).unwrap();
+    let mut corrupt = plain.clone();
+    corrupt
+        .layers
+        .push(Layer::new().file("extra", 0o644, b"intact").gzip());
+    registry.push("test/corrupt:v1", &corrupt).await.unwrap();
+    let blob = registry.blob_file(&flotilla_testkit::registry::sha256(&corrupt.layers[1].0));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    // A layer that tries to write outside the rootfs.
+    let canary = format!("flotilla-escape-{}", std::process::id());
+    let mut evil = plain.clone();
+    evil.layers.push(
+        Layer::new()
+            .raw_file(&format!("../../../../../../tmp/{canary}"), b"pwned")
+            .gzip(),
+    );
+    registry.push("test/evil:v1", &evil).await.unwrap();
+    // An index: this node's architecture gets a runnable image, the other one a dud.
+    let (_, arch) = flotilla_oci::pull::platform();
+    let other = if arch == "amd64" { "arm64" } else { "amd64" };
+    let ours = busybox_image(&["echo", &format!("picked-{arch}")], serde_json::json!({})).unwrap();
+    let dud = TestImage {
+        layers: vec![Layer::new().file("README", 0o644, b"wrong platform").zstd()],
+        config: image_config(other, &["/nope"], &[], serde_json::json!({})),
+        config_media_type: "application/vnd.oci.image.config.v1+json".into(),
+    };
+    let (_, platform_digests) = registry
+        .push_index("test/multi:v1", &[(other, &dud), (arch, &ours)])
+        .await
+        .unwrap();
+    // A zstd layer on top of busybox.
+    let mut zstd = busybox_image(&["cat", "/greeting"], serde_json::json!({})).unwrap();
+    zstd.layers.push(
+        Layer::new()
+            .file("greeting", 0o644, b"zstd layer applied\n")
+            .zstd(),
+    );
+    registry.push("test/zstd:v1", &zstd).await.unwrap();
+    // A wasm OCI artifact, as `wkg` pushes it: one application/wasm layer.
+    let wasm = TestImage {
+        layers: vec![(
+            flotilla_testkit::example_wasm("hello"),
+            "application/wasm".into(),
+        )],
+        config: b"{}".to_vec(),
+        config_media_type: "application/vnd.wasm.config.v0+json".into(),
+    };
+    registry.push("test/hello-wasm:v1", &wasm).await.unwrap();
+
+    let cluster = Cluster::builder().agents(1).registry(&host).start().await;
+    let pod = |name: &str, image: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {name}}}}}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: {host}/{image}{extra}}}\n---\n"
+        )
+    };
+    let manifests = [
+        pod("corrupt", "test/corrupt:v1", ""),
+        pod("evil", "test/evil:v1", ""),
+        pod("multi", "test/multi:v1", ""),
+        pod("zstd", "test/zstd:v1", ""),
+        pod("absent", "test/absent:v1", ", imagePullPolicy: Never"),
+        pod(
+            "hello",
+            "test/hello-wasm:v1",
+            ", ports: [{containerPort: 8080}]",
+        ),
+    ]
+    .concat();
+    cluster.apply(&manifests).await.unwrap();
+
+    let p = wait_pod(&cluster, "corrupt", "ErrImagePull", |p| {
+        waiting(p).is_some_and(|(r, m)| r.contains("ImagePull") && m.contains("verification"))
+    })
+    .await;
+    assert!(
+        waiting(&p).unwrap().1.contains("failed verification"),
+        "{:?}",
+        waiting(&p)
+    );
+    let p = wait_pod(&cluster, "evil", "refused layer", |p| {
+        waiting(p).is_some_and(|(_, m)| m.contains("escapes the rootfs"))
+    })
+    .await;
+    assert!(waiting(&p).unwrap().0.contains("ImagePull"));
+    assert!(
+        !std::path::Path::new("/tmp").join(&canary).exists(),
+        "traversal wrote outside"
+    );
+    let p = wait_pod(&cluster, "absent", "ErrImageNeverPull", |p| {
+        waiting(p).is_some_and(|(r, _)| r == "ErrImageNeverPull")
+    })
+    .await;
+    assert!(waiting(&p).unwrap().1.contains("pull policy of Never"));
+
+    let p = wait_pod(&cluster, "multi", "Succeeded", |p| {
+        p.status.phase == "Succeeded"
+    })
+    .await;
+    assert_eq!(p.status.container_statuses[0].image_id, platform_digests[1]);
+    assert!(
+        logs(&cluster, "multi")
+            .await
+            .contains(&format!("picked-{arch}"))
+    );
+    wait_pod(&cluster, "zstd", "Succeeded", |p| {
+        p.status.phase == "Succeeded"
+    })
+    .await;
+    assert!(logs(&cluster, "zstd").await.contains("zstd layer applied"));
+
+    // The wasm artifact runs under wasmtime and serves HTTP.
+    let hello = cluster.wait_ready("hello", 1).await;
+    let endpoint = hello[0].status.endpoint.clone().unwrap();
+    let (code, body) = curl(&format!("http://{endpoint}/"));
+    assert_eq!(code, 200);
+    assert!(body.contains("hello"), "{body}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_are_limited_and_isolated() {
+    prerequisites();
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    let image = busybox_image(&["sh"], serde_json::json!({})).unwrap();
+    registry.push("test/box:v1", &image).await.unwrap();
+    let cluster = Cluster::builder().agents(1).registry(&host).start().await;
+    let pod = |name: &str, script: &str, extra: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {host}/test/box:v1
+    command: [sh, -c, '{script}']
+{extra}
+---
+"#
+        )
+    };
+    let limits = "    resources: {limits: {memory: 32Mi}}";
+    let manifests = [
+        // Reads /dev/zero without a newline: tail keeps it all in memory.
+        pod("hog", "tail /dev/zero", limits),
+        pod("calm", "echo calm; sleep 3600", limits),
+        pod(
+            "bomb",
+            "n=0; while [ $n -lt 400 ]; do sleep 600 & n=$((n+1)); done; echo tried=$n; sleep 3600",
+            "",
+        ),
+        pod(
+            "nosy",
+            "echo pids=$(ls -d /proc/[0-9]* | wc -l); if mount -t tmpfs none /mnt 2>/dev/null; then echo mounted; else echo no-mount; fi; grep -E \"^(CapEff|NoNewPrivs|Seccomp):\" /proc/self/status; if touch /proc/sys/kernel/x 2>/dev/null; then echo sys-writable; fi",
+            "",
+        ),
+    ]
+    .concat();
+    cluster.apply(&manifests).await.unwrap();
+
+    // The hog is OOMKilled; its neighbour with the same limit is untouched.
+    let hog = wait_pod(&cluster, "hog", "OOMKilled", |p| p.status.phase == "Failed").await;
+    let term = hog.status.container_statuses[0]
+        .state
+        .terminated
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (term.reason.as_deref(), term.exit_code),
+        (Some("OOMKilled"), 137)
+    );
+    let calm = pod_named(&cluster.pods().await, "calm").unwrap();
+    assert_eq!(calm.status.phase, "Running");
+    assert_eq!(calm.restarts(), 0);
+
+    // The fork bomb stops at the pids limit (64 in the testkit; the cgroup says it was hit).
+    let bomb = wait_logs(&cluster, "bomb", "tried=400").await;
+    assert!(
+        bomb.contains("can't fork") || bomb.contains("Resource temporarily"),
+        "{bomb}"
+    );
+    let bomb_pod = pod_named(&cluster.pods().await, "bomb").unwrap();
+    let id = format!("{}-c", bomb_pod.metadata.uid);
+    let events = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/flotilla/{id}/pids.events"))
+        .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/flotilla/{id}/pids.events")))
+        .unwrap();
+    let hits: u64 = events
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(hits > 0, "pids.events: {events}");
+
+    // No host processes, no mounts, no capabilities, no writable /proc/sys, kcore masked.
+    let nosy = wait_logs(&cluster, "nosy", "Seccomp").await;
+    let pids: usize = nosy
+        .lines()
+        .find_map(|l| l.strip_prefix("pids="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(
+        pids <= 6,
+        "the container sees only its own processes: {nosy}"
+    );
+    assert!(nosy.contains("no-mount"), "{nosy}");
+    assert!(nosy.contains("CapEff:\t0000000000000000"), "{nosy}");
+    assert!(nosy.contains("NoNewPrivs:\t1"), "{nosy}");
+    assert!(nosy.contains("Seccomp:\t2"), "{nosy}");
+    assert!(!nosy.contains("sys-writable"), "{nosy}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_probes_and_agent_restarts() {
+    prerequisites();
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    let image = busybox_image(&["sh"], serde_json::json!({})).unwrap();
+    registry.push("test/box:v1", &image).await.unwrap();
+    let mut cluster = Cluster::builder().agents(1).registry(&host).start().await;
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: probed, labels: {{app: probed}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {host}/test/box:v1
+    command: [sh, -c, 'echo run-$RANDOM; touch /tmp/alive; sleep 4; rm /tmp/alive; sleep 3600']
+    readinessProbe: {{exec: {{command: ["true"]}}, periodSeconds: 1}}
+    livenessProbe: {{exec: {{command: [test, -f, /tmp/alive]}}, initialDelaySeconds: 1, periodSeconds: 1, failureThreshold: 2}}
+"#
+        ))
+        .await
+        .unwrap();
+    // Ready through an exec probe; restarted when the liveness command starts failing.
+    wait_pod(&cluster, "probed", "Ready", |p| p.is_ready()).await;
+    let restarted = wait_pod(&cluster, "probed", "restarted by liveness", |p| {
+        p.restarts() >= 1
+    })
+    .await;
+    let last = restarted.status.container_statuses[0]
+        .last_state
+        .clone()
+        .and_then(|s| s.terminated)
+        .unwrap();
+    assert_eq!(last.exit_code, 137, "killed by the liveness restart");
+    let before = logs(&cluster, "probed").await;
+    assert!(before.matches("run-").count() >= 2, "{before}");
+
+    // An agent restart: nothing is left while it is down; afterwards the pod runs again and
+    // its earlier logs are still there.
+    cluster.stop_agent(0).await;
+    let (runc, mounts, nets) = leftovers(&cluster, 0);
+    assert!(
+        runc.is_empty() && mounts.is_empty() && nets.is_empty(),
+        "{runc:?} {mounts:?} {nets:?}"
+    );
+    cluster.start_agent(0).await;
+    wait_pod(&cluster, "probed", "Ready again", |p| p.is_ready()).await;
+    let after = wait_logs(&cluster, "probed", "run-").await;
+    assert!(
+        after.starts_with(&before[..before.len().min(20)]),
+        "logs survive: {after}"
+    );
+    assert!(after.matches("run-").count() > before.matches("run-").count());
+    cluster.shutdown().await;
+}
