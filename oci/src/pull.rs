@@ -83,6 +83,9 @@ pub fn parse_reference(image: &str) -> Result<Reference, PullError> {
 
 impl Registry {
     pub fn new(cfg: &RegistryConfig) -> Registry {
+        // reqwest is built without a provider of its own: the process's (ring) is used, and
+        // installed here if the binary has not done it yet.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let protocol = if cfg.insecure.is_empty() {
             ClientProtocol::Https
         } else {

@@ -82,6 +82,7 @@ impl Registry {
     }
 
     fn client(&self) -> Client {
+        flotilla_transport::install_crypto_provider();
         Client::new(ClientConfig {
             protocol: ClientProtocol::Http,
             ..Default::default()
