@@ -5,6 +5,7 @@ pub mod cache;
 pub mod config;
 pub mod envsource;
 pub mod events;
+pub mod exec;
 pub mod identity;
 pub mod images;
 pub mod logs;

@@ -626,7 +626,7 @@ impl Drop for NetworkGuard {
             if let Ok(net) = &shared.network {
                 net.detach(&uid).await;
             }
-            let _ = tokio::fs::remove_dir_all(pod_dir(&shared, &uid)).await;
+            let _ = tokio::fs::remove_dir_all(pod_dir(&shared, &uid).join("etc")).await;
         });
     }
 }

@@ -236,6 +236,7 @@ async fn hub_request(
         return Ok(());
     };
     match req {
+        AgentRequest::Exec(req) => crate::exec::serve(shared, req, send, recv).await?,
         AgentRequest::Logs {
             namespace,
             name,

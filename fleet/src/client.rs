@@ -320,4 +320,88 @@ impl Client {
         }
         Ok(())
     }
+
+    /// Runs a command in a pod's container (`fleet exec`): `stdin` (when given) is sent to it
+    /// as it arrives, its output goes to `stdout`/`stderr`; returns its exit code. `size` is
+    /// the terminal's (cols, rows) when `req.tty`; `resizes` delivers later changes.
+    pub async fn exec(
+        &self,
+        req: flotilla_proto::wire::ExecRequest,
+        stdin: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
+        size: Option<(u16, u16)>,
+        mut resizes: Option<tokio::sync::mpsc::Receiver<(u16, u16)>>,
+        stdout: &mut (impl tokio::io::AsyncWrite + Unpin),
+        stderr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> anyhow::Result<i32> {
+        use flotilla_proto::wire::{ExecInput, ExecOutput};
+        use flotilla_transport::{recv_frame, send_frame};
+        use tokio::io::AsyncReadExt as _;
+        let (mut send, mut recv, resp) =
+            flotilla_transport::request::<_, Response>(&self.conn, &Request::Exec(req)).await?;
+        if resp != Response::ExecStream {
+            bail!(unexpected(resp));
+        }
+        if let Some((cols, rows)) = size {
+            send_frame(&mut send, &ExecInput::Resize { cols, rows }).await?;
+        }
+        let input = async move {
+            let mut stdin = stdin;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let read = async {
+                    match stdin.as_mut() {
+                        Some(s) => s.read(&mut buf).await.ok(),
+                        None => Some(0),
+                    }
+                };
+                let resize = async {
+                    match resizes.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    n = read => match n {
+                        Some(0) | None => {
+                            let _ = send_frame(&mut send, &ExecInput::StdinClosed).await;
+                            stdin = None;
+                            if resizes.is_none() {
+                                break;
+                            }
+                        }
+                        Some(n) => {
+                            if send_frame(&mut send, &ExecInput::Stdin(buf[..n].to_vec())).await.is_err() {
+                                break;
+                            }
+                        }
+                    },
+                    Some((cols, rows)) = resize => {
+                        let _ = send_frame(&mut send, &ExecInput::Resize { cols, rows }).await;
+                    }
+                }
+            }
+            // Keep the stream open: finishing it is not the command ending.
+            std::future::pending::<()>().await
+        };
+        let output = async {
+            loop {
+                match recv_frame::<ExecOutput>(&mut recv).await? {
+                    Some(ExecOutput::Stdout(b)) => {
+                        stdout.write_all(&b).await?;
+                        stdout.flush().await?;
+                    }
+                    Some(ExecOutput::Stderr(b)) => {
+                        stderr.write_all(&b).await?;
+                        stderr.flush().await?;
+                    }
+                    Some(ExecOutput::Exit(code)) => return Ok::<_, anyhow::Error>(code),
+                    None => bail!("the connection ended before the command did"),
+                }
+            }
+        };
+        tokio::select! {
+            _ = input => unreachable!("input never completes"),
+            code = output => code,
+        }
+    }
 }

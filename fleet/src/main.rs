@@ -159,6 +159,23 @@ enum Cmd {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+    /// Run a command in a container: `fleet exec POD [-c C] [-i] [-t] -- CMD [ARGS…]`; exits
+    /// with the command's exit code.
+    Exec {
+        pod: String,
+        #[arg(short, long)]
+        container: Option<String>,
+        /// Pass stdin to the command.
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// Allocate a terminal (not supported yet: refused by the agent).
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Store a wasm file on the hub as NAME[:TAG] for pods' `image:`.
     Push { file: PathBuf, image: String },
     /// Join tokens for agents.
@@ -778,6 +795,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await?;
             client.close().await;
+        }
+        Cmd::Exec {
+            pod,
+            container,
+            stdin,
+            tty,
+            namespace,
+            command,
+        } => {
+            let client = connect(&cli).await?;
+            let req = flotilla_proto::wire::ExecRequest {
+                namespace: namespace.clone().unwrap_or_else(|| "default".into()),
+                name: pod.strip_prefix("pod/").unwrap_or(pod).to_string(),
+                container: container.clone(),
+                command: command.clone(),
+                tty: *tty,
+            };
+            let input = stdin.then(tokio::io::stdin);
+            let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
+            let code = client
+                .exec(req, input, None, None, &mut out, &mut err)
+                .await;
+            client.close().await;
+            std::process::exit(code?);
         }
         Cmd::Push { file, image } => {
             let bytes = std::fs::read(file)

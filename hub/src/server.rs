@@ -273,6 +273,9 @@ async fn stream(
         ) => {
             return logs(&hub, &namespace, &name, tail, follow, send).await;
         }
+        (Identity::Admin, Request::Exec(req)) => {
+            return exec(&hub, req, send, recv).await;
+        }
         (
             Identity::Anonymous,
             Request::Join {
@@ -902,21 +905,9 @@ async fn logs(
     follow: bool,
     mut send: quinn::SendStream,
 ) -> Result<(), TransportError> {
-    let key = ObjectKey::new(Kind::Pod, namespace, name);
-    let node = match hub.store.get(&key) {
-        Ok(Some(Object::Pod(p))) => p.spec.node_name.clone(),
-        Ok(_) => return finish(&mut send, error(not_found(&key))).await,
-        Err(e) => return finish(&mut send, error(e)).await,
-    };
-    let Some(node) = node else {
-        return finish(&mut send, error(format!("pod {name} is not scheduled yet"))).await;
-    };
-    let Some(conn) = hub.agents.connection(&node) else {
-        return finish(
-            &mut send,
-            error(format!("node {node} is not connected to the hub")),
-        )
-        .await;
+    let conn = match agent_of_pod(hub, namespace, name) {
+        Ok(c) => c,
+        Err(resp) => return finish(&mut send, resp).await,
     };
     let req = AgentRequest::Logs {
         namespace: namespace.into(),
@@ -941,6 +932,68 @@ async fn logs(
         }
     }
     let _ = send.finish();
+    Ok(())
+}
+
+/// The connection of the agent running a pod, or the answer saying why there is none.
+fn agent_of_pod(hub: &Hub, namespace: &str, name: &str) -> Result<quinn::Connection, Response> {
+    let key = ObjectKey::new(Kind::Pod, namespace, name);
+    let node = match hub.store.get(&key) {
+        Ok(Some(Object::Pod(p))) => p.spec.node_name.clone(),
+        Ok(_) => return Err(error(not_found(&key))),
+        Err(e) => return Err(error(e)),
+    };
+    let node = node.ok_or_else(|| error(format!("pod {name} is not scheduled yet")))?;
+    hub.agents
+        .connection(&node)
+        .ok_or_else(|| error(format!("node {node} is not connected to the hub")))
+}
+
+/// Relays `fleet exec` between the CLI and the agent running the pod: the hub passes the
+/// exec frames through without reading them.
+async fn exec(
+    hub: &Hub,
+    req: flotilla_proto::wire::ExecRequest,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), TransportError> {
+    let conn = match agent_of_pod(hub, &req.namespace, &req.name) {
+        Ok(c) => c,
+        Err(resp) => return finish(&mut send, resp).await,
+    };
+    info!(pod = %format!("{}/{}", req.namespace, req.name), command = ?req.command, "exec");
+    let (mut asend, mut arecv, resp): (_, _, Response) =
+        flotilla_transport::request(&conn, &AgentRequest::Exec(req)).await?;
+    send_frame(&mut send, &resp).await?;
+    if resp != Response::ExecStream {
+        let _ = send.finish();
+        return Ok(());
+    }
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(Some(n)) = recv.read(&mut buf).await {
+            if asend.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = asend.finish();
+        // The client's input ending does not end the command: wait for its exit.
+        std::future::pending::<()>().await
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(Some(n)) = arecv.read(&mut buf).await {
+            if send.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+    };
+    // The command's side ending (its exit frame sent) ends the relay.
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
     Ok(())
 }
 

@@ -245,7 +245,7 @@ impl Store {
             .manifest
             .layers()
             .iter()
-            .all(|l| self.has_blob(&l.digest().to_string()))
+            .all(|l| self.has_blob(l.digest().as_ref()))
     }
 
     pub fn snapshot_path(&self, image: &Image) -> Result<PathBuf, StoreError> {
@@ -273,10 +273,12 @@ impl Store {
     fn unpack_into(&self, image: &Image, dir: &Path) -> Result<(), StoreError> {
         for layer in image.manifest.layers() {
             let digest = layer.digest().to_string();
-            let compression = Compression::from_media_type(&layer.media_type().to_string())
-                .map_err(|source| StoreError::Unpack {
-                    digest: digest.clone(),
-                    source,
+            let compression =
+                Compression::from_media_type(layer.media_type().as_ref()).map_err(|source| {
+                    StoreError::Unpack {
+                        digest: digest.clone(),
+                        source,
+                    }
                 })?;
             let path = self.blob_path(&digest)?;
             let file = std::fs::File::open(&path).map_err(io(&path))?;

@@ -129,6 +129,44 @@ pub enum Request {
         name: String,
         propagation: PropagationPolicy,
     },
+    /// `fleet exec`: runs a command in a pod's container. Answered with `Response::ExecStream`;
+    /// then the client sends `ExecInput` frames and receives `ExecOutput` frames, the last
+    /// being `Exit`.
+    Exec(ExecRequest),
+}
+
+/// A command to run in a running container (`kubectl exec` semantics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub namespace: String,
+    pub name: String,
+    /// The container's name; None is the pod's first container.
+    pub container: Option<String>,
+    pub command: Vec<String>,
+    /// Allocate a terminal (`-t`); its output arrives as `Stdout` only.
+    pub tty: bool,
+}
+
+/// From the exec client to the command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecInput {
+    Stdin(Vec<u8>),
+    /// The client's stdin ended.
+    StdinClosed,
+    /// The client's terminal changed size.
+    Resize {
+        cols: u16,
+        rows: u16,
+    },
+}
+
+/// From the command to the exec client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecOutput {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The command ended with this exit code (128 + signal when killed).
+    Exit(i32),
 }
 
 /// What happens to the objects a deleted object owns (Kubernetes' `propagationPolicy`).
@@ -275,6 +313,8 @@ pub enum Response {
     /// To a node's status report: the hub had marked the node NotReady and its pods Unknown,
     /// so the agent should send every pod's status again, changed or not.
     ResendPods,
+    /// To `Exec`: `ExecInput`/`ExecOutput` frames follow on the stream.
+    ExecStream,
 }
 
 /// Desired-state events for one node, in revision order.
@@ -312,6 +352,8 @@ pub enum AgentRequest {
         tail: Option<u32>,
         follow: bool,
     },
+    /// Answered with `Response::ExecStream` and exec frames, or `Response::Error`.
+    Exec(ExecRequest),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -502,6 +502,52 @@ spec:
         "{before}"
     );
 
+    // `fleet exec`: stdin in, output and exit code out; terminals refused for now.
+    let c = cluster.fleet().await;
+    let exec = |command: &[&str], tty: bool| flotilla_proto::wire::ExecRequest {
+        namespace: "default".into(),
+        name: "probed".into(),
+        container: None,
+        command: command.iter().map(|s| s.to_string()).collect(),
+        tty,
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = c
+        .exec(
+            exec(&["sh", "-c", "cat; echo oops >&2; exit 3"], false),
+            Some(&b"piped in\n"[..]),
+            None,
+            None,
+            &mut out,
+            &mut err,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, out.as_slice(), err.as_slice()),
+        (3, &b"piped in\n"[..], &b"oops\n"[..])
+    );
+    let refused = c
+        .exec(
+            exec(&["true"], false),
+            None::<&[u8]>,
+            None,
+            None,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        )
+        .await;
+    assert!(refused.is_ok());
+    c.close().await;
+    // The CLI exits with the command's code.
+    let (rc, stdout, _) = tokio::task::block_in_place(|| {
+        cluster.fleet_cli(
+            &["exec", "probed", "--", "sh", "-c", "echo from-cli; exit 5"],
+            None,
+        )
+    });
+    assert_eq!((rc, stdout.as_str()), (5, "from-cli\n"));
+
     // An agent restart: nothing is left while it is down; afterwards the pod runs again and
     // its earlier logs are still there.
     cluster.stop_agent(0).await;

@@ -223,6 +223,13 @@ impl ContainerRuntime {
         }
     }
 
+    /// `runc exec` of `argv` in the running container.
+    pub fn exec_command(&self, id: &str, argv: &[String]) -> Command {
+        let mut cmd = self.runc();
+        cmd.arg("exec").arg(id).args(argv).kill_on_drop(true);
+        cmd
+    }
+
     /// Runs `argv` inside the running container; returns its exit code and output.
     pub async fn exec(
         &self,
@@ -230,8 +237,7 @@ impl ContainerRuntime {
         argv: &[String],
         timeout: Duration,
     ) -> Result<(i32, Vec<u8>), ContainerError> {
-        let mut cmd = self.runc();
-        cmd.arg("exec").arg(id).args(argv).kill_on_drop(true);
+        let mut cmd = self.exec_command(id, argv);
         let out = tokio::time::timeout(timeout, cmd.output())
             .await
             .map_err(|_| ContainerError::Runc {
@@ -334,7 +340,8 @@ impl ContainerRuntime {
     }
 }
 
-fn exit_code(status: &std::process::ExitStatus) -> i32 {
+/// A process's exit code, 128 + the signal for one killed by a signal (as shells say it).
+pub fn exit_code(status: &std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
         .code()
