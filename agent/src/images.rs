@@ -53,7 +53,8 @@ impl Loaded {
 }
 
 pub struct Images {
-    pub store: Store,
+    /// Shared with the blocking threads that unpack; opened once (opening clears `tmp/`).
+    pub store: Arc<Store>,
     registry: Registry,
     /// One unpack or load at a time per image digest.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -62,7 +63,7 @@ pub struct Images {
 impl Images {
     pub fn open(data_dir: &std::path::Path, cfg: &RegistryConfig) -> anyhow::Result<Images> {
         Ok(Images {
-            store: Store::open(data_dir.join("images"))?,
+            store: Arc::new(Store::open(data_dir.join("images"))?),
             registry: Registry::new(cfg),
             locks: Mutex::new(HashMap::new()),
         })
@@ -229,17 +230,14 @@ async fn load_registry(
         ImageKind::Container => {
             let snapshot = {
                 let shared_img = img.clone();
-                let root = images.store.root().to_path_buf();
-                tokio::task::spawn_blocking(move || {
-                    // The store is cheap to reopen; it holds no state beyond its paths.
-                    Store::open(root).and_then(|s| s.snapshot(&shared_img))
-                })
-                .await
-                .map_err(pull_error)?
-                .map_err(|e| LoadError {
-                    reason: "ErrImagePull",
-                    message: format!("failed to unpack image {image:?}: {e}"),
-                })?
+                let store = images.store.clone();
+                tokio::task::spawn_blocking(move || store.snapshot(&shared_img))
+                    .await
+                    .map_err(pull_error)?
+                    .map_err(|e| LoadError {
+                        reason: "ErrImagePull",
+                        message: format!("failed to unpack image {image:?}: {e}"),
+                    })?
             };
             Loaded::Container {
                 image: img.clone(),
