@@ -104,8 +104,8 @@ pub fn pull_policy(c: &Container) -> &str {
     }
 }
 
-/// Fetches what `container` runs; `note` receives progress for events (e.g. "pulled 2 of 3
-/// layers"). The returned string is the message of the `Pulled` event.
+/// Fetches what `container` runs. The returned string is the message of the `Pulled` event
+/// (empty for hub artifacts, whose message the caller words).
 pub async fn load(
     shared: &Shared,
     pod: &Pod,

@@ -10,7 +10,6 @@
 use crate::unpack::{self, Compression};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,21 +76,6 @@ pub struct Image {
     /// The parsed config of a container image (None for wasm artifacts).
     pub config: Option<ImageConfiguration>,
     pub kind: ImageKind,
-}
-
-impl Image {
-    /// Bytes of all layers, as the registry stores them (compressed).
-    pub fn size(&self) -> u64 {
-        self.manifest.layers().iter().map(|l| l.size()).sum()
-    }
-}
-
-/// An image held on this node, for listings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Held {
-    pub digest: String,
-    pub size: u64,
-    pub unpacked: bool,
 }
 
 pub struct Store {
@@ -291,64 +275,6 @@ impl Store {
         }
         Ok(())
     }
-
-    /// The images whose manifests are in the store.
-    pub fn held(&self) -> Vec<Held> {
-        let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir(self.root.join("snapshots")) else {
-            return out;
-        };
-        let mut unpacked = BTreeSet::new();
-        for e in entries.flatten() {
-            unpacked.insert(e.file_name().to_string_lossy().to_string());
-        }
-        for hex in &unpacked {
-            if let Ok(img) = self.image(&format!("sha256:{hex}")) {
-                out.push(Held {
-                    digest: img.digest.clone(),
-                    size: img.size(),
-                    unpacked: true,
-                });
-            }
-        }
-        out
-    }
-
-    /// Removes an image's snapshot and the blobs no image in `keep` needs.
-    pub fn remove(&self, image: &Image, keep: &[Image]) -> Result<u64, StoreError> {
-        let mut freed = 0;
-        let snap = self.snapshot_path(image)?;
-        if snap.is_dir() {
-            std::fs::remove_dir_all(&snap).map_err(io(&snap))?;
-        }
-        let needed: BTreeSet<String> = keep.iter().flat_map(blobs_of).collect();
-        for digest in blobs_of(image) {
-            if needed.contains(&digest) {
-                continue;
-            }
-            let path = self.blob_path(&digest)?;
-            if let Ok(meta) = std::fs::metadata(&path) {
-                freed += meta.len();
-                std::fs::remove_file(&path).map_err(io(&path))?;
-            }
-        }
-        Ok(freed)
-    }
-}
-
-fn blobs_of(image: &Image) -> Vec<String> {
-    let mut v = vec![
-        image.digest.clone(),
-        image.manifest.config().digest().to_string(),
-    ];
-    v.extend(
-        image
-            .manifest
-            .layers()
-            .iter()
-            .map(|l| l.digest().to_string()),
-    );
-    v
 }
 
 pub fn hash_file(path: &Path) -> Result<String, StoreError> {
