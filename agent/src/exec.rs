@@ -5,7 +5,9 @@
 use crate::Shared;
 use flotilla_proto::wire::{ExecInput, ExecOutput, ExecRequest, Response};
 use flotilla_transport::{TransportError, recv_frame, send_frame};
+use std::os::fd::OwnedFd;
 use std::process::Stdio;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -27,38 +29,16 @@ pub async fn serve(
         Ok(rt) => rt,
         Err(e) => return refuse(send, format!("this node runs no containers: {e}")).await,
     };
-    let pod = shared.cache.pods().ok().and_then(|pods| {
-        pods.into_values()
-            .find(|p| p.namespace() == req.namespace && p.metadata.name == req.name)
-    });
-    let Some(pod) = pod else {
+    let Some(pod) = shared.pod_named(&req.namespace, &req.name) else {
         return refuse(
             send,
             format!("pod {}/{} is not on this node", req.namespace, req.name),
         )
         .await;
     };
-    let container = match &req.container {
-        Some(c) => pod.spec.containers.iter().find(|x| &x.name == c),
-        None => pod.spec.containers.first(),
-    };
-    let Some(container) = container else {
-        let names: Vec<&str> = pod
-            .spec
-            .containers
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        return refuse(
-            send,
-            format!(
-                "container {:?} is not valid for pod {} (containers: {})",
-                req.container.as_deref().unwrap_or(""),
-                req.name,
-                names.join(", ")
-            ),
-        )
-        .await;
+    let container = match crate::pick_container(&pod, req.container.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return refuse(send, e).await,
     };
     if req.command.is_empty() {
         return refuse(send, "exec needs a command".into()).await;
@@ -74,24 +54,52 @@ pub async fn serve(
         )
         .await;
     }
-    if req.tty {
-        return refuse(
-            send,
-            "exec with a terminal (-t) is not supported yet; run without -t".into(),
-        )
-        .await;
-    }
-    info!(pod = %req.name, container = %container.name, command = ?req.command, "exec");
-    let mut cmd = rt.exec_command(&id, &req.command);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
+    info!(pod = %req.name, container = %container.name, command = ?req.command, tty = req.tty, "exec");
+    let mut cmd = rt.exec_command(&id, &req.command, req.tty);
+    let terminal = if req.tty {
+        let (master, slave) = match open_pty() {
+            Ok(p) => p,
+            Err(e) => return refuse(send, format!("cannot allocate a terminal: {e}")).await,
+        };
+        // runc takes the terminal as its own: it relays it to the container's terminal and
+        // follows its size when told (SIGWINCH).
+        cmd.stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave));
+        Some(master)
+    } else {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        None
+    };
     send_frame(&mut send, &Response::ExecStream).await?;
+    // The client's terminal size comes first; the command starts with it.
+    let mut early = None;
+    if let Some(master) = &terminal {
+        match tokio::time::timeout(Duration::from_secs(2), recv_frame::<ExecInput>(&mut recv)).await
+        {
+            Ok(Ok(Some(ExecInput::Resize { cols, rows }))) => set_size(master, cols, rows),
+            Ok(Ok(Some(other))) => early = Some(other),
+            _ => {}
+        }
+    }
+    let mut child = cmd.spawn()?;
+    // The agent's copies of the terminal's other end go, so its end reads EOF with runc's.
+    drop(cmd);
 
     let (out_tx, mut out_rx) = mpsc::channel::<ExecOutput>(16);
-    let mut stdin_pipe = child.stdin.take();
+    let mut stdin_pipe: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = None;
     let mut pumps = Vec::new();
+    if let Some(master) = &terminal {
+        let file = std::fs::File::from(master.try_clone()?);
+        let reader = tokio::fs::File::from_std(file.try_clone()?);
+        pumps.push(pump(reader, out_tx.clone(), ExecOutput::Stdout));
+        stdin_pipe = Some(Box::new(tokio::fs::File::from_std(file)));
+    }
+    if let Some(i) = child.stdin.take() {
+        stdin_pipe = Some(Box::new(i));
+    }
     if let Some(o) = child.stdout.take() {
         pumps.push(pump(o, out_tx.clone(), ExecOutput::Stdout));
     }
@@ -99,6 +107,11 @@ pub async fn serve(
         pumps.push(pump(e, out_tx.clone(), ExecOutput::Stderr));
     }
     drop(out_tx);
+    if let Some(ExecInput::Stdin(bytes)) = early
+        && let Some(p) = &mut stdin_pipe
+    {
+        let _ = p.write_all(&bytes).await;
+    }
     let mut input_open = true;
     let status = loop {
         tokio::select! {
@@ -112,11 +125,20 @@ pub async fn serve(
                         debug!("exec stdin closed by the command");
                     }
                 }
-                // Without a terminal there is nothing to resize.
-                Ok(Some(ExecInput::Resize { .. })) => {}
+                Ok(Some(ExecInput::Resize { cols, rows })) => {
+                    // Without a terminal there is nothing to resize.
+                    if let (Some(master), Some(pid)) = (&terminal, child.id()) {
+                        set_size(master, cols, rows);
+                        let pid = nix::unistd::Pid::from_raw(pid as i32);
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH);
+                    }
+                }
                 Ok(Some(ExecInput::StdinClosed)) | Ok(None) | Err(_) => {
                     input_open = false;
-                    stdin_pipe = None;
+                    // A terminal stays: closing it would hang up the command.
+                    if terminal.is_none() {
+                        stdin_pipe = None;
+                    }
                 }
             },
             Some(out) = out_rx.recv() => send_frame(&mut send, &out).await?,
@@ -156,4 +178,33 @@ fn pump(
             }
         }
     })
+}
+
+/// A new pseudo-terminal: (the agent's end, the end runc gets as its stdio).
+fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    let name = rustix::pty::ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok((master, slave))
+}
+
+fn set_size(master: &OwnedFd, cols: u16, rows: u16) {
+    let size = rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    if let Err(e) = rustix::termios::tcsetwinsize(master, size) {
+        debug!(error = %e, "cannot resize the exec terminal");
+    }
 }

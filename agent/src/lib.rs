@@ -19,7 +19,7 @@ pub mod sync;
 pub mod volumes;
 
 use anyhow::Context as _;
-use flotilla_proto::api::Pod;
+use flotilla_proto::api::{Container, Pod};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
@@ -49,53 +49,107 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn log_key(namespace: &str, name: &str) -> String {
-        format!("{namespace}/{name}")
+    fn log_key(namespace: &str, name: &str, container: &str) -> String {
+        format!("{namespace}/{name}/{container}")
     }
 
-    /// The pod's log, opened on first use. Files are named by uid so a re-created pod with the
-    /// same name starts a fresh log.
-    pub fn log_for(&self, pod: &Pod) -> logs::PodLog {
-        let key = Self::log_key(pod.namespace(), &pod.metadata.name);
+    /// A container's log, opened on first use. Directories are named by pod uid (as kubelet's
+    /// `/var/log/pods`), so a re-created pod with the same name starts fresh logs.
+    pub fn log_for(&self, pod: &Pod, container: &str) -> logs::PodLog {
+        let key = Self::log_key(pod.namespace(), &pod.metadata.name, container);
         let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = logs.get(&key) {
             return l.clone();
         }
-        let path = self.cfg.data_dir.join("logs").join(format!(
-            "{}_{}_{}.log",
+        let dir = format!(
+            "{}_{}_{}",
             pod.namespace(),
             pod.metadata.name,
             pod.metadata.uid
-        ));
+        );
+        let path = self
+            .cfg
+            .data_dir
+            .join("logs")
+            .join(dir)
+            .join(format!("{container}.log"));
         let log = logs::PodLog::open(&path, self.cfg.log_max_bytes).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, path = %path.display(), "cannot open pod log; logging to a temp file");
-            logs::PodLog::open(&std::env::temp_dir().join(format!("flotilla-{}.log", pod.metadata.uid)), self.cfg.log_max_bytes)
-                .expect("temp dir must be writable")
+            tracing::warn!(error = %e, path = %path.display(), "cannot open container log; logging to a temp file");
+            let tmp = std::env::temp_dir().join(format!("flotilla-{}-{container}.log", pod.metadata.uid));
+            logs::PodLog::open(&tmp, self.cfg.log_max_bytes).expect("temp dir must be writable")
         });
         logs.insert(key, log.clone());
         log
     }
 
-    pub fn log_named(&self, namespace: &str, name: &str) -> Option<logs::PodLog> {
+    pub fn log_named(&self, namespace: &str, name: &str, container: &str) -> Option<logs::PodLog> {
         self.logs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&Self::log_key(namespace, name))
+            .get(&Self::log_key(namespace, name, container))
             .cloned()
     }
 
-    /// Drops a removed pod's log (Kubernetes deletes logs with the pod).
+    /// Drops a removed pod's logs (Kubernetes deletes logs with the pod).
     pub fn forget_log(&self, pod: &Pod) {
-        if let Some(l) = self
-            .logs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&Self::log_key(pod.namespace(), &pod.metadata.name))
-        {
-            l.remove();
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        for c in &pod.spec.containers {
+            if let Some(l) =
+                logs.remove(&Self::log_key(pod.namespace(), &pod.metadata.name, &c.name))
+            {
+                l.remove();
+            }
         }
+        drop(logs);
+        let dir = format!(
+            "{}_{}_{}",
+            pod.namespace(),
+            pod.metadata.name,
+            pod.metadata.uid
+        );
+        let _ = std::fs::remove_dir(self.cfg.data_dir.join("logs").join(dir));
+    }
+
+    /// The pod on this node named `namespace/name`, from the local cache.
+    pub fn pod_named(&self, namespace: &str, name: &str) -> Option<Pod> {
+        self.cache.pods().ok().and_then(|pods| {
+            pods.into_values()
+                .find(|p| p.namespace() == namespace && p.metadata.name == name)
+        })
     }
 }
+
+/// The container a request names, or the pod's default one (the
+/// `kubectl.kubernetes.io/default-container` annotation, else the first), or why there is none.
+pub fn pick_container<'p>(pod: &'p Pod, name: Option<&str>) -> Result<&'p Container, String> {
+    let name = name.or_else(|| {
+        pod.metadata
+            .annotations
+            .get(DEFAULT_CONTAINER_ANNOTATION)
+            .map(String::as_str)
+    });
+    let found = match name {
+        Some(n) => pod.spec.containers.iter().find(|c| c.name == n),
+        None => pod.spec.containers.first(),
+    };
+    found.ok_or_else(|| {
+        let names: Vec<&str> = pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        format!(
+            "container {:?} is not valid for pod {} (containers: {})",
+            name.unwrap_or(""),
+            pod.metadata.name,
+            names.join(", ")
+        )
+    })
+}
+
+/// kubectl's annotation naming the container `logs` and `exec` use by default.
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 
 /// A running agent.
 pub struct AgentHandle {

@@ -1,11 +1,11 @@
-//! Pod logs: bounded append-only files per pod, with tail and follow.
+//! Container logs: bounded append-only files per container, with tail and follow.
 //!
-//! Each pod writes to one file; when appending would push it past `max_bytes`
+//! Each container writes to one file; when appending would push it past `max_bytes`
 //! the file is renamed to `<path>.1` (replacing any older one) and a fresh file
-//! is started, so a pod never uses more than `2 * max_bytes` of disk. Guest
-//! stdout and stderr are interleaved as-is, like `kubectl logs` without
-//! timestamps.
-
+//! is started. Every run of the container starts afresh (`new_run`), keeping the
+//! run before it as `<stem>.previous.log` for `fleet logs --previous`, so a
+//! container never uses more than `4 * max_bytes` of disk. Guest stdout and
+//! stderr are interleaved as-is, like `kubectl logs` without timestamps.
 use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
@@ -35,7 +35,11 @@ pub struct PodLog {
 
 struct Inner {
     path: PathBuf,
-    previous: PathBuf,
+    /// `<path>.1`: the older half of the current run's output.
+    rotated: PathBuf,
+    /// The previous run's files (`--previous`): `<stem>.previous.log` and its `.1`.
+    last_run: PathBuf,
+    last_run_rotated: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
     followers: broadcast::Sender<Bytes>,
@@ -67,7 +71,7 @@ impl std::fmt::Debug for PodLog {
 
 impl PodLog {
     /// Opens (creating parent dirs) the log at `path`; rotation keeps one
-    /// previous file `path.1`, so disk use is <= 2*max_bytes.
+    /// older file `path.1`, so one run uses <= 2*max_bytes.
     pub fn open(path: &Path, max_bytes: u64) -> io::Result<PodLog> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent)?;
@@ -79,7 +83,9 @@ impl PodLog {
         Ok(PodLog {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                previous: previous_path(path),
+                rotated: rotated_path(path),
+                last_run: last_run_path(path),
+                last_run_rotated: rotated_path(&last_run_path(path)),
                 // A zero budget would rotate on every write; one byte keeps the
                 // arithmetic simple and the bound still holds.
                 max_bytes: max_bytes.max(1),
@@ -126,16 +132,29 @@ impl PodLog {
         self.write_locked(&mut state, LogStream::Stderr, &text);
     }
 
-    /// The last `lines` lines across `path.1` + `path` (all if None).
+    /// The last `lines` lines of the current run, across `path.1` + `path` (all if None).
     pub fn tail(&self, lines: Option<usize>) -> io::Result<Vec<u8>> {
+        self.tail_of(&self.inner.rotated, &self.inner.path, lines)
+    }
+
+    /// The last `lines` lines of the run before the current one; `None` when there was none.
+    pub fn tail_previous(&self, lines: Option<usize>) -> io::Result<Option<Vec<u8>>> {
+        if !self.inner.last_run.exists() {
+            return Ok(None);
+        }
+        self.tail_of(&self.inner.last_run_rotated, &self.inner.last_run, lines)
+            .map(Some)
+    }
+
+    fn tail_of(&self, older: &Path, newer: &Path, lines: Option<usize>) -> io::Result<Vec<u8>> {
         // Holding the lock keeps a concurrent rotation from moving bytes
         // between the two files while they are being read.
         let state = self.lock();
         if state.removed {
             return Ok(Vec::new());
         }
-        let mut all = read_if_exists(&self.inner.previous)?;
-        all.extend_from_slice(&read_if_exists(&self.inner.path)?);
+        let mut all = read_if_exists(older)?;
+        all.extend_from_slice(&read_if_exists(newer)?);
         drop(state);
         match lines {
             None => Ok(all),
@@ -143,6 +162,43 @@ impl PodLog {
                 let start = all.len() - last_lines(&all, n).len();
                 all.drain(..start);
                 Ok(all)
+            }
+        }
+    }
+
+    /// Starts a new run of the container: the current files become the previous run's
+    /// (replacing the run before), and output goes to a fresh file. Followers keep following.
+    /// An empty log was no run (the agent notes every run's end), so it is kept.
+    pub fn new_run(&self) {
+        let mut state = self.lock();
+        if state.removed || (state.size == 0 && !self.inner.rotated.exists()) {
+            return;
+        }
+        state.file = None;
+        let moves = [
+            (&self.inner.path, &self.inner.last_run),
+            (&self.inner.rotated, &self.inner.last_run_rotated),
+        ];
+        for (from, to) in moves {
+            let moved = match fs::rename(from, to) {
+                Ok(()) => Ok(()),
+                // A run without a rotated half must not inherit the older run's.
+                Err(e) if e.kind() == ErrorKind::NotFound => match fs::remove_file(to) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = moved {
+                warn!(path = %from.display(), error = %e, "failed to keep the previous run's log");
+            }
+        }
+        state.size = 0;
+        state.at_line_start = true;
+        match open_append(&self.inner.path) {
+            Ok(file) => state.file = Some(file),
+            Err(e) => {
+                warn!(path = %self.inner.path.display(), error = %e, "failed to open a new log")
             }
         }
     }
@@ -158,7 +214,13 @@ impl PodLog {
         state.removed = true;
         state.file = None;
         state.size = 0;
-        for path in [&self.inner.path, &self.inner.previous] {
+        let inner = &self.inner;
+        for path in [
+            &inner.path,
+            &inner.rotated,
+            &inner.last_run,
+            &inner.last_run_rotated,
+        ] {
             if let Err(e) = fs::remove_file(path)
                 && e.kind() != ErrorKind::NotFound
             {
@@ -224,7 +286,7 @@ impl PodLog {
     fn rotate(&self, state: &mut State) {
         // Closing first means the rename never races with buffered writes.
         state.file = None;
-        if let Err(e) = fs::rename(&self.inner.path, &self.inner.previous)
+        if let Err(e) = fs::rename(&self.inner.path, &self.inner.rotated)
             && e.kind() != ErrorKind::NotFound
         {
             // The truncating open below then discards the old content, which
@@ -257,7 +319,13 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-fn previous_path(path: &Path) -> PathBuf {
+/// `<dir>/<stem>.log` → `<dir>/<stem>.previous.log`.
+fn last_run_path(path: &Path) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!("{stem}.previous.log"))
+}
+
+fn rotated_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".1");
     PathBuf::from(name)
@@ -317,7 +385,7 @@ mod tests {
 
     fn disk_usage(log: &PodLog) -> u64 {
         let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        size(&log.inner.path) + size(&log.inner.previous)
+        size(&log.inner.path) + size(&log.inner.rotated)
     }
 
     #[test]
@@ -336,7 +404,7 @@ mod tests {
         log.append(LogStream::Stderr, &[b'x'; 1000]);
         assert!(disk_usage(&log) <= 200);
         assert!(fs::metadata(&log.inner.path).unwrap().len() <= 100);
-        assert!(log.inner.previous.exists());
+        assert!(log.inner.rotated.exists());
     }
 
     #[test]
@@ -349,7 +417,7 @@ mod tests {
         // Ten 3-byte lines against a 20-byte budget: "l0".."l5" were rotated
         // into `log.1` and "l6".."l9" are in `log`.
         assert_eq!(
-            fs::read(&log.inner.previous).unwrap(),
+            fs::read(&log.inner.rotated).unwrap(),
             b"l0\nl1\nl2\nl3\nl4\nl5\n"
         );
         assert_eq!(log.tail(Some(5)).unwrap(), b"l5\nl6\nl7\nl8\nl9\n");
@@ -403,5 +471,36 @@ mod tests {
         log.append(LogStream::Stdout, b"after removal\n");
         assert!(!path.exists());
         assert!(log.tail(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_run_keeps_only_the_run_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PodLog::open(&dir.path().join("web.log"), 10).unwrap();
+        log.new_run();
+        assert_eq!(
+            log.tail_previous(None).unwrap(),
+            None,
+            "an empty log is no run"
+        );
+        // The first run rotates once, so both of its halves must move.
+        log.append(LogStream::Stdout, b"first 1\n");
+        log.append(LogStream::Stdout, b"first 2\n");
+        let mut live = log.subscribe();
+        log.new_run();
+        assert_eq!(log.tail(None).unwrap(), b"");
+        assert_eq!(
+            log.tail_previous(None).unwrap().unwrap(),
+            b"first 1\nfirst 2\n"
+        );
+        // A short second run must not inherit the first run's rotated half.
+        log.append(LogStream::Stdout, b"second\n");
+        log.new_run();
+        log.append(LogStream::Stdout, b"third\n");
+        assert_eq!(log.tail_previous(None).unwrap().unwrap(), b"second\n");
+        assert_eq!(log.tail(None).unwrap(), b"third\n");
+        assert_eq!(live.try_recv().unwrap(), &b"second\n"[..]);
+        log.remove();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -3,15 +3,17 @@
 //! it is a wasi:http component, and report its status.
 use crate::Shared;
 use crate::images::Loaded;
+use crate::logs::PodLog;
 use crate::probe::{Prober, Target, Verdict};
 use crate::runtime::wasm::{ArtifactKind, GuestSpec};
 use crate::supervisor::Event;
 use flotilla_proto::api::EventType::{self, Normal, Warning};
 use flotilla_proto::api::{
-    Condition, ContainerState, ContainerStatus, Pod, PodStatus, StateRunning, StateTerminated,
-    StateWaiting, condition,
+    Condition, Container, ContainerState, ContainerStatus, Pod, PodStatus, StateRunning,
+    StateTerminated, StateWaiting, condition,
 };
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,13 +27,18 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A container that ran this long without failing has its back-off reset (as in Kubernetes).
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
+/// The pod's status as its containers change it; sent to the supervisor on every change.
 struct Reporter {
     uid: String,
     events: mpsc::UnboundedSender<Event>,
     status: PodStatus,
-    container: ContainerStatus,
-    /// Why the container is not ready (a failed readiness probe), for the Ready condition.
-    unready_message: Option<String>,
+    containers: Vec<ContainerStatus>,
+    /// Why each container is not ready (a failed readiness probe), for the Ready condition.
+    unready: Vec<Option<String>>,
+    /// Where each container serves; the pod's endpoint is the first one.
+    endpoints: Vec<Option<String>>,
+    /// Containers that finished for good (their restart policy does not run them again).
+    done: Vec<bool>,
 }
 
 fn now() -> String {
@@ -39,9 +46,31 @@ fn now() -> String {
 }
 
 impl Reporter {
-    fn send(&mut self, phase: &str) {
-        self.status.phase = phase.to_string();
-        let ready = self.container.ready;
+    /// Kubernetes' pod phase from the containers: Pending until every container has started,
+    /// Succeeded or Failed once all finished for good, Running otherwise.
+    fn phase(&self) -> &'static str {
+        if self.done.iter().all(|d| *d) {
+            let ok = self.containers.iter().all(|c| {
+                c.state
+                    .terminated
+                    .as_ref()
+                    .is_some_and(|t| t.exit_code == 0)
+            });
+            return if ok { "Succeeded" } else { "Failed" };
+        }
+        let started = |c: &ContainerStatus| {
+            c.state.running.is_some() || c.state.terminated.is_some() || c.restart_count > 0
+        };
+        if self.containers.iter().all(started) {
+            "Running"
+        } else {
+            "Pending"
+        }
+    }
+
+    fn send(&mut self) {
+        self.status.phase = self.phase().to_string();
+        let ready = self.containers.iter().all(|c| c.ready);
         let cond = |t: &str, ok: bool| Condition {
             type_: t.into(),
             status: if ok { "True" } else { "False" }.into(),
@@ -53,6 +82,7 @@ impl Reporter {
             cond("ContainersReady", ready),
             cond("Ready", ready),
         ];
+        let why: Vec<&str> = self.unready.iter().flatten().map(String::as_str).collect();
         // A condition's transition time moves only when its status does (minReadySeconds and
         // rollouts count from it).
         for c in &mut conditions {
@@ -62,62 +92,112 @@ impl Reporter {
             };
             if c.type_ == "Ready" && !ready {
                 c.reason = Some("ContainersNotReady".into());
-                c.message = self.unready_message.clone();
+                c.message = (!why.is_empty()).then(|| why.join("; "));
             }
         }
         self.status.conditions = conditions;
-        self.status.container_statuses = vec![self.container.clone()];
+        self.status.endpoint = self.endpoints.iter().flatten().next().cloned();
+        self.status.container_statuses = self.containers.clone();
         let _ = self.events.send(Event::Status {
             uid: self.uid.clone(),
             status: Box::new(self.status.clone()),
         });
     }
+}
 
-    fn waiting(&mut self, reason: &str, message: Option<String>) {
-        self.container.ready = false;
-        self.container.state = ContainerState {
-            waiting: Some(StateWaiting {
-                reason: Some(reason.into()),
-                message,
-            }),
-            ..Default::default()
-        };
-        let phase = if self.container.restart_count > 0 {
-            "Running"
-        } else {
-            "Pending"
-        };
-        self.send(phase);
+/// One container's handle on the pod's reporter.
+#[derive(Clone)]
+struct Slot {
+    rep: Arc<Mutex<Reporter>>,
+    i: usize,
+}
+
+impl Slot {
+    fn with<R>(&self, f: impl FnOnce(&mut Reporter, usize) -> R) -> R {
+        let mut rep = self.rep.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut rep, self.i)
     }
 
-    fn running(&mut self, started: &str, ready: bool) {
-        self.container.ready = ready;
-        self.container.state = ContainerState {
-            running: Some(StateRunning {
-                started_at: started.into(),
-            }),
-            ..Default::default()
-        };
-        self.status
-            .start_time
-            .get_or_insert_with(|| started.to_string());
-        self.send("Running");
+    fn waiting(&self, reason: &str, message: Option<String>) {
+        self.with(|r, i| {
+            r.containers[i].ready = false;
+            r.containers[i].state = ContainerState {
+                waiting: Some(StateWaiting {
+                    reason: Some(reason.into()),
+                    message,
+                }),
+                ..Default::default()
+            };
+            r.send();
+        })
     }
 
-    fn terminated(&mut self, code: i32, reason: &str, started: &str) -> ContainerState {
-        ContainerState {
-            terminated: Some(StateTerminated {
-                exit_code: code,
-                reason: Some(reason.into()),
-                started_at: Some(started.into()),
-                finished_at: Some(now()),
-            }),
-            ..Default::default()
-        }
+    fn running(&self, started: &str, ready: bool) {
+        self.with(|r, i| {
+            r.containers[i].ready = ready;
+            r.containers[i].state = ContainerState {
+                running: Some(StateRunning {
+                    started_at: started.into(),
+                }),
+                ..Default::default()
+            };
+            r.status
+                .start_time
+                .get_or_insert_with(|| started.to_string());
+            r.send();
+        })
+    }
+
+    /// The container will not run again: its last state stays.
+    fn finished(&self, last: ContainerState) {
+        self.with(|r, i| {
+            r.containers[i].ready = false;
+            r.containers[i].state = last;
+            r.done[i] = true;
+            r.send();
+        })
+    }
+
+    /// The container will run again; `last` becomes its `lastState`.
+    fn restarting(&self, last: ContainerState) {
+        self.with(|r, i| {
+            r.containers[i].last_state = Some(last);
+            r.containers[i].restart_count += 1;
+        })
+    }
+
+    fn set_unready(&self, why: Option<String>) {
+        self.with(|r, i| r.unready[i] = why)
+    }
+
+    fn set_endpoint(&self, endpoint: Option<String>) {
+        self.with(|r, i| r.endpoints[i] = endpoint)
+    }
+
+    fn set_image_id(&self, id: String) {
+        self.with(|r, i| r.containers[i].image_id = id)
+    }
+
+    fn pod_ip(&self) -> Option<std::net::IpAddr> {
+        self.with(|r, _| r.status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()))
     }
 }
 
-/// Runs until cancelled (pod removed) or, for pods that do not restart, until done.
+fn terminated(code: i32, reason: &str, started: &str) -> ContainerState {
+    ContainerState {
+        terminated: Some(StateTerminated {
+            exit_code: code,
+            reason: Some(reason.into()),
+            started_at: Some(started.into()),
+            finished_at: Some(now()),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs until cancelled (pod removed) or, for pods that do not restart, until done. Every
+/// container is pulled, set up and restarted on its own; a container pod's containers share
+/// one network namespace (so sidecars talk over localhost) and one set of /etc files.
 pub async fn run(
     shared: Arc<Shared>,
     pod: Pod,
@@ -125,12 +205,19 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let uid = pod.metadata.uid.clone();
-    let Some(container) = pod.spec.containers.first().cloned() else {
-        let _ = events.send(Event::Exited { uid });
-        return;
-    };
+    let n = pod.spec.containers.len();
+    if n == 0 {
+        return exited(&events, uid);
+    }
     let node_ip = shared.cfg.node_ip.to_string();
-    let mut rep = Reporter {
+    let creating = ContainerState {
+        waiting: Some(StateWaiting {
+            reason: Some("ContainerCreating".into()),
+            message: None,
+        }),
+        ..Default::default()
+    };
+    let rep = Arc::new(Mutex::new(Reporter {
         uid: uid.clone(),
         events: events.clone(),
         status: PodStatus {
@@ -138,113 +225,58 @@ pub async fn run(
             pod_ip: Some(node_ip.clone()),
             ..Default::default()
         },
-        container: ContainerStatus {
-            name: container.name.clone(),
-            image: container.image.clone(),
-            ..Default::default()
-        },
-        unready_message: None,
-    };
-    rep.waiting("ContainerCreating", None);
-    let log = shared.log_for(&pod);
-    let mut backoff = shared.cfg.backoff_base;
+        containers: pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                state: creating.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        unready: vec![None; n],
+        endpoints: vec![None; n],
+        done: vec![false; n],
+    }));
+    rep.lock().unwrap_or_else(|p| p.into_inner()).send();
+    let slots: Vec<Slot> = (0..n)
+        .map(|i| Slot {
+            rep: rep.clone(),
+            i,
+        })
+        .collect();
+    let logs: Vec<PodLog> = pod
+        .spec
+        .containers
+        .iter()
+        .map(|c| shared.log_for(&pod, &c.name))
+        .collect();
+    let note_all = |text: &str| logs.iter().for_each(|l| l.note(text));
 
-    let image = &container.image;
-    // Pull: retried with back-off until it works or the pod is removed.
-    let artifact = loop {
-        event(
-            &shared,
-            &pod,
-            Normal,
-            "Pulling",
-            format!("Pulling image {image:?}"),
-        );
-        let pull_started = Instant::now();
-        match crate::images::load(&shared, &pod, &container).await {
-            Ok((a, said)) => {
-                let took = go_duration(pull_started.elapsed());
-                let message = if said.is_empty() {
-                    format!("Successfully pulled image {image:?} in {took}")
-                } else {
-                    format!("{said} in {took}")
-                };
-                event(&shared, &pod, Normal, "Pulled", message);
-                break a;
-            }
-            Err(e) => {
-                warn!(pod = %pod.metadata.name, error = %e, "image pull failed");
-                log.note(&format!("failed to pull {image}: {e}"));
-                let message = format!("Failed to pull image {image:?}: {e}");
-                event(&shared, &pod, Warning, "Failed", message);
-                event(
-                    &shared,
-                    &pod,
-                    Warning,
-                    "Failed",
-                    format!("Error: {}", e.reason),
-                );
-                rep.waiting(e.reason, Some(e.to_string()));
-                if sleep_or_cancel(backoff, &cancel).await {
-                    return exited(&events, uid);
-                }
-                let message = format!("Back-off pulling image {image:?}");
-                event(&shared, &pod, Normal, "BackOff", message);
-                event(
-                    &shared,
-                    &pod,
-                    Warning,
-                    "Failed",
-                    "Error: ImagePullBackOff".into(),
-                );
-                rep.waiting("ImagePullBackOff", Some(e.to_string()));
-                backoff = (backoff * 2).min(shared.cfg.backoff_max);
-            }
-        }
+    let pulls = pod
+        .spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| pull(&shared, &pod, c, &slots[i], &logs[i], &cancel));
+    let Some(artifacts) = futures::future::join_all(pulls)
+        .await
+        .into_iter()
+        .collect::<Option<Vec<Loaded>>>()
+    else {
+        return exited(&events, uid);
     };
-    rep.container.image_id = artifact.digest();
-    backoff = shared.cfg.backoff_base;
-    if let Err(e) = runtime_fits(&artifact, &container) {
-        log.note(&e);
+    if let Err(e) = runtimes_fit(&pod, &artifacts) {
+        note_all(&e);
         event(&shared, &pod, Warning, "Failed", format!("Error: {e}"));
-        rep.waiting("CreateContainerConfigError", Some(e));
+        for s in &slots {
+            s.waiting("CreateContainerConfigError", Some(e.clone()));
+        }
         cancel.cancelled().await;
         return exited(&events, uid);
     }
-
-    // Environment: ConfigMaps and Secrets may be missing for now; retried with back-off.
-    let env = loop {
-        match crate::envsource::resolve(&shared, &pod, &container, &node_ip).await {
-            Ok(env) => break env,
-            Err(e) => {
-                warn!(pod = %pod.metadata.name, error = %e, "cannot build the container's environment");
-                log.note(&format!("CreateContainerConfigError: {e}"));
-                event(&shared, &pod, Warning, "Failed", format!("Error: {e}"));
-                rep.waiting("CreateContainerConfigError", Some(e));
-                if sleep_or_cancel(backoff, &cancel).await {
-                    return exited(&events, uid);
-                }
-                backoff = (backoff * 2).min(shared.cfg.backoff_max);
-            }
-        }
-    };
-    backoff = shared.cfg.backoff_base;
-    // Volumes: a missing ConfigMap or host directory may appear later; retried with back-off.
-    let mounts = loop {
-        match crate::volumes::prepare(&shared, &pod, &container).await {
-            Ok(m) => break m,
-            Err(e) => {
-                warn!(pod = %pod.metadata.name, error = %e, "cannot set up volumes");
-                log.note(&e);
-                event(&shared, &pod, Warning, "FailedMount", e.clone());
-                rep.waiting("ContainerCreating", Some(e));
-                if sleep_or_cancel(backoff, &cancel).await {
-                    return exited(&events, uid);
-                }
-                backoff = (backoff * 2).min(shared.cfg.backoff_max);
-            }
-        }
-    };
-    backoff = shared.cfg.backoff_base;
     if pod
         .spec
         .volumes
@@ -255,85 +287,235 @@ pub async fn run(
             .tracker
             .spawn(refresh_volumes(shared.clone(), pod.clone(), cancel.clone()));
     }
-    // A container pod gets its network namespace once; restarts keep it (and its address).
-    let _network = match &artifact {
-        Loaded::Container { .. } => loop {
+    // A container pod gets its network namespace and /etc files once; restarts keep them
+    // (and its address).
+    let mut backoff = shared.cfg.backoff_base;
+    let mut etc = Vec::new();
+    let _network = if artifacts
+        .iter()
+        .any(|a| matches!(a, Loaded::Container { .. }))
+    {
+        loop {
             match attach_network(&shared, &pod).await {
                 Ok((ip, guard)) => {
-                    rep.status.pod_ip = Some(ip.to_string());
+                    rep.lock().unwrap_or_else(|p| p.into_inner()).status.pod_ip =
+                        Some(ip.to_string());
+                    match write_etc(&shared, &pod, &ip.to_string()) {
+                        Ok(files) => etc = files,
+                        Err(e) => {
+                            warn!(pod = %pod.metadata.name, error = %e, "cannot write the pod's /etc files")
+                        }
+                    }
                     break Some(guard);
                 }
                 Err(e) => {
                     warn!(pod = %pod.metadata.name, error = %e, "cannot set up the pod network");
-                    log.note(&e);
+                    note_all(&e);
                     event(&shared, &pod, Warning, "FailedCreatePodSandBox", e.clone());
-                    rep.waiting("ContainerCreating", Some(e));
+                    for s in &slots {
+                        s.waiting("ContainerCreating", Some(e.clone()));
+                    }
                     if sleep_or_cancel(backoff, &cancel).await {
                         return exited(&events, uid);
                     }
                     backoff = (backoff * 2).min(shared.cfg.backoff_max);
                 }
             }
-        },
-        Loaded::Wasm(_) => None,
+        }
+    } else {
+        None
+    };
+    let runs = pod.spec.containers.iter().enumerate().map(|(i, c)| {
+        let one = One {
+            shared: &shared,
+            pod: &pod,
+            container: c,
+            artifact: &artifacts[i],
+            slot: &slots[i],
+            log: &logs[i],
+            etc: &etc,
+            cancel: &cancel,
+        };
+        run_container(one, &node_ip)
+    });
+    futures::future::join_all(runs).await;
+    if !cancel.is_cancelled() {
+        info!(pod = %pod.metadata.name, "pod finished");
+        // Stay until the pod is removed, so status and logs remain visible.
+        cancel.cancelled().await;
+    }
+    exited(&events, uid)
+}
+
+/// What one container's run needs.
+#[derive(Clone, Copy)]
+struct One<'a> {
+    shared: &'a Arc<Shared>,
+    pod: &'a Pod,
+    container: &'a Container,
+    artifact: &'a Loaded,
+    slot: &'a Slot,
+    log: &'a PodLog,
+    /// The pod's /etc files, bind-mounted into each of its containers.
+    etc: &'a [(PathBuf, &'static str)],
+    cancel: &'a CancellationToken,
+}
+
+/// Pulls the container's image, retried with back-off until it works or the pod is removed
+/// (then None).
+async fn pull(
+    shared: &Arc<Shared>,
+    pod: &Pod,
+    container: &Container,
+    slot: &Slot,
+    log: &PodLog,
+    cancel: &CancellationToken,
+) -> Option<Loaded> {
+    let image = &container.image;
+    let mut backoff = shared.cfg.backoff_base;
+    loop {
+        event(
+            shared,
+            pod,
+            Normal,
+            "Pulling",
+            format!("Pulling image {image:?}"),
+        );
+        let pull_started = Instant::now();
+        match crate::images::load(shared, pod, container).await {
+            Ok((a, said)) => {
+                let took = go_duration(pull_started.elapsed());
+                let message = if said.is_empty() {
+                    format!("Successfully pulled image {image:?} in {took}")
+                } else {
+                    format!("{said} in {took}")
+                };
+                event(shared, pod, Normal, "Pulled", message);
+                slot.set_image_id(a.digest());
+                return Some(a);
+            }
+            Err(e) => {
+                warn!(pod = %pod.metadata.name, error = %e, "image pull failed");
+                log.note(&format!("failed to pull {image}: {e}"));
+                let message = format!("Failed to pull image {image:?}: {e}");
+                event(shared, pod, Warning, "Failed", message);
+                event(
+                    shared,
+                    pod,
+                    Warning,
+                    "Failed",
+                    format!("Error: {}", e.reason),
+                );
+                slot.waiting(e.reason, Some(e.to_string()));
+                if sleep_or_cancel(backoff, cancel).await {
+                    return None;
+                }
+                let message = format!("Back-off pulling image {image:?}");
+                event(shared, pod, Normal, "BackOff", message);
+                event(
+                    shared,
+                    pod,
+                    Warning,
+                    "Failed",
+                    "Error: ImagePullBackOff".into(),
+                );
+                slot.waiting("ImagePullBackOff", Some(e.to_string()));
+                backoff = (backoff * 2).min(shared.cfg.backoff_max);
+            }
+        }
+    }
+}
+
+/// One container from its environment to its last run: restarted by the pod's policy with
+/// back-off, until it finishes for good or the pod is removed.
+async fn run_container(one: One<'_>, node_ip: &str) {
+    let One {
+        shared,
+        pod,
+        container,
+        slot,
+        log,
+        cancel,
+        ..
+    } = one;
+    let mut backoff = shared.cfg.backoff_base;
+    // Environment: ConfigMaps and Secrets may be missing for now; retried with back-off.
+    let env = loop {
+        match crate::envsource::resolve(shared, pod, container, node_ip).await {
+            Ok(env) => break env,
+            Err(e) => {
+                warn!(pod = %pod.metadata.name, error = %e, "cannot build the container's environment");
+                log.note(&format!("CreateContainerConfigError: {e}"));
+                event(shared, pod, Warning, "Failed", format!("Error: {e}"));
+                slot.waiting("CreateContainerConfigError", Some(e));
+                if sleep_or_cancel(backoff, cancel).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(shared.cfg.backoff_max);
+            }
+        }
     };
     backoff = shared.cfg.backoff_base;
-    let mut spec = guest_spec(&pod, &container, env, log.clone());
+    // Volumes: a missing ConfigMap or host directory may appear later; retried with back-off.
+    let mounts = loop {
+        match crate::volumes::prepare(shared, pod, container).await {
+            Ok(m) => break m,
+            Err(e) => {
+                warn!(pod = %pod.metadata.name, error = %e, "cannot set up volumes");
+                log.note(&e);
+                event(shared, pod, Warning, "FailedMount", e.clone());
+                slot.waiting("ContainerCreating", Some(e));
+                if sleep_or_cancel(backoff, cancel).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(shared.cfg.backoff_max);
+            }
+        }
+    };
+    backoff = shared.cfg.backoff_base;
+    let mut spec = guest_spec(pod, container, env, log.clone());
     spec.mounts = mounts;
     let spec = Arc::new(spec);
     let policy = pod.spec.restart_policy().to_string();
     loop {
         let started_at = now();
         let started = Instant::now();
-        let outcome = run_once(
-            &shared,
-            &artifact,
-            &pod,
-            &container,
-            spec.clone(),
-            &mut rep,
-            &started_at,
-            &cancel,
-        )
-        .await;
+        // Every run writes a fresh log; the one before stays for `fleet logs --previous`.
+        log.new_run();
+        let outcome = run_once(one, spec.clone(), &started_at).await;
         if cancel.is_cancelled() {
-            return exited(&events, uid);
+            return;
         }
         let (code, reason) = outcome.unwrap_or_else(|e| {
-            event(&shared, &pod, Warning, "Failed", format!("Error: {e}"));
+            event(shared, pod, Warning, "Failed", format!("Error: {e}"));
             (128, format!("Error: {e}"))
         });
         log.note(&format!(
             "container {} exited with code {code} ({reason})",
             container.name
         ));
-        let last = rep.terminated(code, &reason, &started_at);
+        let last = terminated(code, &reason, &started_at);
         let restart = match policy.as_str() {
             "Always" => true,
             "OnFailure" => code != 0,
             _ => false,
         };
         if !restart {
-            rep.container.ready = false;
-            rep.container.state = last;
-            rep.send(if code == 0 { "Succeeded" } else { "Failed" });
-            info!(pod = %pod.metadata.name, code, "pod finished");
-            // Stay until the pod is removed, so status and logs remain visible.
-            cancel.cancelled().await;
-            return exited(&events, uid);
+            info!(pod = %pod.metadata.name, container = %container.name, code, "container finished");
+            slot.finished(last);
+            return;
         }
         if started.elapsed() >= BACKOFF_RESET {
             backoff = shared.cfg.backoff_base;
         }
-        rep.container.last_state = Some(last);
-        rep.container.restart_count += 1;
+        slot.restarting(last);
         let msg = format!(
             "back-off {} restarting failed container={} pod={}",
             humantime::format_duration(backoff),
             container.name,
             pod.metadata.name
         );
-        rep.waiting("CrashLoopBackOff", Some(msg));
+        slot.waiting("CrashLoopBackOff", Some(msg));
         let message = format!(
             "Back-off restarting failed container {} in pod {}_{}({})",
             container.name,
@@ -341,9 +523,9 @@ pub async fn run(
             pod.namespace(),
             pod.metadata.uid
         );
-        event(&shared, &pod, Warning, "BackOff", message);
-        if sleep_or_cancel(backoff, &cancel).await {
-            return exited(&events, uid);
+        event(shared, pod, Warning, "BackOff", message);
+        if sleep_or_cancel(backoff, cancel).await {
+            return;
         }
         backoff = (backoff * 2).min(shared.cfg.backoff_max);
     }
@@ -391,29 +573,30 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
 /// Runs the container once, with its probes, until it exits, a liveness or startup probe
 /// fails (then it is stopped and reported as such), or the pod is removed. A wasi:http
 /// component is served on its hostPort (or a port the agent picks).
-#[allow(clippy::too_many_arguments)]
 async fn run_once(
-    shared: &Arc<Shared>,
-    artifact: &Loaded,
-    pod: &Pod,
-    container: &flotilla_proto::api::Container,
+    one: One<'_>,
     spec: Arc<GuestSpec>,
-    rep: &mut Reporter,
     started_at: &str,
-    cancel: &CancellationToken,
 ) -> anyhow::Result<(i32, String)> {
+    let One {
+        shared,
+        pod,
+        container,
+        artifact,
+        slot,
+        etc,
+        cancel,
+        ..
+    } = one;
     let stop = cancel.child_token();
     let log = spec.log.clone();
     let (target, run) = match artifact {
         Loaded::Container { image, rootfs } => {
-            let ip = rep
-                .status
-                .pod_ip
-                .as_deref()
-                .and_then(|ip| ip.parse().ok())
+            let ip = slot
+                .pod_ip()
                 .ok_or_else(|| anyhow::anyhow!("the pod has no address"))?;
             let id = container_id(pod, container);
-            create_container(shared, pod, container, image, rootfs, &spec, &id, ip).await?;
+            create_container(shared, pod, container, image, rootfs, &spec, &id, etc).await?;
             let grace = Duration::from_secs(
                 pod.spec
                     .termination_grace_period_seconds
@@ -434,10 +617,12 @@ async fn run_once(
                 })
             });
             // The endpoint is the first container port on the pod's address.
-            rep.status.endpoint = container
-                .ports
-                .first()
-                .map(|p| std::net::SocketAddr::new(ip, p.container_port as u16).to_string());
+            slot.set_endpoint(
+                container
+                    .ports
+                    .first()
+                    .map(|p| std::net::SocketAddr::new(ip, p.container_port as u16).to_string()),
+            );
             let target = Target::Pod {
                 ip,
                 ports: container.ports.clone(),
@@ -477,7 +662,7 @@ async fn run_once(
                         .map(|()| (0, "Completed".to_string()))
                         .map_err(anyhow::Error::from)
                 };
-                rep.status.endpoint = Some(local.to_string());
+                slot.set_endpoint(Some(local.to_string()));
                 (Target::Endpoint(Some(local)), futures_box(run))
             }
             ArtifactKind::CommandComponent | ArtifactKind::CoreModule => {
@@ -507,8 +692,8 @@ async fn run_once(
         format!("Started container {name}"),
     );
     let mut prober = Prober::new(container, target, tokio::time::Instant::now());
-    rep.unready_message = None;
-    rep.running(started_at, prober.ready());
+    slot.set_unready(None);
+    slot.running(started_at, prober.ready());
     let mut run = run;
     loop {
         tokio::select! {
@@ -519,8 +704,8 @@ async fn run_once(
                         log.note(why);
                         event(shared, pod, Warning, "Unhealthy", why.clone());
                     }
-                    rep.unready_message = why;
-                    rep.running(started_at, ready);
+                    slot.set_unready(why);
+                    slot.running(started_at, ready);
                 }
                 Verdict::Restart { reason, message } => {
                     warn!(pod = %pod.metadata.name, %message, "container will be restarted");
@@ -589,26 +774,46 @@ fn guest_spec(
     }
 }
 
-/// Refuses what the image's runtime cannot do, before anything starts.
-fn runtime_fits(loaded: &Loaded, c: &flotilla_proto::api::Container) -> Result<(), String> {
-    let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
-    match loaded {
-        Loaded::Wasm(_)
-            if probes
-                .iter()
-                .any(|p| p.as_ref().is_some_and(|p| p.exec.is_some())) =>
-        {
-            Err(format!(
+/// Refuses what the images' runtimes cannot do, before anything starts: a pod's containers
+/// share one runtime (a network namespace is a container pod's), and exec probes need a
+/// container to run in.
+fn runtimes_fit(pod: &Pod, loaded: &[Loaded]) -> Result<(), String> {
+    let kind = |l: &Loaded| match l {
+        Loaded::Wasm(_) => "a wasm artifact",
+        Loaded::Container { .. } => "a container image",
+    };
+    let containers = pod.spec.containers.iter().zip(loaded);
+    if let Some(((a, la), (b, lb))) = containers
+        .clone()
+        .zip(containers.clone().skip(1))
+        .find(|((_, la), (_, lb))| kind(la) != kind(lb))
+    {
+        return Err(format!(
+            "pod {}: container {} runs {} and container {} runs {}; a pod's containers must share one runtime",
+            pod.metadata.name,
+            a.name,
+            kind(la),
+            b.name,
+            kind(lb)
+        ));
+    }
+    for (c, l) in containers {
+        let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
+        let exec_probe = probes
+            .iter()
+            .any(|p| p.as_ref().is_some_and(|p| p.exec.is_some()));
+        if matches!(l, Loaded::Wasm(_)) && exec_probe {
+            return Err(format!(
                 "container {}: exec probes run a command in a container, and image {:?} is a wasm artifact (use httpGet or tcpSocket)",
                 c.name, c.image
-            ))
+            ));
         }
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 /// runc's name for a pod's container: unique on the node, stable across restarts.
-fn container_id(pod: &Pod, c: &flotilla_proto::api::Container) -> String {
+fn container_id(pod: &Pod, c: &Container) -> String {
     format!("{}-{}", pod.metadata.uid, c.name)
 }
 
@@ -731,9 +936,8 @@ async fn create_container(
     snapshot: &std::path::Path,
     guest: &GuestSpec,
     id: &str,
-    ip: std::net::IpAddr,
+    etc: &[(PathBuf, &'static str)],
 ) -> anyhow::Result<()> {
-    let etc = write_etc(shared, pod, &ip.to_string())?;
     let mut mounts: Vec<flotilla_oci::spec::BindMount> = guest
         .mounts
         .iter()
@@ -745,7 +949,7 @@ async fn create_container(
         .collect();
     for (source, dest) in etc {
         mounts.push(flotilla_oci::spec::BindMount {
-            source,
+            source: source.clone(),
             destination: dest.to_string(),
             read_only: true,
         });

@@ -6,7 +6,7 @@ use crate::cache::Change;
 use crate::supervisor::{Event, Reports};
 use anyhow::Context as _;
 use flotilla_proto::api::Pod;
-use flotilla_proto::wire::{AgentRequest, Request, Response, WatchEvent};
+use flotilla_proto::wire::{AgentRequest, LogsRequest, Request, Response, WatchEvent};
 use flotilla_transport::{TransportError, recv_frame, send_frame};
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,7 +228,7 @@ async fn report_node(shared: &Shared, conn: &quinn::Connection) -> anyhow::Resul
 /// Serves a request the hub opened on our connection.
 async fn hub_request(
     shared: &Shared,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     cancel: CancellationToken,
 ) -> Result<(), TransportError> {
@@ -243,28 +243,73 @@ async fn hub_request(
             tail,
             follow,
         } => {
-            let Some(log) = shared.log_named(&namespace, &name) else {
-                send_frame(
-                    &mut send,
-                    &Response::Error {
-                        message: format!("pod {namespace}/{name} has no logs on this node"),
-                    },
-                )
-                .await?;
-                let _ = send.finish();
-                return Ok(());
+            let req = LogsRequest {
+                namespace,
+                name,
+                container: None,
+                tail,
+                follow,
+                previous: false,
             };
-            // Subscribe before reading the tail so nothing written in between is lost.
-            let mut live = log.subscribe();
-            let tail = log.tail(tail.map(|t| t as usize))?;
-            send_frame(&mut send, &Response::LogStream).await?;
-            send.write_all(&tail).await?;
-            if follow {
-                follow_log(&mut send, &mut live, &cancel).await?;
-            }
-            let _ = send.finish();
+            serve_logs(shared, req, send, &cancel).await?
         }
+        AgentRequest::ContainerLogs(req) => serve_logs(shared, req, send, &cancel).await?,
     }
+    Ok(())
+}
+
+/// Streams a container's log: its tail, then (with `follow`) what is appended.
+async fn serve_logs(
+    shared: &Shared,
+    req: LogsRequest,
+    mut send: quinn::SendStream,
+    cancel: &CancellationToken,
+) -> Result<(), TransportError> {
+    let (namespace, name) = (&req.namespace, &req.name);
+    let log = shared
+        .pod_named(namespace, name)
+        .ok_or_else(|| format!("pod {namespace}/{name} is not on this node"))
+        .and_then(|pod| {
+            let c = crate::pick_container(&pod, req.container.as_deref())?;
+            let log = shared.log_named(namespace, name, &c.name).ok_or_else(|| {
+                format!(
+                    "container {} of pod {namespace}/{name} has no logs yet",
+                    c.name
+                )
+            })?;
+            Ok((c.name.clone(), log))
+        });
+    let (container, log) = match log {
+        Ok(log) => log,
+        Err(message) => {
+            send_frame(&mut send, &Response::Error { message }).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
+    };
+    let tail = req.tail.map(|t| t as usize);
+    if req.previous {
+        let Some(text) = log.tail_previous(tail)? else {
+            let message =
+                format!("previous terminated container {container:?} in pod {name:?} not found");
+            send_frame(&mut send, &Response::Error { message }).await?;
+            let _ = send.finish();
+            return Ok(());
+        };
+        send_frame(&mut send, &Response::LogStream).await?;
+        send.write_all(&text).await?;
+        let _ = send.finish();
+        return Ok(());
+    }
+    // Subscribe before reading the tail so nothing written in between is lost.
+    let mut live = log.subscribe();
+    let text = log.tail(tail)?;
+    send_frame(&mut send, &Response::LogStream).await?;
+    send.write_all(&text).await?;
+    if req.follow {
+        follow_log(&mut send, &mut live, cancel).await?;
+    }
+    let _ = send.finish();
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 use anyhow::{Context as _, bail};
 use flotilla_hub::config::ClientFile;
 use flotilla_proto::api::{Deployment, Kind, Object, ReplicaSet, StatefulSet};
-use flotilla_proto::wire::{Applied, Edit, PropagationPolicy, Request, Response, RolloutAction};
+use flotilla_proto::wire::{
+    Applied, Edit, LogsRequest, PropagationPolicy, Request, Response, RolloutAction,
+};
 use flotilla_transport::send_frame;
 use sha2::{Digest, Sha256};
 use std::net::ToSocketAddrs;
@@ -293,7 +295,8 @@ impl Client {
         }
     }
 
-    /// Streams a pod's log into `out` (until the end, or forever with `follow`).
+    /// Streams a pod's default container's log into `out` (until the end, or forever with
+    /// `follow`).
     pub async fn logs(
         &self,
         namespace: &str,
@@ -302,14 +305,26 @@ impl Client {
         follow: bool,
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> anyhow::Result<()> {
-        let req = Request::Logs {
+        let req = LogsRequest {
             namespace: namespace.into(),
             name: name.into(),
+            container: None,
             tail,
             follow,
+            previous: false,
         };
+        self.container_logs(req, out).await
+    }
+
+    /// Streams a container's log (`fleet logs POD [-c C] [--previous]`) into `out`.
+    pub async fn container_logs(
+        &self,
+        req: LogsRequest,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> anyhow::Result<()> {
         let (_send, mut recv, resp) =
-            flotilla_transport::request::<_, Response>(&self.conn, &req).await?;
+            flotilla_transport::request::<_, Response>(&self.conn, &Request::ContainerLogs(req))
+                .await?;
         if resp != Response::LogStream {
             bail!(unexpected(resp));
         }

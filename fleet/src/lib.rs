@@ -4,6 +4,7 @@ pub mod client;
 pub mod node;
 pub mod output;
 pub mod rollout;
+pub mod terminal;
 pub mod up;
 
 pub use client::Client;

@@ -149,9 +149,16 @@ enum Cmd {
         #[arg(long, default_value = "60s")]
         timeout: String,
     },
-    /// Print a pod's logs.
+    /// Print a container's logs: `fleet logs POD [-c C] [-p] [-f] [--tail N]`.
     Logs {
         pod: String,
+        /// The container (default: the pod's `kubectl.kubernetes.io/default-container`, else
+        /// its first).
+        #[arg(short, long)]
+        container: Option<String>,
+        /// The previous run of the container (after a restart).
+        #[arg(short, long)]
+        previous: bool,
         #[arg(short, long)]
         follow: bool,
         #[arg(long)]
@@ -168,7 +175,8 @@ enum Cmd {
         /// Pass stdin to the command.
         #[arg(short = 'i', long)]
         stdin: bool,
-        /// Allocate a terminal (not supported yet: refused by the agent).
+        /// Give the command a terminal (when stdin is one): raw mode here, the window size
+        /// followed there.
         #[arg(short = 't', long)]
         tty: bool,
         #[arg(short, long)]
@@ -777,23 +785,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Logs {
             pod,
+            container,
+            previous,
             follow,
             tail,
             namespace,
         } => {
             let client = connect(&cli).await?;
-            let tail = tail.and_then(|t| u32::try_from(t).ok());
             let mut out = tokio::io::stdout();
-            let pod = pod.strip_prefix("pod/").unwrap_or(pod);
-            client
-                .logs(
-                    namespace.as_deref().unwrap_or("default"),
-                    pod,
-                    tail,
-                    *follow,
-                    &mut out,
-                )
-                .await?;
+            let req = flotilla_proto::wire::LogsRequest {
+                namespace: namespace.clone().unwrap_or_else(|| "default".into()),
+                name: pod.strip_prefix("pod/").unwrap_or(pod).to_string(),
+                container: container.clone(),
+                tail: tail.and_then(|t| u32::try_from(t).ok()),
+                follow: *follow,
+                previous: *previous,
+            };
+            client.container_logs(req, &mut out).await?;
             client.close().await;
         }
         Cmd::Exec {
@@ -804,19 +812,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             namespace,
             command,
         } => {
+            // As kubectl: a terminal is only used when stdin is one.
+            let wanted = *tty;
+            let tty = wanted && fleet::terminal::is_terminal();
+            if wanted && !tty {
+                eprintln!(
+                    "Unable to use a TTY - input is not a terminal or the right kind of file"
+                );
+            }
             let client = connect(&cli).await?;
             let req = flotilla_proto::wire::ExecRequest {
                 namespace: namespace.clone().unwrap_or_else(|| "default".into()),
                 name: pod.strip_prefix("pod/").unwrap_or(pod).to_string(),
                 container: container.clone(),
                 command: command.clone(),
-                tty: *tty,
+                tty,
             };
             let input = stdin.then(tokio::io::stdin);
             let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
+            // A terminal: raw mode while the command runs, its size now and on every change.
+            let (raw, size, resizes) = if req.tty {
+                let raw = fleet::terminal::RawMode::enter()?;
+                (
+                    Some(raw),
+                    fleet::terminal::size(),
+                    Some(fleet::terminal::resizes()?),
+                )
+            } else {
+                (None, None, None)
+            };
             let code = client
-                .exec(req, input, None, None, &mut out, &mut err)
+                .exec(req, input, size, resizes, &mut out, &mut err)
                 .await;
+            drop(raw);
             client.close().await;
             std::process::exit(code?);
         }

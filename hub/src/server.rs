@@ -10,8 +10,8 @@ use flotilla_proto::api::{
 };
 use flotilla_proto::manifest;
 use flotilla_proto::wire::{
-    AgentRequest, Applied, ApplyAction, EventReport, PodReport, PropagationPolicy, Request,
-    Response, WatchEvent,
+    AgentRequest, Applied, ApplyAction, EventReport, LogsRequest, PodReport, PropagationPolicy,
+    Request, Response, WatchEvent,
 };
 use flotilla_transport::{
     Identity, TransportError, check_hello, hello, peer_identity, recv_frame, send_frame,
@@ -271,7 +271,18 @@ async fn stream(
                 follow,
             },
         ) => {
-            return logs(&hub, &namespace, &name, tail, follow, send).await;
+            let req = LogsRequest {
+                namespace,
+                name,
+                container: None,
+                tail,
+                follow,
+                previous: false,
+            };
+            return logs(&hub, req, send).await;
+        }
+        (Identity::Admin, Request::ContainerLogs(req)) => {
+            return logs(&hub, req, send).await;
         }
         (Identity::Admin, Request::Exec(req)) => {
             return exec(&hub, req, send, recv).await;
@@ -899,22 +910,14 @@ async fn push(
 /// Proxies a logs request to the agent running the pod.
 async fn logs(
     hub: &Hub,
-    namespace: &str,
-    name: &str,
-    tail: Option<u32>,
-    follow: bool,
+    req: LogsRequest,
     mut send: quinn::SendStream,
 ) -> Result<(), TransportError> {
-    let conn = match agent_of_pod(hub, namespace, name) {
+    let conn = match agent_of_pod(hub, &req.namespace, &req.name) {
         Ok(c) => c,
         Err(resp) => return finish(&mut send, resp).await,
     };
-    let req = AgentRequest::Logs {
-        namespace: namespace.into(),
-        name: name.into(),
-        tail,
-        follow,
-    };
+    let req = AgentRequest::ContainerLogs(req);
     let (_asend, mut arecv, resp): (_, _, Response) =
         flotilla_transport::request(&conn, &req).await?;
     send_frame(&mut send, &resp).await?;

@@ -937,11 +937,14 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
     if spec.containers.is_empty() {
         return Err(format!("{at}.containers must have at least one container"));
     }
-    if spec.containers.len() > 1 {
-        return Err(format!(
-            "{at}.containers: only one container per pod is supported in this release, got {}",
-            spec.containers.len()
-        ));
+    let mut names = std::collections::BTreeSet::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        if !names.insert(c.name.as_str()) {
+            return Err(format!(
+                "{at}.containers[{i}].name: Duplicate value: {:?}",
+                c.name
+            ));
+        }
     }
     if let Some(p) = &spec.restart_policy
         && !matches!(p.as_str(), "Always" | "OnFailure" | "Never")

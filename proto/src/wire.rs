@@ -133,6 +133,22 @@ pub enum Request {
     /// then the client sends `ExecInput` frames and receives `ExecOutput` frames, the last
     /// being `Exit`.
     Exec(ExecRequest),
+    /// `fleet logs` with a container and `--previous` (`Logs` is the older form, for the
+    /// default container's current run). Answered like `Logs`.
+    ContainerLogs(LogsRequest),
+}
+
+/// A container's log (`kubectl logs` semantics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub namespace: String,
+    pub name: String,
+    /// The container's name; None is the pod's default container.
+    pub container: Option<String>,
+    pub tail: Option<u32>,
+    pub follow: bool,
+    /// The run before the current one (the last terminated container).
+    pub previous: bool,
 }
 
 /// A command to run in a running container (`kubectl exec` semantics).
@@ -354,6 +370,8 @@ pub enum AgentRequest {
     },
     /// Answered with `Response::ExecStream` and exec frames, or `Response::Error`.
     Exec(ExecRequest),
+    /// Answered like `Logs`.
+    ContainerLogs(LogsRequest),
 }
 
 #[derive(Debug, thiserror::Error)]

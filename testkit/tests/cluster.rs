@@ -315,12 +315,22 @@ spec:
     // guest's exit(3) reaches the host as a failure with status 1.
     assert_eq!(last.exit_code, 1);
     let c = cluster.fleet().await;
+    // After two restarts the previous run is always a finished one.
     let mut logs = Vec::new();
-    c.logs("default", "crasher", Some(50), false, &mut logs)
-        .await
-        .unwrap();
+    let previous = flotilla_proto::wire::LogsRequest {
+        namespace: "default".into(),
+        name: "crasher".into(),
+        container: None,
+        tail: Some(50),
+        follow: false,
+        previous: true,
+    };
+    c.container_logs(previous, &mut logs).await.unwrap();
     let logs = String::from_utf8_lossy(&logs);
-    assert!(logs.contains("crashing"), "logs: {logs}");
+    assert!(
+        logs.contains("crashing") && logs.contains("exited with code 1"),
+        "logs --previous: {logs}"
+    );
     // `logs -f` streams what restarts append: start at the last line, follow for a while.
     let mut followed = Vec::new();
     let _ = tokio::time::timeout(
@@ -377,6 +387,59 @@ async fn batch_pod_completes_with_logs() {
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&tail).lines().count(), 1);
+
+    // Two containers in one pod run on their own, each with its own log; the pod succeeds
+    // when both have.
+    cluster
+        .apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: pair}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: one, image: "batch:latest", env: [{name: COUNT, value: "1"}]}
+  - {name: two, image: "batch:latest", env: [{name: COUNT, value: "2"}]}
+"#,
+        )
+        .await
+        .unwrap();
+    let pair = eventually("the pair to succeed", || async {
+        let pods = cluster.pods().await;
+        pods.into_iter()
+            .find(|p| p.metadata.name == "pair" && p.status.phase == "Succeeded")
+    })
+    .await;
+    let names: Vec<&str> = pair
+        .status
+        .container_statuses
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+    let cases = [
+        (Some("one"), "tick 1/1", "tick 1/2"),
+        (None, "tick 1/1", "tick 1/2"),
+        (Some("two"), "tick 2/2", "tick 1/1"),
+    ];
+    for (container, expect, absent) in cases {
+        let mut out = Vec::new();
+        let req = flotilla_proto::wire::LogsRequest {
+            namespace: "default".into(),
+            name: "pair".into(),
+            container: container.map(str::to_string),
+            tail: None,
+            follow: false,
+            previous: false,
+        };
+        c.container_logs(req, &mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains(expect) && !text.contains(absent),
+            "logs -c {container:?}: {text}"
+        );
+    }
     c.close().await;
     cluster.shutdown().await;
 }

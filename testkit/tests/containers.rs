@@ -41,11 +41,32 @@ fn waiting(p: &Pod) -> Option<(String, String)> {
 }
 
 async fn logs(cluster: &Cluster, name: &str) -> String {
+    logs_of(cluster, name, None, false)
+        .await
+        .unwrap_or_default()
+}
+
+/// `fleet logs NAME [-c CONTAINER] [--previous]`, or the error it gives.
+async fn logs_of(
+    cluster: &Cluster,
+    name: &str,
+    container: Option<&str>,
+    previous: bool,
+) -> Result<String, String> {
     let c = cluster.fleet().await;
     let mut out = Vec::new();
-    let _ = c.logs("default", name, None, false, &mut out).await;
+    let req = flotilla_proto::wire::LogsRequest {
+        namespace: "default".into(),
+        name: name.into(),
+        container: container.map(str::to_string),
+        tail: None,
+        follow: false,
+        previous,
+    };
+    let r = c.container_logs(req, &mut out).await;
     c.close().await;
-    String::from_utf8_lossy(&out).to_string()
+    r.map(|()| String::from_utf8_lossy(&out).to_string())
+        .map_err(|e| e.to_string())
 }
 
 async fn wait_logs(cluster: &Cluster, name: &str, needle: &str) -> String {
@@ -492,17 +513,27 @@ spec:
         .and_then(|s| s.terminated)
         .unwrap();
     assert_eq!(last.exit_code, 137, "killed by the liveness restart");
-    let before = eventually("two runs logged", || async {
-        let l = logs(&cluster, "probed").await;
-        (l.matches("run-").count() >= 2).then_some(l)
+    // The killed run's log, with the probe's verdict, is the previous one; the new run has
+    // a log of its own.
+    let previous = eventually("the killed run's log", || async {
+        let l = logs_of(&cluster, "probed", None, true).await.ok()?;
+        l.contains("will be restarted").then_some(l)
     })
     .await;
     assert!(
-        before.contains("Liveness probe failed: command \"test -f /tmp/alive\" exited with 1"),
-        "{before}"
+        previous.contains("run-")
+            && previous
+                .contains("Liveness probe failed: command \"test -f /tmp/alive\" exited with 1"),
+        "{previous}"
     );
+    let before = eventually("the new run logged", || async {
+        let l = logs(&cluster, "probed").await;
+        l.contains("run-").then_some(l)
+    })
+    .await;
+    assert!(!before.contains("Liveness probe failed"), "{before}");
 
-    // `fleet exec`: stdin in, output and exit code out; terminals refused for now.
+    // `fleet exec`: stdin in, output and exit code out.
     let c = cluster.fleet().await;
     let exec = |command: &[&str], tty: bool| flotilla_proto::wire::ExecRequest {
         namespace: "default".into(),
@@ -527,17 +558,53 @@ spec:
         (code, out.as_slice(), err.as_slice()),
         (3, &b"piped in\n"[..], &b"oops\n"[..])
     );
-    let refused = c
+    // A terminal: the command has one, of the client's size; it follows a resize; what the
+    // client types reaches it.
+    let script = "test -t 0 && test -t 1 && echo tty-yes; busybox stty size; \
+        trap 'busybox stty size; exit 7' WINCH; read line; echo got-$line; \
+        while :; do sleep 0.1; done";
+    let (resize_tx, resize_rx) = tokio::sync::mpsc::channel(1);
+    let (mut out_w, mut out_r) = tokio::io::duplex(1 << 16);
+    let (mut keys_w, keys_r) = tokio::io::duplex(1 << 10);
+    let watcher = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        let mut typed = false;
+        let mut resized = false;
+        while let Ok(n) = out_r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if !typed && seen.contains("24 80") {
+                typed = true;
+                keys_w.write_all(b"hello\r").await.unwrap();
+            }
+            if !resized && seen.contains("got-hello") {
+                resized = true;
+                resize_tx.send((100, 40)).await.unwrap();
+            }
+        }
+        seen
+    });
+    let code = c
         .exec(
-            exec(&["true"], false),
-            None::<&[u8]>,
-            None,
-            None,
-            &mut Vec::new(),
+            exec(&["sh", "-c", script], true),
+            Some(keys_r),
+            Some((80, 24)),
+            Some(resize_rx),
+            &mut out_w,
             &mut Vec::new(),
         )
-        .await;
-    assert!(refused.is_ok());
+        .await
+        .unwrap();
+    drop(out_w);
+    let seen = watcher.await.unwrap();
+    assert_eq!(code, 7, "{seen:?}");
+    for expected in ["tty-yes", "24 80", "got-hello", "40 100"] {
+        assert!(seen.contains(expected), "{expected:?} in {seen:?}");
+    }
     c.close().await;
     // The CLI exits with the command's code.
     let (rc, stdout, _) = tokio::task::block_in_place(|| {
@@ -549,7 +616,7 @@ spec:
     assert_eq!((rc, stdout.as_str()), (5, "from-cli\n"));
 
     // An agent restart: nothing is left while it is down; afterwards the pod runs again and
-    // its earlier logs are still there.
+    // the run from before the restart is its previous log.
     cluster.stop_agent(0).await;
     let (runc, mounts, nets) = leftovers(&cluster, 0);
     assert!(
@@ -558,15 +625,137 @@ spec:
     );
     cluster.start_agent(0).await;
     wait_pod(&cluster, "probed", "Ready again", |p| p.is_ready()).await;
-    // The hub may still show the old Ready status for a moment: wait for the new run's line.
-    let after = eventually("a new run logged after the restart", || async {
+    let run_line = before.lines().find(|l| l.starts_with("run-")).unwrap();
+    eventually("the run before the restart kept as previous", || async {
+        let l = logs_of(&cluster, "probed", None, true).await.ok()?;
+        l.contains(run_line).then_some(())
+    })
+    .await;
+    eventually("a new run logged after the restart", || async {
         let l = logs(&cluster, "probed").await;
-        (l.matches("run-").count() > before.matches("run-").count()).then_some(l)
+        (l.contains("run-") && !l.contains(run_line)).then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_share_the_pod_network_and_log_on_their_own() {
+    prerequisites();
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    let web = busybox_image(&["sh"], serde_json::json!({})).unwrap();
+    registry.push("test/duo:v1", &web).await.unwrap();
+    let cluster = Cluster::builder().agents(1).registry(&host).start().await;
+    // The server listens on the pod's loopback only: the sidecar reaches it because the
+    // containers share one network namespace. The sidecar exits 3 after each call.
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: duo
+  annotations: {{kubectl.kubernetes.io/default-container: side}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: {host}/test/duo:v1
+    command: [sh, -c, 'echo web-started; mkdir -p /tmp/www; echo from-web > /tmp/www/index.html; exec httpd -f -p 127.0.0.1:8080 -h /tmp/www']
+  - name: side
+    image: {host}/test/duo:v1
+    command: [sh, -c, 'echo side-$RANDOM; until wget -qO- http://127.0.0.1:8080/; do sleep 0.2; done; sleep 1; exit 3']
+"#
+        ))
+        .await
+        .unwrap();
+    let pod = wait_pod(&cluster, "duo", "the sidecar restarted", |p| {
+        p.status
+            .container_statuses
+            .iter()
+            .any(|s| s.name == "side" && s.restart_count >= 1)
+    })
+    .await;
+    assert_eq!(pod.status.phase, "Running");
+    let web = &pod.status.container_statuses[0];
+    assert_eq!(
+        (
+            web.name.as_str(),
+            web.restart_count,
+            web.state.running.is_some()
+        ),
+        ("web", 0, true),
+        "the server runs on while its sidecar restarts"
+    );
+    let side_last = pod.status.container_statuses[1]
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .unwrap();
+    assert_eq!(side_last.exit_code, 3);
+
+    // Each container has its own log; the annotation picks the default one.
+    let web_log = logs_of(&cluster, "duo", Some("web"), false).await.unwrap();
+    assert!(
+        web_log.contains("web-started") && !web_log.contains("side-"),
+        "{web_log}"
+    );
+    // As with kubelet, the run that ended is the current log until the next one starts.
+    let previous = eventually("the sidecar's second run", || async {
+        logs_of(&cluster, "duo", None, true).await.ok()
     })
     .await;
     assert!(
-        after.starts_with(&before[..before.len().min(20)]),
-        "logs survive: {after}"
+        previous.contains("side-")
+            && previous.contains("from-web")
+            && previous.contains("container side exited with code 3"),
+        "the sidecar's previous run, over localhost: {previous}"
     );
+    let refused = logs_of(&cluster, "duo", Some("web"), true)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("previous terminated container \"web\" in pod \"duo\" not found"),
+        "{refused}"
+    );
+    let refused = logs_of(&cluster, "duo", Some("nope"), false)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("container \"nope\" is not valid for pod duo (containers: web, side)"),
+        "{refused}"
+    );
+
+    // exec -c reaches the named container.
+    let (rc, stdout, _) = tokio::task::block_in_place(|| {
+        cluster.fleet_cli(
+            &[
+                "exec",
+                "duo",
+                "-c",
+                "web",
+                "--",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:8080/",
+            ],
+            None,
+        )
+    });
+    assert_eq!((rc, stdout.as_str()), (0, "from-web\n"));
+
+    // Deleting the pod removes both containers and the shared network.
+    let c = cluster.fleet().await;
+    c.delete(flotilla_proto::Kind::Pod, "default", "duo")
+        .await
+        .unwrap();
+    c.close().await;
+    eventually("both containers cleaned up", || async {
+        let l = leftovers(&cluster, 0);
+        (cluster.pods().await.is_empty() && l.0.is_empty() && l.1.is_empty() && l.2.is_empty())
+            .then_some(())
+    })
+    .await;
     cluster.shutdown().await;
 }

@@ -224,9 +224,16 @@ impl ContainerRuntime {
     }
 
     /// `runc exec` of `argv` in the running container.
-    pub fn exec_command(&self, id: &str, argv: &[String]) -> Command {
+    /// `runc exec` of `argv` in the container; with `tty`, under a terminal of its own (runc
+    /// then relays its own stdio, which must be a terminal, to it).
+    pub fn exec_command(&self, id: &str, argv: &[String], tty: bool) -> Command {
         let mut cmd = self.runc();
-        cmd.arg("exec").arg(id).args(argv).kill_on_drop(true);
+        cmd.arg("exec");
+        if tty {
+            // What CRI runtimes give a terminal.
+            cmd.args(["--tty", "--env", "TERM=xterm"]);
+        }
+        cmd.arg(id).args(argv).kill_on_drop(true);
         cmd
     }
 
@@ -237,7 +244,7 @@ impl ContainerRuntime {
         argv: &[String],
         timeout: Duration,
     ) -> Result<(i32, Vec<u8>), ContainerError> {
-        let mut cmd = self.exec_command(id, argv);
+        let mut cmd = self.exec_command(id, argv, false);
         let out = tokio::time::timeout(timeout, cmd.output())
             .await
             .map_err(|_| ContainerError::Runc {
