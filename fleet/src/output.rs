@@ -518,7 +518,13 @@ pub fn render_at(
         Kind::Node => {
             let mut h = vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"];
             if wide {
-                h.extend(["INTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "ARCH"]);
+                h.extend([
+                    "INTERNAL-IP",
+                    "OS-IMAGE",
+                    "KERNEL-VERSION",
+                    "ARCH",
+                    "POD-CIDR",
+                ]);
             }
             let rows = objects
                 .iter()
@@ -550,6 +556,7 @@ pub fn render_at(
                         r.push(n.status.node_info.operating_system.clone());
                         r.push(n.status.node_info.kernel_version.clone());
                         r.push(n.status.node_info.architecture.clone());
+                        r.push(n.spec.pod_cidr.clone().unwrap_or_else(|| "<none>".into()));
                     }
                     r
                 })
