@@ -185,8 +185,9 @@ pub struct Decision {
 ///
 /// - A static range is recorded unless another node's range overlaps it (then the node has
 ///   none on record: it does not use what the hub would give it).
-/// - Otherwise a recorded range stays (the hub's word wins over an agent's cached one; the
-///   agent moves over when it can).
+/// - Otherwise a recorded range that is one of ours stays (the hub's word wins over an
+///   agent's cached one; the agent moves over when it can). One that is not (a
+///   `--pod-cidr` since dropped, or from an earlier `--cluster-cidr`) is replaced.
 /// - A node without one gets its cached range back if that is one of ours and free, else
 ///   the lowest free range, else none and a warning.
 pub fn decide(
@@ -215,7 +216,7 @@ pub fn decide(
             },
             None => keep(Some(*net)),
         },
-        _ if stored.is_some() => keep(stored),
+        _ if stored.is_some_and(|s| alloc.fits(&s)) => keep(stored),
         Reported::Cached(net) if alloc.fits(net) && clash(net).is_none() => keep(Some(*net)),
         _ => match alloc.first_free(others.iter().map(|(_, n)| n)) {
             Some(net) => keep(Some(net)),
@@ -251,7 +252,7 @@ pub fn assign(
     let stored = recorded(next);
     let settled = match reported {
         Reported::Static(net) => stored == Some(*net),
-        _ => stored.is_some(),
+        _ => stored.is_some_and(|s| alloc.fits(&s)),
     };
     if settled {
         set(next, stored);
@@ -396,6 +397,12 @@ mod tests {
             let d = decide(None, Reported::Cached(net(cached)));
             assert_eq!(d.cidr, Some(net("10.42.1.0/24")), "cached {cached}");
         }
+        // A recorded range that is not one of ours (a --pod-cidr since dropped) is replaced.
+        let d = decide(
+            Some("192.168.7.0/24"),
+            Reported::Cached(net("192.168.7.0/24")),
+        );
+        assert_eq!(d.cidr, Some(net("10.42.1.0/24")));
         // A static range is recorded when free, inside the cluster CIDR or not, replacing
         // an assigned one.
         let d = decide(

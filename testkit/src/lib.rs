@@ -357,6 +357,11 @@ impl Cluster {
         self.agent_cfgs[i].labels.insert(key.into(), value.into());
     }
 
+    /// Sets the `--pod-cidr` agent `i` has from its next start on (None: the hub's range).
+    pub fn set_agent_pod_cidr(&mut self, i: usize, cidr: Option<&str>) {
+        self.agent_cfgs[i].pod_cidr = cidr.map(str::to_string);
+    }
+
     pub async fn start_agent(&mut self, i: usize) {
         let a = self.launch_agent(i).await.expect("agent restart");
         self.agents[i] = Some(a);

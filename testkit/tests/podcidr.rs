@@ -305,3 +305,81 @@ async fn a_node_without_a_free_range_waits_for_one() {
     assert_eq!(cidrs[&format!("node-{with}")], None);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_pod_cidr_is_recorded_unless_another_node_has_it() {
+    prerequisites();
+    let mut cluster = Cluster::builder().agents(2).start().await;
+    let cidrs = node_cidrs(&cluster).await;
+    let (r0, r1) = (cidrs["node-0"].unwrap(), cidrs["node-1"].unwrap());
+
+    // The range is the hub's to give: apply cannot set or change it.
+    let err = cluster
+        .apply(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: node-0}\nspec: {podCIDR: 10.99.0.0/24}\n",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains(&format!(
+            "spec.podCIDR: may not be set or changed by apply (the hub assigns it; it is {r0})"
+        )),
+        "{err:#}"
+    );
+
+    // node-1 restarted with --pod-cidr set to node-0's range: it uses it, the hub records
+    // none for it and says why.
+    cluster.stop_agent(1).await;
+    cluster.set_agent_pod_cidr(1, Some(&r0.to_string()));
+    cluster.start_agent(1).await;
+    assert_eq!(
+        agent_range(&cluster, 1),
+        Some(r0),
+        "--pod-cidr wins on the node"
+    );
+    let warning = eventually_within(
+        "CIDRAssignmentFailed on node-1",
+        Duration::from_secs(30),
+        || async {
+            events(&cluster)
+                .await
+                .into_iter()
+                .find(|e| e.involved_object.name == "node-1" && e.reason == "CIDRAssignmentFailed")
+        },
+    )
+    .await;
+    assert_eq!(
+        warning.message,
+        format!(
+            "node node-1: --pod-cidr {r0} overlaps the pod CIDR {r0} of node node-0; the hub records no pod CIDR for this node"
+        )
+    );
+    assert_eq!(warning.type_, EventType::Warning);
+    assert_eq!(node_cidrs(&cluster).await["node-1"], None);
+
+    // A free one (outside the cluster CIDR even) is recorded.
+    let own: IpNet = flotilla_testkit::free_cluster_cidr(1).parse().unwrap();
+    cluster.stop_agent(1).await;
+    cluster.set_agent_pod_cidr(1, Some(&own.to_string()));
+    cluster.start_agent(1).await;
+    eventually_within(
+        "node-1 records its --pod-cidr",
+        Duration::from_secs(30),
+        || async { (node_cidrs(&cluster).await["node-1"] == Some(own)).then_some(()) },
+    )
+    .await;
+
+    // Without the flag again, the node gets a range of the cluster CIDR back (its old one,
+    // still free, which it kept in its data dir).
+    cluster.stop_agent(1).await;
+    cluster.set_agent_pod_cidr(1, None);
+    cluster.start_agent(1).await;
+    eventually_within(
+        "node-1 back on a hub range",
+        Duration::from_secs(30),
+        || async { (node_cidrs(&cluster).await["node-1"] == Some(r1)).then_some(()) },
+    )
+    .await;
+    wait_agent_range(&cluster, 1, Some(r1)).await;
+    cluster.shutdown().await;
+}
