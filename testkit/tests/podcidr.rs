@@ -5,6 +5,7 @@
 //! the range a deleted node gave back. Needs root, runc, docker-registry, busybox-static and
 //! the CNI plugins (scripts/setup installs them); fails clearly without.
 use flotilla_proto::api::{Event, EventType, Kind, Node, Object, Pod};
+use flotilla_proto::wire::{Request, Response};
 use flotilla_testkit::registry::{Registry, busybox_image};
 use flotilla_testkit::{Cluster, eventually_within};
 use ipnet::IpNet;
@@ -312,6 +313,30 @@ async fn a_static_pod_cidr_is_recorded_unless_another_node_has_it() {
     let mut cluster = Cluster::builder().agents(2).start().await;
     let cidrs = node_cidrs(&cluster).await;
     let (r0, r1) = (cidrs["node-0"].unwrap(), cidrs["node-1"].unwrap());
+
+    // A node may read its own Node (that is how it learns its range), and no other.
+    let (endpoint, conn) = cluster.node_connection(0).await;
+    let get = |name: &str| Request::Get {
+        kind: Kind::Node,
+        namespace: None,
+        name: Some(name.into()),
+    };
+    let (_, _, own): (_, _, Response) = flotilla_transport::request(&conn, &get("node-0"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&own, Response::Objects { items, .. } if items.len() == 1 && items[0].contains(&r0.to_string())),
+        "{own:?}"
+    );
+    let (_, _, other): (_, _, Response) = flotilla_transport::request(&conn, &get("node-1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&other, Response::Error { message } if message.contains("forbidden")),
+        "{other:?}"
+    );
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
 
     // The range is the hub's to give: apply cannot set or change it.
     let err = cluster
