@@ -36,8 +36,9 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// The node's bridge for container pods (also the CNI network's name).
     pub bridge: String,
-    /// The node's pod CIDR: container pods get addresses from it.
-    pub pod_cidr: String,
+    /// A static pod CIDR for container pods (`--pod-cidr`); None takes the one the hub
+    /// assigns from its cluster CIDR.
+    pub pod_cidr: Option<String>,
     /// The pids limit of every container (a fork bomb stops here).
     pub pids_limit: i64,
 }
@@ -64,7 +65,7 @@ impl Config {
             volume_refresh: Duration::from_secs(10),
             insecure_registries: Vec::new(),
             bridge: "flotilla0".into(),
-            pod_cidr: "10.88.0.0/24".into(),
+            pod_cidr: None,
             pids_limit: 4096,
         }
     }

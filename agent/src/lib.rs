@@ -182,6 +182,9 @@ impl AgentHandle {
 /// otherwise it joins the hub with the configured token first.
 pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
     flotilla_transport::install_crypto_provider();
+    if let Some(cidr) = &cfg.pod_cidr {
+        network::parse_cidr(cidr)?;
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("failed to create data dir {}", cfg.data_dir.display()))?;
     let identity = match identity::Identity::load(&cfg.data_dir)? {
@@ -225,7 +228,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
     )
     .context("failed to open the image store")?;
     let containers = runtime::oci::ContainerRuntime::new(&cfg.data_dir).map_err(|e| e.to_string());
-    let network = network::PodNetwork::new(&cfg.data_dir, &cfg.bridge, &cfg.pod_cidr)
+    let network = network::PodNetwork::new(&cfg.data_dir, &cfg.bridge, cfg.pod_cidr.as_deref())
         .map_err(|e| e.to_string());
     match &containers {
         Ok(c) => {

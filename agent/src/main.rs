@@ -44,9 +44,10 @@ struct Args {
     /// The bridge container pods attach to.
     #[arg(long, default_value = "flotilla0")]
     bridge: String,
-    /// The node's pod CIDR; container pods get addresses from it.
-    #[arg(long, default_value = "10.88.0.0/24")]
-    pod_cidr: String,
+    /// A static pod CIDR for container pods (default: the range the hub assigns this node
+    /// from its --cluster-cidr).
+    #[arg(long)]
+    pod_cidr: Option<String>,
     /// The pids limit of each container.
     #[arg(long, default_value_t = 4096)]
     pids_limit: i64,

@@ -6,12 +6,19 @@
 //! The agent is the CNI runtime: it runs the plugins in order for ADD and in reverse for
 //! DEL, passing each the previous result. What ADD was given and returned is kept in
 //! `<data>/net/<pod uid>.json`, so an agent that crashed can DEL what it left behind.
+//!
+//! The pod CIDR is the agent's `--pod-cidr` if given, else the one the hub assigned
+//! (`spec.podCIDR` of the node), kept in `<data>/net/pod-cidr` for restarts without the hub.
+//! Until there is one, attaching fails ("node has no pod CIDR yet") and the pod retries. A
+//! new range from the hub is taken only while no pod is attached: addresses already handed
+//! out stay valid until their pods go.
 use serde_json::{Value, json};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 const CNI_VERSION: &str = "1.0.0";
 const PLUGIN_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin", "/usr/libexec/cni"];
@@ -28,6 +35,22 @@ pub enum NetworkError {
     },
     #[error("{what}: {message}")]
     Setup { what: String, message: String },
+    #[error("node has no pod CIDR yet")]
+    NoPodCidr,
+    #[error("--pod-cidr {0:?}: not a CIDR (e.g. 10.88.0.0/24)")]
+    BadPodCidr(String),
+}
+
+/// What [`PodNetwork::assign`] did with the hub's range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assigned {
+    Unchanged,
+    /// Taken (and saved for restarts).
+    Changed,
+    /// Not taken yet: pods hold addresses from the current range.
+    Deferred,
+    /// `--pod-cidr` was given; the hub's word does not count.
+    Static,
 }
 
 /// A hostPort mapping, as CNI's `portMappings` capability spells it.
@@ -49,34 +72,116 @@ pub struct Attachment {
 pub struct PodNetwork {
     plugins: PathBuf,
     bridge: String,
-    subnet: String,
+    /// The pod CIDR. Held while an attach picks it and records the pod, so a change of range
+    /// never races an attach.
+    subnet: Mutex<Option<String>>,
+    /// From `--pod-cidr`: never replaced by the hub's.
+    fixed: bool,
+    /// A range from the hub waiting for the node's pods to go (logged once).
+    deferred: Mutex<Option<String>>,
     state: PathBuf,
 }
 
+/// Checks a pod CIDR and writes it canonically (`10.88.0.0/24`).
+pub fn parse_cidr(s: &str) -> Result<String, NetworkError> {
+    s.trim()
+        .parse::<ipnet::IpNet>()
+        .map(|n| n.trunc().to_string())
+        .map_err(|_| NetworkError::BadPodCidr(s.to_string()))
+}
+
 impl PodNetwork {
-    /// `bridge` names the node's bridge (and the CNI network); `subnet` is the node's pod
-    /// CIDR.
-    pub fn new(data_dir: &Path, bridge: &str, subnet: &str) -> Result<PodNetwork, NetworkError> {
+    /// `bridge` names the node's bridge (and the CNI network); `fixed` is the node's
+    /// `--pod-cidr`, if given (otherwise the hub's range, saved in the data dir, is used).
+    pub fn new(
+        data_dir: &Path,
+        bridge: &str,
+        fixed: Option<&str>,
+    ) -> Result<PodNetwork, NetworkError> {
         let plugins = PLUGIN_DIRS
             .iter()
             .map(PathBuf::from)
             .find(|d| d.join("bridge").is_file())
             .ok_or_else(|| NetworkError::NoPlugins(PLUGIN_DIRS.join(", ")))?;
+        Self::open(plugins, data_dir, bridge, fixed)
+    }
+
+    fn open(
+        plugins: PathBuf,
+        data_dir: &Path,
+        bridge: &str,
+        fixed: Option<&str>,
+    ) -> Result<PodNetwork, NetworkError> {
+        let fixed = fixed.map(parse_cidr).transpose()?;
         let state = data_dir.join("net");
         std::fs::create_dir_all(state.join("ipam")).map_err(|e| NetworkError::Setup {
             what: format!("create {}", state.display()),
             message: e.to_string(),
         })?;
+        let saved = || {
+            let text = std::fs::read_to_string(state.join(SAVED_CIDR)).ok()?;
+            parse_cidr(&text).ok()
+        };
         Ok(PodNetwork {
             plugins,
             bridge: bridge.to_string(),
-            subnet: subnet.to_string(),
+            subnet: Mutex::new(fixed.clone().or_else(saved)),
+            fixed: fixed.is_some(),
+            deferred: Mutex::new(None),
             state,
         })
     }
 
-    pub fn subnet(&self) -> &str {
-        &self.subnet
+    /// The node's pod CIDR, if it has one yet.
+    pub fn subnet(&self) -> Option<String> {
+        self.subnet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the range is the node's `--pod-cidr`.
+    pub fn is_fixed(&self) -> bool {
+        self.fixed
+    }
+
+    /// Takes the range the hub has on this node's Node (`spec.podCIDR`), unless
+    /// `--pod-cidr` was given or pods hold addresses from the current one (then it is taken
+    /// later, when none do). None (the hub has none for us: all are taken, or ours went to
+    /// another node while we were away) drops ours the same way, so two nodes never hand out
+    /// one range.
+    pub fn assign(&self, hub: Option<&str>) -> Assigned {
+        if self.fixed {
+            return Assigned::Static;
+        }
+        let new = hub.and_then(|s| parse_cidr(s).ok());
+        let mut subnet = self.subnet.lock().unwrap_or_else(|p| p.into_inner());
+        if *subnet == new {
+            return Assigned::Unchanged;
+        }
+        if subnet.is_some() && !self.recorded().is_empty() {
+            let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            if *deferred != new {
+                warn!(
+                    current = ?subnet.as_deref(),
+                    assigned = ?new.as_deref(),
+                    "the hub's pod CIDR for this node changed; it is taken once no container pod holds an address from the current one"
+                );
+                deferred.clone_from(&new);
+            }
+            return Assigned::Deferred;
+        }
+        let saved = self.state.join(SAVED_CIDR);
+        let written = match &new {
+            Some(n) => write_atomic(&saved, n.as_bytes()),
+            None => std::fs::remove_file(&saved),
+        };
+        if let Err(e) = written {
+            warn!(error = %e, "cannot save the pod CIDR; a restart without the hub will not have it");
+        }
+        info!(old = ?subnet.as_deref(), new = ?new.as_deref(), "pod CIDR from the hub");
+        *subnet = new;
+        Assigned::Changed
     }
 
     fn netns_name(uid: &str) -> String {
@@ -88,7 +193,7 @@ impl PodNetwork {
     }
 
     /// The plugin chain for this node; `ports` go to portmap's runtime config.
-    fn chain(&self, ports: &[PortMapping]) -> Vec<(String, Value)> {
+    fn chain(&self, subnet: &str, ports: &[PortMapping]) -> Vec<(String, Value)> {
         let mappings: Vec<Value> = ports
             .iter()
             .map(|p| {
@@ -111,9 +216,12 @@ impl PodNetwork {
                 "isGateway": true,
                 "ipMasq": true,
                 "hairpinMode": true,
+                // The bridge's gateway address follows the pod CIDR when that changes (or
+                // when a bridge of an earlier run is found).
+                "forceAddress": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": self.subnet}]],
+                    "ranges": [[{"subnet": subnet}]],
                     "routes": [{"dst": "0.0.0.0/0"}],
                     "dataDir": self.state.join("ipam"),
                 },
@@ -143,13 +251,23 @@ impl PodNetwork {
         if self.record_path(uid).exists() || Self::netns_path(uid).exists() {
             self.detach(uid).await;
         }
+        let record = |subnet: &str| json!({"subnet": subnet, "ports": ports.iter().map(|p| json!([p.host_port, p.container_port, p.protocol, p.host_ip.map(|i| i.to_string())])).collect::<Vec<_>>()});
+        // The range is picked and the pod recorded under the lock `assign` takes, so the
+        // range cannot change under a pod being attached.
+        let subnet = {
+            let subnet = self.subnet.lock().unwrap_or_else(|p| p.into_inner());
+            let subnet = subnet.clone().ok_or(NetworkError::NoPodCidr)?;
+            if let Err(e) = std::fs::write(self.record_path(uid), record(&subnet).to_string()) {
+                warn!(error = %e, "cannot record the pod's network");
+            }
+            subnet
+        };
         let name = Self::netns_name(uid);
-        run("ip", &["netns", "add", &name]).await?;
         let netns = Self::netns_path(uid);
-        let chain = self.chain(ports);
-        let record = json!({"ports": ports.iter().map(|p| json!([p.host_port, p.container_port, p.protocol, p.host_ip.map(|i| i.to_string())])).collect::<Vec<_>>()});
-        if let Err(e) = std::fs::write(self.record_path(uid), record.to_string()) {
-            warn!(error = %e, "cannot record the pod's network");
+        let chain = self.chain(&subnet, ports);
+        if let Err(e) = run("ip", &["netns", "add", &name]).await {
+            let _ = std::fs::remove_file(self.record_path(uid));
+            return Err(e);
         }
         let attached = async {
             self.exec(
@@ -201,10 +319,19 @@ impl PodNetwork {
     /// Detaches and deletes the pod's namespace (best effort; every step is idempotent).
     pub async fn detach(&self, uid: &str) {
         let netns = Self::netns_path(uid);
-        let ports: Vec<PortMapping> = std::fs::read(self.record_path(uid))
+        let record = std::fs::read(self.record_path(uid))
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["ports"].as_array().cloned())
+            .unwrap_or_default();
+        // The range it was attached from (records of older agents have none: the current).
+        let subnet = record["subnet"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| self.subnet())
+            .unwrap_or_default();
+        let ports: Vec<PortMapping> = record["ports"]
+            .as_array()
+            .cloned()
             .unwrap_or_default()
             .iter()
             .filter_map(|p| {
@@ -216,7 +343,7 @@ impl PodNetwork {
                 })
             })
             .collect();
-        for (plugin, conf) in self.chain(&ports).iter().rev() {
+        for (plugin, conf) in self.chain(&subnet, &ports).iter().rev() {
             if let Err(e) = self
                 .exec(plugin, "DEL", uid, &netns, "eth0", conf, None)
                 .await
@@ -317,6 +444,16 @@ impl PodNetwork {
     }
 }
 
+/// The hub-assigned range, in the network state dir.
+const SAVED_CIDR: &str = "pod-cidr";
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 async fn run(cmd: &str, args: &[&str]) -> Result<(), NetworkError> {
     let out = Command::new(cmd)
         .args(args)
@@ -345,18 +482,20 @@ mod tests {
         let net = PodNetwork {
             plugins: "/x".into(),
             bridge: "flotilla0".into(),
-            subnet: "10.88.0.0/24".into(),
+            subnet: Mutex::new(None),
+            fixed: false,
+            deferred: Mutex::new(None),
             state: "/s".into(),
         };
         let names = |c: Vec<(String, Value)>| c.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-        assert_eq!(names(net.chain(&[])), ["bridge"]);
+        assert_eq!(names(net.chain("10.88.0.0/24", &[])), ["bridge"]);
         let ports = [PortMapping {
             host_port: 8080,
             container_port: 80,
             protocol: "TCP".into(),
             host_ip: None,
         }];
-        let chain = net.chain(&ports);
+        let chain = net.chain("10.88.0.0/24", &ports);
         assert_eq!(
             chain[1].1["runtimeConfig"]["portMappings"],
             json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
@@ -364,6 +503,62 @@ mod tests {
         assert_eq!(
             chain[0].1["ipam"]["ranges"],
             json!([[{"subnet": "10.88.0.0/24"}]])
+        );
+    }
+
+    fn network(data: &Path, fixed: Option<&str>) -> PodNetwork {
+        PodNetwork::open("/x".into(), data, "flotilla0", fixed).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_hub_range_is_taken_saved_and_changed_only_without_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("net");
+        let net = network(dir.path(), None);
+        assert_eq!(net.subnet(), None);
+        let err = net.attach("uid-1", &[]).await.unwrap_err();
+        assert_eq!(err.to_string(), "node has no pod CIDR yet");
+        assert!(net.recorded().is_empty());
+        assert_eq!(net.assign(None), Assigned::Unchanged);
+        assert_eq!(net.assign(Some("bogus")), Assigned::Unchanged);
+        assert_eq!(net.assign(Some("10.42.3.0/24")), Assigned::Changed);
+        assert_eq!(net.assign(Some("10.42.3.0/24")), Assigned::Unchanged);
+        assert_eq!(net.subnet().as_deref(), Some("10.42.3.0/24"));
+        assert_eq!(
+            std::fs::read_to_string(state.join(SAVED_CIDR)).unwrap(),
+            "10.42.3.0/24"
+        );
+        // A pod holds an address: a new range, or none, waits until it is gone.
+        std::fs::write(state.join("uid-2.json"), "{}").unwrap();
+        assert_eq!(net.assign(Some("10.42.9.0/24")), Assigned::Deferred);
+        assert_eq!(net.assign(None), Assigned::Deferred);
+        assert_eq!(net.subnet().as_deref(), Some("10.42.3.0/24"));
+        std::fs::remove_file(state.join("uid-2.json")).unwrap();
+        // The hub has none for us: ours goes too (another node may have it now).
+        assert_eq!(net.assign(None), Assigned::Changed);
+        assert_eq!(net.subnet(), None);
+        assert!(!state.join(SAVED_CIDR).exists());
+        assert_eq!(net.assign(Some("10.42.9.0/24")), Assigned::Changed);
+        // A restart reads the saved range; a --pod-cidr given then wins over it.
+        assert_eq!(
+            network(dir.path(), None).subnet().as_deref(),
+            Some("10.42.9.0/24")
+        );
+        let fixed = network(dir.path(), Some("192.168.5.0/24"));
+        assert_eq!(fixed.subnet().as_deref(), Some("192.168.5.0/24"));
+    }
+
+    #[test]
+    fn a_static_range_ignores_the_hub() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = network(dir.path(), Some("192.168.5.0/24"));
+        assert_eq!(net.assign(Some("10.42.0.0/24")), Assigned::Static);
+        assert_eq!(net.subnet().as_deref(), Some("192.168.5.0/24"));
+        assert!(net.is_fixed());
+        assert_eq!(parse_cidr(" 10.88.0.7/24").unwrap(), "10.88.0.0/24");
+        assert_eq!(
+            parse_cidr("10.88.0.0").unwrap_err().to_string(),
+            "--pod-cidr \"10.88.0.0\": not a CIDR (e.g. 10.88.0.0/24)"
         );
     }
 }

@@ -210,19 +210,64 @@ fn apply(shared: &Shared, ev: WatchEvent) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends the node's status; true when the hub asks for every pod's status again.
+/// Sends the node's status, then learns the node's pod CIDR; true when the hub asks for
+/// every pod's status again.
 async fn report_node(shared: &Shared, conn: &quinn::Connection) -> anyhow::Result<bool> {
-    let node = crate::node::describe(&shared.cfg);
+    let mut node = crate::node::describe(&shared.cfg);
+    // The range in use: a --pod-cidr for the hub to record, or the one it gave us before
+    // (which it gives back if it has lost track of it).
+    if let Ok(net) = &shared.network {
+        node.spec.pod_cidr = net.subnet();
+        if net.is_fixed() {
+            node.metadata.annotations.insert(
+                flotilla_proto::api::POD_CIDR_STATIC_ANNOTATION.into(),
+                "true".into(),
+            );
+        }
+    }
     let req = Request::ReportNode {
         node: serde_json::to_string(&node)?,
     };
     let (_, _, resp): (_, _, Response) = flotilla_transport::request(conn, &req).await?;
-    match resp {
-        Response::Error { message } => warn!(error = %message, "hub refused node status"),
-        Response::ResendPods => return Ok(true),
-        _ => {}
+    let resend = match resp {
+        Response::Error { message } => {
+            warn!(error = %message, "hub refused node status");
+            false
+        }
+        Response::ResendPods => true,
+        _ => false,
+    };
+    pod_cidr_from_hub(shared, conn).await?;
+    Ok(resend)
+}
+
+/// Reads our Node's `spec.podCIDR` and hands it to the pod network.
+async fn pod_cidr_from_hub(shared: &Shared, conn: &quinn::Connection) -> anyhow::Result<()> {
+    let Ok(net) = &shared.network else {
+        return Ok(());
+    };
+    if net.is_fixed() {
+        return Ok(());
     }
-    Ok(false)
+    let req = Request::Get {
+        kind: flotilla_proto::Kind::Node,
+        namespace: None,
+        name: Some(shared.cfg.node_name.clone()),
+    };
+    let (_, _, resp): (_, _, Response) = flotilla_transport::request(conn, &req).await?;
+    let Response::Objects { items, .. } = resp else {
+        // An older hub, or our Node deleted a moment ago: the next heartbeat asks again.
+        debug!(response = ?resp, "cannot read this node's pod CIDR");
+        return Ok(());
+    };
+    let Some(node) = items
+        .first()
+        .and_then(|j| serde_json::from_str::<flotilla_proto::api::Node>(j).ok())
+    else {
+        return Ok(());
+    };
+    net.assign(node.spec.pod_cidr.as_deref());
+    Ok(())
 }
 
 /// Serves a request the hub opened on our connection.

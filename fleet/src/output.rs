@@ -518,7 +518,13 @@ pub fn render_at(
         Kind::Node => {
             let mut h = vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"];
             if wide {
-                h.extend(["INTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "ARCH"]);
+                h.extend([
+                    "INTERNAL-IP",
+                    "OS-IMAGE",
+                    "KERNEL-VERSION",
+                    "ARCH",
+                    "POD-CIDR",
+                ]);
             }
             let rows = objects
                 .iter()
@@ -550,6 +556,7 @@ pub fn render_at(
                         r.push(n.status.node_info.operating_system.clone());
                         r.push(n.status.node_info.kernel_version.clone());
                         r.push(n.status.node_info.architecture.clone());
+                        r.push(n.spec.pod_cidr.clone().unwrap_or_else(|| "<none>".into()));
                     }
                     r
                 })
@@ -856,6 +863,33 @@ mod tests {
             Format::Table,
             false,
         ));
+    }
+
+    #[test]
+    fn wide_nodes_show_their_pod_cidr() {
+        let node = |name: &str, cidr: Option<&str>| {
+            let mut v = serde_json::json!({
+                "kind": "Node",
+                "metadata": {"name": name},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                    "addresses": [{"type": "InternalIP", "address": "192.168.1.7"}],
+                    "nodeInfo": {"kubeletVersion": "v0.1.0", "operatingSystem": "linux", "kernelVersion": "6.1.0", "architecture": "arm64"}
+                }
+            });
+            if let Some(c) = cidr {
+                v["spec"] = serde_json::json!({"podCIDR": c, "podCIDRs": [c]});
+            }
+            Object::from_json(v).unwrap()
+        };
+        let nodes = [node("pi-1", Some("10.42.0.0/24")), node("pi-2", None)];
+        expect_test::expect![[r#"
+            NAME   STATUS   ROLES    AGE         VERSION   INTERNAL-IP   OS-IMAGE   KERNEL-VERSION   ARCH    POD-CIDR
+            pi-1   Ready    <none>   <unknown>   v0.1.0    192.168.1.7   linux      6.1.0            arm64   10.42.0.0/24
+            pi-2   Ready    <none>   <unknown>   v0.1.0    192.168.1.7   linux      6.1.0            arm64   <none>
+        "#]]
+        .assert_eq(&render(Kind::Node, &nodes, Format::Wide, false));
+        assert!(!render(Kind::Node, &nodes, Format::Table, false).contains("POD-CIDR"));
     }
 
     fn event(name: &str, kind: &str, obj: &str, ty: &str, reason: &str, msg: &str) -> Object {

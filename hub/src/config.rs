@@ -16,6 +16,10 @@ pub struct Config {
     pub node_grace: Duration,
     /// First delay before a failed Job pod is replaced (Kubernetes: 10 s, doubling to 6 min).
     pub job_backoff: Duration,
+    /// The range node pod CIDRs are taken from (k3s' `--cluster-cidr`, default 10.42.0.0/16).
+    pub cluster_cidr: String,
+    /// The prefix length of each node's pod CIDR (default 24: 254 pods a node).
+    pub node_cidr_mask_size: u8,
 }
 
 impl Config {
@@ -26,7 +30,17 @@ impl Config {
             advertise_address: None,
             node_grace: Duration::from_secs(40),
             job_backoff: Duration::from_secs(10),
+            cluster_cidr: "10.42.0.0/16".into(),
+            node_cidr_mask_size: 24,
         }
+    }
+
+    /// Checks what can be checked before anything is opened or bound.
+    pub fn validate(&self) -> anyhow::Result<crate::podcidr::Allocator> {
+        Ok(crate::podcidr::Allocator::new(
+            &self.cluster_cidr,
+            self.node_cidr_mask_size,
+        )?)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod edit;
 pub mod events;
 pub mod pki;
+pub mod podcidr;
 pub mod rollout;
 pub mod scheduler;
 pub mod server;
@@ -29,6 +30,8 @@ pub struct Hub {
     pub agents: server::AgentRegistry,
     /// Recently deleted pods and their nodes, whose agents may still report events about them.
     pub deleted_pods: events::DeletedPods,
+    /// Hands out node pod CIDRs (from `config.cluster_cidr`).
+    pub pod_cidrs: podcidr::Allocator,
     pub config: Config,
 }
 
@@ -66,6 +69,7 @@ impl HubHandle {
 /// Starts the hub on an already bound UDP socket.
 pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Result<HubHandle> {
     flotilla_transport::install_crypto_provider();
+    let pod_cidrs = config.validate()?;
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("failed to create data dir {}", data_dir.display()))?;
@@ -94,6 +98,7 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
         blobs,
         agents: Default::default(),
         deleted_pods: Default::default(),
+        pod_cidrs,
         config,
     });
 

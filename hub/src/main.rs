@@ -29,6 +29,12 @@ struct Args {
     /// heartbeats long, and longer than the 15 s QUIC idle timeout).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "40s")]
     node_grace: std::time::Duration,
+    /// The range every node's pod CIDR is taken from.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// The prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
 }
 
 #[tokio::main]
@@ -43,6 +49,9 @@ async fn main() -> anyhow::Result<()> {
     config.advertise_address = args.advertise_address;
     config.tls_san = args.tls_san;
     config.node_grace = args.node_grace;
+    config.cluster_cidr = args.cluster_cidr;
+    config.node_cidr_mask_size = args.node_cidr_mask_size;
+    config.validate()?;
     if args.node_grace < flotilla_transport::IDLE_TIMEOUT {
         tracing::warn!(
             grace = ?args.node_grace,

@@ -298,6 +298,16 @@ async fn stream(
         (Identity::Node(node), Request::Watch { from_revision }) => {
             return watch(&hub, node, from_revision, send, cancel).await;
         }
+        // A node may read its own Node (for its pod CIDR), as Kubernetes' NodeRestriction
+        // lets a kubelet.
+        (
+            Identity::Node(node),
+            Request::Get {
+                kind: Kind::Node,
+                name: Some(name),
+                ..
+            },
+        ) if name == *node => get(&hub, Kind::Node, None, Some(name)),
         (Identity::Node(node), Request::ReportNode { node: json }) => {
             report_node(&hub, node, &json)
         }
@@ -450,6 +460,7 @@ fn apply_one(
         && let Object::Node(n) = &mut obj
     {
         stamp_taints(&mut n.spec.taints, &[]);
+        keep_pod_cidr(&key, &Node::default(), n)?;
     }
     let action = match &existing {
         None => ApplyAction::Created,
@@ -485,6 +496,7 @@ fn apply_one(
                 (Object::Node(old), Object::Node(new)) => {
                     new.status = old.status.clone();
                     stamp_taints(&mut new.spec.taints, &old.spec.taints);
+                    keep_pod_cidr(&key, old, new)?;
                 }
                 (Object::PodDisruptionBudget(old), Object::PodDisruptionBudget(new)) => {
                     new.status = old.status.clone()
@@ -776,6 +788,23 @@ fn check_pod_security(tx: &Tx<'_>, obj: &Object, key: &ObjectKey) -> Result<(), 
         key.namespace,
         found.join("; ")
     )))
+}
+
+/// A Node's pod CIDR is the hub's to assign (or the agent's `--pod-cidr`): an applied Node
+/// keeps the stored one and may only repeat it, as Kubernetes makes it immutable once set.
+fn keep_pod_cidr(key: &ObjectKey, old: &Node, new: &mut Node) -> Result<(), StoreError> {
+    if new.spec.pod_cidr.is_none() && new.spec.pod_cidrs.is_empty() {
+        new.spec.pod_cidr = old.spec.pod_cidr.clone();
+        new.spec.pod_cidrs = old.spec.pod_cidrs.clone();
+        return Ok(());
+    }
+    if new.spec.pod_cidr != old.spec.pod_cidr || new.spec.pod_cidrs != old.spec.pod_cidrs {
+        return Err(StoreError::Invalid(format!(
+            "{key}: spec.podCIDR: may not be set or changed by apply (the hub assigns it; it is {})",
+            old.spec.pod_cidr.as_deref().unwrap_or("<none>")
+        )));
+    }
+    Ok(())
 }
 
 /// NoExecute taints keep the time they were first added (tolerationSeconds count from it); new
@@ -1169,6 +1198,8 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
         }
         status.conditions = vec![ready];
         next.status = status;
+        let reported_cidr = crate::podcidr::Reported::of(&reported);
+        let cidr_warning = crate::podcidr::assign(tx, &hub.pod_cidrs, &mut next, &reported_cidr)?;
         let changed = match &existing {
             None => true,
             Some(old) => {
@@ -1184,7 +1215,7 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
                 strip(old) != strip(&next) || old.metadata.labels != next.metadata.labels
             }
         };
-        if changed || force || !was_ready {
+        let stored = if changed || force || !was_ready {
             let stored = tx.put(Object::Node(next))?;
             if existing.is_some() && !was_ready {
                 crate::events::about(
@@ -1197,6 +1228,20 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
                     std::time::SystemTime::now(),
                 )?;
             }
+            Some(stored)
+        } else {
+            existing.clone().map(Object::Node)
+        };
+        if let (Some((reason, message)), Some(stored)) = (cidr_warning, &stored) {
+            crate::events::about(
+                tx,
+                stored,
+                flotilla_proto::api::EventType::Warning,
+                reason,
+                &message,
+                crate::podcidr::COMPONENT,
+                std::time::SystemTime::now(),
+            )?;
         }
         // Back from NotReady: the node lifecycle showed its pods as Unknown meanwhile.
         Ok(existing.is_some() && !was_ready)

@@ -1889,7 +1889,19 @@ pub struct NodeSpec {
     pub unschedulable: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,
+    /// The range container pods on this node get addresses from: assigned by the hub from
+    /// its cluster CIDR, or the agent's `--pod-cidr`. Never overlaps another node's.
+    #[serde(default, rename = "podCIDR", skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    /// `podCIDR` as a list (Kubernetes' dual-stack field; one entry here).
+    #[serde(default, rename = "podCIDRs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<String>,
 }
+
+/// On a node report only: the agent's `spec.podCIDR` comes from its `--pod-cidr` flag
+/// (value `"true"`), which the hub records if no other node has it, rather than being the
+/// range the hub assigned it earlier, which the hub only takes back when the node has none.
+pub const POD_CIDR_STATIC_ANNOTATION: &str = "flotilla.io/pod-cidr-static";
 
 /// Repels pods that do not tolerate it: NoSchedule, PreferNoSchedule or NoExecute.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

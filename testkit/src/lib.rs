@@ -70,11 +70,26 @@ pub struct Builder {
     labels: Vec<(usize, String, String)>,
     placement: Option<Placement>,
     insecure_registries: Vec<String>,
+    cluster_cidr: Option<String>,
 }
 
-/// Bridges and pod CIDRs handed to agents in this process, so clusters of parallel tests
-/// never share one.
+/// Bridges handed to agents in this process, so clusters of parallel tests never share one.
 static NEXT_BRIDGE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The next free /24 of 10.89.0.0/16 for a cluster CIDR: each cluster's hub hands its agents
+/// /24s from a slice of its own, so the clusters of parallel tests (all in this host's
+/// network namespace) never give out the same pod addresses.
+static NEXT_POD_BLOCK: std::sync::Mutex<u32> = std::sync::Mutex::new(0);
+
+/// A cluster CIDR inside 10.89.0.0/16 with room for `agents` /24s, not used by another
+/// cluster of this process (until 256 /24s have gone round).
+pub fn free_cluster_cidr(agents: usize) -> String {
+    let size = (agents.max(1) as u32).next_power_of_two().min(256);
+    let mut next = NEXT_POD_BLOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let start = next.div_ceil(size) * size % 256;
+    *next = start + size;
+    format!("10.89.{start}.0/{}", 24 - size.trailing_zeros())
+}
 
 /// Where the hub and agents run when not all on loopback in the test's runtime.
 #[derive(Clone)]
@@ -107,6 +122,13 @@ impl Builder {
         self
     }
 
+    /// The hub's cluster CIDR (default: a slice of 10.89.0.0/16 of this cluster's own, with
+    /// a /24 for each agent).
+    pub fn cluster_cidr(mut self, cidr: &str) -> Self {
+        self.cluster_cidr = Some(cidr.to_string());
+        self
+    }
+
     /// Agents reach this registry (`host:port`) over plain HTTP.
     pub fn registry(mut self, host: &str) -> Self {
         self.insecure_registries.push(host.to_string());
@@ -119,6 +141,7 @@ impl Builder {
             &self.labels,
             self.placement,
             &self.insecure_registries,
+            self.cluster_cidr,
         )
         .await
         .expect("cluster failed to start")
@@ -135,6 +158,8 @@ pub struct Cluster {
     agent_cfgs: Vec<flotilla_agent::Config>,
     pub client_file: ClientFile,
     placement: Option<Placement>,
+    /// The hub's cluster CIDR (node pod CIDRs are /24s of it).
+    pub cluster_cidr: String,
 }
 
 /// Deletes a network interface if it exists (the bridges container tests create).
@@ -158,11 +183,13 @@ impl Cluster {
             labels: Vec::new(),
             placement: None,
             insecure_registries: Vec::new(),
+            cluster_cidr: None,
         }
     }
 
-    fn hub_config(dir: &std::path::Path) -> flotilla_hub::Config {
+    fn hub_config(dir: &std::path::Path, cluster_cidr: &str) -> flotilla_hub::Config {
         let mut c = flotilla_hub::Config::new(dir.join("hub"));
+        c.cluster_cidr = cluster_cidr.to_string();
         c.node_grace = Duration::from_secs(5);
         c.job_backoff = Duration::from_millis(200);
         c
@@ -173,6 +200,7 @@ impl Cluster {
         labels: &[(usize, String, String)],
         placement: Option<Placement>,
         insecure_registries: &[String],
+        cluster_cidr: Option<String>,
     ) -> anyhow::Result<Cluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
@@ -180,7 +208,8 @@ impl Cluster {
             .as_ref()
             .map_or(IpAddr::from([127, 0, 0, 1]), |p| p.hub_ip);
         let socket = std::net::UdpSocket::bind(SocketAddr::new(hub_ip, 0))?;
-        let hub = flotilla_hub::start(Self::hub_config(dir.path()), socket).await?;
+        let cluster_cidr = cluster_cidr.unwrap_or_else(|| free_cluster_cidr(n));
+        let hub = flotilla_hub::start(Self::hub_config(dir.path(), &cluster_cidr), socket).await?;
         let hub_addr = hub.addr;
         let client_file = hub.client_config();
         let client = Client::connect(&client_file).await?;
@@ -196,6 +225,7 @@ impl Cluster {
             agent_cfgs: Vec::new(),
             client_file,
             placement,
+            cluster_cidr,
         };
         for i in 0..n {
             let mut cfg = flotilla_agent::Config::new(
@@ -221,7 +251,6 @@ impl Cluster {
             cfg.pids_limit = 64;
             let k = NEXT_BRIDGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250;
             cfg.bridge = format!("flt{k}");
-            cfg.pod_cidr = format!("10.89.{k}.0/24");
             // A bridge an earlier, crashed test run left is removed first.
             remove_link(&cfg.bridge);
             for (_, k, v) in labels.iter().filter(|(j, _, _)| *j == i) {
@@ -328,6 +357,11 @@ impl Cluster {
         self.agent_cfgs[i].labels.insert(key.into(), value.into());
     }
 
+    /// Sets the `--pod-cidr` agent `i` has from its next start on (None: the hub's range).
+    pub fn set_agent_pod_cidr(&mut self, i: usize, cidr: Option<&str>) {
+        self.agent_cfgs[i].pod_cidr = cidr.map(str::to_string);
+    }
+
     pub async fn start_agent(&mut self, i: usize) {
         let a = self.launch_agent(i).await.expect("agent restart");
         self.agents[i] = Some(a);
@@ -352,9 +386,12 @@ impl Cluster {
     pub async fn start_hub(&mut self) {
         let socket = std::net::UdpSocket::bind(self.hub_addr).expect("rebind hub address");
         self.hub = Some(
-            flotilla_hub::start(Self::hub_config(self.dir.path()), socket)
-                .await
-                .expect("hub restart"),
+            flotilla_hub::start(
+                Self::hub_config(self.dir.path(), &self.cluster_cidr),
+                socket,
+            )
+            .await
+            .expect("hub restart"),
         );
     }
 
