@@ -40,6 +40,12 @@ pub struct Config {
     pub pod_cidr: String,
     /// The pids limit of every container (a fork bomb stops here).
     pub pids_limit: i64,
+    /// Image garbage collection thresholds on the filesystem of `data_dir` (kubelet's
+    /// `--image-gc-high-threshold`/`--image-gc-low-threshold`: 85/80; high 100 disables it;
+    /// tests set 0/0 to collect every unused image).
+    pub image_gc: flotilla_oci::gc::Thresholds,
+    /// How often image garbage collection looks at the disk (it also runs after pulls).
+    pub image_gc_period: Duration,
 }
 
 impl Config {
@@ -66,6 +72,8 @@ impl Config {
             bridge: "flotilla0".into(),
             pod_cidr: "10.88.0.0/24".into(),
             pids_limit: 4096,
+            image_gc: flotilla_oci::gc::Thresholds::default(),
+            image_gc_period: Duration::from_secs(300),
         }
     }
 }

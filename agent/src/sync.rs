@@ -98,6 +98,8 @@ async fn session(
     let mut sent: Reports = Default::default();
     let mut heartbeat = tokio::time::interval(shared.cfg.heartbeat);
     heartbeat.tick().await;
+    // The node's images changed (pulled, collected): node status goes up now.
+    let mut images = shared.images.subscribe();
     reports.mark_changed();
     loop {
         tokio::select! {
@@ -106,6 +108,13 @@ async fn session(
                 let ev = ev?.context("hub closed the watch")?;
                 apply(shared, ev)?;
                 let _ = events.send(Event::Desired);
+            }
+            Ok(()) = images.changed() => {
+                images.borrow_and_update();
+                if report_node(shared, conn).await? {
+                    sent.clear();
+                    reports.mark_changed();
+                }
             }
             _ = heartbeat.tick() => if report_node(shared, conn).await? {
                 // The hub showed our pods as Unknown while it could not hear us.
@@ -212,7 +221,7 @@ fn apply(shared: &Shared, ev: WatchEvent) -> anyhow::Result<()> {
 
 /// Sends the node's status; true when the hub asks for every pod's status again.
 async fn report_node(shared: &Shared, conn: &quinn::Connection) -> anyhow::Result<bool> {
-    let node = crate::node::describe(&shared.cfg);
+    let node = crate::node::status(shared);
     let req = Request::ReportNode {
         node: serde_json::to_string(&node)?,
     };
