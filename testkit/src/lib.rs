@@ -65,11 +65,15 @@ where
     eventually_within(what, Duration::from_secs(30), f).await
 }
 
+/// A test's changes to an agent's configuration (agent index, config).
+type Configure = std::sync::Arc<dyn Fn(usize, &mut flotilla_agent::Config) + Send + Sync>;
+
 pub struct Builder {
     agents: usize,
     labels: Vec<(usize, String, String)>,
     placement: Option<Placement>,
     insecure_registries: Vec<String>,
+    configure: Option<Configure>,
 }
 
 /// Bridges and pod CIDRs handed to agents in this process, so clusters of parallel tests
@@ -113,12 +117,23 @@ impl Builder {
         self
     }
 
+    /// Changes agent `i`'s configuration after the harness's defaults (e.g. image GC
+    /// thresholds).
+    pub fn configure(
+        mut self,
+        f: impl Fn(usize, &mut flotilla_agent::Config) + Send + Sync + 'static,
+    ) -> Self {
+        self.configure = Some(std::sync::Arc::new(f));
+        self
+    }
+
     pub async fn start(self) -> Cluster {
         Cluster::start(
             self.agents,
             &self.labels,
             self.placement,
             &self.insecure_registries,
+            self.configure,
         )
         .await
         .expect("cluster failed to start")
@@ -158,6 +173,7 @@ impl Cluster {
             labels: Vec::new(),
             placement: None,
             insecure_registries: Vec::new(),
+            configure: None,
         }
     }
 
@@ -173,6 +189,7 @@ impl Cluster {
         labels: &[(usize, String, String)],
         placement: Option<Placement>,
         insecure_registries: &[String],
+        configure: Option<Configure>,
     ) -> anyhow::Result<Cluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
@@ -227,6 +244,9 @@ impl Cluster {
             for (_, k, v) in labels.iter().filter(|(j, _, _)| *j == i) {
                 cfg.labels.insert(k.clone(), v.clone());
             }
+            if let Some(f) = &configure {
+                f(i, &mut cfg);
+            }
             cluster.agent_cfgs.push(cfg);
             cluster.agents.push(None);
             cluster.agents[i] = Some(
@@ -265,7 +285,14 @@ impl Cluster {
     /// piped in; returns (exit code, stdout, stderr). Blocks the calling worker thread.
     pub fn fleet_cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         use std::io::Write;
-        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/fleet");
+        // Next to the test binary's `deps/` (any CARGO_TARGET_DIR), else the workspace's.
+        let bin = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("fleet")))
+            .filter(|b| b.exists())
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/fleet")
+            });
         assert!(
             bin.exists(),
             "{} is missing: run `cargo build --release` (scripts/test does)",
