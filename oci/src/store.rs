@@ -348,7 +348,13 @@ impl Store {
                 .iter()
                 .map(|l| l.size())
                 .sum::<u64>();
+        // Measured outside the lock (a large rootfs takes a while to walk), once per image.
         let snapshot = self.root.join("snapshots").join(&hex);
+        let measured = self
+            .lock_records()
+            .get(&image.digest)
+            .is_some_and(|r| r.snapshot_bytes > 0);
+        let snapshot_bytes = (!measured && snapshot.is_dir()).then(|| disk_usage(&snapshot));
         let mut records = self.lock_records();
         let before = records.get(&image.digest).cloned();
         let mut rec = before.clone().unwrap_or_else(|| ImageRecord {
@@ -362,8 +368,10 @@ impl Store {
         blobs.dedup();
         rec.blobs = blobs;
         rec.blob_bytes = blob_bytes;
-        if rec.snapshot_bytes == 0 && snapshot.is_dir() {
-            rec.snapshot_bytes = disk_usage(&snapshot);
+        if rec.snapshot_bytes == 0
+            && let Some(b) = snapshot_bytes
+        {
+            rec.snapshot_bytes = b;
         }
         rec.last_used = rec.last_used.max(now);
         let mut changed = before.as_ref().map(|b| ImageRecord {
