@@ -1469,6 +1469,44 @@ async fn fetch_blob(
 mod tests {
     use super::*;
 
+    #[test]
+    fn agent_conditions_keep_their_transition_time_while_their_status_stays() {
+        let reported = Condition::new(
+            "ContainerRuntimeVulnerable",
+            "True",
+            "KnownVulnerabilities",
+            "m",
+        );
+        let fresh = agent_condition(None, &reported);
+        assert!(fresh.last_transition_time.is_some());
+        let mut node = Node::default();
+        let mut old = reported.clone();
+        old.last_transition_time = Some("2026-01-01T00:00:00Z".into());
+        node.status.conditions = vec![old];
+        // Same status, new message: the time stays.
+        let mut again = reported.clone();
+        again.message = Some("other".into());
+        let kept = agent_condition(Some(&node), &again);
+        assert_eq!(
+            kept.last_transition_time.as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(kept.message.as_deref(), Some("other"));
+        // A new status is a transition.
+        let flipped = Condition::new(
+            "ContainerRuntimeVulnerable",
+            "False",
+            "NoKnownVulnerabilities",
+            "",
+        );
+        assert_ne!(
+            agent_condition(Some(&node), &flipped)
+                .last_transition_time
+                .as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+    }
+
     /// Applies each manifest in turn on a fresh store: the action or the error, per manifest.
     fn apply_all(manifests: &[&str], between: impl Fn(&mut Tx<'_>)) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
