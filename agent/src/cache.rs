@@ -129,6 +129,18 @@ impl Cache {
             .map(|v| v.value().to_string()))
     }
 
+    /// Every image name → digest the node resolved (hub artifacts and registry images).
+    pub fn images(&self) -> Result<Vec<(String, String)>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IMAGES)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
     pub fn set_image(&self, image: &str, digest: &str) -> Result<(), CacheError> {
         let txn = self.db.begin_write()?;
         txn.open_table(IMAGES)?.insert(image, digest)?;

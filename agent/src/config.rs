@@ -41,6 +41,12 @@ pub struct Config {
     pub pod_cidr: Option<String>,
     /// The pids limit of every container (a fork bomb stops here).
     pub pids_limit: i64,
+    /// Image garbage collection thresholds on the filesystem of `data_dir` (kubelet's
+    /// `--image-gc-high-threshold`/`--image-gc-low-threshold`: 85/80; high 100 disables it;
+    /// tests set 0/0 to collect every unused image).
+    pub image_gc: flotilla_oci::gc::Thresholds,
+    /// How often image garbage collection looks at the disk (it also runs after pulls).
+    pub image_gc_period: Duration,
 }
 
 impl Config {
@@ -67,6 +73,8 @@ impl Config {
             bridge: "flotilla0".into(),
             pod_cidr: None,
             pids_limit: 4096,
+            image_gc: flotilla_oci::gc::Thresholds::default(),
+            image_gc_period: Duration::from_secs(300),
         }
     }
 }

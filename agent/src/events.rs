@@ -38,6 +38,10 @@ impl EventQueue {
             message,
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         };
+        self.enqueue(report);
+    }
+
+    fn enqueue(&self, report: EventReport) {
         {
             let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             if q.items.len() >= QUEUE_MAX {
@@ -55,6 +59,22 @@ impl EventQueue {
             q.items.push_back((seq, report));
         }
         self.queued.notify_one();
+    }
+
+    /// Queues an event about this node itself (image garbage collection). On the wire it is
+    /// an event with an empty namespace and uid, named after the node; the hub records it on
+    /// the Node of the reporting certificate (an older hub drops it).
+    pub fn push_node(&self, node: &str, event_type: EventType, reason: &str, message: String) {
+        let report = EventReport {
+            namespace: String::new(),
+            name: node.to_string(),
+            uid: String::new(),
+            event_type,
+            reason: reason.to_string(),
+            message,
+            time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        self.enqueue(report);
     }
 
     /// Up to `max` of the oldest events and the sequence number to [`ack`](Self::ack) once

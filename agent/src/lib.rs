@@ -185,6 +185,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
     if let Some(cidr) = &cfg.pod_cidr {
         network::parse_cidr(cidr)?;
     }
+    cfg.image_gc.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("failed to create data dir {}", cfg.data_dir.display()))?;
     let identity = match identity::Identity::load(&cfg.data_dir)? {
@@ -281,6 +282,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         reports_rx,
         cancel.child_token(),
     ));
+    tracker.spawn(images::gc_loop(shared.clone(), cancel.child_token()));
     tracing::info!(node = %shared.cfg.node_name, "agent started");
     Ok(AgentHandle {
         node_name: shared.cfg.node_name.clone(),

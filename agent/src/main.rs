@@ -51,6 +51,13 @@ struct Args {
     /// The pids limit of each container.
     #[arg(long, default_value_t = 4096)]
     pids_limit: i64,
+    /// Disk usage (percent, of the data dir's filesystem) at which unused images are removed;
+    /// 100 disables image garbage collection.
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Disk usage (percent) image garbage collection brings usage down to.
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_threshold: u8,
 }
 
 fn hostname() -> String {
@@ -77,6 +84,11 @@ async fn main() -> anyhow::Result<()> {
     cfg.bridge = args.bridge;
     cfg.pod_cidr = args.pod_cidr;
     cfg.pids_limit = args.pids_limit;
+    cfg.image_gc = flotilla_oci::gc::Thresholds {
+        high: args.image_gc_high_threshold,
+        low: args.image_gc_low_threshold,
+    };
+    cfg.image_gc.validate().map_err(|e| anyhow::anyhow!(e))?;
     if let Some(d) = args.secret_dir {
         cfg.secret_dir = d;
     }

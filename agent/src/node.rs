@@ -1,4 +1,6 @@
-//! What the agent says about its machine: labels, capacity, addresses, system info.
+//! What the agent says about its machine: labels, capacity, addresses, system info, the
+//! container runtime and its known vulnerabilities, and the images it holds.
+use crate::Shared;
 use crate::config::Config;
 use flotilla_proto::api::{Node, NodeAddress, NodeSystemInfo};
 use flotilla_proto::quantity::Quantity;
@@ -26,6 +28,20 @@ pub fn total_memory() -> u64 {
         })
         .map(|kb| kb * 1024)
         .unwrap_or(1 << 30)
+}
+
+/// The node status the agent reports: [`describe`] plus runc's version and condition and
+/// the images on the node.
+pub fn status(shared: &Shared) -> Node {
+    let mut node = describe(&shared.cfg);
+    if let Ok(rt) = &shared.containers {
+        node.status.node_info.container_runtime_version = rt.runc_version.runtime_version();
+        node.status
+            .conditions
+            .push(crate::runtime::runc_cves::condition(&rt.runc_version));
+    }
+    node.status.images = shared.images.status(shared);
+    node
 }
 
 pub fn describe(cfg: &Config) -> Node {
@@ -67,6 +83,7 @@ pub fn describe(cfg: &Config) -> Node {
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),
         kubelet_version: format!("flotilla-agent/{}", flotilla_proto::VERSION),
+        container_runtime_version: String::new(),
     };
     node
 }

@@ -98,6 +98,8 @@ async fn session(
     let mut sent: Reports = Default::default();
     let mut heartbeat = tokio::time::interval(shared.cfg.heartbeat);
     heartbeat.tick().await;
+    // The node's images changed (pulled, collected): node status goes up now.
+    let mut images = shared.images.subscribe();
     reports.mark_changed();
     loop {
         tokio::select! {
@@ -106,6 +108,13 @@ async fn session(
                 let ev = ev?.context("hub closed the watch")?;
                 apply(shared, ev)?;
                 let _ = events.send(Event::Desired);
+            }
+            Ok(()) = images.changed() => {
+                images.borrow_and_update();
+                if report_node(shared, conn).await? {
+                    sent.clear();
+                    reports.mark_changed();
+                }
             }
             _ = heartbeat.tick() => if report_node(shared, conn).await? {
                 // The hub showed our pods as Unknown while it could not hear us.
@@ -213,7 +222,7 @@ fn apply(shared: &Shared, ev: WatchEvent) -> anyhow::Result<()> {
 /// Sends the node's status, then learns the node's pod CIDR; true when the hub asks for
 /// every pod's status again.
 async fn report_node(shared: &Shared, conn: &quinn::Connection) -> anyhow::Result<bool> {
-    let mut node = crate::node::describe(&shared.cfg);
+    let mut node = crate::node::status(shared);
     // The range in use: a --pod-cidr for the hub to record, or the one it gave us before
     // (which it gives back if it has lost track of it).
     if let Ok(net) = &shared.network {

@@ -50,7 +50,8 @@ enum Cmd {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
     },
-    /// List objects: fleet get pods|deployments|statefulsets|pvc|nodes|events|… [NAME].
+    /// List objects: fleet get pods|deployments|statefulsets|pvc|nodes|events|… [NAME];
+    /// `fleet get images [NODE]` lists the images nodes hold.
     Get {
         kind: String,
         name: Option<String>,
@@ -505,6 +506,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         } => {
             let format = Format::parse(output.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+            // Not an API kind: what the nodes hold, from their status (NAME picks a node).
+            if matches!(kind.as_str(), "images" | "image") {
+                let client = connect(&cli).await?;
+                let nodes: Vec<flotilla_proto::api::Node> = client
+                    .get(Kind::Node, None, name.as_deref())
+                    .await?
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::Node(n) => Some(n),
+                        _ => None,
+                    })
+                    .collect();
+                client.close().await;
+                if nodes.iter().all(|n| n.status.images.is_empty())
+                    && matches!(format, Format::Table | Format::Wide)
+                {
+                    eprintln!("No resources found");
+                } else {
+                    print!("{}", output::node_images(&nodes, format));
+                }
+                return Ok(());
+            }
             let kinds: Vec<Kind> = kind
                 .split(',')
                 .map(kind_arg)
@@ -1013,6 +1036,9 @@ fn describe(o: &Object) -> String {
                 c.message.as_deref().unwrap_or("")
             ));
         }
+    }
+    if let Object::Node(n) = o {
+        out.push_str(&output::describe_node(n));
     }
     let mut v = o.to_json();
     if let Some(map) = v.as_object_mut() {

@@ -1,5 +1,5 @@
 //! kubectl-style output: tables with the usual columns, AGE like kubectl, and YAML/JSON.
-use flotilla_proto::api::{Event, Kind, LabelSelector, Object, Pod, PodTemplateSpec};
+use flotilla_proto::api::{Event, Kind, LabelSelector, Node, Object, Pod, PodTemplateSpec};
 use std::time::{Duration, SystemTime};
 
 /// kubectl's HumanDuration: 45s, 3m12s, 17m, 5h3m, 20h, 3d4h, 12d.
@@ -523,6 +523,7 @@ pub fn render_at(
                     "OS-IMAGE",
                     "KERNEL-VERSION",
                     "ARCH",
+                    "CONTAINER-RUNTIME",
                     "POD-CIDR",
                 ]);
             }
@@ -556,6 +557,12 @@ pub fn render_at(
                         r.push(n.status.node_info.operating_system.clone());
                         r.push(n.status.node_info.kernel_version.clone());
                         r.push(n.status.node_info.architecture.clone());
+                        r.push(
+                            Some(n.status.node_info.container_runtime_version.as_str())
+                                .filter(|v| !v.is_empty())
+                                .unwrap_or("<none>")
+                                .to_string(),
+                        );
                         r.push(n.spec.pod_cidr.clone().unwrap_or_else(|| "<none>".into()));
                     }
                     r
@@ -779,6 +786,132 @@ pub fn events_section(events: &[Event], now: SystemTime) -> String {
     out
 }
 
+/// Bytes as `crictl images` shows them, in binary units: `812B`, `1.9MiB`, `2.0GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1}{}", UNITS[unit])
+}
+
+/// `fleet get images`: one row per node and image name (tags first; an image known only by
+/// digest shows its `repository@digest`), from the nodes' status. Wide adds the digest.
+/// YAML/JSON give `{node, names, sizeBytes}` items.
+pub fn node_images(nodes: &[Node], format: Format) -> String {
+    match format {
+        Format::Yaml | Format::Json => {
+            let items: Vec<serde_json::Value> = nodes
+                .iter()
+                .flat_map(|n| {
+                    n.status.images.iter().map(|i| {
+                        serde_json::json!({"node": n.metadata.name, "names": i.names, "sizeBytes": i.size_bytes})
+                    })
+                })
+                .collect();
+            let list = serde_json::json!({"kind": "List", "items": items});
+            return if format == Format::Yaml {
+                serde_yaml_ng::to_string(&list).unwrap_or_default()
+            } else {
+                serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
+            };
+        }
+        Format::Name => {
+            return nodes
+                .iter()
+                .flat_map(|n| n.status.images.iter())
+                .filter_map(|i| i.names.first())
+                .map(|name| format!("image/{name}\n"))
+                .collect();
+        }
+        Format::Table | Format::Wide => {}
+    }
+    let wide = format == Format::Wide;
+    let mut rows = Vec::new();
+    for n in nodes {
+        for i in &n.status.images {
+            let digest = i
+                .names
+                .iter()
+                .find_map(|name| name.split_once('@').map(|(_, d)| d.to_string()))
+                .unwrap_or_else(|| "<none>".into());
+            let tags: Vec<&String> = i.names.iter().filter(|name| !name.contains('@')).collect();
+            let shown: Vec<&String> = if tags.is_empty() {
+                i.names.iter().take(1).collect()
+            } else {
+                tags
+            };
+            for name in shown {
+                let mut r = vec![
+                    n.metadata.name.clone(),
+                    name.clone(),
+                    human_size(i.size_bytes),
+                ];
+                if wide {
+                    r.push(digest.clone());
+                }
+                rows.push(r);
+            }
+        }
+    }
+    rows.sort();
+    let mut header = vec!["NODE", "IMAGE", "SIZE"];
+    if wide {
+        header.push("DIGEST");
+    }
+    table(&header, &rows)
+}
+
+/// The node part of `fleet describe node`: runtime, conditions and images, as kubectl
+/// shows them.
+pub fn describe_node(n: &Node) -> String {
+    let info = &n.status.node_info;
+    let runtime = Some(info.container_runtime_version.as_str())
+        .filter(|v| !v.is_empty())
+        .unwrap_or("<none>");
+    let mut out = format!(
+        "Agent:        {}\nRuntime:      {runtime}\nConditions:\n",
+        info.kubelet_version
+    );
+    let rows: Vec<Vec<String>> = n
+        .status
+        .conditions
+        .iter()
+        .map(|c| {
+            vec![
+                c.type_.clone(),
+                c.status.clone(),
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    for line in table(&["Type", "Status", "Reason", "Message"], &rows).lines() {
+        out.push_str("  ");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if n.status.images.is_empty() {
+        out.push_str("Images:       <none>\n");
+        return out;
+    }
+    out.push_str(&format!("Images:       {}\n", n.status.images.len()));
+    for i in &n.status.images {
+        out.push_str(&format!(
+            "  {}  {}\n",
+            human_size(i.size_bytes),
+            i.names.join(", ")
+        ));
+    }
+    out
+}
+
 /// kubectl's ACCESS MODES column: RWO, ROX, RWX, RWOP, comma-separated.
 pub fn access_modes(modes: &[String]) -> String {
     modes
@@ -806,6 +939,62 @@ fn images(t: &PodTemplateSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node_with_images() -> Node {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let e = format!("sha256:{}", "b".repeat(64));
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node-0"},
+            "status": {
+                "nodeInfo": {"kubeletVersion": "flotilla-agent/0.1.0", "containerRuntimeVersion": "runc://1.1.5"},
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "AgentReady", "message": "agent is posting ready status"},
+                    {"type": "ContainerRuntimeVulnerable", "status": "True", "reason": "KnownVulnerabilities", "message": "runc 1.1.5 is older than …"}
+                ],
+                "images": [
+                    {"names": ["127.0.0.1:5000/test/a:v1", format!("127.0.0.1:5000/test/a@{d}")], "sizeBytes": 2_000_000},
+                    {"names": [format!("127.0.0.1:5000/test/b@{e}")], "sizeBytes": 812},
+                    {"names": ["hello:v1"], "sizeBytes": 270_336}
+                ]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn images_per_node() {
+        let n = node_with_images();
+        expect_test::expect![[r#"
+            NODE     IMAGE                                                                                           SIZE
+            node-0   127.0.0.1:5000/test/a:v1                                                                        1.9MiB
+            node-0   127.0.0.1:5000/test/b@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb   812B
+            node-0   hello:v1                                                                                        264.0KiB
+        "#]]
+        .assert_eq(&node_images(std::slice::from_ref(&n), Format::Table));
+        let wide = node_images(std::slice::from_ref(&n), Format::Wide);
+        assert!(wide.starts_with("NODE     IMAGE"), "{wide}");
+        assert!(
+            wide.contains(&format!("1.9MiB     sha256:{}", "a".repeat(64))),
+            "{wide}"
+        );
+        assert!(wide.contains("264.0KiB   <none>"), "{wide}");
+        assert_eq!(human_size(1023), "1023B");
+        assert_eq!(human_size(3 << 30), "3.0GiB");
+    }
+
+    #[test]
+    fn describe_node_shows_runtime_conditions_and_images() {
+        let d = describe_node(&node_with_images());
+        assert!(d.contains("Runtime:      runc://1.1.5\n"), "{d}");
+        assert!(
+            d.contains("  ContainerRuntimeVulnerable   True     KnownVulnerabilities"),
+            "{d}"
+        );
+        assert!(
+            d.contains("Images:       3\n  1.9MiB  127.0.0.1:5000/test/a:v1, "),
+            "{d}"
+        );
+    }
 
     #[test]
     fn durations_like_kubectl() {

@@ -1167,6 +1167,23 @@ fn ready_condition(status: &str, reason: &str, message: &str) -> Condition {
     }
 }
 
+/// A node condition the agent reported, with the hub's time of its last transition.
+fn agent_condition(existing: Option<&Node>, reported: &Condition) -> Condition {
+    let mut c = reported.clone();
+    c.last_heartbeat_time = None;
+    let before = existing.and_then(|n| {
+        n.status
+            .conditions
+            .iter()
+            .find(|o| o.type_ == reported.type_)
+    });
+    c.last_transition_time = match before {
+        Some(o) if o.status == reported.status => o.last_transition_time.clone(),
+        _ => Some(crate::store::now_rfc3339()),
+    };
+    c
+}
+
 /// Registers or refreshes the caller's Node. The node name comes from the certificate, never
 /// from the report, so a node can only speak for itself.
 fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
@@ -1196,7 +1213,18 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
         {
             ready.last_transition_time = old.last_transition_time.clone();
         }
-        status.conditions = vec![ready];
+        // Ready is the hub's to say; the agent's own conditions (ContainerRuntimeVulnerable)
+        // follow it, keeping their transition time while their status stays.
+        status.conditions = std::iter::once(ready)
+            .chain(
+                reported
+                    .status
+                    .conditions
+                    .iter()
+                    .filter(|c| c.type_ != "Ready")
+                    .map(|c| agent_condition(existing.as_ref(), c)),
+            )
+            .collect();
         next.status = status;
         let reported_cidr = crate::podcidr::Reported::of(&reported);
         let cidr_warning = crate::podcidr::assign(tx, &hub.pod_cidrs, &mut next, &reported_cidr)?;
@@ -1309,6 +1337,45 @@ fn report_events(hub: &Hub, node: &str, events: Vec<EventReport>) -> Response {
         // One report carries what an agent queues (512 at most); more is not an agent's.
         ignored = events.len().saturating_sub(MAX_EVENTS_PER_REPORT);
         for r in events.iter().take(MAX_EVENTS_PER_REPORT) {
+            // An event about the node itself (image garbage collection): only its own node.
+            if r.namespace.is_empty() && r.uid.is_empty() {
+                let node_key = ObjectKey::new(Kind::Node, "", node);
+                let stored = match tx.get(&node_key)? {
+                    Some(Object::Node(n))
+                        if r.name == node && !r.reason.is_empty() && r.reason.len() <= 128 =>
+                    {
+                        n
+                    }
+                    _ => {
+                        ignored += 1;
+                        continue;
+                    }
+                };
+                let at = humantime::parse_rfc3339(&r.time)
+                    .ok()
+                    .filter(|t| {
+                        *t <= now && now.duration_since(*t).unwrap_or_default() < AGENT_CLOCK_SLACK
+                    })
+                    .unwrap_or(now);
+                let involved = flotilla_proto::api::ObjectReference {
+                    api_version: "v1".into(),
+                    kind: Kind::Node.as_str().into(),
+                    namespace: String::new(),
+                    name: node.to_string(),
+                    uid: stored.metadata.uid.clone(),
+                };
+                crate::events::record(
+                    tx,
+                    &involved,
+                    r.event_type,
+                    &r.reason,
+                    crate::events::truncate(&r.message),
+                    crate::events::AGENT,
+                    node,
+                    at,
+                )?;
+                continue;
+            }
             let key = ObjectKey::new(Kind::Pod, &r.namespace, &r.name);
             let bound_here = match tx.get(&key)? {
                 Some(Object::Pod(p)) if p.metadata.uid == r.uid => {
@@ -1449,6 +1516,44 @@ async fn fetch_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_conditions_keep_their_transition_time_while_their_status_stays() {
+        let reported = Condition::new(
+            "ContainerRuntimeVulnerable",
+            "True",
+            "KnownVulnerabilities",
+            "m",
+        );
+        let fresh = agent_condition(None, &reported);
+        assert!(fresh.last_transition_time.is_some());
+        let mut node = Node::default();
+        let mut old = reported.clone();
+        old.last_transition_time = Some("2026-01-01T00:00:00Z".into());
+        node.status.conditions = vec![old];
+        // Same status, new message: the time stays.
+        let mut again = reported.clone();
+        again.message = Some("other".into());
+        let kept = agent_condition(Some(&node), &again);
+        assert_eq!(
+            kept.last_transition_time.as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(kept.message.as_deref(), Some("other"));
+        // A new status is a transition.
+        let flipped = Condition::new(
+            "ContainerRuntimeVulnerable",
+            "False",
+            "NoKnownVulnerabilities",
+            "",
+        );
+        assert_ne!(
+            agent_condition(Some(&node), &flipped)
+                .last_transition_time
+                .as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+    }
 
     /// Applies each manifest in turn on a fresh store: the action or the error, per manifest.
     fn apply_all(manifests: &[&str], between: impl Fn(&mut Tx<'_>)) -> Vec<String> {

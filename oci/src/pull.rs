@@ -81,6 +81,20 @@ pub fn parse_reference(image: &str) -> Result<Reference, PullError> {
         })
 }
 
+/// The names an image pulled as `image` is listed under on the node (Kubernetes'
+/// `ContainerImage.names`): the reference as the pod wrote it and `repository@digest`, where
+/// the digest is the manifest's for this platform.
+pub fn image_names(image: &str, digest: &str) -> Vec<String> {
+    let mut names = vec![image.to_string()];
+    if let Ok(r) = parse_reference(image) {
+        let by_digest = format!("{}/{}@{digest}", r.registry(), r.repository());
+        if by_digest != image {
+            names.push(by_digest);
+        }
+    }
+    names
+}
+
 impl Registry {
     pub fn new(cfg: &RegistryConfig) -> Registry {
         // reqwest is built without a provider of its own: the process's (ring) is used, and
@@ -397,6 +411,20 @@ fn normalise_registry(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_are_named_by_reference_and_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            image_names("127.0.0.1:5000/test/busybox:t", &d),
+            vec![
+                "127.0.0.1:5000/test/busybox:t".to_string(),
+                format!("127.0.0.1:5000/test/busybox@{d}")
+            ]
+        );
+        let by_digest = format!("ghcr.io/a/b@{d}");
+        assert_eq!(image_names(&by_digest, &d), vec![by_digest.clone()]);
+    }
 
     #[test]
     fn an_index_resolves_to_this_platform() {

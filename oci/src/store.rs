@@ -7,11 +7,18 @@
 //! - `snapshots/<manifest hex>/`: the image's layers applied in order. Built in `tmp/` and
 //!   renamed into place when complete; containers never write to it (each gets its own
 //!   writable layer on top).
+//! - `records/<manifest hex>.json`: what the node knows about an image it holds: the
+//!   references it was pulled by, the blobs it uses, its size on disk and when a pod last
+//!   used it ([`ImageRecord`]). Written to `tmp/` and renamed, so a record is whole or absent.
+//!   Image garbage collection removes only recorded images ([`Store::remove_image`]).
 use crate::unpack::{self, Compression};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Config media type prefix of wasm OCI artifacts (`wkg`, and `oras` with the wasm config).
@@ -81,6 +88,49 @@ pub struct Image {
 pub struct Store {
     root: PathBuf,
     seq: AtomicU64,
+    /// The image records by manifest digest, mirrored in `records/`.
+    records: Mutex<BTreeMap<String, ImageRecord>>,
+}
+
+/// What the store knows about one image (by manifest digest), persisted as
+/// `records/<hex>.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    /// The manifest digest (`sha256:…`).
+    pub digest: String,
+    /// The references the image is known by on this node, sorted: the tags pods asked for
+    /// and `repository@digest`. A tag pulled again for another image moves to that one.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// The config and layer blobs the image uses (its manifest is `digest`).
+    #[serde(default)]
+    pub blobs: Vec<String>,
+    /// Bytes of the manifest, config and layers as stored (compressed).
+    #[serde(default)]
+    pub blob_bytes: u64,
+    /// Disk used by the unpacked snapshot (0 for wasm artifacts, or not unpacked yet).
+    #[serde(default)]
+    pub snapshot_bytes: u64,
+    /// When a pod last used the image (or it was pulled), seconds since the Unix epoch.
+    #[serde(default)]
+    pub last_used: u64,
+}
+
+impl ImageRecord {
+    /// What the image holds on this node's disk: blobs and snapshot. Blobs shared with
+    /// other images count for each.
+    pub fn size(&self) -> u64 {
+        self.blob_bytes + self.snapshot_bytes
+    }
+}
+
+/// What removing an image freed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Freed {
+    pub bytes: u64,
+    pub blobs: usize,
+    pub snapshot: bool,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -102,7 +152,7 @@ pub fn digest_hex(digest: &str) -> Result<&str, StoreError> {
 impl Store {
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let root = root.into();
-        for dir in ["blobs/sha256", "snapshots", "tmp"] {
+        for dir in ["blobs/sha256", "snapshots", "records", "tmp"] {
             let d = root.join(dir);
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
@@ -118,9 +168,11 @@ impl Store {
                 };
             }
         }
+        let records = load_records(&root);
         Ok(Store {
             root,
             seq: AtomicU64::new(0),
+            records: Mutex::new(records),
         })
     }
 
@@ -254,6 +306,183 @@ impl Store {
         Ok(path)
     }
 
+    fn lock_records(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ImageRecord>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every image record, by manifest digest.
+    pub fn records(&self) -> BTreeMap<String, ImageRecord> {
+        self.lock_records().clone()
+    }
+
+    /// The image a reference (`host/repo:tag` or `…@sha256:…`) was last pulled as.
+    pub fn digest_of(&self, name: &str) -> Option<String> {
+        self.lock_records()
+            .values()
+            .find(|r| r.names.iter().any(|n| n == name))
+            .map(|r| r.digest.clone())
+    }
+
+    /// Records that `image` is held under `names` and was used `now` (seconds since the
+    /// epoch); the names are taken from any other image that had them. Measures the snapshot
+    /// the first time it is seen. Returns whether the list of images, names or sizes changed
+    /// (a changed `last_used` alone does not count). Blocking (it may walk the snapshot).
+    pub fn remember(&self, image: &Image, names: &[String], now: u64) -> Result<bool, StoreError> {
+        let hex = digest_hex(&image.digest)?.to_string();
+        let manifest_bytes = std::fs::metadata(self.blob_path(&image.digest)?)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut blobs = vec![image.manifest.config().digest().to_string()];
+        blobs.extend(
+            image
+                .manifest
+                .layers()
+                .iter()
+                .map(|l| l.digest().to_string()),
+        );
+        let blob_bytes = manifest_bytes
+            + image.manifest.config().size()
+            + image
+                .manifest
+                .layers()
+                .iter()
+                .map(|l| l.size())
+                .sum::<u64>();
+        // Measured outside the lock (a large rootfs takes a while to walk), once per image.
+        let snapshot = self.root.join("snapshots").join(&hex);
+        let measured = self
+            .lock_records()
+            .get(&image.digest)
+            .is_some_and(|r| r.snapshot_bytes > 0);
+        let snapshot_bytes = (!measured && snapshot.is_dir()).then(|| disk_usage(&snapshot));
+        let mut records = self.lock_records();
+        let before = records.get(&image.digest).cloned();
+        let mut rec = before.clone().unwrap_or_else(|| ImageRecord {
+            digest: image.digest.clone(),
+            ..Default::default()
+        });
+        let mut all: BTreeSet<String> = rec.names.iter().cloned().collect();
+        all.extend(names.iter().cloned());
+        rec.names = all.into_iter().collect();
+        blobs.sort();
+        blobs.dedup();
+        rec.blobs = blobs;
+        rec.blob_bytes = blob_bytes;
+        if rec.snapshot_bytes == 0
+            && let Some(b) = snapshot_bytes
+        {
+            rec.snapshot_bytes = b;
+        }
+        rec.last_used = rec.last_used.max(now);
+        let mut changed = before.as_ref().map(|b| ImageRecord {
+            last_used: rec.last_used,
+            ..b.clone()
+        }) != Some(rec.clone());
+        // A name belongs to one image: the one it was pulled as last.
+        let others: Vec<String> = records
+            .iter()
+            .filter(|(d, r)| **d != image.digest && r.names.iter().any(|n| names.contains(n)))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in others {
+            if let Some(r) = records.get_mut(&d) {
+                r.names.retain(|n| !names.contains(n));
+                let r = r.clone();
+                self.write_record(&r)?;
+                changed = true;
+            }
+        }
+        if before.as_ref() != Some(&rec) {
+            self.write_record(&rec)?;
+        }
+        records.insert(rec.digest.clone(), rec);
+        Ok(changed)
+    }
+
+    /// Marks an image used at `now` (seconds since the epoch), persisting it only when the
+    /// stored time is older than `slack` seconds, so images in use cost no steady writes.
+    pub fn touch(&self, digest: &str, now: u64, slack: u64) -> Result<(), StoreError> {
+        let mut records = self.lock_records();
+        let Some(rec) = records.get_mut(digest) else {
+            return Ok(());
+        };
+        if rec.last_used.saturating_add(slack) >= now {
+            return Ok(());
+        }
+        rec.last_used = now;
+        let rec = rec.clone();
+        self.write_record(&rec)
+    }
+
+    fn write_record(&self, rec: &ImageRecord) -> Result<(), StoreError> {
+        let path = self
+            .root
+            .join("records")
+            .join(format!("{}.json", digest_hex(&rec.digest)?));
+        let tmp = self.temp_path("record");
+        let bytes = serde_json::to_vec(rec).map_err(|e| StoreError::Parse {
+            what: "image record",
+            digest: rec.digest.clone(),
+            message: e.to_string(),
+        })?;
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Removes an image: its record first (so it is no longer listed or used), then its
+    /// snapshot (moved to `tmp/` first, so `snapshots/` never holds a partial one), then every
+    /// blob of it that no remaining image uses. The caller makes sure no container runs on
+    /// the snapshot and no pull is in flight. Blocking.
+    pub fn remove_image(&self, digest: &str) -> Result<Freed, StoreError> {
+        let hex = digest_hex(digest)?.to_string();
+        let mut records = self.lock_records();
+        let Some(rec) = records.remove(digest) else {
+            return Ok(Freed::default());
+        };
+        let record = self.root.join("records").join(format!("{hex}.json"));
+        match std::fs::remove_file(&record) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                records.insert(digest.to_string(), rec);
+                return Err(io(&record)(e));
+            }
+        }
+        let still_used: BTreeSet<&str> = records
+            .values()
+            .flat_map(|r| {
+                std::iter::once(r.digest.as_str()).chain(r.blobs.iter().map(|b| b.as_str()))
+            })
+            .collect();
+        let mut freed = Freed::default();
+        let snapshot = self.root.join("snapshots").join(&hex);
+        if snapshot.is_dir() {
+            let doomed = self.temp_path("removed");
+            std::fs::rename(&snapshot, &doomed).map_err(io(&snapshot))?;
+            freed.bytes += disk_usage(&doomed);
+            std::fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
+            freed.snapshot = true;
+        }
+        for blob in std::iter::once(&rec.digest).chain(rec.blobs.iter()) {
+            if still_used.contains(blob.as_str()) {
+                continue;
+            }
+            let path = self.blob_path(blob)?;
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    freed.bytes += len;
+                    freed.blobs += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        Ok(freed)
+    }
+
     fn unpack_into(&self, image: &Image, dir: &Path) -> Result<(), StoreError> {
         for layer in image.manifest.layers() {
             let digest = layer.digest().to_string();
@@ -275,6 +504,57 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The records under `root/records`; unreadable ones and those whose manifest is gone are
+/// skipped (their image is pulled again when a pod needs it).
+fn load_records(root: &Path) -> BTreeMap<String, ImageRecord> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(root.join("records")) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let rec = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ImageRecord>(&b).ok());
+        let Some(rec) = rec else {
+            tracing::warn!(path = %path.display(), "skipping unreadable image record");
+            continue;
+        };
+        let named_right = digest_hex(&rec.digest)
+            .is_ok_and(|h| path.file_name() == Some(std::ffi::OsStr::new(&format!("{h}.json"))));
+        let has_manifest =
+            digest_hex(&rec.digest).is_ok_and(|h| root.join("blobs/sha256").join(h).is_file());
+        if named_right && has_manifest {
+            out.insert(rec.digest.clone(), rec);
+        }
+    }
+    out
+}
+
+/// Disk blocks used under `path` (files, directories, symlinks; not following links), in
+/// bytes. Hard links are counted once.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = BTreeSet::new();
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        total += m.blocks() * 512;
+        if m.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&p)
+        {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    total
 }
 
 pub fn hash_file(path: &Path) -> Result<String, StoreError> {
@@ -365,6 +645,141 @@ mod tests {
             Err(StoreError::Missing(_))
         ));
         assert!(!store.has_blob(&good));
+    }
+
+    /// A container image of plain tar layers (each one file), its blobs in `store`.
+    fn put_image(store: &Store, layers: &[&[u8]]) -> Image {
+        let put = |bytes: &[u8]| {
+            let d = format!("sha256:{}", sha256_hex(bytes));
+            store.put_blob(&d, bytes).unwrap();
+            d
+        };
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let config_digest = put(config);
+        let mut descs = Vec::new();
+        for (i, content) in layers.iter().enumerate() {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            // Owned by whoever runs the test (the store's root is theirs).
+            let me = std::fs::metadata(store.root()).unwrap();
+            h.set_uid(u64::from(std::os::unix::fs::MetadataExt::uid(&me)));
+            h.set_gid(u64::from(std::os::unix::fs::MetadataExt::gid(&me)));
+            h.set_mtime(1);
+            h.set_cksum();
+            b.append_data(&mut h, format!("file{i}"), *content).unwrap();
+            let tar = b.into_inner().unwrap();
+            let d = put(&tar);
+            descs.push(format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{}}}"#,
+                tar.len()
+            ));
+        }
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
+            config.len(),
+            descs.join(",")
+        );
+        let digest = put(manifest.as_bytes());
+        store.image(&digest).unwrap()
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn records_keep_names_sizes_and_use_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = put_image(&store, &[b"shared base", b"a's own"]);
+        store.snapshot(&a).unwrap();
+        assert!(
+            store
+                .remember(&a, &names(&["r.io/a:v1", "r.io/a@x"]), 100)
+                .unwrap()
+        );
+        // Used again under a name it has: only the time moves, which is no change to list.
+        assert!(!store.remember(&a, &names(&["r.io/a:v1"]), 200).unwrap());
+        let rec = store.records()[&a.digest].clone();
+        assert_eq!(rec.names, names(&["r.io/a:v1", "r.io/a@x"]));
+        assert_eq!(rec.last_used, 200);
+        assert_eq!(rec.blobs.len(), 3);
+        assert!(rec.blob_bytes > 0 && rec.snapshot_bytes > 0, "{rec:?}");
+        // The tag moves to the image it was pulled as last.
+        let b = put_image(&store, &[b"shared base", b"b's own"]);
+        assert!(store.remember(&b, &names(&["r.io/a:v1"]), 300).unwrap());
+        assert_eq!(store.digest_of("r.io/a:v1"), Some(b.digest.clone()));
+        assert_eq!(store.records()[&a.digest].names, names(&["r.io/a@x"]));
+        // Touch persists only past the slack.
+        store.touch(&a.digest, 250, 60).unwrap();
+        assert_eq!(store.records()[&a.digest].last_used, 200);
+        store.touch(&a.digest, 400, 60).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let all = store.records();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[&a.digest].last_used, 400);
+        assert_eq!(all[&a.digest].names, names(&["r.io/a@x"]));
+        assert_eq!(all[&b.digest].names, names(&["r.io/a:v1"]));
+    }
+
+    #[test]
+    fn removing_an_image_keeps_what_other_images_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = put_image(&store, &[b"shared base", b"a's own"]);
+        let b = put_image(&store, &[b"shared base", b"b's own"]);
+        for (img, name) in [(&a, "r.io/a:v1"), (&b, "r.io/b:v1")] {
+            store.snapshot(img).unwrap();
+            store.remember(img, &names(&[name]), 1).unwrap();
+        }
+        let shared_layer = a.manifest.layers()[0].digest().to_string();
+        let a_layer = a.manifest.layers()[1].digest().to_string();
+        let freed = store.remove_image(&a.digest).unwrap();
+        // Manifest, config (same bytes as b's, so kept) and a's own layer.
+        assert!(freed.snapshot);
+        assert_eq!(freed.blobs, 2, "{freed:?}");
+        assert!(freed.bytes > 0);
+        assert!(!store.snapshot_path(&a).unwrap().exists());
+        assert!(!store.has_blob(&a.digest) && !store.has_blob(&a_layer));
+        assert!(store.has_blob(&shared_layer));
+        assert!(
+            !dir.path()
+                .join("records")
+                .join(format!("{}.json", digest_hex(&a.digest).unwrap()))
+                .exists()
+        );
+        // b is whole.
+        assert!(store.snapshot_path(&b).unwrap().join("file1").is_file());
+        assert!(store.has_layers(&store.image(&b.digest).unwrap()));
+        assert_eq!(
+            store.records().keys().cloned().collect::<Vec<_>>(),
+            vec![b.digest.clone()]
+        );
+        // Nothing of an unknown image to remove.
+        assert_eq!(store.remove_image(&a.digest).unwrap(), Freed::default());
+        // The last image takes the shared blobs with it; tmp/ is left empty.
+        store.remove_image(&b.digest).unwrap();
+        assert!(!store.has_blob(&shared_layer));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("snapshots"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     fn manifest(config_type: &str, layer_types: &[&str]) -> ImageManifest {

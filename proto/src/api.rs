@@ -2044,6 +2044,20 @@ pub struct NodeStatus {
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub node_info: NodeSystemInfo,
+    /// Images the node holds, largest first (Kubernetes lists at most 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ContainerImage>,
+}
+
+/// An image on a node (Kubernetes' `ContainerImage`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerImage {
+    /// The references it is known by, e.g. `host/repo:tag` and `host/repo@sha256:…`.
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub size_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -2066,6 +2080,9 @@ pub struct NodeSystemInfo {
     /// The agent's version (Kubernetes calls this kubeletVersion).
     #[serde(default)]
     pub kubelet_version: String,
+    /// `runc://1.1.5` when the node runs containers (empty otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_runtime_version: String,
 }
 
 impl Node {

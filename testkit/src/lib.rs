@@ -65,12 +65,16 @@ where
     eventually_within(what, Duration::from_secs(30), f).await
 }
 
+/// A test's changes to an agent's configuration (agent index, config).
+type Configure = std::sync::Arc<dyn Fn(usize, &mut flotilla_agent::Config) + Send + Sync>;
+
 pub struct Builder {
     agents: usize,
     labels: Vec<(usize, String, String)>,
     placement: Option<Placement>,
     insecure_registries: Vec<String>,
     cluster_cidr: Option<String>,
+    configure: Option<Configure>,
 }
 
 /// Bridges handed to agents in this process, so clusters of parallel tests never share one.
@@ -135,6 +139,16 @@ impl Builder {
         self
     }
 
+    /// Changes agent `i`'s configuration after the harness's defaults (e.g. image GC
+    /// thresholds).
+    pub fn configure(
+        mut self,
+        f: impl Fn(usize, &mut flotilla_agent::Config) + Send + Sync + 'static,
+    ) -> Self {
+        self.configure = Some(std::sync::Arc::new(f));
+        self
+    }
+
     pub async fn start(self) -> Cluster {
         Cluster::start(
             self.agents,
@@ -142,6 +156,7 @@ impl Builder {
             self.placement,
             &self.insecure_registries,
             self.cluster_cidr,
+            self.configure,
         )
         .await
         .expect("cluster failed to start")
@@ -184,6 +199,7 @@ impl Cluster {
             placement: None,
             insecure_registries: Vec::new(),
             cluster_cidr: None,
+            configure: None,
         }
     }
 
@@ -201,6 +217,7 @@ impl Cluster {
         placement: Option<Placement>,
         insecure_registries: &[String],
         cluster_cidr: Option<String>,
+        configure: Option<Configure>,
     ) -> anyhow::Result<Cluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
@@ -256,6 +273,9 @@ impl Cluster {
             for (_, k, v) in labels.iter().filter(|(j, _, _)| *j == i) {
                 cfg.labels.insert(k.clone(), v.clone());
             }
+            if let Some(f) = &configure {
+                f(i, &mut cfg);
+            }
             cluster.agent_cfgs.push(cfg);
             cluster.agents.push(None);
             cluster.agents[i] = Some(
@@ -294,7 +314,14 @@ impl Cluster {
     /// piped in; returns (exit code, stdout, stderr). Blocks the calling worker thread.
     pub fn fleet_cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         use std::io::Write;
-        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/fleet");
+        // Next to the test binary's `deps/` (any CARGO_TARGET_DIR), else the workspace's.
+        let bin = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("fleet")))
+            .filter(|b| b.exists())
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/fleet")
+            });
         assert!(
             bin.exists(),
             "{} is missing: run `cargo build --release` (scripts/test does)",

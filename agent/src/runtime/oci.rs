@@ -56,6 +56,8 @@ pub struct ContainerRuntime {
     bundles: PathBuf,
     /// What `runc --version` said, for node status.
     pub version: String,
+    /// The same, understood (upstream version, commit line), for node status.
+    pub runc_version: super::runc_cves::RuncVersion,
     cgroup_v2: bool,
 }
 
@@ -68,6 +70,8 @@ impl ContainerRuntime {
             .arg("--version")
             .output()
             .map_err(|e| ContainerError::NoRunc(e.to_string()))?;
+        let runc_version =
+            super::runc_cves::RuncVersion::parse(&String::from_utf8_lossy(&out.stdout));
         let version = String::from_utf8_lossy(&out.stdout)
             .lines()
             .next()
@@ -84,6 +88,7 @@ impl ContainerRuntime {
             state,
             bundles,
             version,
+            runc_version,
             cgroup_v2: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
         })
     }
