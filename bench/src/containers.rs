@@ -130,32 +130,44 @@ struct Watch {
 
 /// Notes when paths first appear, from a thread of its own scanning a few directories every
 /// [`POLL`]: the moments a pod's network namespace, files, bundle and marker come into being,
-/// without asking the agent. A path that disappears is forgotten, so that it can be seen
-/// appearing again.
+/// without asking the agent. A path that disappears, or is no longer watched, is forgotten, so
+/// that it can be seen appearing again. Scanning costs the machine CPU, so only what the
+/// sample under way needs is watched ([`Sightings::watch`]), nothing between samples.
 struct Sightings {
+    watches: Arc<Mutex<Vec<Watch>>>,
     seen: Arc<Mutex<HashMap<PathBuf, Instant>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sightings {
-    fn start(watches: Vec<Watch>) -> Sightings {
+    fn start() -> Sightings {
+        let watches = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (seen, stop) = (seen.clone(), stop.clone());
+            let (watches, seen, stop) = (watches.clone(), seen.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    Self::scan(&watches, &seen);
+                    Self::scan(
+                        &watches.lock().unwrap_or_else(PoisonError::into_inner),
+                        &seen,
+                    );
                     std::thread::sleep(POLL);
                 }
             })
         };
         Sightings {
+            watches,
             seen,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Watches these directories from now on (and no others).
+    fn watch(&self, watches: Vec<Watch>) {
+        *self.watches.lock().unwrap_or_else(PoisonError::into_inner) = watches;
     }
 
     fn scan(watches: &[Watch], seen: &Mutex<HashMap<PathBuf, Instant>>) {
@@ -283,35 +295,17 @@ impl Node {
         Path::new("/run/netns").join(format!("flt-{}", &uid[..uid.len().min(24)]))
     }
 
-    /// What the host-side watcher scans: pod network namespaces, the agent's records of them
-    /// and host-local's leases, pod files, container bundles (their config.json and marker)
-    /// and the peer's writable layer.
+    /// What the host-side watcher scans while a pod starts: network namespaces, the agent's
+    /// records of them and host-local's leases, pod files, and container bundles (their
+    /// config.json and marker).
     fn watches(&self) -> Vec<Watch> {
+        let dir = |dir: PathBuf, nested: &'static [&'static str]| Watch { dir, nested };
         vec![
-            Watch {
-                dir: "/run/netns".into(),
-                nested: &[],
-            },
-            Watch {
-                dir: self.data.join("net"),
-                nested: &[],
-            },
-            Watch {
-                dir: self.data.join("net/ipam").join(BRIDGE),
-                nested: &[],
-            },
-            Watch {
-                dir: self.data.join("pods"),
-                nested: &["etc"],
-            },
-            Watch {
-                dir: self.data.join("containers"),
-                nested: &["config.json", MARKER],
-            },
-            Watch {
-                dir: self.peer.join("upper/tmp"),
-                nested: &[],
-            },
+            dir("/run/netns".into(), &[]),
+            dir(self.data.join("net"), &[]),
+            dir(self.data.join("net/ipam").join(BRIDGE), &[]),
+            dir(self.data.join("pods"), &["etc"]),
+            dir(self.data.join("containers"), &["config.json", MARKER]),
         ]
     }
 
@@ -498,6 +492,7 @@ async fn start_pod(
     image: &str,
 ) -> anyhow::Result<Start> {
     let yaml = pod_yaml(name, image);
+    seen.watch(node.watches());
     let called = Instant::now();
     node.client.apply_text(&yaml).await?;
     let t0 = Instant::now();
@@ -545,6 +540,7 @@ async fn start_pod(
                     prev = prev.max(*m);
                 }
             }
+            seen.watch(Vec::new());
             return Ok(Start {
                 uid: uid.clone(),
                 apply: t0 - called,
@@ -694,6 +690,10 @@ impl Peer {
     async fn start(&self, seen: &Sightings, id: &str) -> anyhow::Result<(Duration, Duration)> {
         // The container's stdio is a file: a pipe would stay open as long as it runs.
         let log = std::fs::File::create(self.bundle.join("run.log"))?;
+        seen.watch(vec![Watch {
+            dir: self.bundle.join("upper/tmp"),
+            nested: &[],
+        }]);
         let t0 = Instant::now();
         let status = self
             .runc()
@@ -726,6 +726,7 @@ impl Peer {
         while seen.present(&self.marker) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        seen.watch(Vec::new());
         Ok((returned, started))
     }
 }
@@ -763,7 +764,7 @@ pub async fn container_start() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = rss(node.agent_pid());
 
-    let seen = Sightings::start(node.watches());
+    let seen = Sightings::start();
     // The first pod pulls and unpacks the image; while it runs, its spec is the peer's.
     let warm = start_pod(&node, &seen, "warm-up", &image).await?;
     let peer = Peer::prepare(&node, &warm.uid)?;
