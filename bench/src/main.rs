@@ -1,7 +1,13 @@
 //! Flotilla's benchmark harness: runs the real `flotilla-hub` and `flotilla-agent` binaries as
 //! separate processes, measures them from /proc, and runs peers side by side. Prints figures;
 //! asserts nothing.
+//!
+//! With no argument it runs the WASI benchmarks, then `sched` and `lost`. Subcommands run one
+//! benchmark: `sched`, `lost`, `container-start` and `pull` (the last two need root and the
+//! container tools scripts/setup installs). The binaries are taken from
+//! `$CARGO_TARGET_DIR/release` when that is set, else from `<repo>/target/release`.
 #![allow(clippy::print_stdout)]
+mod containers;
 mod lost;
 mod sched;
 
@@ -12,6 +18,7 @@ use flotilla_hub::config::ClientFile;
 use flotilla_proto::api::{Kind, Object};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 struct Proc {
@@ -36,8 +43,13 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Where the release binaries are; set once in `main` (from `CARGO_TARGET_DIR`).
+static RELEASE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
 fn bin(name: &str) -> PathBuf {
-    root().join("target/release").join(name)
+    RELEASE_DIR
+        .get_or_init(|| root().join("target/release"))
+        .join(name)
 }
 
 /// Resident set size in bytes (VmRSS).
@@ -290,7 +302,16 @@ fn peer_wasmtime() -> Option<PathBuf> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let _ = RELEASE_DIR.set(target.join("release"));
     let only: Vec<String> = std::env::args().skip(1).collect();
+    if only.iter().any(|a| a == "container-start") {
+        return containers::container_start().await;
+    }
+    if only.iter().any(|a| a == "pull") {
+        return containers::pull().await;
+    }
     if only.iter().any(|a| a == "sched") {
         return sched::run().await;
     }
