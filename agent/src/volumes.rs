@@ -71,12 +71,12 @@ pub async fn prepare(shared: &Shared, pod: &Pod, c: &Container) -> Result<Vec<Mo
             (dir, false)
         } else if let Some(c) = &v.persistent_volume_claim {
             let dir = claim_dir(shared, pod.namespace(), &c.claim_name);
-            create_private_dir(&dir)
+            create_volume_dir(&dir, WRITABLE)
                 .map_err(|e| format!("MountVolume.SetUp failed for volume {:?}: {e}", v.name))?;
             (dir, c.read_only)
         } else if v.empty_dir.is_some() {
             let dir = volume_dir(shared, pod, v);
-            create_private_dir(&dir)
+            create_volume_dir(&dir, WRITABLE)
                 .map_err(|e| format!("MountVolume.SetUp failed for volume {:?}: {e}", v.name))?;
             (dir, false)
         } else {
@@ -141,6 +141,19 @@ pub fn sweep(shared: &Shared, keep: &BTreeSet<String>) {
             }
         }
     }
+}
+
+/// A volume any container user may write to, as kubelet makes emptyDir (the agent's private
+/// directories above it keep host users out).
+const WRITABLE: u32 = 0o777;
+/// A projected volume (ConfigMap, Secret, downwardAPI): readable by any container user.
+const READABLE: u32 = 0o755;
+
+/// Creates a volume's directory (its parents private to the agent) with `mode`.
+fn create_volume_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    create_private_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -262,14 +275,14 @@ async fn project(shared: &Shared, pod: &Pod, v: &Volume, dir: &Path) -> Result<(
     let files = files_of(shared, pod, v).await?;
     let failed =
         |e: std::io::Error| format!("MountVolume.SetUp failed for volume {:?}: {e}", v.name);
-    create_private_dir(dir).map_err(failed)?;
+    create_volume_dir(dir, READABLE).map_err(failed)?;
     for (path, bytes) in &files {
         let target = dir.join(path);
         if std::fs::read(&target).ok().as_deref() == Some(bytes.as_slice()) {
             continue;
         }
         if let Some(parent) = target.parent() {
-            create_private_dir(parent).map_err(failed)?;
+            create_volume_dir(parent, READABLE).map_err(failed)?;
         }
         let tmp = dir.join(format!(".{}.tmp", path.replace('/', "_")));
         std::fs::write(&tmp, bytes).map_err(failed)?;

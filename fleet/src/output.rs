@@ -1073,9 +1073,9 @@ mod tests {
         };
         let nodes = [node("pi-1", Some("10.42.0.0/24")), node("pi-2", None)];
         expect_test::expect![[r#"
-            NAME   STATUS   ROLES    AGE         VERSION   INTERNAL-IP   OS-IMAGE   KERNEL-VERSION   ARCH    POD-CIDR
-            pi-1   Ready    <none>   <unknown>   v0.1.0    192.168.1.7   linux      6.1.0            arm64   10.42.0.0/24
-            pi-2   Ready    <none>   <unknown>   v0.1.0    192.168.1.7   linux      6.1.0            arm64   <none>
+            NAME   STATUS   ROLES    AGE         VERSION   INTERNAL-IP   OS-IMAGE   KERNEL-VERSION   ARCH    CONTAINER-RUNTIME   POD-CIDR
+            pi-1   Ready    <none>   <unknown>   v0.1.0    192.168.1.7   linux      6.1.0            arm64   <none>              10.42.0.0/24
+            pi-2   Ready    <none>   <unknown>   v0.1.0    192.168.1.7   linux      6.1.0            arm64   <none>              <none>
         "#]]
         .assert_eq(&render(Kind::Node, &nodes, Format::Wide, false));
         assert!(!render(Kind::Node, &nodes, Format::Table, false).contains("POD-CIDR"));

@@ -445,6 +445,16 @@ mod tests {
         })
         .unwrap();
         expect!["0000000f12030764656661756c740377656202"].assert_eq(&hex::encode(delete));
+        let logs = encode(&AgentRequest::ContainerLogs(LogsRequest {
+            namespace: "default".into(),
+            name: "p".into(),
+            container: Some("c".into()),
+            tail: Some(5),
+            follow: false,
+            previous: true,
+        }))
+        .unwrap();
+        expect!["00000012020764656661756c74017001016301050001"].assert_eq(&hex::encode(logs));
     }
 
     #[test]

@@ -648,10 +648,17 @@ async fn sidecars_share_the_pod_network_and_log_on_their_own() {
     registry.push("test/duo:v1", &web).await.unwrap();
     let cluster = Cluster::builder().agents(1).registry(&host).start().await;
     // The server listens on the pod's loopback only: the sidecar reaches it because the
-    // containers share one network namespace. The sidecar exits 3 after each call.
+    // containers share one network namespace. It serves a file it wrote, as a non-root user,
+    // into an emptyDir the sidecar (another user) reads through a read-only mount; the
+    // sidecar also reads a ConfigMap file. The sidecar exits 3 after each call.
     cluster
         .apply(&format!(
             r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: duo-conf}}
+data: {{greeting: hello-from-configmap}}
+---
 apiVersion: v1
 kind: Pod
 metadata:
@@ -659,13 +666,20 @@ metadata:
   annotations: {{kubectl.kubernetes.io/default-container: side}}
 spec:
   terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: shared, emptyDir: {{}}}}
+  - {{name: conf, configMap: {{name: duo-conf}}}}
   containers:
   - name: web
     image: {host}/test/duo:v1
-    command: [sh, -c, 'echo web-started; mkdir -p /tmp/www; echo from-web > /tmp/www/index.html; exec httpd -f -p 127.0.0.1:8080 -h /tmp/www']
+    securityContext: {{runAsUser: 1000}}
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+    command: [sh, -c, 'echo web-started; echo from-web > /shared/index.html; exec httpd -f -p 127.0.0.1:8080 -h /shared']
   - name: side
     image: {host}/test/duo:v1
-    command: [sh, -c, 'echo side-$RANDOM; until wget -qO- http://127.0.0.1:8080/; do sleep 0.2; done; sleep 1; exit 3']
+    securityContext: {{runAsUser: 2000}}
+    volumeMounts: [{{name: shared, mountPath: /data, readOnly: true}}, {{name: conf, mountPath: /conf}}]
+    command: [sh, -c, 'echo side-$RANDOM; cat /conf/greeting; touch /data/x 2>/dev/null || echo read-only; until wget -qO- http://127.0.0.1:8080/; do sleep 0.2; done; sleep 1; exit 3']
 "#
         ))
         .await
@@ -706,12 +720,18 @@ spec:
         logs_of(&cluster, "duo", None, true).await.ok()
     })
     .await;
-    assert!(
-        previous.contains("side-")
-            && previous.contains("from-web")
-            && previous.contains("container side exited with code 3"),
-        "the sidecar's previous run, over localhost: {previous}"
-    );
+    for expected in [
+        "side-",
+        "hello-from-configmap",
+        "read-only",
+        "from-web",
+        "container side exited with code 3",
+    ] {
+        assert!(
+            previous.contains(expected),
+            "the sidecar's previous run: {expected:?} in {previous}"
+        );
+    }
     let refused = logs_of(&cluster, "duo", Some("web"), true)
         .await
         .unwrap_err();
