@@ -297,14 +297,7 @@ async fn hub_request(
             tail,
             follow,
         } => {
-            let req = LogsRequest {
-                namespace,
-                name,
-                container: None,
-                tail,
-                follow,
-                previous: false,
-            };
+            let req = LogsRequest::current(namespace, name, tail, follow);
             serve_logs(shared, req, send, &cancel).await?
         }
         AgentRequest::ContainerLogs(req) => serve_logs(shared, req, send, &cancel).await?,

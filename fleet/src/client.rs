@@ -305,14 +305,7 @@ impl Client {
         follow: bool,
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> anyhow::Result<()> {
-        let req = LogsRequest {
-            namespace: namespace.into(),
-            name: name.into(),
-            container: None,
-            tail,
-            follow,
-            previous: false,
-        };
+        let req = LogsRequest::current(namespace.into(), name.into(), tail, follow);
         self.container_logs(req, out).await
     }
 

@@ -271,14 +271,7 @@ async fn stream(
                 follow,
             },
         ) => {
-            let req = LogsRequest {
-                namespace,
-                name,
-                container: None,
-                tail,
-                follow,
-                previous: false,
-            };
+            let req = LogsRequest::current(namespace, name, tail, follow);
             return logs(&hub, req, send).await;
         }
         (Identity::Admin, Request::ContainerLogs(req)) => {
@@ -936,6 +929,15 @@ async fn push(
     }
 }
 
+/// The agent's time of an event when it is plausible (a board without a clock may say 1970),
+/// else the hub's.
+fn agent_time(reported: &str, now: std::time::SystemTime) -> std::time::SystemTime {
+    humantime::parse_rfc3339(reported)
+        .ok()
+        .filter(|t| *t <= now && now.duration_since(*t).unwrap_or_default() < AGENT_CLOCK_SLACK)
+        .unwrap_or(now)
+}
+
 /// Proxies a logs request to the agent running the pod.
 async fn logs(
     hub: &Hub,
@@ -1351,12 +1353,7 @@ fn report_events(hub: &Hub, node: &str, events: Vec<EventReport>) -> Response {
                         continue;
                     }
                 };
-                let at = humantime::parse_rfc3339(&r.time)
-                    .ok()
-                    .filter(|t| {
-                        *t <= now && now.duration_since(*t).unwrap_or_default() < AGENT_CLOCK_SLACK
-                    })
-                    .unwrap_or(now);
+                let at = agent_time(&r.time, now);
                 let involved = flotilla_proto::api::ObjectReference {
                     api_version: "v1".into(),
                     kind: Kind::Node.as_str().into(),
@@ -1387,13 +1384,7 @@ fn report_events(hub: &Hub, node: &str, events: Vec<EventReport>) -> Response {
                 ignored += 1;
                 continue;
             }
-            // The agent's time when it is plausible (a board without a clock may say 1970).
-            let at = humantime::parse_rfc3339(&r.time)
-                .ok()
-                .filter(|t| {
-                    *t <= now && now.duration_since(*t).unwrap_or_default() < AGENT_CLOCK_SLACK
-                })
-                .unwrap_or(now);
+            let at = agent_time(&r.time, now);
             let involved = flotilla_proto::api::ObjectReference {
                 api_version: "v1".into(),
                 kind: Kind::Pod.as_str().into(),

@@ -151,6 +151,20 @@ pub struct LogsRequest {
     pub previous: bool,
 }
 
+impl LogsRequest {
+    /// The default container's current run: what the older `Logs` requests ask for.
+    pub fn current(namespace: String, name: String, tail: Option<u32>, follow: bool) -> Self {
+        LogsRequest {
+            namespace,
+            name,
+            container: None,
+            tail,
+            follow,
+            previous: false,
+        }
+    }
+}
+
 /// A command to run in a running container (`kubectl exec` semantics).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {

@@ -453,6 +453,27 @@ impl Cluster {
 
     /// Waits until exactly `n` pods labelled `app=<app>` exist and all are Ready with an
     /// endpoint; returns them.
+    /// The pod named `name` once `f` holds for it (within 60 s; `what` names the wait).
+    pub async fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        f: impl Fn(&flotilla_proto::api::Pod) -> bool,
+    ) -> flotilla_proto::api::Pod {
+        eventually_within(
+            &format!("pod {name}: {what}"),
+            Duration::from_secs(60),
+            || async {
+                self.pods()
+                    .await
+                    .into_iter()
+                    .find(|p| p.metadata.name == name)
+                    .filter(|p| f(p))
+            },
+        )
+        .await
+    }
+
     pub async fn wait_ready(&self, app: &str, n: usize) -> Vec<flotilla_proto::api::Pod> {
         eventually(&format!("{n} ready pods of {app}"), || async {
             let pods = self.pods().await;

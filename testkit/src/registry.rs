@@ -351,3 +351,24 @@ pub fn busybox_image(cmd: &[&str], extra: serde_json::Value) -> anyhow::Result<T
         config_media_type: "application/vnd.oci.image.config.v1+json".into(),
     })
 }
+
+/// Fails clearly (naming `what` tests) unless this process is root and runc, the CNI bridge
+/// plugin and docker-registry are installed (scripts/setup installs them; CI runs as root).
+pub fn require_container_tools(what: &str) {
+    assert!(
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))),
+        "{what} tests need root (CI runs as root)"
+    );
+    for p in [
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/usr/bin/docker-registry",
+    ] {
+        assert!(
+            std::path::Path::new(p).exists(),
+            "{what} tests need {p}: run scripts/setup"
+        );
+    }
+}

@@ -2,28 +2,11 @@
 //! busybox-static, real runc, real CNI plugins, curl. Needs root, runc, docker-registry,
 //! busybox-static and the CNI plugins (scripts/setup installs them); fails clearly without.
 use flotilla_proto::api::Pod;
-use flotilla_testkit::registry::{Layer, Registry, TestImage, busybox_image, image_config};
+use flotilla_testkit::registry::{
+    Layer, Registry, TestImage, busybox_image, image_config, require_container_tools,
+};
 use flotilla_testkit::{Cluster, curl, eventually, eventually_within};
 use std::time::Duration;
-
-fn prerequisites() {
-    assert!(
-        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))),
-        "container tests need root (CI runs as root)"
-    );
-    for p in [
-        "/usr/sbin/runc",
-        "/usr/lib/cni/bridge",
-        "/usr/bin/docker-registry",
-    ] {
-        assert!(
-            std::path::Path::new(p).exists(),
-            "container tests need {p}: run scripts/setup"
-        );
-    }
-}
 
 fn pod_named(pods: &[Pod], name: &str) -> Option<Pod> {
     pods.iter().find(|p| p.metadata.name == name).cloned()
@@ -81,15 +64,6 @@ async fn wait_logs(cluster: &Cluster, name: &str, needle: &str) -> String {
     .await
 }
 
-async fn wait_pod(cluster: &Cluster, name: &str, what: &str, f: impl Fn(&Pod) -> bool) -> Pod {
-    eventually_within(
-        &format!("pod {name}: {what}"),
-        Duration::from_secs(60),
-        || async { pod_named(&cluster.pods().await, name).filter(|p| f(p)) },
-    )
-    .await
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -130,7 +104,7 @@ fn leftovers(cluster: &Cluster, i: usize) -> (String, Vec<String>, Vec<String>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_serves_on_its_pod_ip_and_host_port() {
-    prerequisites();
+    require_container_tools("container");
     let registry = Registry::start().unwrap();
     let host = registry.host();
     let web = busybox_image(
@@ -208,10 +182,9 @@ spec:
         ))
         .await
         .unwrap();
-    let done = wait_pod(&cluster, "client", "Succeeded", |p| {
-        p.status.phase == "Succeeded"
-    })
-    .await;
+    let done = cluster
+        .wait_pod("client", "Succeeded", |p| p.status.phase == "Succeeded")
+        .await;
     let out = logs(&cluster, "client").await;
     assert!(
         out.contains("uid=1234 cwd=/tmp env=hi/yes host=client"),
@@ -244,7 +217,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_images_are_refused_and_indexes_pick_this_platform() {
-    prerequisites();
+    require_container_tools("container");
     let registry = Registry::start().unwrap();
     let host = registry.host();
     // A layer whose blob the registry serves corrupted.
@@ -321,44 +294,45 @@ async fn bad_images_are_refused_and_indexes_pick_this_platform() {
     .concat();
     cluster.apply(&manifests).await.unwrap();
 
-    let p = wait_pod(&cluster, "corrupt", "ErrImagePull", |p| {
-        waiting(p).is_some_and(|(r, m)| r.contains("ImagePull") && m.contains("verification"))
-    })
-    .await;
+    let p = cluster
+        .wait_pod("corrupt", "ErrImagePull", |p| {
+            waiting(p).is_some_and(|(r, m)| r.contains("ImagePull") && m.contains("verification"))
+        })
+        .await;
     assert!(
         waiting(&p).unwrap().1.contains("failed verification"),
         "{:?}",
         waiting(&p)
     );
-    let p = wait_pod(&cluster, "evil", "refused layer", |p| {
-        waiting(p).is_some_and(|(_, m)| m.contains("escapes the rootfs"))
-    })
-    .await;
+    let p = cluster
+        .wait_pod("evil", "refused layer", |p| {
+            waiting(p).is_some_and(|(_, m)| m.contains("escapes the rootfs"))
+        })
+        .await;
     assert!(waiting(&p).unwrap().0.contains("ImagePull"));
     assert!(
         !std::path::Path::new("/tmp").join(&canary).exists(),
         "traversal wrote outside"
     );
-    let p = wait_pod(&cluster, "absent", "ErrImageNeverPull", |p| {
-        waiting(p).is_some_and(|(r, _)| r == "ErrImageNeverPull")
-    })
-    .await;
+    let p = cluster
+        .wait_pod("absent", "ErrImageNeverPull", |p| {
+            waiting(p).is_some_and(|(r, _)| r == "ErrImageNeverPull")
+        })
+        .await;
     assert!(waiting(&p).unwrap().1.contains("pull policy of Never"));
 
-    let p = wait_pod(&cluster, "multi", "Succeeded", |p| {
-        p.status.phase == "Succeeded"
-    })
-    .await;
+    let p = cluster
+        .wait_pod("multi", "Succeeded", |p| p.status.phase == "Succeeded")
+        .await;
     assert_eq!(p.status.container_statuses[0].image_id, platform_digests[1]);
     assert!(
         logs(&cluster, "multi")
             .await
             .contains(&format!("picked-{arch}"))
     );
-    wait_pod(&cluster, "zstd", "Succeeded", |p| {
-        p.status.phase == "Succeeded"
-    })
-    .await;
+    cluster
+        .wait_pod("zstd", "Succeeded", |p| p.status.phase == "Succeeded")
+        .await;
     assert!(logs(&cluster, "zstd").await.contains("zstd layer applied"));
 
     // The wasm artifact runs under wasmtime and serves HTTP.
@@ -372,7 +346,7 @@ async fn bad_images_are_refused_and_indexes_pick_this_platform() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_are_limited_and_isolated() {
-    prerequisites();
+    require_container_tools("container");
     let registry = Registry::start().unwrap();
     let host = registry.host();
     let image = busybox_image(&["sh"], serde_json::json!({})).unwrap();
@@ -417,7 +391,9 @@ spec:
     cluster.apply(&manifests).await.unwrap();
 
     // The hog is OOMKilled; its neighbour with the same limit is untouched.
-    let hog = wait_pod(&cluster, "hog", "OOMKilled", |p| p.status.phase == "Failed").await;
+    let hog = cluster
+        .wait_pod("hog", "OOMKilled", |p| p.status.phase == "Failed")
+        .await;
     let term = hog.status.container_statuses[0]
         .state
         .terminated
@@ -477,7 +453,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_probes_and_agent_restarts() {
-    prerequisites();
+    require_container_tools("container");
     let registry = Registry::start().unwrap();
     let host = registry.host();
     let image = busybox_image(&["sh"], serde_json::json!({})).unwrap();
@@ -502,11 +478,12 @@ spec:
         .await
         .unwrap();
     // Ready through an exec probe; restarted when the liveness command starts failing.
-    wait_pod(&cluster, "probed", "Ready", |p| p.is_ready()).await;
-    let restarted = wait_pod(&cluster, "probed", "restarted by liveness", |p| {
-        p.restarts() >= 1 && p.is_ready()
-    })
-    .await;
+    cluster.wait_pod("probed", "Ready", |p| p.is_ready()).await;
+    let restarted = cluster
+        .wait_pod("probed", "restarted by liveness", |p| {
+            p.restarts() >= 1 && p.is_ready()
+        })
+        .await;
     let last = restarted.status.container_statuses[0]
         .last_state
         .clone()
@@ -624,7 +601,9 @@ spec:
         "{runc:?} {mounts:?} {nets:?}"
     );
     cluster.start_agent(0).await;
-    wait_pod(&cluster, "probed", "Ready again", |p| p.is_ready()).await;
+    cluster
+        .wait_pod("probed", "Ready again", |p| p.is_ready())
+        .await;
     let run_line = before.lines().find(|l| l.starts_with("run-")).unwrap();
     eventually("the run before the restart kept as previous", || async {
         let l = logs_of(&cluster, "probed", None, true).await.ok()?;
@@ -641,7 +620,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_share_the_pod_network_and_log_on_their_own() {
-    prerequisites();
+    require_container_tools("container");
     let registry = Registry::start().unwrap();
     let host = registry.host();
     let web = busybox_image(&["sh"], serde_json::json!({})).unwrap();
@@ -684,13 +663,14 @@ spec:
         ))
         .await
         .unwrap();
-    let pod = wait_pod(&cluster, "duo", "the sidecar restarted", |p| {
-        p.status
-            .container_statuses
-            .iter()
-            .any(|s| s.name == "side" && s.restart_count >= 1)
-    })
-    .await;
+    let pod = cluster
+        .wait_pod("duo", "the sidecar restarted", |p| {
+            p.status
+                .container_statuses
+                .iter()
+                .any(|s| s.name == "side" && s.restart_count >= 1)
+        })
+        .await;
     assert_eq!(pod.status.phase, "Running");
     let web = &pod.status.container_statuses[0];
     assert_eq!(

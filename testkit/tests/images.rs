@@ -5,29 +5,12 @@
 //! root, runc, docker-registry, busybox-static and the CNI plugins (scripts/setup installs
 //! them); fails clearly without.
 use flotilla_proto::api::{Kind, Node, Object, Pod};
-use flotilla_testkit::registry::{Layer, Registry, TestImage, busybox_image};
+use flotilla_testkit::registry::{
+    Layer, Registry, TestImage, busybox_image, require_container_tools,
+};
 use flotilla_testkit::{Cluster, eventually_within};
 use std::path::Path;
 use std::time::Duration;
-
-fn prerequisites() {
-    assert!(
-        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))),
-        "image tests need root (CI runs as root)"
-    );
-    for p in [
-        "/usr/sbin/runc",
-        "/usr/lib/cni/bridge",
-        "/usr/bin/docker-registry",
-    ] {
-        assert!(
-            Path::new(p).exists(),
-            "image tests need {p}: run scripts/setup"
-        );
-    }
-}
 
 async fn node(cluster: &Cluster) -> Node {
     let c = cluster.fleet().await;
@@ -104,7 +87,7 @@ fn snapshot(store: &Path, digest: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_status_lists_images_and_gc_removes_unused_ones() {
-    prerequisites();
+    require_container_tools("image");
     let registry = Registry::start().unwrap();
     let host = registry.host();
     // A and B share the busybox layer; A has one layer of its own.

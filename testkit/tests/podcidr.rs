@@ -6,31 +6,12 @@
 //! the CNI plugins (scripts/setup installs them); fails clearly without.
 use flotilla_proto::api::{Event, EventType, Kind, Node, Object, Pod};
 use flotilla_proto::wire::{Request, Response};
-use flotilla_testkit::registry::{Registry, busybox_image};
+use flotilla_testkit::registry::{Registry, busybox_image, require_container_tools};
 use flotilla_testkit::{Cluster, eventually_within};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
-
-fn prerequisites() {
-    assert!(
-        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))),
-        "pod CIDR tests need root (CI runs as root)"
-    );
-    for p in [
-        "/usr/sbin/runc",
-        "/usr/lib/cni/bridge",
-        "/usr/bin/docker-registry",
-    ] {
-        assert!(
-            std::path::Path::new(p).exists(),
-            "pod CIDR tests need {p}: run scripts/setup"
-        );
-    }
-}
 
 async fn nodes(cluster: &Cluster) -> Vec<Node> {
     let c = cluster.fleet().await;
@@ -73,22 +54,6 @@ async fn events(cluster: &Cluster) -> Vec<Event> {
             _ => None,
         })
         .collect()
-}
-
-async fn wait_pod(cluster: &Cluster, name: &str, what: &str, f: impl Fn(&Pod) -> bool) -> Pod {
-    eventually_within(
-        &format!("pod {name}: {what}"),
-        Duration::from_secs(60),
-        || async {
-            cluster
-                .pods()
-                .await
-                .into_iter()
-                .find(|p| p.metadata.name == name)
-                .filter(|p| f(p))
-        },
-    )
-    .await
 }
 
 fn pod_ip(p: &Pod) -> Option<IpAddr> {
@@ -137,7 +102,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_get_their_own_pod_cidrs_and_keep_them_across_restarts() {
-    prerequisites();
+    require_container_tools("pod CIDR");
     let registry = Registry::start().unwrap();
     let host = registry.host();
     let image = busybox_image(&["sleep", "3600"], serde_json::json!({})).unwrap();
@@ -168,8 +133,8 @@ async fn nodes_get_their_own_pod_cidrs_and_keep_them_across_restarts() {
             .await
             .unwrap();
     }
-    let p0 = wait_pod(&cluster, "p0", "running with an IP", running).await;
-    let p1 = wait_pod(&cluster, "p1", "running with an IP", running).await;
+    let p0 = cluster.wait_pod("p0", "running with an IP", running).await;
+    let p1 = cluster.wait_pod("p1", "running with an IP", running).await;
     let (ip0, ip1) = (pod_ip(&p0).unwrap(), pod_ip(&p1).unwrap());
     assert!(r0.contains(&ip0), "p0's {ip0} in node-0's {r0}");
     assert!(r1.contains(&ip1), "p1's {ip1} in node-1's {r1}");
@@ -204,7 +169,7 @@ async fn nodes_get_their_own_pod_cidrs_and_keep_them_across_restarts() {
     cluster.start_hub().await;
     cluster.wait_nodes_ready(2).await;
     assert_eq!(node_cidrs(&cluster).await, cidrs, "ranges after restarts");
-    let p1 = wait_pod(&cluster, "p1", "running again", running).await;
+    let p1 = cluster.wait_pod("p1", "running again", running).await;
     let ip1 = pod_ip(&p1).unwrap();
     assert!(r1.contains(&ip1), "p1's {ip1} in node-1's {r1}");
     assert_eq!(agent_range(&cluster, 1), Some(r1));
@@ -213,7 +178,7 @@ async fn nodes_get_their_own_pod_cidrs_and_keep_them_across_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_free_range_waits_for_one() {
-    prerequisites();
+    require_container_tools("pod CIDR");
     let registry = Registry::start().unwrap();
     let host = registry.host();
     let image = busybox_image(&["sleep", "3600"], serde_json::json!({})).unwrap();
@@ -267,15 +232,16 @@ async fn a_node_without_a_free_range_waits_for_one() {
         .apply(&sleeper_pod("waits", &without_name, &image))
         .await
         .unwrap();
-    wait_pod(&cluster, "waits", "waiting for a pod CIDR", |p| {
-        p.status.container_statuses.first().is_some_and(|c| {
-            c.state.waiting.as_ref().is_some_and(|w| {
-                w.reason.as_deref() == Some("ContainerCreating")
-                    && w.message.as_deref() == Some("node has no pod CIDR yet")
+    cluster
+        .wait_pod("waits", "waiting for a pod CIDR", |p| {
+            p.status.container_statuses.first().is_some_and(|c| {
+                c.state.waiting.as_ref().is_some_and(|w| {
+                    w.reason.as_deref() == Some("ContainerCreating")
+                        && w.message.as_deref() == Some("node has no pod CIDR yet")
+                })
             })
         })
-    })
-    .await;
+        .await;
 
     // The node holding the range leaves the cluster: the waiting node gets it, and its pod
     // an address from it.
@@ -286,7 +252,9 @@ async fn a_node_without_a_free_range_waits_for_one() {
         .unwrap();
     c.close().await;
     wait_agent_range(&cluster, without, Some(only_net)).await;
-    let p = wait_pod(&cluster, "waits", "running with an IP", running).await;
+    let p = cluster
+        .wait_pod("waits", "running with an IP", running)
+        .await;
     let ip = pod_ip(&p).unwrap();
     assert!(only_net.contains(&ip), "{ip} in {only_net}");
 
@@ -309,7 +277,7 @@ async fn a_node_without_a_free_range_waits_for_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_pod_cidr_is_recorded_unless_another_node_has_it() {
-    prerequisites();
+    require_container_tools("pod CIDR");
     let mut cluster = Cluster::builder().agents(2).start().await;
     let cidrs = node_cidrs(&cluster).await;
     let (r0, r1) = (cidrs["node-0"].unwrap(), cidrs["node-1"].unwrap());
