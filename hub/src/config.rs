@@ -20,6 +20,15 @@ pub struct Config {
     pub cluster_cidr: String,
     /// The prefix length of each node's pod CIDR (default 24: 254 pods a node).
     pub node_cidr_mask_size: u8,
+    /// The range Services' cluster IPs are taken from (k3s' `--service-cidr`, default
+    /// 10.43.0.0/16).
+    pub service_cidr: String,
+}
+
+/// The allocators a valid config yields.
+pub struct Ranges {
+    pub pod_cidrs: crate::podcidr::Allocator,
+    pub service_cidr: crate::services::ServiceCidr,
 }
 
 impl Config {
@@ -32,15 +41,25 @@ impl Config {
             job_backoff: Duration::from_secs(10),
             cluster_cidr: "10.42.0.0/16".into(),
             node_cidr_mask_size: 24,
+            service_cidr: "10.43.0.0/16".into(),
         }
     }
 
     /// Checks what can be checked before anything is opened or bound.
-    pub fn validate(&self) -> anyhow::Result<crate::podcidr::Allocator> {
-        Ok(crate::podcidr::Allocator::new(
-            &self.cluster_cidr,
-            self.node_cidr_mask_size,
-        )?)
+    pub fn validate(&self) -> anyhow::Result<Ranges> {
+        let pod_cidrs = crate::podcidr::Allocator::new(&self.cluster_cidr, self.node_cidr_mask_size)?;
+        let service_cidr = crate::services::ServiceCidr::new(&self.service_cidr)?;
+        let services = ipnet::IpNet::V4(service_cidr.net());
+        if crate::podcidr::overlaps(&pod_cidrs.cluster(), &services) {
+            anyhow::bail!(
+                "--service-cidr {services} overlaps --cluster-cidr {}: pod and service addresses must differ",
+                pod_cidrs.cluster()
+            );
+        }
+        Ok(Ranges {
+            pod_cidrs,
+            service_cidr,
+        })
     }
 }
 

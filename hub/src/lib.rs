@@ -7,6 +7,7 @@ pub mod edit;
 pub mod events;
 pub mod pki;
 pub mod podcidr;
+pub mod services;
 pub mod rollout;
 pub mod scheduler;
 pub mod server;
@@ -32,6 +33,8 @@ pub struct Hub {
     pub deleted_pods: events::DeletedPods,
     /// Hands out node pod CIDRs (from `config.cluster_cidr`).
     pub pod_cidrs: podcidr::Allocator,
+    /// Hands out Services' cluster IPs (from `config.service_cidr`).
+    pub service_cidr: services::ServiceCidr,
     pub config: Config,
 }
 
@@ -69,7 +72,10 @@ impl HubHandle {
 /// Starts the hub on an already bound UDP socket.
 pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Result<HubHandle> {
     flotilla_transport::install_crypto_provider();
-    let pod_cidrs = config.validate()?;
+    let config::Ranges {
+        pod_cidrs,
+        service_cidr,
+    } = config.validate()?;
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("failed to create data dir {}", data_dir.display()))?;
@@ -99,6 +105,7 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
         agents: Default::default(),
         deleted_pods: Default::default(),
         pod_cidrs,
+        service_cidr,
         config,
     });
 
@@ -119,6 +126,7 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
         controller::cronjob::CONTROLLER,
         controller::disruption::CONTROLLER,
         controller::taint::CONTROLLER,
+        controller::endpointslice::CONTROLLER,
     ] {
         tracker.spawn(controller::run(hub.clone(), ctl, cancel.child_token()));
     }

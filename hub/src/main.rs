@@ -35,6 +35,9 @@ struct Args {
     /// The prefix length of each node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+    /// The range Services' cluster IPs are taken from.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
 }
 
 #[tokio::main]
@@ -51,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
     config.node_grace = args.node_grace;
     config.cluster_cidr = args.cluster_cidr;
     config.node_cidr_mask_size = args.node_cidr_mask_size;
+    config.service_cidr = args.service_cidr;
     config.validate()?;
     if args.node_grace < flotilla_transport::IDLE_TIMEOUT {
         tracing::warn!(

@@ -10,8 +10,8 @@ use flotilla_proto::api::{
 };
 use flotilla_proto::manifest;
 use flotilla_proto::wire::{
-    AgentRequest, Applied, ApplyAction, EventReport, LogsRequest, PodReport, PropagationPolicy,
-    Request, Response, WatchEvent,
+    AgentRequest, Applied, ApplyAction, DiscoveryEvent, EventReport, LogsRequest, PodReport,
+    PropagationPolicy, Request, Response, WatchEvent,
 };
 use flotilla_transport::{
     Identity, TransportError, check_hello, hello, peer_identity, recv_frame, send_frame,
@@ -289,7 +289,10 @@ async fn stream(
             },
         ) => join(&hub, &token, &node_name, &csr_pem),
         (Identity::Node(node), Request::Watch { from_revision }) => {
-            return watch(&hub, node, from_revision, send, cancel).await;
+            return watch(&hub, NodePods(node), from_revision, send, cancel).await;
+        }
+        (Identity::Node(_), Request::WatchDiscovery { from_revision }) => {
+            return watch(&hub, Discovery, from_revision, send, cancel).await;
         }
         // A node may read its own Node (for its pod CIDR), as Kubernetes' NodeRestriction
         // lets a kubelet.
@@ -370,7 +373,7 @@ fn apply(hub: &Hub, objects: Vec<String>) -> Response {
             .collect();
         let mut results = Vec::new();
         for obj in parsed {
-            results.push(apply_one(tx, obj, &batch_namespaces)?);
+            results.push(apply_one(tx, &hub.service_cidr, obj, &batch_namespaces)?);
         }
         Ok(results)
     });
@@ -382,6 +385,7 @@ fn apply(hub: &Hub, objects: Vec<String>) -> Response {
 
 fn apply_one(
     tx: &mut Tx<'_>,
+    service_cidr: &crate::services::ServiceCidr,
     mut obj: Object,
     batch_namespaces: &[String],
 ) -> Result<Applied, StoreError> {
@@ -449,6 +453,16 @@ fn apply_one(
         _ => {}
     }
     let existing = tx.get(&key)?;
+    if let Object::Service(svc) = &mut obj {
+        let old = match &existing {
+            Some(Object::Service(old)) => {
+                svc.status = old.status.clone();
+                Some(old)
+            }
+            _ => None,
+        };
+        crate::services::admit(tx, service_cidr, &key, old, svc)?;
+    }
     if existing.is_none()
         && let Object::Node(n) = &mut obj
     {
@@ -1043,53 +1057,125 @@ fn on_node(obj: &Object, node: &str) -> bool {
     matches!(obj, Object::Pod(p) if p.spec.node_name.as_deref() == Some(node))
 }
 
-fn deleted_event(revision: u64, obj: &Object) -> WatchEvent {
-    let m = obj.meta();
-    WatchEvent::Deleted {
-        revision,
-        namespace: m.namespace.clone().unwrap_or_default(),
-        name: m.name.clone(),
-        uid: m.uid.clone(),
+/// What one kind of watch stream covers and how it words its events. `watch` does the
+/// rest: resume from the log or snapshot, then live changes, a snapshot again on lag.
+trait Feed {
+    type Event: serde::Serialize;
+    /// The kinds it covers (for snapshots); `covers` narrows them down.
+    fn kinds(&self) -> &'static [Kind];
+    fn covers(&self, obj: &Object) -> bool;
+    /// Whether a change of an object it covers, from `prev`, is news to the watcher.
+    fn is_news(&self, _prev: &Object, _obj: &Object) -> bool {
+        true
+    }
+    fn snapshot(&self, revision: u64, objects: Vec<Object>) -> Self::Event;
+    fn put(&self, revision: u64, obj: &Object) -> Self::Event;
+    fn deleted(&self, revision: u64, obj: &Object) -> Self::Event;
+    fn bookmark(&self, revision: u64) -> Self::Event;
+}
+
+/// The pods bound to one node.
+struct NodePods<'a>(&'a str);
+
+impl Feed for NodePods<'_> {
+    type Event = WatchEvent;
+    fn kinds(&self) -> &'static [Kind] {
+        &[Kind::Pod]
+    }
+    fn covers(&self, obj: &Object) -> bool {
+        on_node(obj, self.0)
+    }
+    // Status-only writes (mostly the agent's own reports) are not news to the agent.
+    fn is_news(&self, prev: &Object, obj: &Object) -> bool {
+        !prev.desired_eq(obj)
+    }
+    fn snapshot(&self, revision: u64, objects: Vec<Object>) -> WatchEvent {
+        let pods = objects.iter().map(Object::to_json_string).collect();
+        WatchEvent::Snapshot { revision, pods }
+    }
+    fn put(&self, revision: u64, obj: &Object) -> WatchEvent {
+        WatchEvent::Put {
+            revision,
+            pod: obj.to_json_string(),
+        }
+    }
+    fn deleted(&self, revision: u64, obj: &Object) -> WatchEvent {
+        let m = obj.meta();
+        WatchEvent::Deleted {
+            revision,
+            namespace: m.namespace.clone().unwrap_or_default(),
+            name: m.name.clone(),
+            uid: m.uid.clone(),
+        }
+    }
+    fn bookmark(&self, revision: u64) -> WatchEvent {
+        WatchEvent::Bookmark { revision }
     }
 }
 
-fn snapshot(hub: &Hub, node: &str) -> Result<(WatchEvent, u64), StoreError> {
-    let (pods, revision) = hub.store.list(Kind::Pod, None)?;
-    let pods = pods
-        .iter()
-        .filter(|p| on_node(p, node))
-        .map(|p| p.to_json_string())
-        .collect();
-    Ok((WatchEvent::Snapshot { revision, pods }, revision))
+/// Every Service and EndpointSlice: what a node's DNS and mesh need.
+struct Discovery;
+
+impl Feed for Discovery {
+    type Event = DiscoveryEvent;
+    fn kinds(&self) -> &'static [Kind] {
+        &[Kind::Service, Kind::EndpointSlice]
+    }
+    fn covers(&self, obj: &Object) -> bool {
+        matches!(obj.kind(), Kind::Service | Kind::EndpointSlice)
+    }
+    fn snapshot(&self, revision: u64, objects: Vec<Object>) -> DiscoveryEvent {
+        let objects = objects.iter().map(Object::to_json_string).collect();
+        DiscoveryEvent::Snapshot { revision, objects }
+    }
+    fn put(&self, revision: u64, obj: &Object) -> DiscoveryEvent {
+        DiscoveryEvent::Put {
+            revision,
+            object: obj.to_json_string(),
+        }
+    }
+    fn deleted(&self, revision: u64, obj: &Object) -> DiscoveryEvent {
+        let key = obj.key();
+        DiscoveryEvent::Deleted {
+            revision,
+            kind: key.kind,
+            namespace: key.namespace,
+            name: key.name,
+        }
+    }
+    fn bookmark(&self, revision: u64) -> DiscoveryEvent {
+        DiscoveryEvent::Bookmark { revision }
+    }
 }
 
-/// Translates a store event into what this node needs to hear, if anything.
-fn node_event(e: &StoreEvent, node: &str) -> Option<WatchEvent> {
-    if e.key.kind != Kind::Pod {
+fn snapshot<F: Feed>(hub: &Hub, feed: &F) -> Result<(F::Event, u64), TransportError> {
+    let (objects, revision) = hub
+        .store
+        .list_kinds(feed.kinds(), None)
+        .map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
+    let objects = objects.into_iter().filter(|o| feed.covers(o)).collect();
+    Ok((feed.snapshot(revision, objects), revision))
+}
+
+/// Translates a store event into what the watcher needs to hear, if anything.
+fn live_event<F: Feed>(feed: &F, e: &StoreEvent) -> Option<F::Event> {
+    if !feed.kinds().contains(&e.key.kind) {
         return None;
     }
-    let was = e.prev.as_ref().is_some_and(|p| on_node(p, node));
-    match &e.object {
-        Some(obj) if on_node(obj, node) => {
-            // Status-only writes (mostly the agent's own reports) are not news to the agent.
-            if was && e.prev.as_ref().is_some_and(|p| p.desired_eq(obj)) {
-                return None;
-            }
-            Some(WatchEvent::Put {
-                revision: e.revision,
-                pod: obj.to_json_string(),
-            })
-        }
-        _ if was => e.prev.as_ref().map(|p| deleted_event(e.revision, p)),
+    let was = e.prev.as_ref().filter(|p| feed.covers(p));
+    match (&e.object, was) {
+        (Some(obj), Some(prev)) if feed.covers(obj) && !feed.is_news(prev, obj) => None,
+        (Some(obj), _) if feed.covers(obj) => Some(feed.put(e.revision, obj)),
+        (_, Some(prev)) => Some(feed.deleted(e.revision, prev)),
         _ => None,
     }
 }
 
-/// Streams the node's desired pods: a resume from `from` when the log reaches back that far,
-/// otherwise a snapshot; then live changes.
-async fn watch(
+/// Streams a feed: a resume from `from` when the log reaches back that far, otherwise a
+/// snapshot; then live changes.
+async fn watch<F: Feed>(
     hub: &Hub,
-    node: &str,
+    feed: F,
     from: u64,
     mut send: quinn::SendStream,
     cancel: CancellationToken,
@@ -1105,27 +1191,23 @@ async fn watch(
             let mut last = from;
             for (rev, deleted, obj) in changes {
                 last = rev;
-                if on_node(&obj, node) {
+                if feed.kinds().contains(&obj.kind()) && feed.covers(&obj) {
                     let ev = if deleted {
-                        deleted_event(rev, &obj)
+                        feed.deleted(rev, &obj)
                     } else {
-                        WatchEvent::Put {
-                            revision: rev,
-                            pod: obj.to_json_string(),
-                        }
+                        feed.put(rev, &obj)
                     };
                     send_frame(&mut send, &ev).await?;
                 }
             }
-            send_frame(&mut send, &WatchEvent::Bookmark { revision: last }).await?;
-            debug!(node = %node, from, to = last, "watch resumed");
+            send_frame(&mut send, &feed.bookmark(last)).await?;
+            debug!(from, to = last, "watch resumed");
             last
         }
         None => {
-            let (ev, rev) =
-                snapshot(hub, node).map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
+            let (ev, rev) = snapshot(hub, &feed)?;
             send_frame(&mut send, &ev).await?;
-            debug!(node = %node, revision = rev, "watch snapshot sent");
+            debug!(revision = rev, "watch snapshot sent");
             rev
         }
     };
@@ -1139,13 +1221,12 @@ async fn watch(
             Ok(e) if e.revision <= last => {}
             Ok(e) => {
                 last = e.revision;
-                if let Some(ev) = node_event(&e, node) {
+                if let Some(ev) = live_event(&feed, &e) {
                     send_frame(&mut send, &ev).await?;
                 }
             }
             Err(RecvError::Lagged(_)) => {
-                let (ev, rev) = snapshot(hub, node)
-                    .map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
+                let (ev, rev) = snapshot(hub, &feed)?;
                 send_frame(&mut send, &ev).await?;
                 last = rev;
             }
@@ -1554,8 +1635,9 @@ mod tests {
             .iter()
             .map(|m| {
                 let obj = manifest::parse(m).unwrap().remove(0).object;
+                let cidr = crate::services::ServiceCidr::new("10.43.0.0/28").unwrap();
                 let r = store.write(|tx| {
-                    let r = apply_one(tx, obj, &[]);
+                    let r = apply_one(tx, &cidr, obj, &[]);
                     between(tx);
                     r
                 });
@@ -1565,6 +1647,78 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn services_get_cluster_ips_and_node_ports_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb"), &[5u8; 32]).unwrap();
+        // A /28 has 13 addresses a service may get (.2 to .14).
+        let cidr = crate::services::ServiceCidr::new("10.43.0.0/28").unwrap();
+        let apply = |name: &str, spec: &str| {
+            let m = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n{spec}");
+            let obj = manifest::parse(&m).unwrap().remove(0).object;
+            store.write(|tx| {
+                let key = obj.key();
+                apply_one(tx, &cidr, obj, &[])?;
+                match tx.get(&key)? {
+                    Some(Object::Service(s)) => Ok(s),
+                    _ => unreachable!(),
+                }
+            })
+        };
+        let web = apply("web", "  ports: [{port: 80}]").unwrap();
+        let ip = web.spec.cluster_ip.clone().unwrap();
+        assert_eq!(web.spec.cluster_ips, [ip.clone()]);
+        assert_eq!(web.spec.ports[0].target_port, Some(flotilla_proto::api::IntOrString::Int(80)));
+        assert_eq!(web.spec.session_affinity.as_deref(), Some("None"));
+        let n: u32 = ip.parse::<std::net::Ipv4Addr>().unwrap().into();
+        assert!((u32::from(std::net::Ipv4Addr::new(10, 43, 0, 2))..=u32::from(std::net::Ipv4Addr::new(10, 43, 0, 14))).contains(&n), "{ip}");
+        // Re-applying the manifest (which has no clusterIP) keeps the address.
+        let again = apply("web", "  ports: [{port: 80}]").unwrap();
+        assert_eq!(again.spec.cluster_ip.as_deref(), Some(ip.as_str()));
+        let moved = apply("web", "  clusterIP: 10.43.0.9\n  ports: [{port: 80}]").unwrap_err();
+        if ip != "10.43.0.9" {
+            assert!(moved.to_string().contains("field is immutable"), "{moved}");
+        }
+        let taken = apply("other", &format!("  clusterIP: {ip}\n  ports: [{{port: 80}}]")).unwrap_err();
+        assert!(taken.to_string().ends_with("provided IP is already allocated"), "{taken}");
+        let outside = apply("other", "  clusterIP: 10.43.1.9\n  ports: [{port: 80}]").unwrap_err();
+        assert!(outside.to_string().contains("not in the valid range"), "{outside}");
+        // Twelve more fill the range; the next finds it full, and nothing was stored for it.
+        for i in 0..12 {
+            apply(&format!("s{i}"), "  ports: [{port: 80}]").unwrap();
+        }
+        let full = apply("s12", "  ports: [{port: 80}]").unwrap_err();
+        assert!(full.to_string().contains("is full"), "{full}");
+        let ips: std::collections::BTreeSet<String> = store
+            .list(Kind::Service, None)
+            .unwrap()
+            .0
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Service(s) => s.spec.cluster_ip,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ips.len(), 13);
+        // Headless services take no address; node ports are allocated and kept.
+        let headless = apply("db", "  clusterIP: None").unwrap();
+        assert_eq!(headless.spec.cluster_ips, ["None"]);
+        store
+            .write(|tx| tx.delete(&ObjectKey::new(Kind::Service, "default", "s0")))
+            .unwrap();
+        let np = apply("np", "  type: NodePort\n  ports: [{name: a, port: 80}, {name: b, port: 81, nodePort: 30081}]").unwrap();
+        let a = np.spec.ports[0].node_port.unwrap();
+        assert!(flotilla_proto::service::NODE_PORT_RANGE.contains(&a) && a != 30081, "{a}");
+        assert_eq!(np.spec.ports[1].node_port, Some(30081));
+        let np = apply("np", "  type: NodePort\n  ports: [{name: a, port: 80}, {name: b, port: 81, nodePort: 30081}]").unwrap();
+        assert_eq!(np.spec.ports[0].node_port, Some(a));
+        store
+            .write(|tx| tx.delete(&ObjectKey::new(Kind::Service, "default", "s1")))
+            .unwrap();
+        let clash = apply("np2", "  type: NodePort\n  ports: [{port: 80, nodePort: 30081}]").unwrap_err();
+        assert!(clash.to_string().ends_with("spec.ports[0].nodePort: Invalid value: 30081: provided port is already allocated"), "{clash}");
     }
 
     #[test]

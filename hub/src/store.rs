@@ -164,11 +164,24 @@ impl Store {
         kind: Kind,
         namespace: Option<&str>,
     ) -> Result<(Vec<Object>, u64), StoreError> {
+        self.list_kinds(&[kind], namespace)
+    }
+
+    /// Lists several kinds from one read, so together they are consistent with one revision.
+    pub fn list_kinds(
+        &self,
+        kinds: &[Kind],
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Object>, u64), StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(OBJECTS)?;
         let meta = txn.open_table(META)?;
         let rev = meta.get("revision")?.map(|v| v.value()).unwrap_or(0);
-        Ok((self.scan(&table, &ObjectKey::prefix(kind, namespace))?, rev))
+        let mut out = Vec::new();
+        for kind in kinds {
+            out.extend(self.scan(&table, &ObjectKey::prefix(*kind, namespace))?);
+        }
+        Ok((out, rev))
     }
 
     fn scan(

@@ -24,13 +24,17 @@ pub enum Kind {
     PersistentVolumeClaim,
     ControllerRevision,
     Event,
+    Service,
+    EndpointSlice,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
+        Kind::Service,
+        Kind::EndpointSlice,
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::StatefulSet,
@@ -62,6 +66,8 @@ impl Kind {
             Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
             Kind::ControllerRevision => "ControllerRevision",
             Kind::Event => "Event",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
@@ -74,6 +80,7 @@ impl Kind {
             | Kind::ControllerRevision => "apps/v1",
             Kind::Job | Kind::CronJob => "batch/v1",
             Kind::PodDisruptionBudget => "policy/v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -100,6 +107,8 @@ impl Kind {
             Kind::PersistentVolumeClaim => "persistentvolumeclaim",
             Kind::ControllerRevision => "controllerrevision.apps",
             Kind::Event => "event",
+            Kind::Service => "service",
+            Kind::EndpointSlice => "endpointslice.discovery.k8s.io",
         }
     }
 
@@ -110,6 +119,7 @@ impl Kind {
             .strip_suffix(".apps")
             .or_else(|| s.strip_suffix(".batch"))
             .or_else(|| s.strip_suffix(".policy"))
+            .or_else(|| s.strip_suffix(".discovery.k8s.io"))
             .unwrap_or(&s);
         Some(match s {
             "namespace" | "namespaces" | "ns" => Kind::Namespace,
@@ -129,6 +139,8 @@ impl Kind {
             }
             "controllerrevision" | "controllerrevisions" => Kind::ControllerRevision,
             "event" | "events" | "ev" => Kind::Event,
+            "service" | "services" | "svc" => Kind::Service,
+            "endpointslice" | "endpointslices" => Kind::EndpointSlice,
             _ => return None,
         })
     }
@@ -818,9 +830,21 @@ pub struct PodStatus {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Kubernetes spells these `hostIP` and `podIP`; objects stored before this release
+    /// have `hostIp` and `podIp`.
+    #[serde(
+        default,
+        rename = "hostIP",
+        alias = "hostIp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub host_ip: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "podIP",
+        alias = "podIp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pod_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
@@ -1819,6 +1843,234 @@ pub const CRONJOB_SCHEDULED_ANNOTATION: &str = "batch.kubernetes.io/cronjob-sche
 /// On a Job's pods: the Job's name (Kubernetes' label).
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
+// ---------------------------------------------------------------- Service
+
+/// A stable name and address for the pods its selector matches (core/v1).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ServiceSpec,
+    #[serde(default)]
+    pub status: ServiceStatus,
+}
+
+/// `spec.clusterIP` of a headless service.
+pub const CLUSTER_IP_NONE: &str = "None";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// ClusterIP (default), NodePort, LoadBalancer or ExternalName.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Pods with these labels are the endpoints; without a selector, EndpointSlices are the
+    /// user's to write.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+    /// Allocated by the hub unless given; `None` makes the service headless.
+    #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<String>,
+    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_name: Option<String>,
+    /// None (default) or ClientIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    /// Not-ready pods are endpoints too (StatefulSet peers finding each other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_not_ready_addresses: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "externalIPs")]
+    pub external_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_source_ranges: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "loadBalancerIP")]
+    pub load_balancer_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocate_load_balancer_node_ports: Option<bool>,
+}
+
+impl ServiceSpec {
+    pub fn type_str(&self) -> &str {
+        self.type_.as_deref().unwrap_or("ClusterIP")
+    }
+
+    pub fn is_headless(&self) -> bool {
+        self.cluster_ip.as_deref() == Some(CLUSTER_IP_NONE)
+    }
+
+    /// Whether the type asks for a node port on every port.
+    pub fn wants_node_ports(&self) -> bool {
+        match self.type_str() {
+            "NodePort" => true,
+            "LoadBalancer" => self.allocate_load_balancer_node_ports != Some(false),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// TCP (default) or UDP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+    pub port: i32,
+    /// A number, or the name of a container port; defaults to `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<IntOrString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<i32>,
+}
+
+impl ServicePort {
+    pub fn protocol_str(&self) -> &str {
+        self.protocol.as_deref().unwrap_or("TCP")
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    #[serde(default, rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    #[serde(default, skip_serializing_if = "LoadBalancerStatus::is_empty")]
+    pub load_balancer: LoadBalancerStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+impl LoadBalancerStatus {
+    fn is_empty(&self) -> bool {
+        self.ingress.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerIngress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+// ---------------------------------------------------------------- EndpointSlice
+
+/// On an EndpointSlice: the Service it belongs to (Kubernetes' label).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// On an EndpointSlice: who keeps it (Kubernetes' label); ours are `endpointslice-controller.k8s.io`.
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+pub const ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
+/// A set of a Service's endpoints that share one list of ports (discovery.k8s.io/v1).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// IPv4, IPv6 or FQDN.
+    #[serde(default)]
+    pub address_type: String,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub conditions: EndpointConditions,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<ObjectReference>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointConditions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminating: Option<bool>,
+}
+
+impl Endpoint {
+    /// Kubernetes: a missing `ready` means ready.
+    pub fn is_ready(&self) -> bool {
+        self.conditions.ready != Some(false)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
 // ---------------------------------------------------------------- PodDisruptionBudget
 
 /// Limits voluntary disruptions (evictions, drains) of the pods its selector matches.
@@ -2208,6 +2460,8 @@ pub enum Object {
     PersistentVolumeClaim(PersistentVolumeClaim),
     ControllerRevision(ControllerRevision),
     Event(Event),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
 }
 
 macro_rules! each_object {
@@ -2228,6 +2482,8 @@ macro_rules! each_object {
             Object::PersistentVolumeClaim($o) => $body,
             Object::ControllerRevision($o) => $body,
             Object::Event($o) => $body,
+            Object::Service($o) => $body,
+            Object::EndpointSlice($o) => $body,
         }
     };
 }
@@ -2250,6 +2506,8 @@ impl Object {
             Object::PersistentVolumeClaim(_) => Kind::PersistentVolumeClaim,
             Object::ControllerRevision(_) => Kind::ControllerRevision,
             Object::Event(_) => Kind::Event,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
         }
     }
 
@@ -2349,6 +2607,8 @@ impl Object {
             }
             Kind::ControllerRevision => Object::ControllerRevision(serde_json::from_value(v)?),
             Kind::Event => Object::Event(serde_json::from_value(v)?),
+            Kind::Service => Object::Service(serde_json::from_value(v)?),
+            Kind::EndpointSlice => Object::EndpointSlice(serde_json::from_value(v)?),
         })
     }
 
@@ -2415,6 +2675,8 @@ mod tests {
             ("controllerrevisions", Kind::ControllerRevision),
             ("ev", Kind::Event),
             ("events", Kind::Event),
+            ("svc", Kind::Service),
+            ("endpointslices.discovery.k8s.io", Kind::EndpointSlice),
         ] {
             assert_eq!(Kind::from_cli(typed), Some(k), "{typed}");
         }

@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod pod_security;
 pub mod quantity;
 pub mod scheduling;
+pub mod service;
 pub mod token;
 pub mod wire;
 

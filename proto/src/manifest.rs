@@ -176,6 +176,8 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
         Kind::ControllerRevision => {
             Object::ControllerRevision(typed(value, &label, &mut warnings)?)
         }
+        Kind::Service => Object::Service(typed(value, &label, &mut warnings)?),
+        Kind::EndpointSlice => Object::EndpointSlice(typed(value, &label, &mut warnings)?),
         // Refused above; kept here so the match stays exhaustive.
         Kind::Event => Object::Event(typed(value, &label, &mut warnings)?),
     };
@@ -420,6 +422,8 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
             crate::scheduling::validate_selector("spec.selector", &s.selector)
         }
         Object::StatefulSet(sts) => validate_statefulset(sts),
+        Object::Service(svc) => crate::service::validate(svc),
+        Object::EndpointSlice(slice) => crate::service::validate_slice(slice),
         Object::PersistentVolumeClaim(pvc) => validate_claim_spec("spec", &pvc.spec),
         Object::ControllerRevision(cr) if cr.revision < 0 => {
             Err(format!("revision must be >= 0, got {}", cr.revision))
@@ -1461,7 +1465,7 @@ metadata: {name: p}
 spec: {containers: [{name: c, image: x}]}
 "#;
         expect![[r#"
-            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, PodDisruptionBudget, ConfigMap, Secret, PersistentVolumeClaim, ControllerRevision)
+            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Service, EndpointSlice, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, PodDisruptionBudget, ConfigMap, Secret, PersistentVolumeClaim, ControllerRevision)
             document 2 (deployment web): spec.replicas must be >= 0, got -1
             document 3 (deployment typed): spec.replicas: invalid type: string "three", expected i32
             document 4 (pod p): spec.containers[0].resources.limits.memory: invalid quantity "lots"

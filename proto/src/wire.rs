@@ -136,6 +136,36 @@ pub enum Request {
     /// `fleet logs` with a container and `--previous` (`Logs` is the older form, for the
     /// default container's current run). Answered like `Logs`.
     ContainerLogs(LogsRequest),
+    // --- agent (node identity) ---
+    /// Streams `DiscoveryEvent`s: every Service and EndpointSlice of the cluster from
+    /// `from_revision` on (the node's DNS and mesh need them all).
+    WatchDiscovery {
+        from_revision: u64,
+    },
+}
+
+/// What a node hears on its `WatchDiscovery` stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DiscoveryEvent {
+    /// Every Service and EndpointSlice at `revision`; replaces what the agent had.
+    Snapshot {
+        revision: u64,
+        objects: Vec<ObjectJson>,
+    },
+    Put {
+        revision: u64,
+        object: ObjectJson,
+    },
+    Deleted {
+        revision: u64,
+        kind: crate::Kind,
+        namespace: String,
+        name: String,
+    },
+    /// Nothing of these kinds changed up to `revision`.
+    Bookmark {
+        revision: u64,
+    },
 }
 
 /// A container's log (`kubectl logs` semantics).
@@ -469,6 +499,16 @@ mod tests {
         }))
         .unwrap();
         expect!["00000012020764656661756c74017001016301050001"].assert_eq(&hex::encode(logs));
+        let discovery = encode(&Request::WatchDiscovery { from_revision: 300 }).unwrap();
+        expect!["0000000315ac02"].assert_eq(&hex::encode(discovery));
+        let deleted = encode(&DiscoveryEvent::Deleted {
+            revision: 7,
+            kind: crate::Kind::EndpointSlice,
+            namespace: "default".into(),
+            name: "w".into(),
+        })
+        .unwrap();
+        expect!["0000000d0207100764656661756c740177"].assert_eq(&hex::encode(deleted));
     }
 
     #[test]

@@ -6,8 +6,9 @@ use crate::store::{StoreError, Tx};
 use flotilla_proto::api::{Kind, Object, ObjectKey};
 
 /// Kinds whose objects can have owners.
-const DEPENDENT_KINDS: [Kind; 5] = [
+const DEPENDENT_KINDS: [Kind; 6] = [
     Kind::ReplicaSet,
+    Kind::EndpointSlice,
     Kind::Job,
     Kind::Pod,
     Kind::ControllerRevision,
