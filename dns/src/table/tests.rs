@@ -179,6 +179,8 @@ fn srv_for_named_ports_with_glue() {
     // Wrong protocol: the name does not exist; the protocol label alone is an empty non-terminal.
     assert!(is_nxdomain(&t, "_http._udp.web.default.svc.cluster.local."));
     assert!(answers(&t, "_tcp.web.default.svc.cluster.local.", RecordType::SRV).is_empty());
+    // The unnamed port 8080 has no SRV record under any spelling.
+    assert!(is_nxdomain(&t, "_._tcp.web.default.svc.cluster.local."));
 }
 
 #[test]
