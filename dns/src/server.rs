@@ -269,6 +269,7 @@ impl RequestHandler for Handler {
                     metadata,
                     synthesized
                         .iter()
+                        .map(|r| &**r)
                         .chain(answers.iter().copied())
                         .chain(chased.iter()),
                     std::iter::empty(),

@@ -67,7 +67,7 @@ pub(crate) enum Outcome<'a> {
 pub(crate) struct Answer<'a> {
     pub(crate) nxdomain: bool,
     /// A record made up for this question (the deprecated `a-b-c-d.ns.pod.D` form).
-    pub(crate) synthesized: Option<Record>,
+    pub(crate) synthesized: Option<Box<Record>>,
     pub(crate) answers: Vec<&'a Record>,
     pub(crate) additionals: Vec<&'a Record>,
     /// The chain ended in a CNAME to a name outside the zone; the server may resolve it.
@@ -199,7 +199,8 @@ impl Table {
                     }
                     _ => None,
                 };
-                answer.synthesized = data.map(|d| Record::from_rdata(qname.to_lowercase(), self.ttl, d));
+                answer.synthesized =
+                    data.map(|d| Box::new(Record::from_rdata(qname.to_lowercase(), self.ttl, d)));
             }
         }
         answer
@@ -285,9 +286,16 @@ impl Builder {
         let name = child(&namespace, &[&s.name])
             .ok_or_else(|| format!("name {:?} is not a valid dns label", s.name))?;
         // Check everything that can fail before adding anything.
-        for port in s.ports.iter().chain(s.endpoints.iter().flat_map(|e| &e.ports)) {
+        for port in s
+            .ports
+            .iter()
+            .chain(s.endpoints.iter().flat_map(|e| &e.ports))
+        {
             if !port.name.is_empty() && child(&name, &[&format!("_{}", port.name)]).is_none() {
-                return Err(format!("port name {:?} is not a valid dns label", port.name));
+                return Err(format!(
+                    "port name {:?} is not a valid dns label",
+                    port.name
+                ));
             }
         }
         let endpoint_names = s
@@ -370,7 +378,11 @@ impl Builder {
                     continue;
                 };
                 for rtype in [RecordType::A, RecordType::AAAA] {
-                    for r in target.rrset(rtype).map(|s| &s.records[..]).unwrap_or_default() {
+                    for r in target
+                        .rrset(rtype)
+                        .map(|s| &s.records[..])
+                        .unwrap_or_default()
+                    {
                         if !extra.contains(r) {
                             extra.push(r.clone());
                         }
@@ -435,7 +447,11 @@ pub(crate) fn dashed(ip: IpAddr) -> String {
         IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
         IpAddr::V6(v6) => {
             let s = v6.to_string().replace(':', "-");
-            if s.starts_with('-') { format!("0{s}") } else { s }
+            if s.starts_with('-') {
+                format!("0{s}")
+            } else {
+                s
+            }
         }
     }
 }
@@ -445,7 +461,10 @@ fn ip_from_dashed(label: &[u8]) -> Option<IpAddr> {
     if let Ok(v4) = text.replace('-', ".").parse::<Ipv4Addr>() {
         return Some(IpAddr::V4(v4));
     }
-    text.replace('-', ":").parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    text.replace('-', ":")
+        .parse::<Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
 }
 
 fn soa_record(origin: &Name, ttl: u32, serial: u32) -> Record {

@@ -69,7 +69,11 @@ async fn dig(server: SocketAddr, args: &[&str]) -> Reply {
         .await
         .expect("failed to run dig");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "dig {args:?} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dig {args:?} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse(&text).unwrap_or_else(|| panic!("cannot parse dig {args:?} output:\n{text}"))
 }
 
@@ -86,7 +90,12 @@ fn parse(text: &str) -> Option<Reply> {
         if let Some(rest) = line.split("status: ").nth(1) {
             reply.status = rest.split(',').next()?.trim().to_owned();
         } else if let Some(rest) = line.strip_prefix(";; flags: ") {
-            reply.flags = rest.split(';').next()?.split_whitespace().map(str::to_owned).collect();
+            reply.flags = rest
+                .split(';')
+                .next()?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
         } else if line.starts_with(";; ANSWER SECTION") {
             section = "answer";
         } else if line.starts_with(";; AUTHORITY SECTION") {
@@ -196,7 +205,8 @@ async fn serve(domain: &str, ttl: u32, upstreams: Vec<SocketAddr>) -> Running {
 
 async fn cluster() -> Running {
     let s = serve("cluster.local", 5, vec![]).await;
-    s.dns.update(vec![web(&["10.96.0.10", "fd00::10"]), nginx()]);
+    s.dns
+        .update(vec![web(&["10.96.0.10", "fd00::10"]), nginx()]);
     s
 }
 
@@ -219,9 +229,19 @@ async fn srv_with_additional_address() {
     let r = dig(s.addr, &["_http._tcp.web.default.svc.cluster.local", "SRV"]).await;
     assert_eq!(r.status, "NOERROR");
     assert_eq!(r.data("SRV"), ["0 100 80 web.default.svc.cluster.local."]);
-    let glue: Vec<_> = r.additional.iter().map(|a| (a.name.as_str(), a.data.as_str())).collect();
-    assert!(glue.contains(&("web.default.svc.cluster.local.", "10.96.0.10")), "{r:?}");
-    assert!(glue.contains(&("web.default.svc.cluster.local.", "fd00::10")), "{r:?}");
+    let glue: Vec<_> = r
+        .additional
+        .iter()
+        .map(|a| (a.name.as_str(), a.data.as_str()))
+        .collect();
+    assert!(
+        glue.contains(&("web.default.svc.cluster.local.", "10.96.0.10")),
+        "{r:?}"
+    );
+    assert!(
+        glue.contains(&("web.default.svc.cluster.local.", "fd00::10")),
+        "{r:?}"
+    );
     s.stop().await;
 }
 
@@ -234,7 +254,11 @@ async fn headless_skips_not_ready_and_names_statefulset_pods() {
     assert_eq!(r.data("A"), ["10.1.0.1"]);
     let r = dig(s.addr, &["web-1.nginx.default.svc.cluster.local", "A"]).await;
     assert_eq!(r.status, "NXDOMAIN");
-    let r = dig(s.addr, &["_web._tcp.nginx.default.svc.cluster.local", "SRV"]).await;
+    let r = dig(
+        s.addr,
+        &["_web._tcp.nginx.default.svc.cluster.local", "SRV"],
+    )
+    .await;
     assert_eq!(
         r.data("SRV"),
         [
@@ -278,7 +302,11 @@ async fn nxdomain_and_nodata_carry_the_soa() {
         assert_eq!(r.authority[0].rtype, "SOA");
         assert_eq!(r.authority[0].name, "cluster.local.");
     }
-    for name in ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"] {
+    for name in [
+        "default.svc.cluster.local",
+        "svc.cluster.local",
+        "cluster.local",
+    ] {
         let r = dig(s.addr, &[name, "A"]).await;
         assert_eq!(r.status, "NOERROR", "{name}: {r:?}");
         assert!(r.answer.is_empty());
@@ -310,14 +338,27 @@ async fn tcp_and_truncation() {
     let r = dig(s.addr, &["+tcp", "web.default.svc.cluster.local", "A"]).await;
     assert_eq!(r.data("A"), ["10.96.0.10"]);
     // 60 A records do not fit 512 bytes: UDP without EDNS is truncated, TCP carries all.
-    let r = dig(s.addr, &["+noedns", "+ignore", "many.default.svc.cluster.local", "A"]).await;
+    let r = dig(
+        s.addr,
+        &["+noedns", "+ignore", "many.default.svc.cluster.local", "A"],
+    )
+    .await;
     assert!(r.has_flag("tc"), "{r:?}");
     assert!(r.answer.len() < 60);
     let r = dig(s.addr, &["+tcp", "many.default.svc.cluster.local", "A"]).await;
     assert!(!r.has_flag("tc"));
     assert_eq!(r.answer.len(), 60);
     // EDNS with a large buffer fits them over UDP.
-    let r = dig(s.addr, &["+bufsize=4096", "+ignore", "many.default.svc.cluster.local", "A"]).await;
+    let r = dig(
+        s.addr,
+        &[
+            "+bufsize=4096",
+            "+ignore",
+            "many.default.svc.cluster.local",
+            "A",
+        ],
+    )
+    .await;
     assert!(!r.has_flag("tc"), "{r:?}");
     assert_eq!(r.answer.len(), 60);
     s.stop().await;
@@ -362,7 +403,10 @@ async fn forwards_and_caches_outside_names() {
 
     let first = dig(s.addr, &[name, "A"]).await;
     assert_eq!(first.status, "NOERROR", "{first:?}");
-    assert!(!first.has_flag("aa"), "a forwarded answer is not authoritative: {first:?}");
+    assert!(
+        !first.has_flag("aa"),
+        "a forwarded answer is not authoritative: {first:?}"
+    );
     assert!(first.has_flag("ra"));
     assert_eq!(first.data("A"), ["192.0.2.7"]);
     assert!(first.answer[0].ttl <= 300 && first.answer[0].ttl > 290);
@@ -370,7 +414,10 @@ async fn forwards_and_caches_outside_names() {
     // An upstream NXDOMAIN is passed on with the upstream's SOA.
     let r = dig(s.addr, &["nope.default.svc.example.test", "A"]).await;
     assert_eq!(r.status, "NXDOMAIN", "{r:?}");
-    assert_eq!(r.authority.first().map(|a| a.name.as_str()), Some("example.test."));
+    assert_eq!(
+        r.authority.first().map(|a| a.name.as_str()),
+        Some("example.test.")
+    );
 
     // The ExternalName's out-of-zone target is resolved too.
     let r = dig(s.addr, &["ext.default.svc.cluster.local", "A"]).await;
@@ -417,7 +464,12 @@ async fn malformed_packets_do_not_hurt() {
         .expect("no reply to a malformed query")
         .unwrap();
     assert!(n >= 12);
-    assert_eq!(buf[3] & 0x0f, 1, "want FORMERR, got rcode {}", buf[3] & 0x0f);
+    assert_eq!(
+        buf[3] & 0x0f,
+        1,
+        "want FORMERR, got rcode {}",
+        buf[3] & 0x0f
+    );
     let r = dig(s.addr, &["web.default.svc.cluster.local", "A"]).await;
     assert_eq!(r.data("A"), ["10.96.0.10"]);
     s.stop().await;
@@ -437,7 +489,10 @@ async fn start_rejects_bad_config_and_names_the_address() {
         listen: vec![s.addr],
         ..Config::default()
     };
-    let err = flotilla_dns::start(taken, cancel).await.err().expect("bound twice");
+    let err = flotilla_dns::start(taken, cancel)
+        .await
+        .err()
+        .expect("bound twice");
     assert!(err.to_string().contains(&s.addr.to_string()), "{err}");
     s.stop().await;
 }

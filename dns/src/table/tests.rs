@@ -96,6 +96,7 @@ fn ask(t: &Table, qname: &str, qtype: RecordType) -> Option<(bool, Vec<String>, 
             let mut answers: Vec<String> = a
                 .synthesized
                 .iter()
+                .map(|r| &**r)
                 .chain(a.answers.iter().copied())
                 .map(show)
                 .collect();
@@ -158,8 +159,12 @@ fn names_are_case_insensitive() {
 #[test]
 fn srv_for_named_ports_with_glue() {
     let t = table();
-    let (nx, srv, extra) = ask(&t, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV)
-        .expect("authoritative");
+    let (nx, srv, extra) = ask(
+        &t,
+        "_http._tcp.web.default.svc.cluster.local.",
+        RecordType::SRV,
+    )
+    .expect("authoritative");
     assert!(!nx);
     assert_eq!(
         srv,
@@ -173,7 +178,11 @@ fn srv_for_named_ports_with_glue() {
         ]
     );
     assert_eq!(
-        answers(&t, "_dns._udp.web.default.svc.cluster.local.", RecordType::SRV),
+        answers(
+            &t,
+            "_dns._udp.web.default.svc.cluster.local.",
+            RecordType::SRV
+        ),
         ["_dns._udp.web.default.svc.cluster.local. SRV 0 100 53 web.default.svc.cluster.local."]
     );
     // Wrong protocol: the name does not exist; the protocol label alone is an empty non-terminal.
@@ -198,7 +207,11 @@ fn headless_lists_only_ready_endpoints() {
         ["web-0.nginx.default.svc.cluster.local. A 10.1.0.1"]
     );
     assert_eq!(
-        answers(&t, "10-1-0-3.nginx.default.svc.cluster.local.", RecordType::A),
+        answers(
+            &t,
+            "10-1-0-3.nginx.default.svc.cluster.local.",
+            RecordType::A
+        ),
         ["10-1-0-3.nginx.default.svc.cluster.local. A 10.1.0.3"]
     );
     assert!(is_nxdomain(&t, "web-1.nginx.default.svc.cluster.local."));
@@ -209,8 +222,12 @@ fn headless_lists_only_ready_endpoints() {
 #[test]
 fn headless_srv_targets_each_ready_endpoint() {
     let t = table();
-    let (_, srv, extra) = ask(&t, "_web._tcp.nginx.default.svc.cluster.local.", RecordType::SRV)
-        .expect("authoritative");
+    let (_, srv, extra) = ask(
+        &t,
+        "_web._tcp.nginx.default.svc.cluster.local.",
+        RecordType::SRV,
+    )
+    .expect("authoritative");
     assert_eq!(
         srv,
         [
