@@ -1,6 +1,7 @@
 //! The agent's local state in its own redb: the last desired pods and revision seen, and
 //! which digest each image resolved to. This is what lets the agent run without the hub.
 use flotilla_proto::api::Pod;
+use flotilla_proto::{Object, ObjectKey};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +12,10 @@ const IMAGES: TableDefinition<&str, &str> = TableDefinition::new("images");
 /// ConfigMaps and Secrets pods refer to (`Kind/namespace/name`), sealed: Secrets are never
 /// plaintext on the node's disk.
 const CONFIGS: TableDefinition<&str, &[u8]> = TableDefinition::new("configs");
+/// Every Service and EndpointSlice of the cluster (`Kind/namespace/name` → JSON), for the
+/// node's DNS; their revision is `discovery_revision` in META.
+const DISCOVERY: TableDefinition<&str, &str> = TableDefinition::new("discovery");
+const DISCOVERY_REVISION: &str = "discovery_revision";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -34,6 +39,15 @@ pub struct Cache {
     sealer: flotilla_transport::seal::Sealer,
 }
 
+/// A change to the cached Services and EndpointSlices, as received from the hub.
+pub enum DiscoveryChange {
+    Replace(Vec<Object>),
+    Put(Box<Object>),
+    Delete(ObjectKey),
+    /// Only the revision moves on.
+    Nothing,
+}
+
 /// A change to the desired set, as received from the hub.
 pub enum Change {
     Replace(Vec<Pod>),
@@ -51,6 +65,7 @@ impl Cache {
         txn.open_table(META)?;
         txn.open_table(IMAGES)?;
         txn.open_table(CONFIGS)?;
+        txn.open_table(DISCOVERY)?;
         txn.commit()?;
         Ok(Cache {
             db,
@@ -117,6 +132,64 @@ impl Cache {
     pub fn set_revision(&self, revision: u64) -> Result<(), CacheError> {
         let txn = self.db.begin_write()?;
         txn.open_table(META)?.insert("revision", revision)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The revision the cached Services and EndpointSlices are at.
+    pub fn discovery_revision(&self) -> Result<u64, CacheError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn
+            .open_table(META)?
+            .get(DISCOVERY_REVISION)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// The cached Services and EndpointSlices. Entries that no longer parse are skipped.
+    pub fn discovery(&self) -> Result<Vec<Object>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DISCOVERY)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            match Object::from_json_str(v.value()) {
+                Ok(o) => out.push(o),
+                Err(e) => {
+                    tracing::warn!(key = k.value(), error = %e, "skipping unreadable cached object")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a change to the cached Services and EndpointSlices, durably and atomically
+    /// with the revision it brings them to.
+    pub fn apply_discovery(
+        &self,
+        change: DiscoveryChange,
+        revision: u64,
+    ) -> Result<(), CacheError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(DISCOVERY)?;
+            match change {
+                DiscoveryChange::Replace(all) => {
+                    t.retain(|_, _| false)?;
+                    for o in &all {
+                        t.insert(o.key().storage_key().as_str(), o.to_json_string().as_str())?;
+                    }
+                }
+                DiscoveryChange::Put(o) => {
+                    t.insert(o.key().storage_key().as_str(), o.to_json_string().as_str())?;
+                }
+                DiscoveryChange::Delete(key) => {
+                    t.remove(key.storage_key().as_str())?;
+                }
+                DiscoveryChange::Nothing => {}
+            }
+            txn.open_table(META)?.insert(DISCOVERY_REVISION, revision)?;
+        }
         txn.commit()?;
         Ok(())
     }

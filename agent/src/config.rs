@@ -47,6 +47,11 @@ pub struct Config {
     pub image_gc: flotilla_oci::gc::Thresholds,
     /// How often image garbage collection looks at the disk (it also runs after pulls).
     pub image_gc_period: Duration,
+    /// The cluster domain the node DNS answers for (kubelet's `--cluster-domain`).
+    pub cluster_domain: String,
+    /// Where the node DNS listens for the host and other nodes; None is `node_ip:53`, an
+    /// empty list none. Container pods always reach it on their bridge's gateway, port 53.
+    pub dns_listen: Option<Vec<SocketAddr>>,
 }
 
 impl Config {
@@ -75,6 +80,8 @@ impl Config {
             pids_limit: 4096,
             image_gc: flotilla_oci::gc::Thresholds::default(),
             image_gc_period: Duration::from_secs(300),
+            cluster_domain: "cluster.local".into(),
+            dns_listen: None,
         }
     }
 }

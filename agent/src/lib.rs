@@ -3,6 +3,8 @@
 pub mod artifacts;
 pub mod cache;
 pub mod config;
+pub mod discovery;
+pub mod dns;
 pub mod envsource;
 pub mod events;
 pub mod exec;
@@ -21,6 +23,7 @@ pub mod volumes;
 use anyhow::Context as _;
 use flotilla_proto::api::{Container, Pod};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +49,8 @@ pub struct Shared {
     pub containers: Result<runtime::oci::ContainerRuntime, String>,
     /// The node's pod network, or why containers get none.
     pub network: Result<network::PodNetwork, String>,
+    /// The cluster's Services and EndpointSlices as this node knows them (cached).
+    pub discovery: watch::Sender<discovery::Objects>,
 }
 
 impl Shared {
@@ -154,6 +159,8 @@ pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-co
 /// A running agent.
 pub struct AgentHandle {
     pub node_name: String,
+    /// Where the node DNS answers the host (`Config::dns_listen`, ports resolved).
+    pub dns_addrs: Vec<SocketAddr>,
     pub shared: Arc<Shared>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -245,6 +252,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         }
         Err(e) => tracing::warn!(error = %e, "container pods cannot run on this node"),
     }
+    let discovery_cached = discovery::load(&cache);
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         cfg,
@@ -258,6 +266,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         images,
         containers,
         network,
+        discovery: watch::channel(discovery_cached).0,
     });
     // Volumes of pods deleted while the agent was down go now; those of cached pods stay.
     match shared.cache.pods() {
@@ -265,6 +274,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         Err(e) => tracing::warn!(error = %e, "cannot read cached pods to sweep volumes"),
     }
     let cancel = CancellationToken::new();
+    let dns_addrs = dns::start(shared.clone(), cancel.child_token()).await?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (reports_tx, reports_rx) = watch::channel(Default::default());
     tracker.spawn(supervisor::run(
@@ -286,6 +296,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
     tracing::info!(node = %shared.cfg.node_name, "agent started");
     Ok(AgentHandle {
         node_name: shared.cfg.node_name.clone(),
+        dns_addrs,
         shared,
         cancel,
         tracker,

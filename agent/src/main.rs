@@ -58,6 +58,13 @@ struct Args {
     /// Disk usage (percent) image garbage collection brings usage down to.
     #[arg(long, default_value_t = 80)]
     image_gc_low_threshold: u8,
+    /// The domain the node DNS answers for.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Where the node DNS answers the host and other nodes (default NODE_IP:53); repeatable;
+    /// `none` for nowhere. Container pods reach it on their bridge's gateway either way.
+    #[arg(long = "dns-listen")]
+    dns_listen: Vec<String>,
 }
 
 fn hostname() -> String {
@@ -89,6 +96,16 @@ async fn main() -> anyhow::Result<()> {
         low: args.image_gc_low_threshold,
     };
     cfg.image_gc.validate().map_err(|e| anyhow::anyhow!(e))?;
+    cfg.cluster_domain = args.cluster_domain;
+    if !args.dns_listen.is_empty() {
+        let mut listen = Vec::new();
+        for a in args.dns_listen.iter().filter(|a| *a != "none") {
+            listen.push(a.parse::<std::net::SocketAddr>().map_err(|_| {
+                anyhow::anyhow!("--dns-listen {a:?}: expected ADDRESS:PORT or none")
+            })?);
+        }
+        cfg.dns_listen = Some(listen);
+    }
     if let Some(d) = args.secret_dir {
         cfg.secret_dir = d;
     }

@@ -80,6 +80,14 @@ pub struct PodNetwork {
     /// A range from the hub waiting for the node's pods to go (logged once).
     deferred: Mutex<Option<String>>,
     state: PathBuf,
+    /// The range in use, for those who follow it (the node DNS serves pods on its gateway).
+    changes: tokio::sync::watch::Sender<Option<String>>,
+}
+
+/// The bridge's address in a pod CIDR: the first host, as host-local IPAM makes it.
+pub fn gateway(subnet: &str) -> Option<IpAddr> {
+    let net: ipnet::IpNet = subnet.parse().ok()?;
+    net.hosts().next()
 }
 
 /// Checks a pod CIDR and writes it canonically (`10.88.0.0/24`).
@@ -122,10 +130,12 @@ impl PodNetwork {
             let text = std::fs::read_to_string(state.join(SAVED_CIDR)).ok()?;
             parse_cidr(&text).ok()
         };
+        let subnet = fixed.clone().or_else(saved);
         Ok(PodNetwork {
             plugins,
             bridge: bridge.to_string(),
-            subnet: Mutex::new(fixed.clone().or_else(saved)),
+            changes: tokio::sync::watch::channel(subnet.clone()).0,
+            subnet: Mutex::new(subnet),
             fixed: fixed.is_some(),
             deferred: Mutex::new(None),
             state,
@@ -138,6 +148,11 @@ impl PodNetwork {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Follows the range in use (None while the node has none).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.changes.subscribe()
     }
 
     /// Whether the range is the node's `--pod-cidr`.
@@ -180,6 +195,7 @@ impl PodNetwork {
             warn!(error = %e, "cannot save the pod CIDR; a restart without the hub will not have it");
         }
         info!(old = ?subnet.as_deref(), new = ?new.as_deref(), "pod CIDR from the hub");
+        self.changes.send_replace(new.clone());
         *subnet = new;
         Assigned::Changed
     }
@@ -486,6 +502,7 @@ mod tests {
             fixed: false,
             deferred: Mutex::new(None),
             state: "/s".into(),
+            changes: tokio::sync::watch::channel(None).0,
         };
         let names = |c: Vec<(String, Value)>| c.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
         assert_eq!(names(net.chain("10.88.0.0/24", &[])), ["bridge"]);

@@ -887,30 +887,23 @@ fn write_etc(
     let mut names = hostname.clone();
     if let Some(sub) = &pod.spec.subdomain {
         names = format!(
-            "{hostname}.{sub}.{}.svc.cluster.local {hostname}",
-            pod.namespace()
+            "{hostname}.{sub}.{}.svc.{} {hostname}",
+            pod.namespace(),
+            shared.cfg.cluster_domain
         );
     }
     let hosts = format!(
         "# Written by the flotilla agent.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{names}\n"
     );
-    // The node's resolvers, except loopback ones, which mean nothing inside the pod.
     let host_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut resolv = String::from("# Written by the flotilla agent from the node's resolv.conf.\n");
-    for line in host_conf.lines() {
-        let l = line.trim();
-        let loopback = l
-            .strip_prefix("nameserver")
-            .map(|a| a.trim().starts_with("127.") || a.trim() == "::1");
-        match loopback {
-            Some(true) => {}
-            Some(false) => resolv.push_str(&format!("{l}\n")),
-            None if l.starts_with("search") || l.starts_with("options") => {
-                resolv.push_str(&format!("{l}\n"))
-            }
-            None => {}
-        }
-    }
+    // The node DNS serves pods on their bridge's gateway.
+    let cluster_dns = shared
+        .network
+        .as_ref()
+        .ok()
+        .and_then(|n| n.subnet())
+        .and_then(|s| crate::network::gateway(&s));
+    let resolv = crate::dns::resolv_conf(pod, &shared.cfg.cluster_domain, cluster_dns, &host_conf);
     let files = [
         ("hosts", hosts, "/etc/hosts"),
         ("hostname", format!("{hostname}\n"), "/etc/hostname"),

@@ -91,9 +91,16 @@ async fn session(
     // hold up a status report.
     let events_done = cancel.child_token();
     let _stop_events = events_done.clone().drop_guard();
-    shared
-        .tracker
-        .spawn(event_loop(shared.clone(), conn.clone(), events_done));
+    shared.tracker.spawn(event_loop(
+        shared.clone(),
+        conn.clone(),
+        events_done.clone(),
+    ));
+    shared.tracker.spawn(crate::discovery::follow(
+        shared.clone(),
+        conn.clone(),
+        events_done,
+    ));
     // Everything we know goes up on (re)connect; afterwards only changes.
     let mut sent: Reports = Default::default();
     let mut heartbeat = tokio::time::interval(shared.cfg.heartbeat);

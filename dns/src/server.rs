@@ -40,6 +40,9 @@ pub struct Config {
     pub upstreams: Vec<SocketAddr>,
     /// TTL of our records and of negative answers, 5 s by default as CoreDNS.
     pub ttl: u32,
+    /// Bind even to addresses the host does not have yet (`IP_FREEBIND`), such as the pod
+    /// bridge's gateway before the first pod brings the bridge up.
+    pub freebind: bool,
 }
 
 impl Default for Config {
@@ -49,6 +52,7 @@ impl Default for Config {
             listen: Vec::new(),
             upstreams: Vec::new(),
             ttl: 5,
+            freebind: false,
         }
     }
 }
@@ -81,7 +85,7 @@ pub async fn start(cfg: Config, cancel: CancellationToken) -> Result<Dns, Error>
     };
     let mut sockets = Vec::with_capacity(cfg.listen.len());
     for addr in &cfg.listen {
-        sockets.push(bind(*addr).await?);
+        sockets.push(bind(*addr, cfg.freebind).await?);
     }
     let local_addrs = sockets.iter().map(|(addr, _, _)| *addr).collect();
 
@@ -158,21 +162,30 @@ fn parse_domain(domain: &str) -> Result<Name, Error> {
     Ok(name.to_lowercase())
 }
 
-async fn bind(addr: SocketAddr) -> Result<(SocketAddr, UdpSocket, TcpListener), Error> {
+async fn bind(
+    addr: SocketAddr,
+    freebind: bool,
+) -> Result<(SocketAddr, UdpSocket, TcpListener), Error> {
     let attempts = if addr.port() == 0 { BIND_ATTEMPTS } else { 1 };
     let mut last = None;
     for _ in 0..attempts {
-        let udp = UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
-            addr,
-            protocol: "udp",
-            source,
-        })?;
+        let udp = socket(addr, socket2::Type::DGRAM, freebind)
+            .and_then(|s| UdpSocket::from_std(s.into()))
+            .map_err(|source| Error::Bind {
+                addr,
+                protocol: "udp",
+                source,
+            })?;
         let bound = udp.local_addr().map_err(|source| Error::Bind {
             addr,
             protocol: "udp",
             source,
         })?;
-        match TcpListener::bind(bound).await {
+        let tcp = socket(bound, socket2::Type::STREAM, freebind).and_then(|s| {
+            s.listen(1024)?;
+            TcpListener::from_std(s.into())
+        });
+        match tcp {
             Ok(tcp) => return Ok((bound, udp, tcp)),
             Err(source) => {
                 last = Some(Error::Bind {
@@ -184,6 +197,28 @@ async fn bind(addr: SocketAddr) -> Result<(SocketAddr, UdpSocket, TcpListener), 
         }
     }
     Err(last.unwrap_or(Error::NoListenAddress))
+}
+
+/// A non-blocking socket bound to `addr` (TCP ones with `SO_REUSEADDR`, as tokio's own bind).
+fn socket(
+    addr: SocketAddr,
+    kind: socket2::Type,
+    freebind: bool,
+) -> std::io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, kind, None)?;
+    if freebind {
+        match addr {
+            SocketAddr::V4(_) => s.set_freebind_v4(true)?,
+            SocketAddr::V6(_) => s.set_freebind_v6(true)?,
+        }
+    }
+    if kind == socket2::Type::STREAM {
+        s.set_reuse_address(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
 }
 
 fn initial_serial() -> u32 {

@@ -194,6 +194,7 @@ async fn serve(domain: &str, ttl: u32, upstreams: Vec<SocketAddr>) -> Running {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         upstreams,
         ttl,
+        ..Config::default()
     };
     let dns = flotilla_dns::start(cfg, cancel.clone())
         .await
@@ -473,6 +474,31 @@ async fn malformed_packets_do_not_hurt() {
     let r = dig(s.addr, &["web.default.svc.cluster.local", "A"]).await;
     assert_eq!(r.data("A"), ["10.96.0.10"]);
     s.stop().await;
+}
+
+/// The agent binds the pod bridge's gateway before the bridge has that address.
+#[tokio::test]
+async fn freebind_binds_an_address_the_host_does_not_have_yet() {
+    let cancel = CancellationToken::new();
+    // TEST-NET-1 (RFC 5737): never configured here.
+    let absent: SocketAddr = "192.0.2.77:0".parse().unwrap();
+    let plain = Config {
+        listen: vec![absent],
+        ..Config::default()
+    };
+    let err = flotilla_dns::start(plain, cancel.clone()).await.err();
+    assert!(err.is_some(), "bound an absent address without freebind");
+    let free = Config {
+        listen: vec![absent],
+        freebind: true,
+        ..Config::default()
+    };
+    let dns = flotilla_dns::start(free, cancel.clone())
+        .await
+        .expect("freebind");
+    assert_eq!(dns.local_addrs()[0].ip(), absent.ip());
+    cancel.cancel();
+    dns.join().await.unwrap();
 }
 
 #[tokio::test]

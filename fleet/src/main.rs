@@ -528,9 +528,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let kinds: Vec<Kind> = kind
+            // `endpoints` is not a stored kind either: it is made from the EndpointSlices.
+            let kinds: Vec<(Kind, bool)> = kind
                 .split(',')
-                .map(kind_arg)
+                .map(|k| match k.to_ascii_lowercase().as_str() {
+                    "endpoints" | "ep" => Ok((Kind::EndpointSlice, true)),
+                    _ => kind_arg(k).map(|k| (k, false)),
+                })
                 .collect::<anyhow::Result<_>>()?;
             let client = connect(&cli).await?;
             let ns = if *all_namespaces {
@@ -538,8 +542,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Some(namespace.clone().unwrap_or_else(|| "default".into()))
             };
-            for (i, k) in kinds.iter().enumerate() {
-                let objs = client.get(*k, ns.as_deref(), name.as_deref()).await?;
+            for (i, (k, as_endpoints)) in kinds.iter().enumerate() {
+                let objs = if *as_endpoints {
+                    // NAME is the Service's; its slices carry it as a label.
+                    client
+                        .get(*k, ns.as_deref(), None)
+                        .await?
+                        .into_iter()
+                        .filter(|o| {
+                            name.as_ref().is_none_or(|n| {
+                                o.meta().labels.get(flotilla_proto::api::SERVICE_NAME_LABEL)
+                                    == Some(n)
+                            })
+                        })
+                        .collect()
+                } else {
+                    client.get(*k, ns.as_deref(), name.as_deref()).await?
+                };
                 if objs.is_empty() && matches!(format, Format::Table | Format::Wide) {
                     match (&ns, k.namespaced()) {
                         (Some(ns), true) => eprintln!("No resources found in {ns} namespace."),
@@ -549,6 +568,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if i > 0 {
                     println!();
+                }
+                if *as_endpoints {
+                    let slices: Vec<_> = objs
+                        .into_iter()
+                        .filter_map(|o| match o {
+                            Object::EndpointSlice(s) => Some(s),
+                            _ => None,
+                        })
+                        .collect();
+                    let now = std::time::SystemTime::now();
+                    print!("{}", output::endpoints(&slices, format, now));
+                    continue;
                 }
                 print!("{}", output::render(*k, &objs, format, *all_namespaces));
             }

@@ -1,5 +1,8 @@
 //! kubectl-style output: tables with the usual columns, AGE like kubectl, and YAML/JSON.
-use flotilla_proto::api::{Event, Kind, LabelSelector, Node, Object, Pod, PodTemplateSpec};
+use flotilla_proto::api::{
+    EndpointSlice, Event, Kind, LabelSelector, Node, Object, Pod, PodTemplateSpec,
+    SERVICE_NAME_LABEL, Service,
+};
 use std::time::{Duration, SystemTime};
 
 /// kubectl's HumanDuration: 45s, 3m12s, 17m, 5h3m, 20h, 3d4h, 12d.
@@ -634,6 +637,78 @@ pub fn render_at(
                 .collect();
             (h, rows)
         }
+        Kind::Service => {
+            let mut h = vec![
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+            ];
+            if wide {
+                h.push("SELECTOR");
+            }
+            let rows = objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::Service(s) => Some(s),
+                    _ => None,
+                })
+                .map(|s| {
+                    let mut r = vec![
+                        s.metadata.name.clone(),
+                        s.spec.type_str().to_string(),
+                        s.spec.cluster_ip.clone().unwrap_or_else(|| "<none>".into()),
+                        service_external(s),
+                        service_ports(s),
+                        age_at(now, &s.metadata.creation_timestamp),
+                    ];
+                    if wide {
+                        r.push(if s.spec.selector.is_empty() {
+                            "<none>".into()
+                        } else {
+                            selector_string(&s.spec.selector)
+                        });
+                    }
+                    r
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::EndpointSlice => (
+            vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
+            objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::EndpointSlice(s) => Some(s),
+                    _ => None,
+                })
+                .map(|s| {
+                    let ports: Vec<String> = s
+                        .ports
+                        .iter()
+                        .filter_map(|p| p.port.map(|p| p.to_string()))
+                        .collect();
+                    let addrs: Vec<String> = s
+                        .endpoints
+                        .iter()
+                        .flat_map(|e| e.addresses.iter().cloned())
+                        .collect();
+                    vec![
+                        s.metadata.name.clone(),
+                        s.address_type.clone(),
+                        if ports.is_empty() {
+                            "<unset>".into()
+                        } else {
+                            ports.join(",")
+                        },
+                        first_few(&addrs, "<unset>"),
+                        age_at(now, &s.metadata.creation_timestamp),
+                    ]
+                })
+                .collect(),
+        ),
         Kind::Namespace => (
             vec!["NAME", "STATUS", "AGE"],
             objects
@@ -696,6 +771,169 @@ pub fn render_at(
         }
     }
     table(&header, &rows)
+}
+
+/// kubectl's way of listing many things in a cell: the first three, then `+ N more...`.
+fn first_few(items: &[String], none: &str) -> String {
+    match items.len() {
+        0 => none.to_string(),
+        1..=3 => items.join(","),
+        n => format!("{} + {} more...", items[..3].join(","), n - 3),
+    }
+}
+
+fn selector_string(selector: &std::collections::BTreeMap<String, String>) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A Service's EXTERNAL-IP column.
+fn service_external(s: &Service) -> String {
+    match s.spec.type_str() {
+        "ExternalName" => s.spec.external_name.clone().unwrap_or_default(),
+        "LoadBalancer" => {
+            let ips: Vec<String> = s
+                .status
+                .load_balancer
+                .ingress
+                .iter()
+                .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+                .collect();
+            if ips.is_empty() {
+                "<pending>".into()
+            } else {
+                ips.join(",")
+            }
+        }
+        _ => "<none>".into(),
+    }
+}
+
+/// A Service's PORT(S) column: `80/TCP`, or `80:30080/TCP` with a node port.
+fn service_ports(s: &Service) -> String {
+    if s.spec.ports.is_empty() {
+        return "<none>".into();
+    }
+    s.spec
+        .ports
+        .iter()
+        .map(|p| match p.node_port {
+            Some(np) => format!("{}:{np}/{}", p.port, p.protocol_str()),
+            None => format!("{}/{}", p.port, p.protocol_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `fleet get endpoints`: the Endpoints view kubectl shows, made from each Service's
+/// EndpointSlices (Flotilla stores no Endpoints objects): ready `address:port` pairs.
+pub fn endpoints(slices: &[EndpointSlice], format: Format, now: SystemTime) -> String {
+    let mut by_service: std::collections::BTreeMap<(String, String), Vec<&EndpointSlice>> =
+        Default::default();
+    for s in slices {
+        if let Some(svc) = s.metadata.labels.get(SERVICE_NAME_LABEL) {
+            let ns = s.metadata.namespace.clone().unwrap_or_default();
+            by_service.entry((ns, svc.clone())).or_default().push(s);
+        }
+    }
+    let subsets = |slices: &[&EndpointSlice]| -> Vec<serde_json::Value> {
+        slices
+            .iter()
+            .filter(|s| !s.endpoints.is_empty())
+            .map(|s| {
+                let addr = |ready: bool| -> Vec<serde_json::Value> {
+                    s.endpoints
+                        .iter()
+                        .filter(|e| e.is_ready() == ready)
+                        .flat_map(|e| {
+                            e.addresses.iter().map(move |a| {
+                                let mut v = serde_json::json!({"ip": a});
+                                if let Some(n) = &e.node_name {
+                                    v["nodeName"] = n.clone().into();
+                                }
+                                if let Some(h) = &e.hostname {
+                                    v["hostname"] = h.clone().into();
+                                }
+                                if let Some(t) = &e.target_ref {
+                                    v["targetRef"] = serde_json::json!({"kind": t.kind, "namespace": t.namespace, "name": t.name, "uid": t.uid});
+                                }
+                                v
+                            })
+                        })
+                        .collect()
+                };
+                let mut subset = serde_json::json!({"addresses": addr(true), "ports": s.ports});
+                let unready = addr(false);
+                if !unready.is_empty() {
+                    subset["notReadyAddresses"] = unready.into();
+                }
+                subset
+            })
+            .collect()
+    };
+    match format {
+        Format::Yaml | Format::Json => {
+            let items: Vec<serde_json::Value> = by_service
+                .iter()
+                .map(|((ns, name), slices)| {
+                    serde_json::json!({"apiVersion": "v1", "kind": "Endpoints",
+                        "metadata": {"name": name, "namespace": ns}, "subsets": subsets(slices)})
+                })
+                .collect();
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            return if format == Format::Yaml {
+                serde_yaml_ng::to_string(&list).unwrap_or_default()
+            } else {
+                serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
+            };
+        }
+        Format::Name => {
+            return by_service
+                .keys()
+                .map(|(_, name)| format!("endpoints/{name}\n"))
+                .collect();
+        }
+        Format::Table | Format::Wide => {}
+    }
+    let rows: Vec<Vec<String>> = by_service
+        .iter()
+        .map(|((_, name), slices)| {
+            let pairs: Vec<String> = slices
+                .iter()
+                .flat_map(|s| {
+                    let ports: Vec<i32> = s.ports.iter().filter_map(|p| p.port).collect();
+                    s.endpoints
+                        .iter()
+                        .filter(|e| e.is_ready())
+                        .flat_map(|e| e.addresses.iter())
+                        .flat_map(move |a| {
+                            let a = a.clone();
+                            if ports.is_empty() {
+                                vec![a]
+                            } else {
+                                ports.iter().map(|p| format!("{a}:{p}")).collect()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let created = slices
+                .iter()
+                .map(|s| &s.metadata.creation_timestamp)
+                .min()
+                .cloned()
+                .unwrap_or_default();
+            vec![
+                name.clone(),
+                first_few(&pairs, "<none>"),
+                age_at(now, &created),
+            ]
+        })
+        .collect();
+    table(&["NAME", "ENDPOINTS", "AGE"], &rows)
 }
 
 /// An event's OBJECT column: `pod/web-abc`, as kubectl prints it.
@@ -993,6 +1231,71 @@ mod tests {
         assert!(
             d.contains("Images:       3\n  1.9MiB  127.0.0.1:5000/test/a:v1, "),
             "{d}"
+        );
+    }
+
+    #[test]
+    fn services_slices_and_endpoints_as_kubectl_shows_them() {
+        let now = humantime::parse_rfc3339("2026-12-01T12:10:00Z").unwrap();
+        let objs: Vec<Object> = [
+            r#"{"kind":"Service","metadata":{"name":"web","namespace":"default","creationTimestamp":"2026-12-01T12:00:00Z"},"spec":{"type":"ClusterIP","selector":{"app":"web"},"clusterIP":"10.43.0.7","ports":[{"name":"http","port":80,"protocol":"TCP"},{"name":"dns","port":53,"protocol":"UDP"}]}}"#,
+            r#"{"kind":"Service","metadata":{"name":"np","namespace":"default","creationTimestamp":"2026-12-01T12:00:00Z"},"spec":{"type":"NodePort","clusterIP":"10.43.0.8","ports":[{"port":80,"nodePort":30080,"protocol":"TCP"}]}}"#,
+            r#"{"kind":"Service","metadata":{"name":"ext","namespace":"default","creationTimestamp":"2026-12-01T12:00:00Z"},"spec":{"type":"ExternalName","externalName":"db.example.com"}}"#,
+        ]
+        .iter()
+        .map(|j| Object::from_json_str(j).unwrap())
+        .collect();
+        expect_test::expect![[r#"
+            NAME   TYPE           CLUSTER-IP   EXTERNAL-IP      PORT(S)           AGE   SELECTOR
+            web    ClusterIP      10.43.0.7    <none>           80/TCP,53/UDP     10m   app=web
+            np     NodePort       10.43.0.8    <none>           80:30080/TCP      10m   <none>
+            ext    ExternalName   <none>       db.example.com   <none>            10m   <none>
+        "#]]
+        .assert_eq(&render_at(Kind::Service, &objs, Format::Wide, false, now));
+        let slice = |name: &str, ips: &[(&str, bool)]| -> EndpointSlice {
+            let eps: Vec<serde_json::Value> = ips
+                .iter()
+                .map(|(ip, ready)| serde_json::json!({"addresses": [ip], "conditions": {"ready": ready}}))
+                .collect();
+            serde_json::from_value(serde_json::json!({"kind": "EndpointSlice",
+                "metadata": {"name": name, "namespace": "default", "creationTimestamp": "2026-12-01T12:05:00Z",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "endpoints": eps, "ports": [{"name": "http", "port": 8080}]}))
+            .unwrap()
+        };
+        let slices = [
+            slice("web-a", &[("10.42.0.2", true), ("10.42.0.3", false)]),
+            slice(
+                "web-b",
+                &[
+                    ("10.42.1.2", true),
+                    ("10.42.1.3", true),
+                    ("10.42.1.4", true),
+                ],
+            ),
+        ];
+        let as_objects: Vec<Object> = slices.iter().cloned().map(Object::EndpointSlice).collect();
+        expect_test::expect![[r#"
+            NAME    ADDRESSTYPE   PORTS   ENDPOINTS                       AGE
+            web-a   IPv4          8080    10.42.0.2,10.42.0.3             5m
+            web-b   IPv4          8080    10.42.1.2,10.42.1.3,10.42.1.4   5m
+        "#]]
+        .assert_eq(&render_at(
+            Kind::EndpointSlice,
+            &as_objects,
+            Format::Table,
+            false,
+            now,
+        ));
+        expect_test::expect![[r#"
+            NAME   ENDPOINTS                                                     AGE
+            web    10.42.0.2:8080,10.42.1.2:8080,10.42.1.3:8080 + 1 more...   5m
+        "#]]
+        .assert_eq(&endpoints(&slices, Format::Table, now));
+        let yaml = endpoints(&slices, Format::Yaml, now);
+        assert!(
+            yaml.contains("notReadyAddresses:\n      - ip: 10.42.0.3"),
+            "{yaml}"
         );
     }
 

@@ -47,7 +47,8 @@ impl Config {
 
     /// Checks what can be checked before anything is opened or bound.
     pub fn validate(&self) -> anyhow::Result<Ranges> {
-        let pod_cidrs = crate::podcidr::Allocator::new(&self.cluster_cidr, self.node_cidr_mask_size)?;
+        let pod_cidrs =
+            crate::podcidr::Allocator::new(&self.cluster_cidr, self.node_cidr_mask_size)?;
         let service_cidr = crate::services::ServiceCidr::new(&self.service_cidr)?;
         let services = ipnet::IpNet::V4(service_cidr.net());
         if crate::podcidr::overlaps(&pod_cidrs.cluster(), &services) {

@@ -7,10 +7,10 @@ pub mod edit;
 pub mod events;
 pub mod pki;
 pub mod podcidr;
-pub mod services;
 pub mod rollout;
 pub mod scheduler;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod tokens;
 

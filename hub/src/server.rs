@@ -1656,7 +1656,8 @@ mod tests {
         // A /28 has 13 addresses a service may get (.2 to .14).
         let cidr = crate::services::ServiceCidr::new("10.43.0.0/28").unwrap();
         let apply = |name: &str, spec: &str| {
-            let m = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n{spec}");
+            let m =
+                format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n{spec}");
             let obj = manifest::parse(&m).unwrap().remove(0).object;
             store.write(|tx| {
                 let key = obj.key();
@@ -1670,10 +1671,18 @@ mod tests {
         let web = apply("web", "  ports: [{port: 80}]").unwrap();
         let ip = web.spec.cluster_ip.clone().unwrap();
         assert_eq!(web.spec.cluster_ips, [ip.clone()]);
-        assert_eq!(web.spec.ports[0].target_port, Some(flotilla_proto::api::IntOrString::Int(80)));
+        assert_eq!(
+            web.spec.ports[0].target_port,
+            Some(flotilla_proto::api::IntOrString::Int(80))
+        );
         assert_eq!(web.spec.session_affinity.as_deref(), Some("None"));
         let n: u32 = ip.parse::<std::net::Ipv4Addr>().unwrap().into();
-        assert!((u32::from(std::net::Ipv4Addr::new(10, 43, 0, 2))..=u32::from(std::net::Ipv4Addr::new(10, 43, 0, 14))).contains(&n), "{ip}");
+        assert!(
+            (u32::from(std::net::Ipv4Addr::new(10, 43, 0, 2))
+                ..=u32::from(std::net::Ipv4Addr::new(10, 43, 0, 14)))
+                .contains(&n),
+            "{ip}"
+        );
         // Re-applying the manifest (which has no clusterIP) keeps the address.
         let again = apply("web", "  ports: [{port: 80}]").unwrap();
         assert_eq!(again.spec.cluster_ip.as_deref(), Some(ip.as_str()));
@@ -1681,10 +1690,22 @@ mod tests {
         if ip != "10.43.0.9" {
             assert!(moved.to_string().contains("field is immutable"), "{moved}");
         }
-        let taken = apply("other", &format!("  clusterIP: {ip}\n  ports: [{{port: 80}}]")).unwrap_err();
-        assert!(taken.to_string().ends_with("provided IP is already allocated"), "{taken}");
+        let taken = apply(
+            "other",
+            &format!("  clusterIP: {ip}\n  ports: [{{port: 80}}]"),
+        )
+        .unwrap_err();
+        assert!(
+            taken
+                .to_string()
+                .ends_with("provided IP is already allocated"),
+            "{taken}"
+        );
         let outside = apply("other", "  clusterIP: 10.43.1.9\n  ports: [{port: 80}]").unwrap_err();
-        assert!(outside.to_string().contains("not in the valid range"), "{outside}");
+        assert!(
+            outside.to_string().contains("not in the valid range"),
+            "{outside}"
+        );
         // Twelve more fill the range; the next finds it full, and nothing was stored for it.
         for i in 0..12 {
             apply(&format!("s{i}"), "  ports: [{port: 80}]").unwrap();
@@ -1710,15 +1731,27 @@ mod tests {
             .unwrap();
         let np = apply("np", "  type: NodePort\n  ports: [{name: a, port: 80}, {name: b, port: 81, nodePort: 30081}]").unwrap();
         let a = np.spec.ports[0].node_port.unwrap();
-        assert!(flotilla_proto::service::NODE_PORT_RANGE.contains(&a) && a != 30081, "{a}");
+        assert!(
+            flotilla_proto::service::NODE_PORT_RANGE.contains(&a) && a != 30081,
+            "{a}"
+        );
         assert_eq!(np.spec.ports[1].node_port, Some(30081));
         let np = apply("np", "  type: NodePort\n  ports: [{name: a, port: 80}, {name: b, port: 81, nodePort: 30081}]").unwrap();
         assert_eq!(np.spec.ports[0].node_port, Some(a));
         store
             .write(|tx| tx.delete(&ObjectKey::new(Kind::Service, "default", "s1")))
             .unwrap();
-        let clash = apply("np2", "  type: NodePort\n  ports: [{port: 80, nodePort: 30081}]").unwrap_err();
-        assert!(clash.to_string().ends_with("spec.ports[0].nodePort: Invalid value: 30081: provided port is already allocated"), "{clash}");
+        let clash = apply(
+            "np2",
+            "  type: NodePort\n  ports: [{port: 80, nodePort: 30081}]",
+        )
+        .unwrap_err();
+        assert!(
+            clash.to_string().ends_with(
+                "spec.ports[0].nodePort: Invalid value: 30081: provided port is already allocated"
+            ),
+            "{clash}"
+        );
     }
 
     #[test]

@@ -99,7 +99,8 @@ pub fn admit(
         return Ok(());
     }
     s.ip_families = vec!["IPv4".into()];
-    s.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
+    s.ip_family_policy
+        .get_or_insert_with(|| "SingleStack".into());
     s.internal_traffic_policy
         .get_or_insert_with(|| "Cluster".into());
     let was = old
@@ -126,7 +127,10 @@ pub fn admit(
                     cidr.net()
                 )));
             }
-            if others.iter().any(|o| o.spec.cluster_ip.as_deref() == Some(&asked)) {
+            if others
+                .iter()
+                .any(|o| o.spec.cluster_ip.as_deref() == Some(&asked))
+            {
                 return Err(invalid(format!(
                     "spec.clusterIP: Invalid value: {asked:?}: provided IP is already allocated"
                 )));
@@ -184,7 +188,8 @@ pub fn admit(
             }
             None => {
                 let (first, last) = (*NODE_PORT_RANGE.start(), *NODE_PORT_RANGE.end());
-                let salt = ObjectKey::new(Kind::Service, &key.namespace, &format!("{}/{i}", key.name));
+                let salt =
+                    ObjectKey::new(Kind::Service, &key.namespace, &format!("{}/{i}", key.name));
                 let n = probe(&salt, first as u32, last as u32, |n| {
                     !used.contains(&(n as i32, protocol.clone()))
                 })

@@ -348,9 +348,16 @@ pub struct PodSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// With `hostname`, the pod's name in DNS is `hostname.subdomain.namespace`; a StatefulSet
-    /// sets it to its serviceName. Stored for now: Flotilla has no cluster DNS yet.
+    /// sets it to its serviceName; the node DNS answers it when a headless Service of that
+    /// name selects the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
+    /// ClusterFirst (default), ClusterFirstWithHostNet, Default (the node's resolvers) or
+    /// None (only `dnsConfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<PodDnsConfig>,
     /// `wasmtime` or `runc`; unset, the image decides (a wasm artifact runs under wasmtime,
     /// a container image under runc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -366,6 +373,26 @@ pub struct PodSpec {
     pub host_pid: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_ipc: bool,
+}
+
+/// Additions to (or, with dnsPolicy None, all of) a pod's resolv.conf.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDnsConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub searches: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<PodDnsConfigOption>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDnsConfigOption {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// A pod volume. WASI pods see each mount as a preopened directory.
@@ -1905,7 +1932,11 @@ pub struct ServiceSpec {
     pub load_balancer_source_ranges: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer_class: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "loadBalancerIP")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "loadBalancerIP"
+    )]
     pub load_balancer_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocate_load_balancer_node_ports: Option<bool>,

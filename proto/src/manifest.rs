@@ -958,6 +958,7 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
         ));
     }
     crate::scheduling::validate_pod_spec(at, spec)?;
+    crate::service::validate_pod_dns(at, spec)?;
     if let Some(rc) = &spec.runtime_class_name
         && !matches!(rc.as_str(), "wasmtime" | "runc")
     {

@@ -61,7 +61,10 @@ pub fn validate(svc: &Service) -> Result<(), String> {
     }
     match s.cluster_ips.as_slice() {
         [] => {}
-        [first] if s.cluster_ip.as_deref().is_none_or(|ip| ip.is_empty() || ip == first) => {}
+        [first]
+            if s.cluster_ip
+                .as_deref()
+                .is_none_or(|ip| ip.is_empty() || ip == first) => {}
         [_] => {
             return Err("spec.clusterIPs[0]: Invalid value: must match spec.clusterIP".into());
         }
@@ -121,7 +124,10 @@ fn refuse_unsupported(svc: &Service) -> Result<(), String> {
         );
     }
     if s.load_balancer_ip.is_some() {
-        return not_yet("spec.loadBalancerIP", "the gateway nodes' addresses are used");
+        return not_yet(
+            "spec.loadBalancerIP",
+            "the gateway nodes' addresses are used",
+        );
     }
     for (field, value) in [
         ("spec.externalTrafficPolicy", &s.external_traffic_policy),
@@ -273,6 +279,62 @@ pub fn target_port(port: &ServicePort, pod: &crate::api::PodSpec) -> Option<u16>
     }
 }
 
+/// `dnsPolicy` and `dnsConfig` as the API server checks them (resolv.conf's limits: three
+/// nameservers, 32 search domains).
+pub fn validate_pod_dns(at: &str, spec: &crate::api::PodSpec) -> Result<(), String> {
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    if !matches!(
+        policy,
+        "ClusterFirst" | "ClusterFirstWithHostNet" | "Default" | "None"
+    ) {
+        return Err(format!(
+            "{at}.dnsPolicy: Unsupported value: {policy:?}: supported values: \"ClusterFirstWithHostNet\", \"ClusterFirst\", \"Default\", \"None\""
+        ));
+    }
+    let Some(c) = &spec.dns_config else {
+        if policy == "None" {
+            return Err(format!(
+                "{at}.dnsConfig: Required value: must provide `dnsConfig` when `dnsPolicy` is None"
+            ));
+        }
+        return Ok(());
+    };
+    if policy == "None" && c.nameservers.is_empty() {
+        return Err(format!(
+            "{at}.dnsConfig.nameservers: Required value: must provide at least one DNS nameserver when `dnsPolicy` is None"
+        ));
+    }
+    if c.nameservers.len() > 3 {
+        return Err(format!(
+            "{at}.dnsConfig.nameservers: Invalid value: must not have more than 3 nameservers"
+        ));
+    }
+    for (i, ns) in c.nameservers.iter().enumerate() {
+        if ns.parse::<IpAddr>().is_err() {
+            return Err(format!(
+                "{at}.dnsConfig.nameservers[{i}]: Invalid value: {ns:?}: must be a valid IP address"
+            ));
+        }
+    }
+    if c.searches.len() > 32 {
+        return Err(format!(
+            "{at}.dnsConfig.searches: Invalid value: must not have more than 32 search paths"
+        ));
+    }
+    for (i, s) in c.searches.iter().enumerate() {
+        crate::manifest::check_name(
+            &format!("{at}.dnsConfig.searches[{i}]"),
+            s.trim_end_matches('.'),
+        )?;
+    }
+    for (i, o) in c.options.iter().enumerate() {
+        if o.name.is_empty() {
+            return Err(format!("{at}.dnsConfig.options[{i}].name: Required value"));
+        }
+    }
+    Ok(())
+}
+
 fn check_port(field: &str, port: i32) -> Result<(), String> {
     if (1..=65535).contains(&port) {
         Ok(())
@@ -323,7 +385,11 @@ mod tests {
     fn errors(yaml: &str) -> String {
         match crate::manifest::parse(yaml) {
             Ok(_) => "ok".into(),
-            Err(e) => e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
+            Err(e) => e
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
         }
     }
 

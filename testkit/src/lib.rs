@@ -255,6 +255,8 @@ impl Cluster {
                 .placement
                 .as_ref()
                 .map_or(agent_ip(i), |p| p.agent_ips[i]);
+            // Clusters of one test binary share agent addresses: any free port.
+            cfg.dns_listen = Some(vec![std::net::SocketAddr::new(cfg.node_ip, 0)]);
             cfg.heartbeat = Duration::from_secs(1);
             cfg.backoff_base = Duration::from_millis(200);
             cfg.backoff_max = Duration::from_secs(2);

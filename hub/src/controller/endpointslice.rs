@@ -171,10 +171,7 @@ pub fn slices_for(
                 uid: pod.metadata.uid.clone(),
             }),
         };
-        groups
-            .entry(ports_of(svc, pod))
-            .or_default()
-            .push(endpoint);
+        groups.entry(ports_of(svc, pod)).or_default().push(endpoint);
     }
     if groups.is_empty() {
         groups.insert(Vec::new(), Vec::new());
@@ -276,7 +273,13 @@ mod tests {
                 let ports: Vec<String> = s
                     .ports
                     .iter()
-                    .map(|p| format!("{}={}", p.name.clone().unwrap_or_default(), p.port.unwrap_or(0)))
+                    .map(|p| {
+                        format!(
+                            "{}={}",
+                            p.name.clone().unwrap_or_default(),
+                            p.port.unwrap_or(0)
+                        )
+                    })
                     .collect();
                 let eps: Vec<String> = s
                     .endpoints
@@ -286,7 +289,10 @@ mod tests {
                             "{}{}{}",
                             e.addresses.join(","),
                             if e.is_ready() { "" } else { "(unready)" },
-                            e.zone.as_deref().map(|z| format!("@{z}")).unwrap_or_default()
+                            e.zone
+                                .as_deref()
+                                .map(|z| format!("@{z}"))
+                                .unwrap_or_default()
                         )
                     })
                     .collect();
@@ -332,7 +338,11 @@ mod tests {
         assert_eq!(names.len(), slices.len());
         assert!(names.iter().all(|n| n.starts_with("web-")));
         assert_eq!(slices_for(&svc, &pods, &zones), slices);
-        assert!(slices.iter().all(|s| s.metadata.owner_references[0].uid == "svc-uid"));
+        assert!(
+            slices
+                .iter()
+                .all(|s| s.metadata.owner_references[0].uid == "svc-uid")
+        );
     }
 
     #[test]
