@@ -759,3 +759,94 @@ spec:
     .await;
     cluster.shutdown().await;
 }
+
+/// A container pod finds a service by its short name through the node DNS (resolv.conf with
+/// the namespace's search path and ndots:5), and calls the backend pod it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_resolve_services_by_name_through_the_node_dns() {
+    require_container_tools("container");
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    let web = busybox_image(
+        &["httpd", "-f", "-p", "8080", "-h", "/var/www"],
+        serde_json::json!({"User": "app", "WorkingDir": "/home/app"}),
+    )
+    .unwrap();
+    registry.push("test/web:v1", &web).await.unwrap();
+    let cluster = Cluster::builder().agents(1).registry(&host).start().await;
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: {host}/test/web:v1
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  clusterIP: None
+  selector: {{app: web}}
+  ports: [{{name: http, port: 8080, targetPort: http}}]
+"#
+        ))
+        .await
+        .unwrap();
+    let pods = cluster.wait_ready("web", 1).await;
+    let ip = pods[0].status.pod_ip.clone().unwrap();
+    let gateway = {
+        let subnet: ipnet::IpNet = cluster
+            .agent(0)
+            .shared
+            .network
+            .as_ref()
+            .unwrap()
+            .subnet()
+            .unwrap()
+            .parse()
+            .unwrap();
+        subnet.hosts().next().unwrap().to_string()
+    };
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  restartPolicy: OnFailure
+  containers:
+  - name: client
+    image: {host}/test/web:v1
+    command: [sh, -c]
+    args: ['cat /etc/resolv.conf; nslookup web.default.svc.cluster.local; wget -qO- http://web:8080/']
+"#
+        ))
+        .await
+        .unwrap();
+    cluster
+        .wait_pod("client", "Succeeded", |p| p.status.phase == "Succeeded")
+        .await;
+    let out = logs(&cluster, "client").await;
+    assert!(
+        out.contains(&format!(
+            "search default.svc.cluster.local svc.cluster.local cluster.local"
+        )) && out.contains(&format!("nameserver {gateway}\n"))
+            && out.contains("options ndots:5"),
+        "resolv.conf: {out}"
+    );
+    assert!(out.contains(&format!("Address: {ip}")), "nslookup: {out}");
+    assert!(
+        out.contains("hello from a container"),
+        "wget by short name: {out}"
+    );
+    cluster.shutdown().await;
+}
