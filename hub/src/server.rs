@@ -1670,7 +1670,7 @@ mod tests {
         };
         let web = apply("web", "  ports: [{port: 80}]").unwrap();
         let ip = web.spec.cluster_ip.clone().unwrap();
-        assert_eq!(web.spec.cluster_ips, [ip.clone()]);
+        assert_eq!(web.spec.cluster_ips, std::slice::from_ref(&ip));
         assert_eq!(
             web.spec.ports[0].target_port,
             Some(flotilla_proto::api::IntOrString::Int(80))

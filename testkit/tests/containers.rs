@@ -837,9 +837,8 @@ spec:
         .await;
     let out = logs(&cluster, "client").await;
     assert!(
-        out.contains(&format!(
-            "search default.svc.cluster.local svc.cluster.local cluster.local"
-        )) && out.contains(&format!("nameserver {gateway}\n"))
+        out.contains("search default.svc.cluster.local svc.cluster.local cluster.local")
+            && out.contains(&format!("nameserver {gateway}\n"))
             && out.contains("options ndots:5"),
         "resolv.conf: {out}"
     );

@@ -174,7 +174,7 @@ async fn every_node_answers_for_services_and_follows_their_endpoints() {
             (!a.is_empty()).then_some(a)
         })
         .await;
-        assert_eq!(a, [ip.clone()], "node {i}");
+        assert_eq!(a, std::slice::from_ref(&ip), "node {i}");
         assert_eq!(
             dig(dns, "_http._tcp.web.default.svc.cluster.local", "SRV"),
             ["0 100 80 web.default.svc.cluster.local."],
@@ -248,7 +248,7 @@ async fn every_node_answers_for_services_and_follows_their_endpoints() {
         (!a.is_empty()).then_some(a)
     })
     .await;
-    assert_eq!(a, [ip.clone()]);
+    assert_eq!(a, std::slice::from_ref(&ip));
     assert_eq!(
         dig(dns, "web-direct.default.svc.cluster.local", "A").len(),
         1
