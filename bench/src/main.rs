@@ -3,11 +3,13 @@
 //! asserts nothing.
 //!
 //! With no argument it runs the WASI benchmarks, then `sched` and `lost`. Subcommands run one
-//! benchmark: `sched`, `lost`, `container-start` and `pull` (the last two need root and the
+//! benchmark: `sched`, `lost`, `dns` (dnsperf against the agent, unbound and BIND 9, which
+//! scripts/bench installs), `container-start` and `pull` (the last two need root and the
 //! container tools scripts/setup installs). The binaries are taken from
 //! `$CARGO_TARGET_DIR/release` when that is set, else from `<repo>/target/release`.
 #![allow(clippy::print_stdout)]
 mod containers;
+mod dns;
 mod lost;
 mod sched;
 
@@ -317,6 +319,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if only.iter().any(|a| a == "lost") {
         return lost::run().await;
+    }
+    if only.iter().any(|a| a == "dns") {
+        return dns::run().await;
     }
     let secs: u32 = std::env::var("BENCH_SECS")
         .ok()

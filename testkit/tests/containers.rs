@@ -64,6 +64,15 @@ async fn wait_logs(cluster: &Cluster, name: &str, needle: &str) -> String {
     .await
 }
 
+/// busybox httpd on 8080 serving "hello from a container", as user `app`.
+fn web_image() -> TestImage {
+    busybox_image(
+        &["httpd", "-f", "-p", "8080", "-h", "/var/www"],
+        serde_json::json!({"User": "app", "WorkingDir": "/home/app"}),
+    )
+    .unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -107,11 +116,7 @@ async fn a_container_serves_on_its_pod_ip_and_host_port() {
     require_container_tools("container");
     let registry = Registry::start().unwrap();
     let host = registry.host();
-    let web = busybox_image(
-        &["httpd", "-f", "-p", "8080", "-h", "/var/www"],
-        serde_json::json!({"User": "app", "WorkingDir": "/home/app"}),
-    )
-    .unwrap();
+    let web = web_image();
     let digest = registry.push("test/web:v1", &web).await.unwrap();
     let cluster = Cluster::builder().agents(1).registry(&host).start().await;
     let host_port = free_port();
@@ -767,11 +772,7 @@ async fn pods_resolve_services_by_name_through_the_node_dns() {
     require_container_tools("container");
     let registry = Registry::start().unwrap();
     let host = registry.host();
-    let web = busybox_image(
-        &["httpd", "-f", "-p", "8080", "-h", "/var/www"],
-        serde_json::json!({"User": "app", "WorkingDir": "/home/app"}),
-    )
-    .unwrap();
+    let web = web_image();
     registry.push("test/web:v1", &web).await.unwrap();
     let cluster = Cluster::builder().agents(1).registry(&host).start().await;
     cluster
