@@ -8,7 +8,7 @@ use flotilla_transport::{TransportError, recv_frame, send_frame};
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
@@ -161,20 +161,16 @@ pub async fn serve(
 }
 
 fn pump(
-    mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     to: mpsc::Sender<ExecOutput>,
     wrap: fn(Vec<u8>) -> ExecOutput,
 ) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt as _;
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 16 << 10];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if to.send(wrap(buf[..n].to_vec())).await.is_err() {
-                        return;
-                    }
-                }
+        let mut chunks = tokio_util::io::ReaderStream::new(from);
+        while let Some(Ok(bytes)) = chunks.next().await {
+            if to.send(wrap(bytes.to_vec())).await.is_err() {
+                return;
             }
         }
     })

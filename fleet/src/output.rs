@@ -1246,10 +1246,10 @@ mod tests {
         .map(|j| Object::from_json_str(j).unwrap())
         .collect();
         expect_test::expect![[r#"
-            NAME   TYPE           CLUSTER-IP   EXTERNAL-IP      PORT(S)           AGE   SELECTOR
-            web    ClusterIP      10.43.0.7    <none>           80/TCP,53/UDP     10m   app=web
-            np     NodePort       10.43.0.8    <none>           80:30080/TCP      10m   <none>
-            ext    ExternalName   <none>       db.example.com   <none>            10m   <none>
+            NAME   TYPE           CLUSTER-IP   EXTERNAL-IP      PORT(S)         AGE   SELECTOR
+            web    ClusterIP      10.43.0.7    <none>           80/TCP,53/UDP   10m   app=web
+            np     NodePort       10.43.0.8    <none>           80:30080/TCP    10m   <none>
+            ext    ExternalName   <none>       db.example.com   <none>          10m   <none>
         "#]]
         .assert_eq(&render_at(Kind::Service, &objs, Format::Wide, false, now));
         let slice = |name: &str, ips: &[(&str, bool)]| -> EndpointSlice {
@@ -1288,7 +1288,7 @@ mod tests {
             now,
         ));
         expect_test::expect![[r#"
-            NAME   ENDPOINTS                                                     AGE
+            NAME   ENDPOINTS                                                  AGE
             web    10.42.0.2:8080,10.42.1.2:8080,10.42.1.3:8080 + 1 more...   5m
         "#]]
         .assert_eq(&endpoints(&slices, Format::Table, now));

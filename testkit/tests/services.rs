@@ -329,6 +329,62 @@ async fn services_keep_their_addresses_and_refuse_what_is_not_supported() {
     );
     assert_eq!(get().await, again, "nothing stored was lost");
 
+    // A StatefulSet's pods get names of their own under its headless service.
+    cluster.push_example("hello").await;
+    cluster
+        .apply(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 2
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - name: web
+        image: hello:latest
+        ports: [{containerPort: 8080}]
+"#,
+        )
+        .await
+        .unwrap();
+    let pods = cluster.wait_ready("db", 2).await;
+    let dns = dns_of(&cluster, 0);
+    for p in &pods {
+        let name = format!("{}.db.default.svc.cluster.local", p.metadata.name);
+        let a = eventually(&format!("{name} resolves"), || async {
+            let a = dig(dns, &name, "A");
+            (!a.is_empty()).then_some(a)
+        })
+        .await;
+        assert_eq!(a, [p.status.pod_ip.clone().unwrap()], "{name}");
+    }
+    let srv = dig(dns, "_http._tcp.db.default.svc.cluster.local", "SRV");
+    let targets: BTreeSet<String> = srv
+        .iter()
+        .map(|r| r.split_whitespace().nth(3).unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        targets,
+        BTreeSet::from([
+            "db-0.db.default.svc.cluster.local.".to_string(),
+            "db-1.db.default.svc.cluster.local.".to_string()
+        ]),
+        "SRV targets are the pods' own names: {srv:?}"
+    );
+
     // The CLI shows them the kubectl way.
     let (code, out, err) = cluster.fleet_cli(&["get", "svc,endpoints"], None);
     assert_eq!(code, 0, "{err}");

@@ -11,7 +11,6 @@ use flotilla_oci::spec;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -363,17 +362,15 @@ pub fn exit_code(status: &std::process::ExitStatus) -> i32 {
 
 /// Copies a container's output into the pod log as it arrives.
 fn pump(
-    mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     log: PodLog,
     stream: LogStream,
 ) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt as _;
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 16 << 10];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => log.append(stream, &buf[..n]),
-            }
+        let mut chunks = tokio_util::io::ReaderStream::new(from);
+        while let Some(Ok(bytes)) = chunks.next().await {
+            log.append(stream, &bytes);
         }
     })
 }
