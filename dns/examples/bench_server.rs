@@ -37,6 +37,11 @@ fn main() -> anyhow::Result<()> {
         .parse()
         .context("second argument: number of services")?;
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "/tmp/dnsbench".into()));
+    let multi_thread = match args.next().as_deref() {
+        None | Some("current") => false,
+        Some("multi") => true,
+        Some(other) => anyhow::bail!("fourth argument: runtime `current` or `multi`, got {other:?}"),
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
 
     let services: Vec<Service> = (0..count)
@@ -74,10 +79,18 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join("queries.txt"), queries)?;
     std::fs::write(dir.join("unbound.conf"), unbound)?;
 
-    // One thread, as the agent's DNS would get on a small node.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // `current`: one thread, the smallest setting. `multi`: two workers, as the agent's own
+    // runtime on which it starts the server.
+    let rt = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async {
         let cancel = CancellationToken::new();
         let cfg = Config {
