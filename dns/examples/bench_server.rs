@@ -40,7 +40,9 @@ fn main() -> anyhow::Result<()> {
     let multi_thread = match args.next().as_deref() {
         None | Some("current") => false,
         Some("multi") => true,
-        Some(other) => anyhow::bail!("fourth argument: runtime `current` or `multi`, got {other:?}"),
+        Some(other) => {
+            anyhow::bail!("fourth argument: runtime `current` or `multi`, got {other:?}")
+        }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
 
