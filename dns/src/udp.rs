@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use hickory_server::zone_handler::Queries;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::Error;
 use crate::respond::{Decision, Reply, Responder};
@@ -39,7 +40,8 @@ const RECEIVE_BUFFER: usize = 4096;
 const CANCEL_POLL: Duration = Duration::from_millis(100);
 /// Responses kept per thread; when full, the cache starts over.
 const CACHE_ENTRIES: usize = 1024;
-/// Larger responses are not kept, so the cache stays around a megabyte at most.
+/// Larger queries and responses are not kept, so a thread's cache stays under 2 MB.
+const CACHE_MAX_QUERY: usize = 512;
 const CACHE_MAX_RESPONSE: usize = 1232;
 /// Bytes of the ID at the start of every DNS message.
 const ID_LEN: usize = 2;
@@ -112,7 +114,10 @@ impl Cache {
         let Some(key) = query.get(ID_LEN..) else {
             return;
         };
-        if response.len() > CACHE_MAX_RESPONSE || response.len() < ID_LEN {
+        if key.len() > CACHE_MAX_QUERY
+            || response.len() > CACHE_MAX_RESPONSE
+            || response.len() < ID_LEN
+        {
             return;
         }
         if self.responses.len() >= CACHE_ENTRIES {
@@ -128,7 +133,16 @@ fn run(ctx: &Arc<Loop>) -> Result<(), Error> {
     let mut cache = Cache::default();
     while !ctx.cancel.is_cancelled() {
         match ctx.socket.recv_from(&mut query) {
-            Ok((len, src)) => handle(ctx, &mut cache, &query[..len], src, &mut response),
+            Ok((len, src)) => {
+                // A bug that one datagram can trigger must not stop the loop for everyone.
+                let answered = panic::catch_unwind(AssertUnwindSafe(|| {
+                    handle(ctx, &mut cache, &query[..len], src, &mut response)
+                }));
+                if answered.is_err() {
+                    error!(%src, "dns query handling panicked; query dropped");
+                    cache = Cache::default();
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
