@@ -1,20 +1,33 @@
-//! Benchmark harness: serves N synthetic ClusterIP services on one thread and writes the
-//! dnsperf query file and an unbound config with the same names as local-data, so both servers
-//! can be measured side by side:
+//! Benchmark harness: serves N synthetic ClusterIP services and writes the dnsperf query file
+//! and an unbound config with the same names as local-data, so both servers can be measured
+//! side by side. The fourth argument picks the runtime `start` is called on: `current` (one
+//! thread) or `multi` (two workers, as the agent's).
 //!
 //! ```text
 //! cargo build --release -p flotilla-dns --example bench_server
-//! taskset -c 1 target/release/examples/bench_server 127.0.0.1:5300 1000 /tmp/dnsbench
-//! dnsperf -s 127.0.0.1 -p 5300 -d /tmp/dnsbench/queries.txt -l 15 -c 4 -Q 200000
+//! taskset -c 1 target/release/examples/bench_server 127.0.0.1:5300 1000 /tmp/dnsbench multi
+//! taskset -c 0 dnsperf -s 127.0.0.1 -p 5300 -d /tmp/dnsbench/queries.txt -c 4 -q 200 -T 1 -l 10
 //! taskset -c 1 unbound -d -c /tmp/dnsbench/unbound.conf     # listens on port 5301
-//! dnsperf -s 127.0.0.1 -p 5301 -d /tmp/dnsbench/queries.txt -l 15 -c 4 -Q 200000
+//! taskset -c 0 dnsperf -s 127.0.0.1 -p 5301 -d /tmp/dnsbench/queries.txt -c 4 -q 200 -T 1 -l 10
 //! ```
 //!
-//! Measured on the 2-core development machine (shared, so ±10%), server on core 1, dnsperf on
-//! core 0, 1000 services, `-c 4 -Q 200000`: flotilla-dns 103.8k queries/s (NOERROR, mean
-//! latency 0.86 ms), unbound 1.17 with the same names as local-data 108.3k queries/s (0.83 ms).
-//! Search-list misses (`example0.com.ns0.svc.cluster.local`, NXDOMAIN) run at the same rate as
-//! hits. dnsperf on one core is near its own limit here, so both figures are lower bounds.
+//! CPU per query is the server process's utime + stime (`/proc/PID/stat`) over the run divided
+//! by the queries completed. Measured 2026-12-01 on the shared 2-core development machine
+//! (another build running, so rates vary by ±20% between runs), server on core 1, dnsperf on
+//! core 0, 1000 services, two or three runs each (ranges):
+//!
+//! | server                                | queries/s | CPU µs/query | of which user |
+//! |---------------------------------------|-----------|--------------|---------------|
+//! | unbound 1.17, local-data              | 92k–104k  | 5.0–6.1      | 1.5–2.1       |
+//! | before: hickory `Server`, `current`   | 85k–99k   | 8.2–8.8      | 4.8–5.3       |
+//! | before: hickory `Server`, `multi`     | 90k–91k   | 10.6–10.9    | 6.2–6.4       |
+//! | UDP thread, no response cache, `multi`| 87k–109k  | 6.4–7.5      | 2.8–3.1       |
+//! | after, `current`                      | 119k–157k | 4.0–4.9      | 0.3–0.5       |
+//! | after, `multi`                        | 109k–119k | 4.1–4.6      | 0.4–0.6       |
+//!
+//! After, the server uses about half a core, so its query rate is dnsperf's limit on core 0;
+//! the rest of its time is the kernel's `recvfrom`/`sendto`. A query that misses the response
+//! cache (a name asked for the first time after an update) costs the no-cache figure.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -37,6 +50,13 @@ fn main() -> anyhow::Result<()> {
         .parse()
         .context("second argument: number of services")?;
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "/tmp/dnsbench".into()));
+    let multi_thread = match args.next().as_deref() {
+        None | Some("current") => false,
+        Some("multi") => true,
+        Some(other) => {
+            anyhow::bail!("fourth argument: runtime `current` or `multi`, got {other:?}")
+        }
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
 
     let services: Vec<Service> = (0..count)
@@ -74,10 +94,18 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join("queries.txt"), queries)?;
     std::fs::write(dir.join("unbound.conf"), unbound)?;
 
-    // One thread, as the agent's DNS would get on a small node.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // `current`: one thread, the smallest setting. `multi`: two workers, as the agent's own
+    // runtime on which it starts the server.
+    let rt = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async {
         let cancel = CancellationToken::new();
         let cfg = Config {

@@ -11,15 +11,18 @@
 //! list expansions of outside names (`example.com.default.svc.cluster.local`) are answered
 //! locally at once. Everything else goes to the upstream resolvers, with a cache.
 //!
-//! hickory-server logs every request at `info` (target `hickory_server`); the agent's filter
-//! should keep that at `warn`.
+//! UDP is served by a loop of our own (`udp`), TCP by hickory-server; both take their answer
+//! from `respond`. hickory-server logs every TCP request at `info` (target `hickory_server`); the
+//! agent's filter should keep that at `warn`.
 
 mod error;
 mod forward;
 mod model;
 mod resolv_conf;
+mod respond;
 mod server;
 mod table;
+mod udp;
 
 pub use error::Error;
 pub use model::{Endpoint, Port, Protocol, Service, ServiceKind};

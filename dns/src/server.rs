@@ -5,22 +5,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use hickory_proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_proto::rr::Name;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::Error;
-use crate::forward::{Forwarded, Forwarder};
+use crate::forward::Forwarder;
 use crate::model::Service;
-use crate::table::{Answer, Outcome, Table};
+use crate::respond::Responder;
+use crate::table::Table;
+use crate::udp;
 
 /// A TCP connection that sends no query for this long is closed.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,16 +60,17 @@ impl Default for Config {
 
 /// A running server. Cancelling the token given to `start` stops it; `join` waits for that.
 pub struct Dns {
-    shared: Arc<Shared>,
-    local_addrs: Vec<SocketAddr>,
-    task: JoinHandle<Result<(), Error>>,
-}
-
-struct Shared {
     origin: Name,
     ttl: u32,
     serial: AtomicU32,
-    table: ArcSwap<Table>,
+    responder: Arc<Responder>,
+    local_addrs: Vec<SocketAddr>,
+    /// hickory-server, serving TCP.
+    tcp: JoinHandle<Result<(), Error>>,
+    /// One thread per UDP socket (see `udp`).
+    udp: Vec<std::thread::JoinHandle<Result<(), Error>>>,
+    /// The UDP queries waiting for the upstreams.
+    forwards: TaskTracker,
 }
 
 /// Validates `cfg`, binds every address (UDP and TCP), and serves until `cancel` fires.
@@ -90,22 +92,37 @@ pub async fn start(cfg: Config, cancel: CancellationToken) -> Result<Dns, Error>
     let local_addrs = sockets.iter().map(|(addr, _, _)| *addr).collect();
 
     let serial = initial_serial();
-    let shared = Arc::new(Shared {
-        table: ArcSwap::from_pointee(Table::build(&origin, cfg.ttl, serial, &[])),
-        origin,
-        ttl: cfg.ttl,
-        serial: AtomicU32::new(serial),
-    });
-    let handler = Handler {
-        shared: shared.clone(),
+    let responder = Arc::new(Responder::new(
+        Table::build(&origin, cfg.ttl, serial, &[]),
         forwarder,
-    };
-    let mut server = Server::new(handler);
-    for (_, udp, tcp) in sockets {
-        server.register_socket(udp);
+    ));
+    let mut server = Server::new(Handler {
+        responder: responder.clone(),
+    });
+    let forwards = TaskTracker::new();
+    // The UDP threads' own token, so that a failed start stops them without touching `cancel`.
+    let stop_udp = cancel.child_token();
+    let mut udp_threads = Vec::with_capacity(sockets.len());
+    for (addr, udp, tcp) in sockets {
+        let thread = udp::spawn(
+            udp,
+            responder.clone(),
+            tokio::runtime::Handle::current(),
+            forwards.clone(),
+            stop_udp.clone(),
+        );
+        match thread {
+            Ok(thread) => udp_threads.push(thread),
+            Err(e) => {
+                stop_udp.cancel();
+                return Err(Error::Server(format!(
+                    "failed to start the udp thread for {addr}: {e}"
+                )));
+            }
+        }
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
     }
-    let task = tokio::spawn(async move {
+    let tcp = tokio::spawn(async move {
         let shutdown = server.shutdown_token().clone();
         let run = server.block_until_done();
         tokio::pin!(run);
@@ -119,9 +136,14 @@ pub async fn start(cfg: Config, cancel: CancellationToken) -> Result<Dns, Error>
         result.map_err(|e| Error::Server(e.to_string()))
     });
     Ok(Dns {
-        shared,
+        origin,
+        ttl: cfg.ttl,
+        serial: AtomicU32::new(serial),
+        responder,
         local_addrs,
-        task,
+        tcp,
+        udp: udp_threads,
+        forwards,
     })
 }
 
@@ -129,9 +151,9 @@ impl Dns {
     /// Replaces every service with `services`: builds a new table and swaps it in at once;
     /// queries in flight keep the table they started with.
     pub fn update(&self, services: Vec<Service>) {
-        let serial = self.shared.serial.fetch_add(1, Ordering::Relaxed) + 1;
-        let table = Table::build(&self.shared.origin, self.shared.ttl, serial, &services);
-        self.shared.table.store(Arc::new(table));
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed) + 1;
+        let table = Table::build(&self.origin, self.ttl, serial, &services);
+        self.responder.table.store(Arc::new(table));
     }
 
     /// The addresses actually bound (with the ports picked for port 0), one per `listen` entry.
@@ -141,10 +163,22 @@ impl Dns {
 
     /// Waits until the server has stopped after cancellation.
     pub async fn join(self) -> Result<(), Error> {
-        match self.task.await {
+        let mut result = match self.tcp.await {
             Ok(result) => result,
             Err(e) => Err(Error::Server(e.to_string())),
+        };
+        for thread in self.udp {
+            let stopped = tokio::task::spawn_blocking(move || thread.join()).await;
+            let udp = match stopped {
+                Ok(Ok(udp)) => udp,
+                Ok(Err(_)) => Err(Error::Server("udp thread panicked".to_owned())),
+                Err(e) => Err(Error::Server(e.to_string())),
+            };
+            result = result.and(udp);
         }
+        self.forwards.close();
+        self.forwards.wait().await;
+        result
     }
 }
 
@@ -165,12 +199,12 @@ fn parse_domain(domain: &str) -> Result<Name, Error> {
 async fn bind(
     addr: SocketAddr,
     freebind: bool,
-) -> Result<(SocketAddr, UdpSocket, TcpListener), Error> {
+) -> Result<(SocketAddr, std::net::UdpSocket, TcpListener), Error> {
     let attempts = if addr.port() == 0 { BIND_ATTEMPTS } else { 1 };
     let mut last = None;
     for _ in 0..attempts {
         let udp = socket(addr, socket2::Type::DGRAM, freebind)
-            .and_then(|s| UdpSocket::from_std(s.into()))
+            .map(std::net::UdpSocket::from)
             .map_err(|source| Error::Bind {
                 addr,
                 protocol: "udp",
@@ -228,9 +262,9 @@ fn initial_serial() -> u32 {
         .unwrap_or(1)
 }
 
+/// hickory-server's TCP connections hand each parsed request here; `Responder` decides.
 struct Handler {
-    shared: Arc<Shared>,
-    forwarder: Option<Forwarder>,
+    responder: Arc<Responder>,
 }
 
 #[async_trait::async_trait]
@@ -240,135 +274,22 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response: R,
     ) -> ResponseInfo {
-        // EDNS: answer with our own OPT so that the client's UDP size applies (else 512).
-        let resp_edns = request.edns.as_ref().map(|req| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(req.max_payload().max(512));
-            edns.set_version(0);
-            edns
-        });
-        let builder = || {
-            let mut b = MessageResponseBuilder::new(&request.queries, None);
-            if let Some(edns) = &resp_edns {
-                b.edns(edns);
-            }
-            b
-        };
-        let error = |rcode| (builder(), rcode);
-        let refuse = match () {
-            _ if request.edns.as_ref().is_some_and(|e| e.version() > 0) => {
-                Some(error(ResponseCode::BADVERS))
-            }
-            _ if request.metadata.op_code != OpCode::Query => Some(error(ResponseCode::NotImp)),
-            _ if request.queries.len() != 1 => Some(error(ResponseCode::FormErr)),
-            _ => None,
-        };
-        if let Some((b, rcode)) = refuse {
-            let msg = b.error_msg(&request.metadata, rcode);
-            return send(&mut response, msg, &request.metadata).await;
-        }
-        let query = &request.queries.queries()[0];
-        let qtype = query.query_type();
-        if query.query_class() != DNSClass::IN
-            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+        let table = self.responder.table.load_full();
+        let reply = self.responder.respond(request, &table).await;
+        match response
+            .send_response(reply.message(&request.queries))
+            .await
         {
-            let msg = builder().error_msg(&request.metadata, ResponseCode::Refused);
-            return send(&mut response, msg, &request.metadata).await;
-        }
-        let qname: &Name = query.name();
-
-        let table = self.shared.table.load_full();
-        let outcome = table.lookup(qname, qtype);
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.recursion_available = self.forwarder.is_some();
-        match outcome {
-            Outcome::Authoritative(answer) => {
-                let chased = match (&answer.chase, &self.forwarder) {
-                    (Some(target), Some(f)) => f.resolve(target.clone(), qtype).await.answers,
-                    _ => Vec::new(),
-                };
-                metadata.authoritative = true;
-                metadata.response_code = if answer.nxdomain {
-                    ResponseCode::NXDomain
-                } else {
-                    ResponseCode::NoError
-                };
-                let Answer {
-                    synthesized,
-                    answers,
-                    additionals,
-                    ..
-                } = &answer;
-                let soa: Option<&Record> = (answer.is_empty()).then(|| table.soa());
-                let msg = builder().build(
+            Ok(info) => info,
+            Err(error) => {
+                debug!(%error, "failed to send dns response");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
                     metadata,
-                    synthesized
-                        .iter()
-                        .map(|r| &**r)
-                        .chain(answers.iter().copied())
-                        .chain(chased.iter()),
-                    std::iter::empty(),
-                    soa,
-                    additionals.iter().copied(),
-                );
-                send(&mut response, msg, &request.metadata).await
+                    counts: HeaderCounts::default(),
+                })
             }
-            Outcome::Forward => {
-                let Some(forwarder) = &self.forwarder else {
-                    let msg = builder().build(
-                        {
-                            metadata.response_code = ResponseCode::Refused;
-                            metadata
-                        },
-                        std::iter::empty(),
-                        std::iter::empty(),
-                        std::iter::empty(),
-                        std::iter::empty(),
-                    );
-                    return send(&mut response, msg, &request.metadata).await;
-                };
-                drop(table);
-                let Forwarded {
-                    rcode,
-                    answers,
-                    authorities,
-                } = forwarder.resolve(qname.clone(), qtype).await;
-                metadata.response_code = rcode;
-                let msg = builder().build(
-                    metadata,
-                    answers.iter(),
-                    authorities.iter(),
-                    std::iter::empty(),
-                    std::iter::empty(),
-                );
-                send(&mut response, msg, &request.metadata).await
-            }
-        }
-    }
-}
-
-async fn send<'a, R: ResponseHandler>(
-    response: &mut R,
-    msg: hickory_server::zone_handler::MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-    request: &Metadata,
-) -> ResponseInfo {
-    match response.send_response(msg).await {
-        Ok(info) => info,
-        Err(error) => {
-            debug!(%error, "failed to send dns response");
-            let mut metadata = Metadata::response_from_request(request);
-            metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            })
         }
     }
 }
