@@ -31,7 +31,8 @@ async fn query_a(sock: &tokio::net::UdpSocket, server: SocketAddr, name: &str) -
         return Vec::new();
     }
     let mut buf = [0u8; 1500];
-    let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await
+    let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await
     else {
         return Vec::new();
     };
@@ -59,7 +60,16 @@ fn have(cmd: &str) -> bool {
 /// Runs dnsperf against `port` and returns (queries/s, the line with the latency).
 fn dnsperf(port: u16, queries: &std::path::Path) -> anyhow::Result<(f64, String)> {
     let out = Command::new("taskset")
-        .args(["-c", "0", "dnsperf", "-s", "127.0.0.1", "-p", &port.to_string(), "-d"])
+        .args([
+            "-c",
+            "0",
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-d",
+        ])
         .arg(queries)
         .args(["-l", DNSPERF_SECONDS, "-c", "4", "-q", "200", "-T", "1"])
         .output()
@@ -113,7 +123,10 @@ async fn wait_port(port: u16, name: &str) -> anyhow::Result<()> {
 fn services_yaml() -> String {
     let mut y = String::new();
     for n in 0..NAMESPACES {
-        let _ = write!(y, "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}}}\n---\n");
+        let _ = write!(
+            y,
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}}}\n---\n"
+        );
     }
     for i in 0..SERVICES {
         let _ = write!(
@@ -173,7 +186,10 @@ pub async fn run() -> anyhow::Result<()> {
     );
     for (ns, name, ip) in &services {
         let _ = writeln!(queries, "{name}.{ns}.svc.cluster.local A");
-        let _ = writeln!(unbound, "  local-data: \"{name}.{ns}.svc.cluster.local. 5 IN A {ip}\"");
+        let _ = writeln!(
+            unbound,
+            "  local-data: \"{name}.{ns}.svc.cluster.local. 5 IN A {ip}\""
+        );
         let _ = writeln!(zone, "{name}.{ns}.svc IN A {ip}");
     }
     let qfile = work.join("queries.txt");
@@ -188,7 +204,9 @@ pub async fn run() -> anyhow::Result<()> {
         ),
     )?;
 
-    println!("== node DNS: {SERVICES} ClusterIP services, server on core 1, dnsperf -c 4 on core 0, {DNSPERF_SECONDS} s each");
+    println!(
+        "== node DNS: {SERVICES} ClusterIP services, server on core 1, dnsperf -c 4 on core 0, {DNSPERF_SECONDS} s each"
+    );
     pin(agent.pid())?;
     let before = cpu_time(agent.pid());
     let (q_ours, l_ours) = dnsperf(ours, &qfile)?;
@@ -201,12 +219,24 @@ pub async fn run() -> anyhow::Result<()> {
     let peers: [(&str, Vec<String>, u16); 2] = [
         (
             "unbound",
-            vec!["unbound".into(), "-d".into(), "-c".into(), work.join("unbound.conf").display().to_string()],
+            vec![
+                "unbound".into(),
+                "-d".into(),
+                "-c".into(),
+                work.join("unbound.conf").display().to_string(),
+            ],
             5391,
         ),
         (
             "named",
-            vec!["named".into(), "-g".into(), "-n".into(), "1".into(), "-c".into(), work.join("named.conf").display().to_string()],
+            vec![
+                "named".into(),
+                "-g".into(),
+                "-n".into(),
+                "1".into(),
+                "-c".into(),
+                work.join("named.conf").display().to_string(),
+            ],
             5392,
         ),
     ];
@@ -218,7 +248,10 @@ pub async fn run() -> anyhow::Result<()> {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("start {name}"))?;
-        let peer = Proc { child, name: "peer" };
+        let peer = Proc {
+            child,
+            name: "peer",
+        };
         wait_port(p, &format!("{last}.{last_ns}.svc.cluster.local")).await?;
         let before = cpu_time(peer.pid());
         let (q, l) = dnsperf(p, &qfile)?;

@@ -1294,7 +1294,7 @@ mod tests {
         .assert_eq(&endpoints(&slices, Format::Table, now));
         let yaml = endpoints(&slices, Format::Yaml, now);
         assert!(
-            yaml.contains("notReadyAddresses:\n      - ip: 10.42.0.3"),
+            yaml.contains("notReadyAddresses:\n    - ip: 10.42.0.3"),
             "{yaml}"
         );
     }

@@ -6,22 +6,25 @@ use flotilla_testkit::{Cluster, curl, eventually};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-/// `dig +short` against one node's DNS: the answer lines, sorted.
-fn dig(server: SocketAddr, name: &str, rtype: &str) -> Vec<String> {
+/// dig against one node's DNS: its output.
+fn dig_output(server: SocketAddr, args: &[&str]) -> String {
     let out = std::process::Command::new("dig")
         .args([
             &format!("@{}", server.ip()),
             "-p",
             &server.port().to_string(),
-            "+short",
             "+time=2",
             "+tries=1",
-            name,
-            rtype,
         ])
+        .args(args)
         .output()
         .expect("dig must be installed (scripts/setup installs dnsutils)");
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `dig +short`: the answer lines, sorted.
+fn dig(server: SocketAddr, name: &str, rtype: &str) -> Vec<String> {
+    let mut lines: Vec<String> = dig_output(server, &["+short", name, rtype])
         .lines()
         .filter(|l| !l.is_empty() && !l.starts_with(';'))
         .map(str::to_string)
@@ -32,19 +35,7 @@ fn dig(server: SocketAddr, name: &str, rtype: &str) -> Vec<String> {
 
 /// The response code dig reports (`NOERROR`, `NXDOMAIN`…).
 fn rcode(server: SocketAddr, name: &str) -> String {
-    let out = std::process::Command::new("dig")
-        .args([
-            &format!("@{}", server.ip()),
-            "-p",
-            &server.port().to_string(),
-            "+time=2",
-            "+tries=1",
-            name,
-            "A",
-        ])
-        .output()
-        .expect("dig");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = dig_output(server, &[name, "A"]);
     text.split("status: ")
         .nth(1)
         .and_then(|s| s.split(',').next())
