@@ -110,12 +110,13 @@ async fn serve(shared: Arc<Shared>, host: Option<flotilla_dns::Dns>, cancel: Can
                 if let Some(h) = &host { h.update(services.clone()); }
                 if let Some((p, _)) = &pods { p.update(services.clone()); }
             }
-            Some(Err(_)) = async {
+            // A new pod CIDR: the next turn moves the pod server to its gateway.
+            moved = async {
                 match subnet.as_mut() {
-                    Some(s) => Some(s.changed().await),
+                    Some(s) => s.changed().await,
                     None => std::future::pending().await,
                 }
-            } => subnet = None,
+            } => if moved.is_err() { subnet = None },
         }
     }
 }
