@@ -146,18 +146,13 @@ pub fn to_services(objects: &Objects) -> Vec<Service> {
             } else if spec.is_headless() {
                 ServiceKind::Headless
             } else {
-                let ips = spec
-                    .cluster_ips
-                    .iter()
-                    .chain(spec.cluster_ip.iter())
-                    .filter_map(|ip| ip.parse().ok())
-                    .fold(Vec::new(), |mut v: Vec<IpAddr>, ip| {
-                        if !v.contains(&ip) {
-                            v.push(ip);
-                        }
-                        v
-                    });
-                ServiceKind::ClusterIp(ips)
+                // The hub's admission makes clusterIPs [clusterIP]; older objects may lack it.
+                let ips = if spec.cluster_ips.is_empty() {
+                    spec.cluster_ip.as_slice()
+                } else {
+                    &spec.cluster_ips
+                };
+                ServiceKind::ClusterIp(ips.iter().filter_map(|ip| ip.parse().ok()).collect())
             };
             let ports = spec
                 .ports

@@ -1063,7 +1063,10 @@ trait Feed {
     type Event: serde::Serialize;
     /// The kinds it covers (for snapshots); `covers` narrows them down.
     fn kinds(&self) -> &'static [Kind];
-    fn covers(&self, obj: &Object) -> bool;
+    /// Whether an object of one of `kinds` is the watcher's (all of them, unless narrowed).
+    fn covers(&self, _obj: &Object) -> bool {
+        true
+    }
     /// Whether a change of an object it covers, from `prev`, is news to the watcher.
     fn is_news(&self, _prev: &Object, _obj: &Object) -> bool {
         true
@@ -1120,9 +1123,6 @@ impl Feed for Discovery {
     type Event = DiscoveryEvent;
     fn kinds(&self) -> &'static [Kind] {
         &[Kind::Service, Kind::EndpointSlice]
-    }
-    fn covers(&self, obj: &Object) -> bool {
-        matches!(obj.kind(), Kind::Service | Kind::EndpointSlice)
     }
     fn snapshot(&self, revision: u64, objects: Vec<Object>) -> DiscoveryEvent {
         let objects = objects.iter().map(Object::to_json_string).collect();

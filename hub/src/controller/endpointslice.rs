@@ -117,11 +117,13 @@ fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, _: &Ctx) -> Result<Requeue, Store
         }
     }
     for slice in want {
-        let same = existing.iter().any(|old| {
-            Object::EndpointSlice(old.clone()).desired_eq(&Object::EndpointSlice(slice.clone()))
-        });
+        let slice = Object::EndpointSlice(slice);
+        let same = existing
+            .iter()
+            .find(|old| old.metadata.name == slice.meta().name)
+            .is_some_and(|old| Object::EndpointSlice(old.clone()).desired_eq(&slice));
         if !same {
-            tx.put(Object::EndpointSlice(slice))?;
+            tx.put(slice)?;
         }
     }
     Ok(None)
