@@ -52,7 +52,17 @@ pub struct Config {
     /// Where the node DNS listens for the host and other nodes; None is `node_ip:53`, an
     /// empty list none. Container pods always reach it on their bridge's gateway, port 53.
     pub dns_listen: Option<Vec<SocketAddr>>,
+    /// Where the mesh link (QUIC) answers other nodes; None is `node_ip:7444`.
+    pub mesh_listen: Option<SocketAddr>,
+    /// Whether this node carries service traffic: listeners on cluster IPs (with a local
+    /// route each, which needs CAP_NET_ADMIN) and node ports. Off only where several agents
+    /// share one network namespace (tests on loopback), since they would take each other's
+    /// addresses.
+    pub service_proxy: bool,
 }
+
+/// The mesh link's default UDP port (the hub's is 7443).
+pub const MESH_PORT: u16 = 7444;
 
 impl Config {
     pub fn new(data_dir: impl Into<PathBuf>, node_name: impl Into<String>) -> Config {
@@ -82,6 +92,8 @@ impl Config {
             image_gc_period: Duration::from_secs(300),
             cluster_domain: "cluster.local".into(),
             dns_listen: None,
+            mesh_listen: None,
+            service_proxy: true,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The cluster's Services and EndpointSlices on this node: followed from the hub
+//! The cluster's Services, EndpointSlices and Nodes (their peer view: addresses, labels,
+//! mesh port) on this node: followed from the hub
 //! (`WatchDiscovery`, resumed by revision like the pod watch), kept in the agent's redb so
 //! the node DNS answers from them across restarts without the hub, and published to the
 //! node's tasks through `Shared::discovery`.
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// Every Service and EndpointSlice the node knows, by key.
+/// Every Service, EndpointSlice and Node the node knows, by key.
 pub type Objects = Arc<BTreeMap<ObjectKey, Object>>;
 
 /// What the cache holds, for the start of the agent.
@@ -65,7 +66,9 @@ fn parse(json: &str) -> Option<Object> {
         Ok(o)
             if matches!(
                 o.kind(),
-                flotilla_proto::Kind::Service | flotilla_proto::Kind::EndpointSlice
+                flotilla_proto::Kind::Service
+                    | flotilla_proto::Kind::EndpointSlice
+                    | flotilla_proto::Kind::Node
             ) =>
         {
             Some(o)

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod identity;
 pub mod images;
 pub mod logs;
+pub mod mesh;
 pub mod network;
 pub mod node;
 pub mod pod;
@@ -49,8 +50,10 @@ pub struct Shared {
     pub containers: Result<runtime::oci::ContainerRuntime, String>,
     /// The node's pod network, or why containers get none.
     pub network: Result<network::PodNetwork, String>,
-    /// The cluster's Services and EndpointSlices as this node knows them (cached).
+    /// The cluster's Services, EndpointSlices and Nodes as this node knows them (cached).
     pub discovery: watch::Sender<discovery::Objects>,
+    /// The mesh link's UDP port, reported in the node status; None when it does not serve.
+    pub mesh_port: Option<u16>,
 }
 
 impl Shared {
@@ -253,6 +256,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         Err(e) => tracing::warn!(error = %e, "container pods cannot run on this node"),
     }
     let discovery_cached = discovery::load(&cache);
+    let mesh_socket = mesh_socket(&cfg, &identity)?;
+    let mesh_port = mesh_socket
+        .as_ref()
+        .and_then(|s| s.local_addr().ok())
+        .map(|a| a.port());
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         cfg,
@@ -267,6 +275,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         containers,
         network,
         discovery: watch::channel(discovery_cached).0,
+        mesh_port,
     });
     // Volumes of pods deleted while the agent was down go now; those of cached pods stay.
     match shared.cache.pods() {
@@ -275,6 +284,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
     }
     let cancel = CancellationToken::new();
     let dns_addrs = dns::start(shared.clone(), cancel.child_token()).await?;
+    mesh::start(shared.clone(), &identity, mesh_socket, cancel.child_token())
+        .await
+        .context("failed to start the mesh")?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (reports_tx, reports_rx) = watch::channel(Default::default());
     tracker.spawn(supervisor::run(
@@ -301,4 +313,32 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         cancel,
         tracker,
     })
+}
+
+/// The mesh link's socket: the configured address (failing the start if it cannot be had),
+/// or `node_ip:7444` (only warning). None when the node cannot serve peers; it then still
+/// dials them.
+fn mesh_socket(
+    cfg: &Config,
+    id: &identity::Identity,
+) -> anyhow::Result<Option<std::net::UdpSocket>> {
+    if !flotilla_transport::cert_serves(&id.cert_pem) {
+        tracing::warn!(
+            "this node's certificate predates the mesh (it is not valid for serving): other nodes cannot reach its endpoints until it joins again"
+        );
+        return Ok(None);
+    }
+    let addr = cfg
+        .mesh_listen
+        .unwrap_or_else(|| SocketAddr::new(cfg.node_ip, config::MESH_PORT));
+    match std::net::UdpSocket::bind(addr) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if cfg.mesh_listen.is_some() => {
+            Err(anyhow::anyhow!("mesh link: cannot bind {addr}: {e}"))
+        }
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "mesh link does not serve (set --mesh-listen): other nodes cannot reach this node's endpoints");
+            Ok(None)
+        }
+    }
 }

@@ -65,6 +65,12 @@ struct Args {
     /// `none` for nowhere. Container pods reach it on their bridge's gateway either way.
     #[arg(long = "dns-listen")]
     dns_listen: Vec<String>,
+    /// Where the mesh link (QUIC, UDP) answers other nodes (default NODE_IP:7444).
+    #[arg(long)]
+    mesh_listen: Option<std::net::SocketAddr>,
+    /// Do not carry service traffic on this node (no cluster IP or node port listeners).
+    #[arg(long)]
+    no_service_proxy: bool,
 }
 
 fn hostname() -> String {
@@ -108,6 +114,8 @@ async fn main() -> anyhow::Result<()> {
         }
         cfg.dns_listen = Some(listen);
     }
+    cfg.mesh_listen = args.mesh_listen;
+    cfg.service_proxy = !args.no_service_proxy;
     if let Some(d) = args.secret_dir {
         cfg.secret_dir = d;
     }

@@ -470,7 +470,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-async fn run(cmd: &str, args: &[&str]) -> Result<(), NetworkError> {
+pub(crate) async fn run(cmd: &str, args: &[&str]) -> Result<(), NetworkError> {
     let out = Command::new(cmd)
         .args(args)
         .output()

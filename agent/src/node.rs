@@ -41,6 +41,9 @@ pub fn status(shared: &Shared) -> Node {
             .push(crate::runtime::runc_cves::condition(&rt.runc_version));
     }
     node.status.images = shared.images.status(shared);
+    node.status.daemon_endpoints.mesh_endpoint = shared
+        .mesh_port
+        .map(|port| flotilla_proto::api::DaemonEndpoint { port: port.into() });
     node
 }
 

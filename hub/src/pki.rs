@@ -141,8 +141,14 @@ impl Pki {
     pub fn sign_node(&self, node: &str, csr_pem: &str) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
-        let mut p = named(&format!("{NODE_CN_PREFIX}{node}"));
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        // Server use too, under the node's mesh name: other nodes connect to it for service
+        // traffic and verify that name.
+        let mut p = CertificateParams::new(vec![flotilla_transport::mesh_server_name(node)])?;
+        p.distinguished_name = named(&format!("{NODE_CN_PREFIX}{node}")).distinguished_name;
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
         validity(&mut p, 365);
         let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, &self.ca_key)?;
         Ok(p.signed_by(&csr.public_key, &issuer)?.pem())

@@ -1116,22 +1116,38 @@ impl Feed for NodePods<'_> {
     }
 }
 
-/// Every Service and EndpointSlice: what a node's DNS and mesh need.
+/// Every Service and EndpointSlice, and every Node's [`peer view`](Node::peer_view): what a
+/// node's DNS and mesh need.
 struct Discovery;
+
+/// What a node hears of an object on the discovery feed.
+fn discovery_view(obj: &Object) -> String {
+    match obj {
+        Object::Node(n) => Object::Node(n.peer_view()).to_json_string(),
+        o => o.to_json_string(),
+    }
+}
 
 impl Feed for Discovery {
     type Event = DiscoveryEvent;
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::Service, Kind::EndpointSlice]
+        &[Kind::Service, Kind::EndpointSlice, Kind::Node]
+    }
+    // Heartbeats and capacity changes are not news; a node's address, mesh port or labels are.
+    fn is_news(&self, prev: &Object, obj: &Object) -> bool {
+        match (prev, obj) {
+            (Object::Node(a), Object::Node(b)) => a.peer_view() != b.peer_view(),
+            _ => true,
+        }
     }
     fn snapshot(&self, revision: u64, objects: Vec<Object>) -> DiscoveryEvent {
-        let objects = objects.iter().map(Object::to_json_string).collect();
+        let objects = objects.iter().map(discovery_view).collect();
         DiscoveryEvent::Snapshot { revision, objects }
     }
     fn put(&self, revision: u64, obj: &Object) -> DiscoveryEvent {
         DiscoveryEvent::Put {
             revision,
-            object: obj.to_json_string(),
+            object: discovery_view(obj),
         }
     }
     fn deleted(&self, revision: u64, obj: &Object) -> DiscoveryEvent {

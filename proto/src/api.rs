@@ -2330,6 +2330,29 @@ pub struct NodeStatus {
     /// Images the node holds, largest first (Kubernetes lists at most 50).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ContainerImage>,
+    /// Ports of the agent's servers (Kubernetes has only `kubeletEndpoint` here).
+    #[serde(default, skip_serializing_if = "NodeDaemonEndpoints::is_empty")]
+    pub daemon_endpoints: NodeDaemonEndpoints,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDaemonEndpoints {
+    /// The agent's mesh link (QUIC, UDP), which other nodes carry service traffic over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_endpoint: Option<DaemonEndpoint>,
+}
+
+impl NodeDaemonEndpoints {
+    pub fn is_empty(&self) -> bool {
+        self.mesh_endpoint.is_none()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DaemonEndpoint {
+    #[serde(rename = "Port")]
+    pub port: i32,
 }
 
 /// An image on a node (Kubernetes' `ContainerImage`).
@@ -2382,6 +2405,30 @@ impl Node {
             .iter()
             .find(|a| a.type_ == "InternalIP")
             .map(|a| a.address.as_str())
+    }
+
+    /// Where this node's mesh link answers: its InternalIP and mesh port.
+    pub fn mesh_addr(&self) -> Option<std::net::SocketAddr> {
+        let ip = self.internal_ip()?.parse().ok()?;
+        let port = u16::try_from(self.status.daemon_endpoints.mesh_endpoint.as_ref()?.port).ok()?;
+        Some(std::net::SocketAddr::new(ip, port))
+    }
+
+    /// What other nodes need of this one to carry service traffic to it: its name, labels
+    /// (the zone among them), addresses and mesh port. Everything else (capacity, conditions,
+    /// images) changes often and is dropped, so heartbeats are no news to other nodes.
+    pub fn peer_view(&self) -> Node {
+        let mut n = Node {
+            api_version: self.api_version.clone(),
+            kind: self.kind.clone(),
+            ..Default::default()
+        };
+        n.metadata.name = self.metadata.name.clone();
+        n.metadata.uid = self.metadata.uid.clone();
+        n.metadata.labels = self.metadata.labels.clone();
+        n.status.addresses = self.status.addresses.clone();
+        n.status.daemon_endpoints = self.status.daemon_endpoints.clone();
+        n
     }
 
     /// Allocatable (millicores, bytes).

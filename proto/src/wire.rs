@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The QUIC ALPN protocol id.
 pub const ALPN: &[u8] = b"flotilla/1";
+/// The ALPN id of the agent-to-agent mesh link (service traffic between nodes).
+pub const MESH_ALPN: &[u8] = b"flotilla-mesh/1";
 /// Largest single frame accepted (blobs travel as raw chunks after a frame, not inside one).
 pub const MAX_FRAME: usize = 16 << 20;
 
@@ -443,6 +445,20 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CodecError> {
     Ok(postcard::from_bytes(body)?)
 }
 
+/// The first frame of a mesh stream: the endpoint on the receiving node that the caller wants
+/// a TCP connection to. Only endpoints of services on that node are let through.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MeshOpen {
+    pub target: std::net::SocketAddr,
+}
+
+/// The answer to [`MeshOpen`]; after `Connected` the stream carries the connection's bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MeshOpened {
+    Connected,
+    Refused { reason: String },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +497,13 @@ mod tests {
         .unwrap();
         expect!["0000001b11010764656661756c740177017501074261636b4f6666016d0174"]
             .assert_eq(&hex::encode(report));
+        let open = encode(&MeshOpen {
+            target: "10.42.1.7:8080".parse().unwrap(),
+        })
+        .unwrap();
+        expect!["00000007000a2a0107903f"].assert_eq(&hex::encode(open));
+        let refused = encode(&MeshOpened::Refused { reason: "r".into() }).unwrap();
+        expect!["00000003010172"].assert_eq(&hex::encode(refused));
         let delete = encode(&Request::DeleteWith {
             kind: crate::Kind::Deployment,
             namespace: "default".into(),

@@ -257,6 +257,9 @@ impl Cluster {
                 .map_or(agent_ip(i), |p| p.agent_ips[i]);
             // Clusters of one test binary share agent addresses: any free port.
             cfg.dns_listen = Some(vec![std::net::SocketAddr::new(cfg.node_ip, 0)]);
+            cfg.mesh_listen = Some(std::net::SocketAddr::new(cfg.node_ip, 0));
+            // Agents sharing this host's namespace would take each other's cluster IPs.
+            cfg.service_proxy = cluster.placement.is_some();
             cfg.heartbeat = Duration::from_secs(1);
             cfg.backoff_base = Duration::from_millis(200);
             cfg.backoff_max = Duration::from_secs(2);

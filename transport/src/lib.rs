@@ -123,27 +123,73 @@ pub fn server_config(
     key_pem: &str,
 ) -> Result<quinn::ServerConfig, TransportError> {
     let provider = provider();
-    let mut roots = RootCertStore::empty();
-    for c in certs_from_pem(ca_pem)? {
-        roots.add(c)?;
-    }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
+        roots(ca_pem)?,
         provider.clone(),
     )
     .allow_unauthenticated()
     .build()
     .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs_from_pem(chain_pem)?, key_from_pem(key_pem)?)?;
-    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    finish_server(tls, wire::ALPN)
+}
+
+/// The name a node's certificate carries for its mesh server, and that peers verify.
+pub fn mesh_server_name(node: &str) -> String {
+    format!("{node}.node.flotilla")
+}
+
+/// A node's mesh server: presents the node's certificate and lets in only peers with a
+/// certificate from the cluster's CA (callers still check that the peer is a node).
+pub fn mesh_server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let provider = provider();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots(ca_pem)?,
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs_from_pem(cert_pem)?, key_from_pem(key_pem)?)?;
+    finish_server(tls, wire::MESH_ALPN)
+}
+
+fn finish_server(
+    mut tls: rustls::ServerConfig,
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig, TransportError> {
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicServerConfig::try_from(tls)
         .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(transport_config());
     Ok(cfg)
+}
+
+/// A node's client for other nodes' mesh servers (verified against [`mesh_server_name`]).
+pub fn mesh_client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<quinn::ClientConfig, TransportError> {
+    authenticated_client(ca_pem, cert_pem, key_pem, wire::MESH_ALPN)
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TransportError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs_from_pem(ca_pem)? {
+        roots.add(c)?;
+    }
+    Ok(Arc::new(roots))
 }
 
 /// A client with its own certificate (agents after joining, and the CLI's admin credential).
@@ -152,15 +198,20 @@ pub fn client_config(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<quinn::ClientConfig, TransportError> {
-    let mut roots = RootCertStore::empty();
-    for c in certs_from_pem(ca_pem)? {
-        roots.add(c)?;
-    }
+    authenticated_client(ca_pem, cert_pem, key_pem, wire::ALPN)
+}
+
+fn authenticated_client(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TransportError> {
     let tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca_pem)?)
         .with_client_auth_cert(certs_from_pem(cert_pem)?, key_from_pem(key_pem)?)?;
-    finish_client(tls)
+    finish_client(tls, alpn)
 }
 
 /// A client without a certificate that trusts only a hub whose CA has the given SHA-256
@@ -175,11 +226,14 @@ pub fn pinned_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig,
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    finish_client(tls)
+    finish_client(tls, wire::ALPN)
 }
 
-fn finish_client(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TransportError> {
-    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+fn finish_client(
+    mut tls: rustls::ClientConfig,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TransportError> {
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls)
         .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
@@ -270,6 +324,21 @@ pub fn peer_identity(conn: &quinn::Connection) -> Identity {
         return Identity::Anonymous;
     };
     identity_of(leaf).unwrap_or(Identity::Anonymous)
+}
+
+/// Whether a PEM certificate may serve TLS (has the serverAuth extended key usage). Node
+/// certificates issued before the mesh existed were for clients only.
+pub fn cert_serves(cert_pem: &str) -> bool {
+    let Some(der) = certs_from_pem(cert_pem)
+        .ok()
+        .and_then(|c| c.into_iter().next())
+    else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return false;
+    };
+    matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.server_auth)
 }
 
 /// Reads the identity from a certificate's common name.

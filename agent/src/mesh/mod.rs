@@ -1,0 +1,291 @@
+//! The mesh: service traffic on every node, by an agent-side TCP proxy.
+//!
+//! Each ClusterIP (and NodePort) service port is a listener: on the cluster IP (made an
+//! address of this host by a `local` route of ours, marked `proto 250`, so pods' packets to
+//! it are delivered here) and on the node IP at the node port. A new connection goes to a
+//! Ready endpoint: on this node when there is one, then in this node's zone, then anywhere
+//! (round robin, or sticky per client with sessionAffinity ClientIP). Endpoints on this
+//! node are dialled directly; those on other nodes through their agent over the mesh link
+//! ([`link`]), so no overlay network is needed and nothing crosses between nodes in the
+//! clear. A connect failure tries the next endpoint.
+//!
+//! The table follows the node's cached copy of Services, EndpointSlices and Nodes, so
+//! traffic keeps flowing to the endpoints the node knows while the hub is away.
+pub mod link;
+pub mod table;
+
+use crate::Shared;
+use link::Link;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+use table::{Table, Target};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Marks the routes the agent adds for cluster IPs (`ip route … proto 250`), so those left by a
+/// crashed agent are found and flushed.
+const ROUTE_PROTO: &str = "250";
+
+/// Connections are tried on this many endpoints before the client's is closed.
+const ATTEMPTS: usize = 3;
+
+pub enum Upstream {
+    Tcp(TcpStream),
+    Mesh(quinn::SendStream, quinn::RecvStream),
+}
+
+/// Starts the mesh link on `socket` and, when the node proxies services, the listeners.
+/// The table is published for both.
+pub async fn start(
+    shared: Arc<Shared>,
+    id: &crate::identity::Identity,
+    socket: Option<std::net::UdpSocket>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let serve = socket.is_some();
+    let socket = match socket {
+        Some(s) => s,
+        // A node nobody can dial still dials out.
+        None => std::net::UdpSocket::bind(SocketAddr::new(unspecified(shared.cfg.node_ip), 0))?,
+    };
+    socket.set_nonblocking(true)?;
+    let link = Arc::new(Link::new(id, socket, serve)?);
+    let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
+    if serve {
+        info!(addr = %link.local_addr()?, "mesh link serving");
+        shared
+            .tracker
+            .spawn(link.clone().serve(table_rx.clone(), cancel.clone()));
+    }
+    shared
+        .tracker
+        .spawn(run(shared.clone(), link, table_tx, table_rx, cancel));
+    Ok(())
+}
+
+fn unspecified(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::from([0, 0, 0, 0]),
+        IpAddr::V6(_) => IpAddr::from([0u16; 8]),
+    }
+}
+
+/// Rebuilds the table on every change of the node's discovery objects and keeps the
+/// listeners (and cluster IP routes) in step with it.
+async fn run(
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    table_tx: watch::Sender<Arc<Table>>,
+    table_rx: watch::Receiver<Arc<Table>>,
+    cancel: CancellationToken,
+) {
+    let proxy = shared.cfg.service_proxy;
+    if proxy {
+        flush_routes().await;
+    }
+    let mut objects = shared.discovery.subscribe();
+    let mut listeners: BTreeMap<SocketAddr, CancellationToken> = BTreeMap::new();
+    let mut routes: BTreeSet<IpAddr> = BTreeSet::new();
+    loop {
+        let table = {
+            let objects = objects.borrow_and_update();
+            let me = table::Me {
+                node: &shared.cfg.node_name,
+                node_ip: shared.cfg.node_ip,
+                zone: shared.cfg.labels.get(table::ZONE_LABEL).map(String::as_str),
+            };
+            Arc::new(table::build(&objects, &me, &table_tx.borrow()))
+        };
+        table_tx.send_replace(table.clone());
+        if proxy {
+            reconcile(
+                &shared,
+                &link,
+                &table,
+                &table_rx,
+                &mut listeners,
+                &mut routes,
+                &cancel,
+            )
+            .await;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = objects.changed() => if changed.is_err() { break },
+        }
+    }
+    for (_, stop) in listeners {
+        stop.cancel();
+    }
+    for ip in routes {
+        route("del", ip).await;
+    }
+}
+
+async fn reconcile(
+    shared: &Arc<Shared>,
+    link: &Arc<Link>,
+    table: &Table,
+    table_rx: &watch::Receiver<Arc<Table>>,
+    listeners: &mut BTreeMap<SocketAddr, CancellationToken>,
+    routes: &mut BTreeSet<IpAddr>,
+    cancel: &CancellationToken,
+) {
+    let node_ip = shared.cfg.node_ip;
+    let want: BTreeSet<IpAddr> = table
+        .frontends
+        .keys()
+        .map(SocketAddr::ip)
+        .filter(|ip| *ip != node_ip)
+        .collect();
+    listeners.retain(|addr, stop| {
+        let keep = table.frontends.contains_key(addr);
+        if !keep {
+            stop.cancel();
+        }
+        keep
+    });
+    for ip in routes.difference(&want).copied().collect::<Vec<_>>() {
+        route("del", ip).await;
+        routes.remove(&ip);
+    }
+    for ip in want.difference(routes).copied().collect::<Vec<_>>() {
+        if route("replace", ip).await {
+            routes.insert(ip);
+        }
+    }
+    for addr in table.frontends.keys() {
+        if listeners.contains_key(addr) {
+            continue;
+        }
+        debug!(%addr, service = table.frontends[addr].service, "service listener");
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                let stop = cancel.child_token();
+                listeners.insert(*addr, stop.clone());
+                shared
+                    .tracker
+                    .spawn(accept(l, *addr, link.clone(), table_rx.clone(), stop));
+            }
+            Err(e) => {
+                let service = &table.frontends[addr].service;
+                warn!(%addr, service, error = %e, "cannot accept service traffic here")
+            }
+        }
+    }
+}
+
+/// Adds (`replace`) or removes the local route that makes `ip` an address of this host.
+async fn route(op: &str, ip: IpAddr) -> bool {
+    let ip = ip.to_string();
+    let args = [
+        "route",
+        op,
+        "local",
+        &ip,
+        "dev",
+        "lo",
+        "table",
+        "local",
+        "proto",
+        ROUTE_PROTO,
+    ];
+    match crate::network::run("ip", &args).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "cluster IP route");
+            false
+        }
+    }
+}
+
+/// Removes the cluster IP routes an earlier run of the agent left behind.
+async fn flush_routes() {
+    let args = ["route", "flush", "table", "local", "proto", ROUTE_PROTO];
+    if let Err(e) = crate::network::run("ip", &args).await {
+        debug!(error = %e, "no cluster IP routes flushed");
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    frontend: SocketAddr,
+    link: Arc<Link>,
+    table: watch::Receiver<Arc<Table>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, client) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(%frontend, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let backend = table.borrow().frontends.get(&frontend).cloned();
+        let Some(backend) = backend else { continue };
+        let peers = table.borrow().clone();
+        let link = link.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let mut failed: Vec<Target> = Vec::new();
+            while failed.len() < ATTEMPTS {
+                let Some(t) = backend.pick(client.ip(), &failed, Instant::now()) else {
+                    break;
+                };
+                match dial(&link, &peers, &t).await {
+                    Ok(up) => return splice(tcp, up).await,
+                    Err(e) => {
+                        debug!(service = backend.service, endpoint = %t.addr, error = %e, "endpoint unreachable; trying the next");
+                        failed.push(t);
+                    }
+                }
+            }
+            debug!(service = backend.service, %client, "no endpoint took the connection");
+        });
+    }
+}
+
+/// A connection to an endpoint: directly when it is on this node (or outside the cluster,
+/// or on a node without a mesh link), otherwise through its node's agent.
+async fn dial(link: &Link, table: &Table, t: &Target) -> anyhow::Result<Upstream> {
+    let peer = t
+        .node
+        .as_deref()
+        .and_then(|n| table.peers.get(n).map(|addr| (n, *addr)));
+    match peer {
+        Some((node, addr)) => {
+            let (send, recv) = link.open(node, addr, t.addr).await?;
+            Ok(Upstream::Mesh(send, recv))
+        }
+        None => {
+            let tcp = tokio::time::timeout(link::CONNECT_TIMEOUT, TcpStream::connect(t.addr))
+                .await
+                .map_err(|_| anyhow::anyhow!("connect {}: timed out", t.addr))??;
+            let _ = tcp.set_nodelay(true);
+            Ok(Upstream::Tcp(tcp))
+        }
+    }
+}
+
+/// Carries bytes both ways until both sides are done.
+pub async fn splice(mut tcp: TcpStream, up: Upstream) {
+    let r = match up {
+        Upstream::Tcp(mut other) => tokio::io::copy_bidirectional(&mut tcp, &mut other).await,
+        Upstream::Mesh(send, recv) => {
+            let mut stream = tokio::io::join(recv, send);
+            tokio::io::copy_bidirectional(&mut tcp, &mut stream).await
+        }
+    };
+    if let Err(e) = r {
+        debug!(error = %e, "service connection ended with an error");
+    }
+}

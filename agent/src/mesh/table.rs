@@ -1,0 +1,267 @@
+//! The service table (pure): the addresses this node accepts service traffic on, the Ready
+//! endpoints each one balances over in order of preference (this node, this zone, anywhere),
+//! and where the other nodes' mesh links answer. Built from the node's copy of the cluster's
+//! Services, EndpointSlices and Nodes on every change.
+use crate::discovery::Objects;
+use flotilla_proto::Object;
+use flotilla_proto::api::{EndpointSlice, SERVICE_NAME_LABEL, Service};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Kubernetes' node label for the zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+const DEFAULT_AFFINITY: Duration = Duration::from_secs(10_800);
+
+#[derive(Default)]
+pub struct Table {
+    /// Where connections are accepted (cluster IP and port, node IP and node port), and what
+    /// they are balanced over.
+    pub frontends: BTreeMap<SocketAddr, Arc<Backend>>,
+    /// Other nodes' mesh links, by node name.
+    pub peers: BTreeMap<String, SocketAddr>,
+    /// Endpoints on this node: all that other nodes may ask this node's mesh link for.
+    pub local_targets: BTreeSet<SocketAddr>,
+}
+
+/// An endpoint: an address and the node it lives on (None for endpoints outside the
+/// cluster, such as those of a user's own EndpointSlice without `nodeName`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub node: Option<String>,
+}
+
+/// One service port's Ready endpoints, best tier first, and the balancing state that
+/// outlives table rebuilds.
+pub struct Backend {
+    /// `namespace/name:port`, for logs.
+    pub service: String,
+    pub tiers: Vec<Vec<Target>>,
+    /// sessionAffinity ClientIP's timeout; None without affinity.
+    pub affinity: Option<Duration>,
+    state: Arc<Balance>,
+}
+
+#[derive(Default)]
+struct Balance {
+    next: AtomicUsize,
+    sticky: Mutex<HashMap<IpAddr, (Target, Instant)>>,
+}
+
+impl Backend {
+    /// The endpoint for a new connection from `client`, skipping those in `avoid` (already
+    /// failed for this connection): the client's sticky endpoint while it lasts, otherwise
+    /// round robin over the best tier that has one.
+    pub fn pick(&self, client: IpAddr, avoid: &[Target], now: Instant) -> Option<Target> {
+        let usable = |t: &Target| !avoid.contains(t);
+        if let Some(timeout) = self.affinity {
+            let mut sticky = self.state.sticky.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((t, seen)) = sticky.get(&client)
+                && now.duration_since(*seen) < timeout
+                && usable(t)
+                && self.tiers.iter().flatten().any(|x| x == t)
+            {
+                let t = t.clone();
+                sticky.insert(client, (t.clone(), now));
+                return Some(t);
+            }
+            sticky.retain(|_, (_, seen)| now.duration_since(*seen) < timeout);
+        }
+        let tier: Vec<&Target> = self
+            .tiers
+            .iter()
+            .map(|tier| tier.iter().filter(|t| usable(t)).collect::<Vec<_>>())
+            .find(|tier| !tier.is_empty())?;
+        let n = self.state.next.fetch_add(1, Ordering::Relaxed);
+        let t = tier[n % tier.len()].clone();
+        if self.affinity.is_some() {
+            let mut sticky = self.state.sticky.lock().unwrap_or_else(|p| p.into_inner());
+            sticky.insert(client, (t.clone(), now));
+        }
+        Some(t)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tiers.is_empty()
+    }
+}
+
+/// Who this node is, for preferences and for what it listens on.
+pub struct Me<'a> {
+    pub node: &'a str,
+    /// Node ports answer here.
+    pub node_ip: IpAddr,
+    /// The zone label, when the node's own labels say (the cached Node object wins).
+    pub zone: Option<&'a str>,
+}
+
+/// Builds the table, carrying balancing state over from `prev` for frontends that stay.
+pub fn build(objects: &Objects, me: &Me, prev: &Table) -> Table {
+    let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    let mut peers = BTreeMap::new();
+    let mut zone = me.zone.map(str::to_string);
+    for o in objects.values() {
+        match o {
+            Object::EndpointSlice(s) => {
+                if let Some(svc) = s.metadata.labels.get(SERVICE_NAME_LABEL) {
+                    let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+                    slices.entry((ns, svc.as_str())).or_default().push(s);
+                }
+            }
+            Object::Node(n) if n.metadata.name == me.node => {
+                if let Some(z) = n.metadata.labels.get(ZONE_LABEL) {
+                    zone = Some(z.clone());
+                }
+            }
+            Object::Node(n) => {
+                if let Some(addr) = n.mesh_addr() {
+                    peers.insert(n.metadata.name.clone(), addr);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut table = Table {
+        peers,
+        ..Default::default()
+    };
+    for s in slices.values().flatten() {
+        for e in &s.endpoints {
+            if e.node_name.as_deref() != Some(me.node) {
+                continue;
+            }
+            for ip in e.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                for p in s.ports.iter().filter_map(|p| p.port) {
+                    if let Ok(port) = u16::try_from(p) {
+                        table.local_targets.insert(SocketAddr::new(ip, port));
+                    }
+                }
+            }
+        }
+    }
+    for o in objects.values() {
+        let Object::Service(svc) = o else { continue };
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let own = slices
+            .get(&(ns, svc.metadata.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (addr, backend) in frontends(svc, ns, own, me, zone.as_deref()) {
+            let state = prev
+                .frontends
+                .get(&addr)
+                .map(|b| b.state.clone())
+                .unwrap_or_default();
+            table
+                .frontends
+                .insert(addr, Arc::new(Backend { state, ..backend }));
+        }
+    }
+    table
+}
+
+/// A service's frontends: each TCP port on each cluster IP, and on the node IP at its node
+/// port. Headless and ExternalName services have none.
+fn frontends(
+    svc: &Service,
+    ns: &str,
+    slices: &[&EndpointSlice],
+    me: &Me,
+    zone: Option<&str>,
+) -> Vec<(SocketAddr, Backend)> {
+    let spec = &svc.spec;
+    if spec.type_str() == "ExternalName" || spec.is_headless() {
+        return Vec::new();
+    }
+    let ips = if spec.cluster_ips.is_empty() {
+        spec.cluster_ip.as_slice()
+    } else {
+        &spec.cluster_ips
+    };
+    let ips: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(DEFAULT_AFFINITY, Duration::from_secs)
+    });
+    let mut out = Vec::new();
+    for p in &spec.ports {
+        if p.protocol_str() != "TCP" {
+            continue;
+        }
+        let Ok(port) = u16::try_from(p.port) else {
+            continue;
+        };
+        let name = p.name.as_deref().unwrap_or_default();
+        let targets = targets(slices, name);
+        let mut tiers: [Vec<Target>; 3] = Default::default();
+        for (t, endpoint_zone) in targets {
+            let tier = if t.node.as_deref() == Some(me.node) {
+                0
+            } else if zone.is_some() && endpoint_zone.as_deref() == zone {
+                1
+            } else {
+                2
+            };
+            tiers[tier].push(t);
+        }
+        let backend = || Backend {
+            service: format!("{ns}/{}:{port}", svc.metadata.name),
+            tiers: tiers.iter().filter(|t| !t.is_empty()).cloned().collect(),
+            affinity,
+            state: Default::default(),
+        };
+        for ip in &ips {
+            out.push((SocketAddr::new(*ip, port), backend()));
+        }
+        if spec.wants_node_ports()
+            && let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok())
+        {
+            out.push((SocketAddr::new(me.node_ip, np), backend()));
+        }
+    }
+    out
+}
+
+/// The Ready endpoints of a service port (slice ports match service ports by name), with
+/// their zones; sorted, so every node balances over the same order.
+fn targets(slices: &[&EndpointSlice], port_name: &str) -> Vec<(Target, Option<String>)> {
+    let mut out = Vec::new();
+    for s in slices {
+        if !s.address_type.is_empty() && s.address_type != "IPv4" {
+            continue;
+        }
+        let Some(port) = s
+            .ports
+            .iter()
+            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for e in s.endpoints.iter().filter(|e| e.is_ready()) {
+            for ip in e.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                let t = Target {
+                    addr: SocketAddr::new(ip, port),
+                    node: e.node_name.clone(),
+                };
+                out.push((t, e.zone.clone()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+use super::*;
+use flotilla_proto::ObjectKey;
+
+fn obj(json: serde_json::Value) -> Object {
+    Object::from_json_str(&json.to_string()).expect("valid object")
+}
+
+fn objects(list: Vec<Object>) -> Objects {
+    Arc::new(
+        list.into_iter()
+            .map(|o| (o.key(), o))
+            .collect::<BTreeMap<ObjectKey, Object>>(),
+    )
+}
+
+fn service(name: &str, spec: serde_json::Value) -> Object {
+    obj(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }))
+}
+
+/// A slice of `svc` with port `http` = 8080 and endpoints (ip, node, zone, ready).
+fn slice(svc: &str, endpoints: &[(&str, &str, &str, bool)]) -> Object {
+    let eps: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|(ip, node, zone, ready)| {
+            serde_json::json!({
+                "addresses": [ip], "nodeName": node, "zone": zone,
+                "conditions": {"ready": ready},
+            })
+        })
+        .collect();
+    obj(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{svc}-abc"), "namespace": "default",
+                     "labels": {SERVICE_NAME_LABEL: svc}},
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }))
+}
+
+fn node(name: &str, ip: &str, mesh: Option<i32>, zone: &str) -> Object {
+    let mut n = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {ZONE_LABEL: zone}},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+    });
+    if let Some(p) = mesh {
+        n["status"]["daemonEndpoints"] = serde_json::json!({"meshEndpoint": {"Port": p}});
+    }
+    obj(n)
+}
+
+fn me() -> Me<'static> {
+    Me {
+        node: "a",
+        node_ip: "192.168.1.10".parse().unwrap(),
+        zone: None,
+    }
+}
+
+fn web() -> Object {
+    service(
+        "web",
+        serde_json::json!({
+            "type": "NodePort", "clusterIP": "10.43.0.10", "clusterIPs": ["10.43.0.10"],
+            "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}],
+        }),
+    )
+}
+
+fn addrs(tiers: &[Vec<Target>]) -> Vec<Vec<String>> {
+    tiers
+        .iter()
+        .map(|t| t.iter().map(|t| t.addr.to_string()).collect())
+        .collect()
+}
+
+#[test]
+fn frontends_are_cluster_ip_ports_and_node_ports_of_tcp_services() {
+    let all = objects(vec![
+        web(),
+        service(
+            "db",
+            serde_json::json!({"clusterIP": "None", "ports": [{"port": 5432}]}),
+        ),
+        service(
+            "ext",
+            serde_json::json!({"type": "ExternalName", "externalName": "x.example"}),
+        ),
+        service(
+            "dns",
+            serde_json::json!({"clusterIP": "10.43.0.53", "ports": [{"port": 53, "protocol": "UDP"}]}),
+        ),
+    ]);
+    let t = build(&all, &me(), &Table::default());
+    let got: Vec<String> = t.frontends.keys().map(|a| a.to_string()).collect();
+    assert_eq!(got, ["10.43.0.10:80", "192.168.1.10:30080"]);
+    assert!(
+        t.frontends.values().all(|b| b.is_empty()),
+        "no slices, no endpoints"
+    );
+}
+
+#[test]
+fn endpoints_are_ready_ones_tiered_by_node_then_zone() {
+    let all = objects(vec![
+        web(),
+        node("a", "192.168.1.10", Some(7444), "z1"),
+        node("b", "192.168.1.11", Some(7444), "z1"),
+        node("c", "192.168.1.12", None, "z2"),
+        slice(
+            "web",
+            &[
+                ("10.42.0.5", "a", "z1", true),
+                ("10.42.0.6", "a", "z1", false),
+                ("10.42.1.5", "b", "z1", true),
+                ("10.42.2.5", "c", "z2", true),
+            ],
+        ),
+    ]);
+    let t = build(&all, &me(), &Table::default());
+    let b = &t.frontends[&"10.43.0.10:80".parse().unwrap()];
+    // The node's own zone comes from its Node object when its config has none.
+    assert_eq!(
+        addrs(&b.tiers),
+        [
+            vec!["10.42.0.5:8080"],
+            vec!["10.42.1.5:8080"],
+            vec!["10.42.2.5:8080"]
+        ]
+    );
+    // Peers are the other nodes with a mesh port; node a's own endpoints are its targets.
+    let peers: Vec<String> = t.peers.iter().map(|(n, a)| format!("{n}={a}")).collect();
+    assert_eq!(peers, ["b=192.168.1.11:7444"]);
+    let local: Vec<String> = t.local_targets.iter().map(|a| a.to_string()).collect();
+    assert_eq!(local, ["10.42.0.5:8080", "10.42.0.6:8080"]);
+    // The best tier first; a failed endpoint moves the connection down a tier.
+    let client: IpAddr = "10.42.0.9".parse().unwrap();
+    let now = Instant::now();
+    let first = b.pick(client, &[], now).unwrap();
+    assert_eq!(first.addr.to_string(), "10.42.0.5:8080");
+    let next = b.pick(client, std::slice::from_ref(&first), now).unwrap();
+    assert_eq!(next.addr.to_string(), "10.42.1.5:8080");
+    let all_failed = [first, next, b.tiers[2][0].clone()];
+    assert_eq!(b.pick(client, &all_failed, now), None);
+}
+
+#[test]
+fn connections_are_spread_round_robin_and_state_survives_a_rebuild() {
+    let two = || {
+        slice(
+            "web",
+            &[("10.42.1.5", "b", "", true), ("10.42.2.5", "c", "", true)],
+        )
+    };
+    let all = objects(vec![web(), two()]);
+    let t = build(&all, &me(), &Table::default());
+    let b = t.frontends[&"192.168.1.10:30080".parse().unwrap()].clone();
+    let client: IpAddr = "10.0.0.1".parse().unwrap();
+    let now = Instant::now();
+    let picks: Vec<String> = (0..4)
+        .map(|_| b.pick(client, &[], now).unwrap().addr.to_string())
+        .collect();
+    assert_eq!(
+        picks,
+        [
+            "10.42.1.5:8080",
+            "10.42.2.5:8080",
+            "10.42.1.5:8080",
+            "10.42.2.5:8080"
+        ]
+    );
+    // A rebuild (any discovery change) carries the counter on.
+    let again = build(&all, &me(), &t);
+    let b2 = &again.frontends[&"192.168.1.10:30080".parse().unwrap()];
+    assert_eq!(
+        b2.pick(client, &[], now).unwrap().addr.to_string(),
+        "10.42.1.5:8080"
+    );
+}
+
+#[test]
+fn client_ip_affinity_sticks_until_its_timeout() {
+    let svc = service(
+        "web",
+        serde_json::json!({
+            "clusterIP": "10.43.0.10", "selector": {"app": "web"},
+            "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+            "ports": [{"name": "http", "port": 80}],
+        }),
+    );
+    let all = objects(vec![
+        svc,
+        slice(
+            "web",
+            &[("10.42.1.5", "b", "", true), ("10.42.2.5", "c", "", true)],
+        ),
+    ]);
+    let t = build(&all, &me(), &Table::default());
+    let b = &t.frontends[&"10.43.0.10:80".parse().unwrap()];
+    assert_eq!(b.affinity, Some(Duration::from_secs(60)));
+    let (one, two): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+    let now = Instant::now();
+    let first = b.pick(one, &[], now).unwrap();
+    for s in 1..5 {
+        assert_eq!(
+            b.pick(one, &[], now + Duration::from_secs(s)).unwrap(),
+            first
+        );
+    }
+    assert_ne!(
+        b.pick(two, &[], now).unwrap(),
+        first,
+        "another client is balanced"
+    );
+    // A failed sticky endpoint is left; past the timeout the client is balanced afresh.
+    assert_ne!(
+        b.pick(one, std::slice::from_ref(&first), now).unwrap(),
+        first
+    );
+    let later = now + Duration::from_secs(600);
+    let after: BTreeSet<Target> = (0..2).map(|_| b.pick(one, &[], later).unwrap()).collect();
+    assert_eq!(after.len(), 1, "sticky again, to whichever it got");
+}

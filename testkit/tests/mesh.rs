@@ -1,0 +1,211 @@
+//! Service traffic end to end: the hub and three agents in network namespaces of their own
+//! (so each agent has its cluster IPs and node ports to itself), wasi:http backends on two
+//! nodes, and curl inside the agents' namespaces calling the cluster IP and the node ports.
+//! Checked: connections are balanced over the Ready endpoints of other nodes (through the
+//! agents' mesh link), an unready endpoint on the caller's own node gets none, an endpoint on
+//! the caller's node is preferred, node ports answer on every node, removing a backend takes
+//! it out of rotation, and traffic keeps flowing with the hub stopped. Needs root, iproute2
+//! and curl (CI has them).
+use flotilla_proto::Object;
+use flotilla_proto::api::Service;
+use flotilla_testkit::netns::Net;
+use flotilla_testkit::{Cluster, eventually};
+use std::collections::BTreeMap;
+
+fn backend(name: &str, node: &str, readiness: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}, tier: web}}}}
+    spec:
+      nodeSelector: {{kubernetes.io/hostname: {node}}}
+      containers:
+      - name: web
+        image: hello:latest
+        resources: {{requests: {{cpu: 100m, memory: 32Mi}}, limits: {{memory: 64Mi}}}}
+        env:
+        - {{name: FLOTILLA_NODE_NAME, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}
+        readinessProbe: {{{readiness}, periodSeconds: 1}}
+"#
+    )
+}
+
+const READY: &str = "httpGet: {path: /, port: 8080}";
+/// Not ready until its first probe, an hour away.
+const NEVER_READY: &str = "httpGet: {path: /, port: 8080}, initialDelaySeconds: 3600";
+
+const SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {tier: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+
+/// GET from inside agent `i`'s namespace: the node that answered (from hello's greeting),
+/// or None when nothing did.
+fn served_by(net: &Net, i: usize, url: &str) -> Option<String> {
+    let out = net.agent_ns(i).exec(&["curl", "-s", "-m", "5", url]);
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    body.lines()
+        .next()?
+        .strip_prefix("hello from ")?
+        .split(" on ")
+        .nth(1)
+        .map(str::to_string)
+}
+
+/// How many of `n` requests each node answered.
+fn spread(net: &Net, i: usize, url: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for _ in 0..n {
+        let who = served_by(net, i, url).unwrap_or_else(|| "nobody".into());
+        *by.entry(who).or_default() += 1;
+    }
+    by
+}
+
+async fn service(cluster: &Cluster) -> Service {
+    let c = cluster.fleet().await;
+    let svcs = c
+        .get(flotilla_proto::Kind::Service, Some("default"), None)
+        .await
+        .expect("list services");
+    c.close().await;
+    svcs.into_iter()
+        .find_map(|o| match o {
+            Object::Service(s) if s.metadata.name == "web" => Some(s),
+            _ => None,
+        })
+        .expect("service web")
+}
+
+#[test]
+fn service_traffic_is_balanced_across_nodes_over_the_mesh() {
+    flotilla_testkit::init_tracing();
+    let net = Net::create(3).expect("network namespaces (needs root and iproute2)");
+    net.block_on(async {
+        let mut cluster = Cluster::builder().agents(3).on(&net).start().await;
+        cluster.wait_nodes_ready(3).await;
+        cluster.push_example("hello").await;
+        for (name, node, probe) in [
+            ("web-b", "node-1", READY),
+            ("web-c", "node-2", READY),
+            ("web-sick", "node-0", NEVER_READY),
+        ] {
+            cluster
+                .apply(&backend(name, node, probe))
+                .await
+                .expect("apply backend");
+        }
+        cluster.apply(SERVICE).await.expect("apply service");
+        let web_b = cluster.wait_ready("web-b", 1).await;
+        cluster.wait_ready("web-c", 1).await;
+        let svc = service(&cluster).await;
+        let ip = svc.spec.cluster_ip.clone().expect("a cluster IP");
+        let node_port = svc.spec.ports[0].node_port.expect("a node port");
+        let vip = format!("http://{ip}/");
+
+        // node-0 has only an unready endpoint of its own: its connections go to the other
+        // nodes, about half each.
+        eventually("node-0 to reach both remote backends", || async {
+            let by = spread(&net, 0, &vip, 2);
+            (by.get("node-1") == Some(&1) && by.get("node-2") == Some(&1)).then_some(())
+        })
+        .await;
+        let by = spread(&net, 0, &vip, 20);
+        assert_eq!(
+            by.get("node-1"),
+            Some(&10),
+            "round robin from node-0: {by:?}"
+        );
+        assert_eq!(
+            by.get("node-2"),
+            Some(&10),
+            "round robin from node-0: {by:?}"
+        );
+
+        // It is the mesh link that carries it: with node-1's endpoint closed to node-0's
+        // address, node-0 still reaches it through the service.
+        let direct = web_b[0].status.endpoint.clone().expect("web-b's endpoint");
+        let port = direct.rsplit(':').next().expect("a port");
+        let firewall = |op: &str| {
+            let out = net.agent_ns(1).exec(&[
+                "iptables",
+                op,
+                "INPUT",
+                "-p",
+                "tcp",
+                "-s",
+                "10.77.0.10",
+                "--dport",
+                port,
+                "-j",
+                "DROP",
+            ]);
+            assert!(
+                out.status.success(),
+                "iptables: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        firewall("-I");
+        let out = net
+            .agent_ns(0)
+            .exec(&["curl", "-s", "-m", "2", &format!("http://{direct}/")]);
+        assert!(
+            !out.status.success(),
+            "node-0 reaches {direct} directly despite the firewall"
+        );
+        let by = spread(&net, 0, &vip, 4);
+        assert_eq!(by.get("node-1"), Some(&2), "through the mesh: {by:?}");
+        firewall("-D");
+
+        // A node with a Ready endpoint of its own keeps its traffic.
+        for (i, node) in [(1, "node-1"), (2, "node-2")] {
+            let by = spread(&net, i, &vip, 6);
+            assert_eq!(
+                by.get(node),
+                Some(&6),
+                "{node} prefers its own endpoint: {by:?}"
+            );
+        }
+
+        // The node port answers on every node, from every node.
+        for target in 0..3 {
+            let url = format!("http://{}:{node_port}/", Net::agent_ip(target));
+            for from in 0..3 {
+                assert!(
+                    served_by(&net, from, &url).is_some(),
+                    "node port {url} from node-{from}"
+                );
+            }
+        }
+
+        // A backend that goes away leaves the rotation.
+        let c = cluster.fleet().await;
+        c.delete(flotilla_proto::Kind::Deployment, "default", "web-c")
+            .await
+            .expect("delete web-c");
+        c.close().await;
+        eventually("web-c out of node-0's rotation", || async {
+            let by = spread(&net, 0, &vip, 4);
+            (by.get("node-1") == Some(&4)).then_some(())
+        })
+        .await;
+
+        // Without the hub, nodes route to the endpoints they know.
+        cluster.stop_hub().await;
+        let by = spread(&net, 2, &vip, 4);
+        assert_eq!(by.get("node-1"), Some(&4), "node-2 without the hub: {by:?}");
+        cluster.shutdown().await;
+    });
+}
