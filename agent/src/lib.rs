@@ -54,6 +54,8 @@ pub struct Shared {
     pub discovery: watch::Sender<discovery::Objects>,
     /// The mesh link's UDP port, reported in the node status; None when it does not serve.
     pub mesh_port: Option<u16>,
+    /// The service table the proxy and the mesh link work from (`mesh::table`).
+    pub mesh_table: watch::Sender<Arc<mesh::table::Table>>,
 }
 
 impl Shared {
@@ -276,6 +278,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         network,
         discovery: watch::channel(discovery_cached).0,
         mesh_port,
+        mesh_table: watch::channel(Default::default()).0,
     });
     // Volumes of pods deleted while the agent was down go now; those of cached pods stay.
     match shared.cache.pods() {

@@ -308,6 +308,10 @@ async fn hub_request(
             serve_logs(shared, req, send, &cancel).await?
         }
         AgentRequest::ContainerLogs(req) => serve_logs(shared, req, send, &cancel).await?,
+        AgentRequest::MeshOpen(open) => {
+            let table = shared.mesh_table.subscribe();
+            crate::mesh::link::answer(open, send, recv, table, "hub relay").await
+        }
     }
     Ok(())
 }

@@ -294,6 +294,9 @@ async fn stream(
         (Identity::Node(_), Request::WatchDiscovery { from_revision }) => {
             return watch(&hub, Discovery, from_revision, send, cancel).await;
         }
+        (Identity::Node(from), Request::Relay(req)) => {
+            return relay(&hub, from, req, send, recv).await;
+        }
         // A node may read its own Node (for its pod CIDR), as Kubernetes' NodeRestriction
         // lets a kubelet.
         (
@@ -995,6 +998,40 @@ fn agent_of_pod(hub: &Hub, namespace: &str, name: &str) -> Result<quinn::Connect
     hub.agents
         .connection(&node)
         .ok_or_else(|| error(format!("node {node} is not connected to the hub")))
+}
+
+/// Carries a service connection between two nodes that cannot reach each other directly.
+/// The target node decides whether the address is one of its endpoints; the hub only
+/// passes bytes (each hop is TLS; the hub sees them in the clear).
+async fn relay(
+    hub: &Hub,
+    from: &str,
+    req: flotilla_proto::wire::RelayRequest,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<(), TransportError> {
+    use flotilla_proto::wire::{MeshOpen, MeshOpened};
+    let Some(conn) = hub.agents.connection(&req.node) else {
+        let reason = format!("node {} is not connected to the hub", req.node);
+        send_frame(&mut send, &MeshOpened::Refused { reason }).await?;
+        let _ = send.finish();
+        return Ok(());
+    };
+    debug!(from, to = %req.node, target = %req.target, "relaying a service connection");
+    let open = AgentRequest::MeshOpen(MeshOpen { target: req.target });
+    let (asend, arecv, answer): (_, _, MeshOpened) =
+        flotilla_transport::request(&conn, &open).await?;
+    send_frame(&mut send, &answer).await?;
+    if answer != MeshOpened::Connected {
+        let _ = send.finish();
+        return Ok(());
+    }
+    let mut near = tokio::io::join(recv, send);
+    let mut far = tokio::io::join(arecv, asend);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut near, &mut far).await {
+        debug!(error = %e, "relayed connection ended with an error");
+    }
+    Ok(())
 }
 
 /// Relays `fleet exec` between the CLI and the agent running the pod: the hub passes the

@@ -144,6 +144,16 @@ pub enum Request {
     WatchDiscovery {
         from_revision: u64,
     },
+    /// Service traffic to an endpoint on `node` that the caller cannot reach directly over
+    /// the mesh link: the hub asks that node (`AgentRequest::MeshOpen`) and passes its
+    /// `MeshOpened` back, then the bytes both ways.
+    Relay(RelayRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RelayRequest {
+    pub node: String,
+    pub target: std::net::SocketAddr,
 }
 
 /// What a node hears on its `WatchDiscovery` stream.
@@ -418,6 +428,8 @@ pub enum AgentRequest {
     Exec(ExecRequest),
     /// Answered like `Logs`.
     ContainerLogs(LogsRequest),
+    /// A relayed service connection (`Request::Relay`): answered like a mesh stream.
+    MeshOpen(MeshOpen),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -504,6 +516,17 @@ mod tests {
         expect!["00000007000a2a0107903f"].assert_eq(&hex::encode(open));
         let refused = encode(&MeshOpened::Refused { reason: "r".into() }).unwrap();
         expect!["00000003010172"].assert_eq(&hex::encode(refused));
+        let relay = encode(&Request::Relay(RelayRequest {
+            node: "b".into(),
+            target: "10.42.1.7:8080".parse().unwrap(),
+        }))
+        .unwrap();
+        expect!["0000000a160162000a2a0107903f"].assert_eq(&hex::encode(relay));
+        let opened = encode(&AgentRequest::MeshOpen(MeshOpen {
+            target: "10.42.1.7:8080".parse().unwrap(),
+        }))
+        .unwrap();
+        expect!["0000000803000a2a0107903f"].assert_eq(&hex::encode(opened));
         let delete = encode(&Request::DeleteWith {
             kind: crate::Kind::Deployment,
             namespace: "default".into(),

@@ -8,6 +8,7 @@
 //! and curl (CI has them).
 use flotilla_proto::Object;
 use flotilla_proto::api::Service;
+use flotilla_proto::wire::{MeshOpened, RelayRequest, Request};
 use flotilla_testkit::netns::Net;
 use flotilla_testkit::{Cluster, eventually};
 use std::collections::BTreeMap;
@@ -53,7 +54,7 @@ spec:
 /// GET from inside agent `i`'s namespace: the node that answered (from hello's greeting),
 /// or None when nothing did.
 fn served_by(net: &Net, i: usize, url: &str) -> Option<String> {
-    let out = net.agent_ns(i).exec(&["curl", "-s", "-m", "5", url]);
+    let out = net.agent_ns(i).exec(&["curl", "-s", "-m", "10", url]);
     let body = String::from_utf8_lossy(&out.stdout).to_string();
     body.lines()
         .next()?
@@ -168,6 +169,71 @@ fn service_traffic_is_balanced_across_nodes_over_the_mesh() {
         let by = spread(&net, 0, &vip, 4);
         assert_eq!(by.get("node-1"), Some(&2), "through the mesh: {by:?}");
         firewall("-D");
+
+        // When node-0's packets no longer reach node-1's mesh link, the hub relays.
+        let mesh_port = cluster
+            .agent(1)
+            .shared
+            .mesh_port
+            .expect("node-1's mesh port");
+        let mesh_block = |op: &str| {
+            let out = net.agent_ns(1).exec(&[
+                "iptables",
+                op,
+                "INPUT",
+                "-p",
+                "udp",
+                "-s",
+                "10.77.0.10",
+                "--dport",
+                &mesh_port.to_string(),
+                "-j",
+                "DROP",
+            ]);
+            assert!(
+                out.status.success(),
+                "iptables: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        mesh_block("-I");
+        let by = spread(&net, 0, &vip, 4);
+        assert_eq!(
+            by.get("node-1"),
+            Some(&2),
+            "relayed through the hub: {by:?}"
+        );
+        mesh_block("-D");
+
+        // A node asks only for other nodes' endpoints: anything else on them is refused.
+        let (ep, conn) = cluster.node_connection(0).await;
+        let ask = |target: &str| {
+            Request::Relay(RelayRequest {
+                node: "node-1".into(),
+                target: target.parse().unwrap(),
+            })
+        };
+        let (_s, _r, answer): (_, _, MeshOpened) =
+            flotilla_transport::request(&conn, &ask("10.77.0.11:22"))
+                .await
+                .expect("relay");
+        assert_eq!(
+            answer,
+            MeshOpened::Refused {
+                reason: "10.77.0.11:22 is not an endpoint on this node".into()
+            }
+        );
+        let (_s, _r, answer): (_, _, MeshOpened) =
+            flotilla_transport::request(&conn, &ask(&direct))
+                .await
+                .expect("relay");
+        assert_eq!(
+            answer,
+            MeshOpened::Connected,
+            "web-b's endpoint is let through"
+        );
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
 
         // A node with a Ready endpoint of its own keeps its traffic.
         for (i, node) in [(1, "node-1"), (2, "node-2")] {

@@ -3,13 +3,13 @@
 //! one of its own endpoints ([`MeshOpen`]), then carries that connection's bytes.
 use super::table::Table;
 use crate::identity::Identity;
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use flotilla_proto::wire::{MeshOpen, MeshOpened};
 use flotilla_transport::{recv_frame, send_frame};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -18,10 +18,54 @@ use tracing::{debug, warn};
 /// How long a connection to a peer or an endpoint may take before the next endpoint is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a node whose mesh link did not answer is reached through the hub instead.
+pub const RETRY_DIRECT: Duration = Duration::from_secs(30);
+
 pub struct Link {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     conns: Mutex<HashMap<String, quinn::Connection>>,
+    /// Nodes that did not answer, until when they are not dialled again.
+    lost: Mutex<HashMap<String, Instant>>,
+}
+
+/// Why a stream to a peer's endpoint was not had.
+pub enum Dial {
+    /// The peer's link did not answer: the hub may relay.
+    Unreachable(anyhow::Error),
+    /// The peer answered and refused or failed to connect the endpoint.
+    Refused(anyhow::Error),
+}
+
+/// Waits for the answer to a `MeshOpen` (directly or relayed): Ok once connected. Silence
+/// (a link that died without a word) is `Unreachable`, a refusal `Refused`.
+pub async fn opened<E: Into<anyhow::Error>>(
+    node: &str,
+    target: SocketAddr,
+    answer: impl std::future::Future<Output = Result<Option<MeshOpened>, E>>,
+) -> Result<(), Dial> {
+    // The peer's own connect attempt is bounded by CONNECT_TIMEOUT.
+    match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), answer).await {
+        Err(_) => Err(Dial::Unreachable(anyhow::anyhow!(
+            "node {node} did not answer for {target} in time"
+        ))),
+        Ok(Err(e)) => Err(Dial::Unreachable(e.into())),
+        Ok(Ok(Some(MeshOpened::Connected))) => Ok(()),
+        Ok(Ok(Some(MeshOpened::Refused { reason }))) => {
+            Err(Dial::Refused(anyhow::anyhow!("node {node}: {reason}")))
+        }
+        Ok(Ok(None)) => Err(Dial::Refused(anyhow::anyhow!(
+            "node {node} closed the stream"
+        ))),
+    }
+}
+
+impl From<Dial> for anyhow::Error {
+    fn from(d: Dial) -> anyhow::Error {
+        match d {
+            Dial::Unreachable(e) | Dial::Refused(e) => e,
+        }
+    }
 }
 
 impl Link {
@@ -38,6 +82,7 @@ impl Link {
             endpoint,
             client: flotilla_transport::mesh_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem)?,
             conns: Mutex::new(HashMap::new()),
+            lost: Mutex::new(HashMap::new()),
         })
     }
 
@@ -45,32 +90,59 @@ impl Link {
         self.endpoint.local_addr()
     }
 
-    /// A stream to `target` on node `node` (whose link answers at `addr`), connected.
+    /// A stream to `target` on node `node` (whose link answers at `addr`), connected. A node
+    /// that did not answer is not dialled again for a while ([`RETRY_DIRECT`]): its traffic
+    /// goes through the hub meanwhile.
     pub async fn open(
         &self,
         node: &str,
         addr: SocketAddr,
         target: SocketAddr,
-    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
-        let conn = self.connection(node, addr).await?;
-        let (mut send, mut recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(e) => {
-                // A link that went away since: forget it and dial once more.
-                debug!(node, error = %e, "mesh link lost; reconnecting");
-                self.forget(node, &conn);
-                self.connection(node, addr).await?.open_bi().await?
-            }
-        };
-        send_frame(&mut send, &MeshOpen { target }).await?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, recv_frame::<MeshOpened>(&mut recv)).await {
-            Err(_) => bail!("node {node} did not connect {target} in time"),
-            Ok(r) => match r? {
-                Some(MeshOpened::Connected) => Ok((send, recv)),
-                Some(MeshOpened::Refused { reason }) => bail!("node {node}: {reason}"),
-                None => bail!("node {node} closed the stream"),
-            },
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), Dial> {
+        if self.lost_until(node).is_some_and(|t| t > Instant::now()) {
+            return Err(Dial::Unreachable(anyhow::anyhow!(
+                "node {node} did not answer lately"
+            )));
         }
+        let stream = async {
+            let conn = self.connection(node, addr).await?;
+            anyhow::Ok(match conn.open_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // A link that went away since: forget it and dial once more.
+                    debug!(node, error = %e, "mesh link lost; reconnecting");
+                    self.forget(node, &conn);
+                    self.connection(node, addr).await?.open_bi().await?
+                }
+            })
+        };
+        let result = async {
+            let (mut send, mut recv) = stream.await.map_err(Dial::Unreachable)?;
+            send_frame(&mut send, &MeshOpen { target })
+                .await
+                .map_err(|e| Dial::Unreachable(e.into()))?;
+            opened(node, target, recv_frame::<MeshOpened>(&mut recv)).await?;
+            Ok((send, recv))
+        }
+        .await;
+        if let Err(Dial::Unreachable(_)) = &result {
+            self.lost
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(node.to_string(), Instant::now() + RETRY_DIRECT);
+            if let Some(c) = self.cached(node) {
+                self.forget(node, &c);
+            }
+        }
+        result
+    }
+
+    fn lost_until(&self, node: &str) -> Option<Instant> {
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .copied()
     }
 
     async fn connection(&self, node: &str, addr: SocketAddr) -> anyhow::Result<quinn::Connection> {
@@ -91,6 +163,10 @@ impl Link {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(node.to_string(), conn.clone());
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
         Ok(conn)
     }
 
@@ -146,7 +222,7 @@ impl Link {
                             Err(e) => return debug!(peer, error = %e, "mesh link down"),
                         },
                     };
-                    tokio::spawn(answer(send, recv, table.clone(), peer.clone()));
+                    tokio::spawn(serve_stream(send, recv, table.clone(), peer.clone()));
                 }
             });
         }
@@ -154,18 +230,29 @@ impl Link {
     }
 }
 
-/// One stream from a peer: connects the endpoint it names, if it is one of this node's.
-async fn answer(
-    mut send: quinn::SendStream,
+/// One stream from a peer: its request, then [`answer`].
+async fn serve_stream(
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     table: watch::Receiver<Arc<Table>>,
     peer: String,
 ) {
-    let open = match recv_frame::<MeshOpen>(&mut recv).await {
-        Ok(Some(o)) => o,
-        Ok(None) => return,
-        Err(e) => return debug!(peer, error = %e, "unreadable mesh request"),
-    };
+    match recv_frame::<MeshOpen>(&mut recv).await {
+        Ok(Some(open)) => answer(open, send, recv, table, &peer).await,
+        Ok(None) => {}
+        Err(e) => debug!(peer, error = %e, "unreadable mesh request"),
+    }
+}
+
+/// Connects the endpoint a peer (or the hub, relaying) asks for, if it is one of this
+/// node's, and carries the connection's bytes on the stream.
+pub async fn answer(
+    open: MeshOpen,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    table: watch::Receiver<Arc<Table>>,
+    peer: &str,
+) {
     let refuse = |reason: String| MeshOpened::Refused { reason };
     let allowed = table.borrow().local_targets.contains(&open.target);
     let reply = if !allowed {

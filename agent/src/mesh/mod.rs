@@ -54,16 +54,14 @@ pub async fn start(
     };
     socket.set_nonblocking(true)?;
     let link = Arc::new(Link::new(id, socket, serve)?);
-    let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
     if serve {
         info!(addr = %link.local_addr()?, "mesh link serving");
-        shared
-            .tracker
-            .spawn(link.clone().serve(table_rx.clone(), cancel.clone()));
+        shared.tracker.spawn(
+            link.clone()
+                .serve(shared.mesh_table.subscribe(), cancel.clone()),
+        );
     }
-    shared
-        .tracker
-        .spawn(run(shared.clone(), link, table_tx, table_rx, cancel));
+    shared.tracker.spawn(run(shared.clone(), link, cancel));
     Ok(())
 }
 
@@ -76,13 +74,9 @@ fn unspecified(like: IpAddr) -> IpAddr {
 
 /// Rebuilds the table on every change of the node's discovery objects and keeps the
 /// listeners (and cluster IP routes) in step with it.
-async fn run(
-    shared: Arc<Shared>,
-    link: Arc<Link>,
-    table_tx: watch::Sender<Arc<Table>>,
-    table_rx: watch::Receiver<Arc<Table>>,
-    cancel: CancellationToken,
-) {
+async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken) {
+    let table_tx = &shared.mesh_table;
+    let table_rx = table_tx.subscribe();
     let proxy = shared.cfg.service_proxy;
     if proxy {
         flush_routes().await;
@@ -167,9 +161,14 @@ async fn reconcile(
             Ok(l) => {
                 let stop = cancel.child_token();
                 listeners.insert(*addr, stop.clone());
-                shared
-                    .tracker
-                    .spawn(accept(l, *addr, link.clone(), table_rx.clone(), stop));
+                shared.tracker.spawn(accept(
+                    l,
+                    *addr,
+                    shared.clone(),
+                    link.clone(),
+                    table_rx.clone(),
+                    stop,
+                ));
             }
             Err(e) => {
                 let service = &table.frontends[addr].service;
@@ -214,6 +213,7 @@ async fn flush_routes() {
 async fn accept(
     listener: TcpListener,
     frontend: SocketAddr,
+    shared: Arc<Shared>,
     link: Arc<Link>,
     table: watch::Receiver<Arc<Table>>,
     stop: CancellationToken,
@@ -234,6 +234,7 @@ async fn accept(
         let Some(backend) = backend else { continue };
         let peers = table.borrow().clone();
         let link = link.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let mut failed: Vec<Target> = Vec::new();
@@ -241,7 +242,7 @@ async fn accept(
                 let Some(t) = backend.pick(client.ip(), &failed, Instant::now()) else {
                     break;
                 };
-                match dial(&link, &peers, &t).await {
+                match dial(&shared, &link, &peers, &t).await {
                     Ok(up) => return splice(tcp, up).await,
                     Err(e) => {
                         debug!(service = backend.service, endpoint = %t.addr, error = %e, "endpoint unreachable; trying the next");
@@ -255,17 +256,22 @@ async fn accept(
 }
 
 /// A connection to an endpoint: directly when it is on this node (or outside the cluster,
-/// or on a node without a mesh link), otherwise through its node's agent.
-async fn dial(link: &Link, table: &Table, t: &Target) -> anyhow::Result<Upstream> {
+/// or on a node without a mesh link), otherwise through its node's agent, and through the
+/// hub when that agent's link does not answer.
+async fn dial(shared: &Shared, link: &Link, table: &Table, t: &Target) -> anyhow::Result<Upstream> {
     let peer = t
         .node
         .as_deref()
         .and_then(|n| table.peers.get(n).map(|addr| (n, *addr)));
     match peer {
-        Some((node, addr)) => {
-            let (send, recv) = link.open(node, addr, t.addr).await?;
-            Ok(Upstream::Mesh(send, recv))
-        }
+        Some((node, addr)) => match link.open(node, addr, t.addr).await {
+            Ok((send, recv)) => Ok(Upstream::Mesh(send, recv)),
+            Err(link::Dial::Refused(e)) => Err(e),
+            Err(link::Dial::Unreachable(e)) => {
+                debug!(node, error = %e, "no direct mesh link; relaying through the hub");
+                relay(shared, node, t.addr).await
+            }
+        },
         None => {
             let tcp = tokio::time::timeout(link::CONNECT_TIMEOUT, TcpStream::connect(t.addr))
                 .await
@@ -274,6 +280,29 @@ async fn dial(link: &Link, table: &Table, t: &Target) -> anyhow::Result<Upstream
             Ok(Upstream::Tcp(tcp))
         }
     }
+}
+
+/// A stream to `target` on `node` through the hub (`Request::Relay`).
+async fn relay(shared: &Shared, node: &str, target: SocketAddr) -> anyhow::Result<Upstream> {
+    use flotilla_proto::wire::{MeshOpened, RelayRequest, Request};
+    let hub = shared.hub.borrow().clone();
+    let hub = hub.ok_or_else(|| {
+        anyhow::anyhow!("node {node}'s mesh link does not answer and the hub is unreachable")
+    })?;
+    let (mut send, mut recv) = hub.open_bi().await?;
+    let req = Request::Relay(RelayRequest {
+        node: node.to_string(),
+        target,
+    });
+    flotilla_transport::send_frame(&mut send, &req).await?;
+    link::opened(
+        node,
+        target,
+        flotilla_transport::recv_frame::<MeshOpened>(&mut recv),
+    )
+    .await
+    .map_err(anyhow::Error::from)?;
+    Ok(Upstream::Mesh(send, recv))
 }
 
 /// Carries bytes both ways until both sides are done.
