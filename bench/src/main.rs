@@ -11,6 +11,7 @@
 mod containers;
 mod dns;
 mod lost;
+mod mesh;
 mod sched;
 
 use anyhow::{Context as _, bail};
@@ -18,6 +19,7 @@ use fleet::Client;
 use fleet::up::http_get;
 use flotilla_hub::config::ClientFile;
 use flotilla_proto::api::{Kind, Object};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -138,6 +140,15 @@ async fn start_hub(
     port: u16,
     extra: &[&str],
 ) -> anyhow::Result<(Proc, Client)> {
+    start_hub_at(dir, SocketAddr::from(([127, 0, 0, 1], port)), extra).await
+}
+
+/// [`start_hub`] on any address (of the calling thread's network namespace).
+async fn start_hub_at(
+    dir: &std::path::Path,
+    listen: SocketAddr,
+    extra: &[&str],
+) -> anyhow::Result<(Proc, Client)> {
     let hub_dir = dir.join("hub");
     let hub = Proc {
         child: Command::new(bin("flotilla-hub"))
@@ -145,7 +156,7 @@ async fn start_hub(
                 "--data-dir",
                 hub_dir.to_str().unwrap_or_default(),
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                &listen.to_string(),
             ])
             .args(extra)
             .env("RUST_LOG", "error")
@@ -176,11 +187,32 @@ fn start_agent(
     name: &str,
     extra: &[&str],
 ) -> anyhow::Result<Proc> {
+    let hub = SocketAddr::from(([127, 0, 0, 1], port));
+    start_agent_in(None, dir, hub, token, name, extra)
+}
+
+/// [`start_agent`] in network namespace `netns` (this one if None), joining the hub at `hub`.
+fn start_agent_in(
+    netns: Option<&str>,
+    dir: &std::path::Path,
+    hub: SocketAddr,
+    token: &str,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("flotilla-agent"));
+            c
+        }
+        None => Command::new(bin("flotilla-agent")),
+    };
     Ok(Proc {
-        child: Command::new(bin("flotilla-agent"))
+        child: cmd
             .args([
                 "--hub",
-                &format!("127.0.0.1:{port}"),
+                &hub.to_string(),
                 "--token",
                 token,
                 "--node-name",
@@ -247,12 +279,30 @@ async fn startup_latency(c: &Cluster, n: usize) -> anyhow::Result<Vec<Duration>>
 /// Runs wrk against `url` with the server pinned to core 0 and wrk to core 1; returns
 /// (requests, requests/s, server CPU seconds, p99 text).
 fn load(url: &str, server_pid: u32, secs: u32) -> anyhow::Result<(u64, f64, Duration, String)> {
+    pin_to(server_pid, 0);
+    let cpu0 = cpu_time(server_pid);
+    let (reqs, rps, p99) = wrk_in(None, url, secs)?;
+    let cpu = cpu_time(server_pid).saturating_sub(cpu0);
+    Ok((reqs, rps, cpu, p99))
+}
+
+/// Pins every thread of `pid` to `core`.
+fn pin_to(pid: u32, core: u32) {
     let _ = Command::new("taskset")
-        .args(["-a", "-p", "-c", "0", &server_pid.to_string()])
+        .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
         .stdout(Stdio::null())
         .status();
-    let cpu0 = cpu_time(server_pid);
-    let out = Command::new("taskset")
+}
+
+/// wrk on core 1 (in network namespace `netns`, if given), 16 connections for `secs`:
+/// (requests, requests/s, p99 text).
+fn wrk_in(netns: Option<&str>, url: &str, secs: u32) -> anyhow::Result<(u64, f64, String)> {
+    let mut cmd = Command::new("taskset");
+    if let Some(ns) = netns {
+        cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "taskset"]);
+    }
+    let out = cmd
         .args([
             "-c",
             "1",
@@ -265,7 +315,6 @@ fn load(url: &str, server_pid: u32, secs: u32) -> anyhow::Result<(u64, f64, Dura
         ])
         .output()
         .context("wrk is required (scripts/bench installs it)")?;
-    let cpu = cpu_time(server_pid).saturating_sub(cpu0);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let reqs = text
         .lines()
@@ -294,7 +343,7 @@ fn load(url: &str, server_pid: u32, secs: u32) -> anyhow::Result<(u64, f64, Dura
     if !errors.is_empty() {
         println!("    note: {errors}");
     }
-    Ok((reqs, rps, cpu, p99))
+    Ok((reqs, rps, p99))
 }
 
 fn peer_wasmtime() -> Option<PathBuf> {
@@ -322,6 +371,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if only.iter().any(|a| a == "dns") {
         return dns::run().await;
+    }
+    if only.iter().any(|a| a == "mesh") {
+        return tokio::task::spawn_blocking(mesh::run).await?;
     }
     let secs: u32 = std::env::var("BENCH_SECS")
         .ok()
