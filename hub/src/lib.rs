@@ -127,6 +127,7 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
         controller::disruption::CONTROLLER,
         controller::taint::CONTROLLER,
         controller::endpointslice::CONTROLLER,
+        controller::servicelb::CONTROLLER,
     ] {
         tracker.spawn(controller::run(hub.clone(), ctl, cancel.child_token()));
     }

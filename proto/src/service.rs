@@ -383,6 +383,23 @@ fn check_dns1035(field: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// The node label that makes a node serve LoadBalancer services (k3s's ServiceLB uses
+/// `svccontroller.k3s.cattle.io/enablelb` the same way).
+pub const GATEWAY_LABEL: &str = "flotilla.io/gateway";
+
+/// Whether `node` serves LoadBalancer services: the nodes labelled `flotilla.io/gateway:
+/// "true"` when any node is, otherwise every node. The hub (for the addresses in status)
+/// and the agents (for their listeners) decide with this one rule.
+pub fn is_gateway<'a>(
+    node: &crate::api::Node,
+    all: impl IntoIterator<Item = &'a crate::api::Node>,
+) -> bool {
+    let labelled = |n: &crate::api::Node| {
+        n.metadata.labels.get(GATEWAY_LABEL).map(String::as_str) == Some("true")
+    };
+    labelled(node) || !all.into_iter().any(labelled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

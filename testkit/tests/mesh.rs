@@ -41,6 +41,17 @@ const READY: &str = "httpGet: {path: /, port: 8080}";
 /// Not ready until its first probe, an hour away.
 const NEVER_READY: &str = "httpGet: {path: /, port: 8080}, initialDelaySeconds: 3600";
 
+/// Served on the gateway node (node-2) at its own port.
+const LOAD_BALANCER: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  selector: {tier: web}
+  ports: [{name: http, port: 8081, targetPort: 8080}]
+"#;
+
 const SERVICE: &str = r#"
 apiVersion: v1
 kind: Service
@@ -74,7 +85,31 @@ fn spread(net: &Net, i: usize, url: &str, n: usize) -> BTreeMap<String, usize> {
     by
 }
 
-async fn service(cluster: &Cluster) -> Service {
+/// In agent `i`'s namespace, inserts (`-I`) or deletes (`-D`) a rule dropping `proto`
+/// packets from node-0 to `port`.
+fn drop_on(net: &Net, i: usize, op: &str, proto: &str, port: &str) {
+    let rule = [
+        "INPUT",
+        "-p",
+        proto,
+        "-s",
+        "10.77.0.10",
+        "--dport",
+        port,
+        "-j",
+        "DROP",
+    ];
+    let out = net
+        .agent_ns(i)
+        .exec(&[&["iptables", op][..], &rule[..]].concat());
+    assert!(
+        out.status.success(),
+        "iptables: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn service(cluster: &Cluster, name: &str) -> Service {
     let c = cluster.fleet().await;
     let svcs = c
         .get(flotilla_proto::Kind::Service, Some("default"), None)
@@ -83,10 +118,10 @@ async fn service(cluster: &Cluster) -> Service {
     c.close().await;
     svcs.into_iter()
         .find_map(|o| match o {
-            Object::Service(s) if s.metadata.name == "web" => Some(s),
+            Object::Service(s) if s.metadata.name == name => Some(s),
             _ => None,
         })
-        .expect("service web")
+        .expect("the service")
 }
 
 #[test]
@@ -94,7 +129,12 @@ fn service_traffic_is_balanced_across_nodes_over_the_mesh() {
     flotilla_testkit::init_tracing();
     let net = Net::create(3).expect("network namespaces (needs root and iproute2)");
     net.block_on(async {
-        let mut cluster = Cluster::builder().agents(3).on(&net).start().await;
+        let mut cluster = Cluster::builder()
+            .agents(3)
+            .label(2, flotilla_proto::service::GATEWAY_LABEL, "true")
+            .on(&net)
+            .start()
+            .await;
         cluster.wait_nodes_ready(3).await;
         cluster.push_example("hello").await;
         for (name, node, probe) in [
@@ -108,9 +148,13 @@ fn service_traffic_is_balanced_across_nodes_over_the_mesh() {
                 .expect("apply backend");
         }
         cluster.apply(SERVICE).await.expect("apply service");
+        cluster
+            .apply(LOAD_BALANCER)
+            .await
+            .expect("apply load balancer");
         let web_b = cluster.wait_ready("web-b", 1).await;
         cluster.wait_ready("web-c", 1).await;
-        let svc = service(&cluster).await;
+        let svc = service(&cluster, "web").await;
         let ip = svc.spec.cluster_ip.clone().expect("a cluster IP");
         let node_port = svc.spec.ports[0].node_port.expect("a node port");
         let vip = format!("http://{ip}/");
@@ -138,26 +182,7 @@ fn service_traffic_is_balanced_across_nodes_over_the_mesh() {
         // address, node-0 still reaches it through the service.
         let direct = web_b[0].status.endpoint.clone().expect("web-b's endpoint");
         let port = direct.rsplit(':').next().expect("a port");
-        let firewall = |op: &str| {
-            let out = net.agent_ns(1).exec(&[
-                "iptables",
-                op,
-                "INPUT",
-                "-p",
-                "tcp",
-                "-s",
-                "10.77.0.10",
-                "--dport",
-                port,
-                "-j",
-                "DROP",
-            ]);
-            assert!(
-                out.status.success(),
-                "iptables: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let firewall = |op: &str| drop_on(&net, 1, op, "tcp", port);
         firewall("-I");
         let out = net
             .agent_ns(0)
@@ -176,26 +201,8 @@ fn service_traffic_is_balanced_across_nodes_over_the_mesh() {
             .shared
             .mesh_port
             .expect("node-1's mesh port");
-        let mesh_block = |op: &str| {
-            let out = net.agent_ns(1).exec(&[
-                "iptables",
-                op,
-                "INPUT",
-                "-p",
-                "udp",
-                "-s",
-                "10.77.0.10",
-                "--dport",
-                &mesh_port.to_string(),
-                "-j",
-                "DROP",
-            ]);
-            assert!(
-                out.status.success(),
-                "iptables: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let mesh_port = mesh_port.to_string();
+        let mesh_block = |op: &str| drop_on(&net, 1, op, "udp", &mesh_port);
         mesh_block("-I");
         let by = spread(&net, 0, &vip, 4);
         assert_eq!(
@@ -255,6 +262,29 @@ fn service_traffic_is_balanced_across_nodes_over_the_mesh() {
                 );
             }
         }
+
+        // The LoadBalancer service answers on the gateway node at its port, and says so.
+        let lb = eventually("the load balancer's address in status", || async {
+            let s = service(&cluster, "lb").await;
+            (!s.status.load_balancer.ingress.is_empty()).then_some(s)
+        })
+        .await;
+        let ingress: Vec<String> = lb
+            .status
+            .load_balancer
+            .ingress
+            .iter()
+            .filter_map(|i| i.ip.clone())
+            .collect();
+        assert_eq!(ingress, [Net::agent_ip(2).to_string()]);
+        let on = |i: usize| format!("http://{}:8081/", Net::agent_ip(i));
+        for from in 0..3 {
+            assert!(
+                served_by(&net, from, &on(2)).is_some(),
+                "gateway from node-{from}"
+            );
+        }
+        assert_eq!(served_by(&net, 0, &on(0)), None, "node-0 is no gateway");
 
         // A backend that goes away leaves the rotation.
         let c = cluster.fleet().await;

@@ -122,19 +122,7 @@ pub fn server_config(
     chain_pem: &str,
     key_pem: &str,
 ) -> Result<quinn::ServerConfig, TransportError> {
-    let provider = provider();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        roots(ca_pem)?,
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs_from_pem(chain_pem)?, key_from_pem(key_pem)?)?;
-    finish_server(tls, wire::ALPN)
+    mutual_server(ca_pem, chain_pem, key_pem, true, wire::ALPN)
 }
 
 /// The name a node's certificate carries for its mesh server, and that peers verify.
@@ -149,18 +137,34 @@ pub fn mesh_server_config(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<quinn::ServerConfig, TransportError> {
+    mutual_server(ca_pem, cert_pem, key_pem, false, wire::MESH_ALPN)
+}
+
+/// A server presenting `chain_pem` that verifies client certificates against `ca_pem`
+/// (and, with `anonymous`, also lets clients without one in).
+fn mutual_server(
+    ca_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    anonymous: bool,
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig, TransportError> {
     let provider = provider();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots(ca_pem)?,
         provider.clone(),
-    )
-    .build()
-    .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+    );
+    if anonymous {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
     let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs_from_pem(cert_pem)?, key_from_pem(key_pem)?)?;
-    finish_server(tls, wire::MESH_ALPN)
+        .with_single_cert(certs_from_pem(chain_pem)?, key_from_pem(key_pem)?)?;
+    finish_server(tls, alpn)
 }
 
 fn finish_server(

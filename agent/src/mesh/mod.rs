@@ -89,6 +89,7 @@ async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken) {
             let objects = objects.borrow_and_update();
             let me = table::Me {
                 node: &shared.cfg.node_name,
+                labels: &shared.cfg.labels,
                 node_ip: shared.cfg.node_ip,
                 zone: shared.cfg.labels.get(table::ZONE_LABEL).map(String::as_str),
             };
@@ -230,9 +231,10 @@ async fn accept(
                 }
             },
         };
-        let backend = table.borrow().frontends.get(&frontend).cloned();
-        let Some(backend) = backend else { continue };
         let peers = table.borrow().clone();
+        let Some(backend) = peers.frontends.get(&frontend).cloned() else {
+            continue;
+        };
         let link = link.clone();
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -94,6 +94,8 @@ impl Backend {
 /// Who this node is, for preferences and for what it listens on.
 pub struct Me<'a> {
     pub node: &'a str,
+    /// This node's labels (the cached Node object wins), for the gateway rule.
+    pub labels: &'a BTreeMap<String, String>,
     /// Node ports answer here.
     pub node_ip: IpAddr,
     /// The zone label, when the node's own labels say (the cached Node object wins).
@@ -105,6 +107,9 @@ pub fn build(objects: &Objects, me: &Me, prev: &Table) -> Table {
     let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     let mut peers = BTreeMap::new();
     let mut zone = me.zone.map(str::to_string);
+    let mut own = flotilla_proto::api::Node::default();
+    own.metadata.labels = me.labels.clone();
+    let mut nodes = Vec::new();
     for o in objects.values() {
         match o {
             Object::EndpointSlice(s) => {
@@ -117,15 +122,18 @@ pub fn build(objects: &Objects, me: &Me, prev: &Table) -> Table {
                 if let Some(z) = n.metadata.labels.get(ZONE_LABEL) {
                     zone = Some(z.clone());
                 }
+                own = n.clone();
             }
             Object::Node(n) => {
                 if let Some(addr) = n.mesh_addr() {
                     peers.insert(n.metadata.name.clone(), addr);
                 }
+                nodes.push(n);
             }
             _ => {}
         }
     }
+    let gateway = flotilla_proto::service::is_gateway(&own, nodes.into_iter().chain([&own]));
     let mut table = Table {
         peers,
         ..Default::default()
@@ -147,11 +155,11 @@ pub fn build(objects: &Objects, me: &Me, prev: &Table) -> Table {
     for o in objects.values() {
         let Object::Service(svc) = o else { continue };
         let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let own = slices
+        let slices_of = slices
             .get(&(ns, svc.metadata.name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        for (addr, backend) in frontends(svc, ns, own, me, zone.as_deref()) {
+        for (addr, backend) in frontends(svc, ns, slices_of, me, zone.as_deref(), gateway) {
             let state = prev
                 .frontends
                 .get(&addr)
@@ -166,13 +174,15 @@ pub fn build(objects: &Objects, me: &Me, prev: &Table) -> Table {
 }
 
 /// A service's frontends: each TCP port on each cluster IP, and on the node IP at its node
-/// port. Headless and ExternalName services have none.
+/// port, and for a LoadBalancer service on a gateway node, at the port itself. Headless and
+/// ExternalName services have none.
 fn frontends(
     svc: &Service,
     ns: &str,
     slices: &[&EndpointSlice],
     me: &Me,
     zone: Option<&str>,
+    gateway: bool,
 ) -> Vec<(SocketAddr, Backend)> {
     let spec = &svc.spec;
     if spec.type_str() == "ExternalName" || spec.is_headless() {
@@ -226,6 +236,9 @@ fn frontends(
             && let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok())
         {
             out.push((SocketAddr::new(me.node_ip, np), backend()));
+        }
+        if gateway && spec.type_str() == "LoadBalancer" {
+            out.push((SocketAddr::new(me.node_ip, port), backend()));
         }
     }
     out

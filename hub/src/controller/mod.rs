@@ -11,6 +11,7 @@ pub mod gc;
 pub mod job;
 pub mod node;
 pub mod replicaset;
+pub mod servicelb;
 pub mod statefulset;
 pub mod taint;
 

@@ -55,8 +55,10 @@ fn node(name: &str, ip: &str, mesh: Option<i32>, zone: &str) -> Object {
 }
 
 fn me() -> Me<'static> {
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
     Me {
         node: "a",
+        labels: &NO_LABELS,
         node_ip: "192.168.1.10".parse().unwrap(),
         zone: None,
     }
@@ -227,4 +229,46 @@ fn client_ip_affinity_sticks_until_its_timeout() {
     let later = now + Duration::from_secs(600);
     let after: BTreeSet<Target> = (0..2).map(|_| b.pick(one, &[], later).unwrap()).collect();
     assert_eq!(after.len(), 1, "sticky again, to whichever it got");
+}
+
+#[test]
+fn load_balancer_ports_open_on_gateway_nodes_only() {
+    let lb = service(
+        "lb",
+        serde_json::json!({
+            "type": "LoadBalancer", "clusterIP": "10.43.0.20", "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 8081, "nodePort": 30081}],
+        }),
+    );
+    let listens = |objects: Vec<Object>| -> Vec<String> {
+        let t = build(&self::objects(objects), &me(), &Table::default());
+        t.frontends.keys().map(|a| a.to_string()).collect()
+    };
+    // No node is labelled: every node is a gateway.
+    assert_eq!(
+        listens(vec![lb.clone(), node("b", "192.168.1.11", None, "")]),
+        ["10.43.0.20:8081", "192.168.1.10:8081", "192.168.1.10:30081"]
+    );
+    // Another node is: this one only keeps the cluster IP and the node port.
+    let mut gw = node("b", "192.168.1.11", None, "");
+    if let Object::Node(n) = &mut gw {
+        n.metadata
+            .labels
+            .insert(flotilla_proto::service::GATEWAY_LABEL.into(), "true".into());
+    }
+    assert_eq!(
+        listens(vec![lb.clone(), gw.clone()]),
+        ["10.43.0.20:8081", "192.168.1.10:30081"]
+    );
+    // This node labelled too (its cached Node object says so).
+    let mut mine = node("a", "192.168.1.10", None, "");
+    if let Object::Node(n) = &mut mine {
+        n.metadata
+            .labels
+            .insert(flotilla_proto::service::GATEWAY_LABEL.into(), "true".into());
+    }
+    assert_eq!(
+        listens(vec![lb, gw, mine]),
+        ["10.43.0.20:8081", "192.168.1.10:8081", "192.168.1.10:30081"]
+    );
 }
