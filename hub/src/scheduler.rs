@@ -47,14 +47,7 @@ fn pass_logged(hub: &Hub) {
 }
 
 fn pass(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    let nodes: Vec<Node> = tx
-        .list(Kind::Node, None)?
-        .into_iter()
-        .filter_map(|o| match o {
-            Object::Node(n) => Some(n),
-            _ => None,
-        })
-        .collect();
+    let nodes: Vec<Node> = crate::controller::nodes(tx)?;
     let mut pending: Vec<Pod> = Vec::new();
     let mut bound: Vec<Pod> = Vec::new();
     for o in tx.list(Kind::Pod, None)? {

@@ -187,6 +187,18 @@ pub(crate) fn pods_in(tx: &Tx<'_>, namespace: &str) -> Result<Vec<Pod>, StoreErr
         .collect())
 }
 
+/// Every Node in the store.
+pub(crate) fn nodes(tx: &Tx<'_>) -> Result<Vec<flotilla_proto::api::Node>, StoreError> {
+    Ok(tx
+        .list(Kind::Node, None)?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Node(n) => Some(n),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Whether a pod counts as available (Ready for at least `min_ready`), and if it is Ready but
 /// not yet available, how long until it will be.
 pub(crate) fn availability(pod: &Pod, min_ready: Duration, now: SystemTime) -> (bool, Requeue) {

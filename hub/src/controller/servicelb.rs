@@ -41,15 +41,7 @@ fn reconcile(tx: &mut Tx<'_>, key: &ObjectKey, _: &Ctx) -> Result<Requeue, Store
         return Ok(None);
     };
     let want = if svc.spec.type_str() == "LoadBalancer" {
-        let nodes: Vec<Node> = tx
-            .list(Kind::Node, None)?
-            .into_iter()
-            .filter_map(|o| match o {
-                Object::Node(n) => Some(n),
-                _ => None,
-            })
-            .collect();
-        ingress(&nodes)
+        ingress(&super::nodes(tx)?)
     } else {
         Vec::new()
     };
