@@ -146,13 +146,12 @@ pub fn to_services(objects: &Objects) -> Vec<Service> {
             } else if spec.is_headless() {
                 ServiceKind::Headless
             } else {
-                // The hub's admission makes clusterIPs [clusterIP]; older objects may lack it.
-                let ips = if spec.cluster_ips.is_empty() {
-                    spec.cluster_ip.as_slice()
-                } else {
-                    &spec.cluster_ips
-                };
-                ServiceKind::ClusterIp(ips.iter().filter_map(|ip| ip.parse().ok()).collect())
+                ServiceKind::ClusterIp(
+                    spec.cluster_ip_list()
+                        .iter()
+                        .filter_map(|ip| ip.parse().ok())
+                        .collect(),
+                )
             };
             let ports = spec
                 .ports

@@ -1947,6 +1947,16 @@ impl ServiceSpec {
         self.type_.as_deref().unwrap_or("ClusterIP")
     }
 
+    /// The cluster IPs as stored: the hub's admission makes `clusterIPs` `[clusterIP]`;
+    /// objects stored before it may only have `clusterIP`.
+    pub fn cluster_ip_list(&self) -> &[String] {
+        if self.cluster_ips.is_empty() {
+            self.cluster_ip.as_slice()
+        } else {
+            &self.cluster_ips
+        }
+    }
+
     pub fn is_headless(&self) -> bool {
         self.cluster_ip.as_deref() == Some(CLUSTER_IP_NONE)
     }
@@ -2029,6 +2039,9 @@ pub struct LoadBalancerIngress {
 }
 
 // ---------------------------------------------------------------- EndpointSlice
+
+/// Kubernetes' node label for the zone (endpoints take theirs from it; the mesh prefers it).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// On an EndpointSlice: the Service it belongs to (Kubernetes' label).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

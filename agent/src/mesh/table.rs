@@ -4,15 +4,13 @@
 //! Services, EndpointSlices and Nodes on every change.
 use crate::discovery::Objects;
 use flotilla_proto::Object;
+pub use flotilla_proto::api::ZONE_LABEL;
 use flotilla_proto::api::{EndpointSlice, SERVICE_NAME_LABEL, Service};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Kubernetes' node label for the zone.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 const DEFAULT_AFFINITY: Duration = Duration::from_secs(10_800);
@@ -188,12 +186,11 @@ fn frontends(
     if spec.type_str() == "ExternalName" || spec.is_headless() {
         return Vec::new();
     }
-    let ips = if spec.cluster_ips.is_empty() {
-        spec.cluster_ip.as_slice()
-    } else {
-        &spec.cluster_ips
-    };
-    let ips: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    let ips: Vec<IpAddr> = spec
+        .cluster_ip_list()
+        .iter()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
     let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()

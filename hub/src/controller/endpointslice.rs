@@ -11,14 +11,11 @@ use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{
     ENDPOINTSLICE_CONTROLLER, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, Kind,
     MANAGED_BY_LABEL, Object, ObjectKey, ObjectMeta, ObjectReference, OwnerReference, Pod,
-    SERVICE_NAME_LABEL, Service,
+    SERVICE_NAME_LABEL, Service, ZONE_LABEL,
 };
 use flotilla_proto::labels;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// The node label endpoints take their zone from.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 pub(crate) const CONTROLLER: Controller = Controller {
     name: "endpointslice",
