@@ -59,6 +59,9 @@ pub struct Config {
     /// share one network namespace (tests on loopback), since they would take each other's
     /// addresses.
     pub service_proxy: bool,
+    /// Where the ingress answers HTTP while this node is a gateway; None is `node_ip:80`, an
+    /// empty list nowhere.
+    pub ingress_listen: Option<Vec<SocketAddr>>,
 }
 
 /// The mesh link's default UDP port (the hub's is 7443).
@@ -94,6 +97,7 @@ impl Config {
             dns_listen: None,
             mesh_listen: None,
             service_proxy: true,
+            ingress_listen: None,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The cluster's Services, EndpointSlices and Nodes (their peer view: addresses, labels,
-//! mesh port) on this node: followed from the hub
+//! The cluster's Services, EndpointSlices, Ingresses, IngressClasses and Nodes (their peer
+//! view: addresses, labels, mesh port) on this node: followed from the hub
 //! (`WatchDiscovery`, resumed by revision like the pod watch), kept in the agent's redb so
 //! the node DNS answers from them across restarts without the hub, and published to the
 //! node's tasks through `Shared::discovery`.
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// Every Service, EndpointSlice and Node the node knows, by key.
+/// Every Service, EndpointSlice, Ingress, IngressClass and Node the node knows, by key.
 pub type Objects = Arc<BTreeMap<ObjectKey, Object>>;
 
 /// What the cache holds, for the start of the agent.
@@ -69,6 +69,8 @@ fn parse(json: &str) -> Option<Object> {
                 flotilla_proto::Kind::Service
                     | flotilla_proto::Kind::EndpointSlice
                     | flotilla_proto::Kind::Node
+                    | flotilla_proto::Kind::Ingress
+                    | flotilla_proto::Kind::IngressClass
             ) =>
         {
             Some(o)

@@ -10,6 +10,7 @@ pub mod events;
 pub mod exec;
 pub mod identity;
 pub mod images;
+pub mod ingress;
 pub mod logs;
 pub mod mesh;
 pub mod network;

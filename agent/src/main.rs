@@ -71,6 +71,25 @@ struct Args {
     /// Do not carry service traffic on this node (no cluster IP or node port listeners).
     #[arg(long)]
     no_service_proxy: bool,
+    /// Where the ingress answers HTTP while this node is a gateway (default NODE_IP:80);
+    /// repeatable; `none` for nowhere.
+    #[arg(long = "ingress-listen")]
+    ingress_listen: Vec<String>,
+}
+
+/// `ADDRESS:PORT` values of a repeatable flag, where `none` stands for nowhere.
+fn listen_list(flag: &str, values: &[String]) -> anyhow::Result<Option<Vec<std::net::SocketAddr>>> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let mut listen = Vec::new();
+    for a in values.iter().filter(|a| *a != "none") {
+        listen.push(
+            a.parse()
+                .map_err(|_| anyhow::anyhow!("{flag} {a:?}: expected ADDRESS:PORT or none"))?,
+        );
+    }
+    Ok(Some(listen))
 }
 
 fn hostname() -> String {
@@ -105,15 +124,8 @@ async fn main() -> anyhow::Result<()> {
     };
     cfg.image_gc.validate().map_err(|e| anyhow::anyhow!(e))?;
     cfg.cluster_domain = args.cluster_domain;
-    if !args.dns_listen.is_empty() {
-        let mut listen = Vec::new();
-        for a in args.dns_listen.iter().filter(|a| *a != "none") {
-            listen.push(a.parse::<std::net::SocketAddr>().map_err(|_| {
-                anyhow::anyhow!("--dns-listen {a:?}: expected ADDRESS:PORT or none")
-            })?);
-        }
-        cfg.dns_listen = Some(listen);
-    }
+    cfg.dns_listen = listen_list("--dns-listen", &args.dns_listen)?;
+    cfg.ingress_listen = listen_list("--ingress-listen", &args.ingress_listen)?;
     cfg.mesh_listen = args.mesh_listen;
     cfg.service_proxy = !args.no_service_proxy;
     if let Some(d) = args.secret_dir {

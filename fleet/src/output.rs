@@ -709,6 +709,65 @@ pub fn render_at(
                 })
                 .collect(),
         ),
+        Kind::Ingress => (
+            vec!["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
+            objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::Ingress(i) => Some(i),
+                    _ => None,
+                })
+                .map(|i| {
+                    let hosts: Vec<String> = i
+                        .spec
+                        .rules
+                        .iter()
+                        .map(|r| r.host.clone().unwrap_or_else(|| "*".into()))
+                        .collect();
+                    let addrs: Vec<String> = i
+                        .status
+                        .load_balancer
+                        .ingress
+                        .iter()
+                        .filter_map(|a| a.ip.clone().or_else(|| a.hostname.clone()))
+                        .collect();
+                    vec![
+                        i.metadata.name.clone(),
+                        i.spec
+                            .ingress_class_name
+                            .clone()
+                            .unwrap_or_else(|| "<none>".into()),
+                        first_few(&hosts, "*"),
+                        addrs.join(","),
+                        if i.spec.tls.is_empty() {
+                            "80"
+                        } else {
+                            "80, 443"
+                        }
+                        .into(),
+                        age_at(now, &i.metadata.creation_timestamp),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::IngressClass => (
+            vec!["NAME", "CONTROLLER", "PARAMETERS", "AGE"],
+            objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::IngressClass(c) => Some(c),
+                    _ => None,
+                })
+                .map(|c| {
+                    vec![
+                        c.metadata.name.clone(),
+                        c.spec.controller.clone(),
+                        "<none>".into(),
+                        age_at(now, &c.metadata.creation_timestamp),
+                    ]
+                })
+                .collect(),
+        ),
         Kind::Namespace => (
             vec!["NAME", "STATUS", "AGE"],
             objects

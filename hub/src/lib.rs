@@ -128,6 +128,7 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
         controller::taint::CONTROLLER,
         controller::endpointslice::CONTROLLER,
         controller::servicelb::CONTROLLER,
+        controller::ingress::CONTROLLER,
     ] {
         tracker.spawn(controller::run(hub.clone(), ctl, cancel.child_token()));
     }

@@ -1153,8 +1153,8 @@ impl Feed for NodePods<'_> {
     }
 }
 
-/// Every Service and EndpointSlice, and every Node's [`peer view`](Node::peer_view): what a
-/// node's DNS and mesh need.
+/// Every Service, EndpointSlice, Ingress and IngressClass, and every Node's
+/// [`peer view`](Node::peer_view): what a node's DNS, mesh and ingress need.
 struct Discovery;
 
 /// What a node hears of an object on the discovery feed.
@@ -1168,7 +1168,13 @@ fn discovery_view(obj: &Object) -> String {
 impl Feed for Discovery {
     type Event = DiscoveryEvent;
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::Service, Kind::EndpointSlice, Kind::Node]
+        &[
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Node,
+            Kind::Ingress,
+            Kind::IngressClass,
+        ]
     }
     // Heartbeats and capacity changes are not news; a node's address, mesh port or labels are.
     fn is_news(&self, prev: &Object, obj: &Object) -> bool {

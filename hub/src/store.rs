@@ -119,16 +119,33 @@ impl Store {
             sealing: Sealer::new(sealing_key),
             write_lock: Mutex::new(()),
         };
-        if store
-            .get(&ObjectKey::new(Kind::Namespace, "", "default"))?
-            .is_none()
-        {
-            let mut ns = Object::Namespace(Default::default());
-            ns.meta_mut().name = "default".into();
-            ns.normalize();
-            store.write(|tx| tx.put(ns).map(|_| ()))?;
-        }
+        store.bootstrap()?;
         Ok(store)
+    }
+
+    /// What every cluster has from the start: the `default` namespace, and the IngressClass
+    /// the agents' ingress serves (marked default, so Ingresses without a class are its).
+    fn bootstrap(&self) -> Result<(), StoreError> {
+        use flotilla_proto::api::{
+            DEFAULT_CLASS_ANNOTATION, DEFAULT_INGRESS_CLASS, INGRESS_CONTROLLER, IngressClass,
+        };
+        let mut class = IngressClass::default();
+        class.spec.controller = INGRESS_CONTROLLER.into();
+        class
+            .metadata
+            .annotations
+            .insert(DEFAULT_CLASS_ANNOTATION.into(), "true".into());
+        for (mut object, name) in [
+            (Object::Namespace(Default::default()), "default"),
+            (Object::IngressClass(class), DEFAULT_INGRESS_CLASS),
+        ] {
+            object.meta_mut().name = name.into();
+            object.normalize();
+            if self.get(&object.key())?.is_none() {
+                self.write(|tx| tx.put(object).map(|_| ()))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {

@@ -26,15 +26,19 @@ pub enum Kind {
     Event,
     Service,
     EndpointSlice,
+    Ingress,
+    IngressClass,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::Ingress,
+        Kind::IngressClass,
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::StatefulSet,
@@ -68,6 +72,8 @@ impl Kind {
             Kind::Event => "Event",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
         }
     }
 
@@ -81,12 +87,13 @@ impl Kind {
             Kind::Job | Kind::CronJob => "batch/v1",
             Kind::PodDisruptionBudget => "policy/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
             _ => "v1",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::IngressClass)
     }
 
     /// The lowercase plural used in CLI output such as `deployment.apps/web`.
@@ -109,6 +116,8 @@ impl Kind {
             Kind::Event => "event",
             Kind::Service => "service",
             Kind::EndpointSlice => "endpointslice.discovery.k8s.io",
+            Kind::Ingress => "ingress.networking.k8s.io",
+            Kind::IngressClass => "ingressclass.networking.k8s.io",
         }
     }
 
@@ -120,6 +129,7 @@ impl Kind {
             .or_else(|| s.strip_suffix(".batch"))
             .or_else(|| s.strip_suffix(".policy"))
             .or_else(|| s.strip_suffix(".discovery.k8s.io"))
+            .or_else(|| s.strip_suffix(".networking.k8s.io"))
             .unwrap_or(&s);
         Some(match s {
             "namespace" | "namespaces" | "ns" => Kind::Namespace,
@@ -141,6 +151,8 @@ impl Kind {
             "event" | "events" | "ev" => Kind::Event,
             "service" | "services" | "svc" => Kind::Service,
             "endpointslice" | "endpointslices" => Kind::EndpointSlice,
+            "ingress" | "ingresses" | "ing" => Kind::Ingress,
+            "ingressclass" | "ingressclasses" => Kind::IngressClass,
             _ => return None,
         })
     }
@@ -2115,6 +2127,151 @@ pub struct EndpointPort {
     pub app_protocol: Option<String>,
 }
 
+// ---------------------------------------------------------------- Ingress
+
+/// The `spec.controller` of the IngressClasses the agents' ingress serves.
+pub const INGRESS_CONTROLLER: &str = "flotilla.io/ingress";
+/// The IngressClass the hub creates at start (k3s ships `traefik` the same way).
+pub const DEFAULT_INGRESS_CLASS: &str = "flotilla";
+/// On an IngressClass: Ingresses without `ingressClassName` belong to it (Kubernetes' name).
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+
+/// HTTP routes from outside the cluster to Services, by host and path (networking.k8s.io/v1).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ingress {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: IngressSpec,
+    #[serde(default)]
+    pub status: IngressStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
+    /// Where requests no rule matches go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<IngressBackend>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<IngressTls>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<IngressRule>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressTls {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRule {
+    /// An exact host, or `*.` and a domain for any one label in front of it; none is any host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpIngressRuleValue>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpIngressRuleValue {
+    pub paths: Vec<HttpIngressPath>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpIngressPath {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Exact, Prefix or ImplementationSpecific (here: Prefix).
+    #[serde(default)]
+    pub path_type: String,
+    pub backend: IngressBackend,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressBackend {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<IngressServiceBackend>,
+    /// A backend of another API group; refused at apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressServiceBackend {
+    pub name: String,
+    #[serde(default)]
+    pub port: ServiceBackendPort,
+}
+
+/// A Service port by its number or its name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceBackendPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressStatus {
+    /// The addresses of the nodes serving it.
+    #[serde(default, skip_serializing_if = "LoadBalancerStatus::is_empty")]
+    pub load_balancer: LoadBalancerStatus,
+}
+
+/// Which controller serves the Ingresses that name this class (networking.k8s.io/v1).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressClass {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: IngressClassSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressClassSpec {
+    #[serde(default)]
+    pub controller: String,
+    /// Controller-specific parameters; refused at apply (ours has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+}
+
+impl IngressClass {
+    pub fn is_default(&self) -> bool {
+        self.metadata
+            .annotations
+            .get(DEFAULT_CLASS_ANNOTATION)
+            .map(String::as_str)
+            == Some("true")
+    }
+}
+
 // ---------------------------------------------------------------- PodDisruptionBudget
 
 /// Limits voluntary disruptions (evictions, drains) of the pods its selector matches.
@@ -2553,6 +2710,8 @@ pub enum Object {
     Event(Event),
     Service(Service),
     EndpointSlice(EndpointSlice),
+    Ingress(Ingress),
+    IngressClass(IngressClass),
 }
 
 macro_rules! each_object {
@@ -2575,6 +2734,8 @@ macro_rules! each_object {
             Object::Event($o) => $body,
             Object::Service($o) => $body,
             Object::EndpointSlice($o) => $body,
+            Object::Ingress($o) => $body,
+            Object::IngressClass($o) => $body,
         }
     };
 }
@@ -2599,6 +2760,8 @@ impl Object {
             Object::Event(_) => Kind::Event,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Ingress(_) => Kind::Ingress,
+            Object::IngressClass(_) => Kind::IngressClass,
         }
     }
 
@@ -2700,6 +2863,8 @@ impl Object {
             Kind::Event => Object::Event(serde_json::from_value(v)?),
             Kind::Service => Object::Service(serde_json::from_value(v)?),
             Kind::EndpointSlice => Object::EndpointSlice(serde_json::from_value(v)?),
+            Kind::Ingress => Object::Ingress(serde_json::from_value(v)?),
+            Kind::IngressClass => Object::IngressClass(serde_json::from_value(v)?),
         })
     }
 
@@ -2768,6 +2933,9 @@ mod tests {
             ("events", Kind::Event),
             ("svc", Kind::Service),
             ("endpointslices.discovery.k8s.io", Kind::EndpointSlice),
+            ("ing", Kind::Ingress),
+            ("ingresses.networking.k8s.io", Kind::Ingress),
+            ("ingressclasses", Kind::IngressClass),
         ] {
             assert_eq!(Kind::from_cli(typed), Some(k), "{typed}");
         }

@@ -2,6 +2,7 @@
 pub mod api;
 pub mod cron;
 pub mod disconnect;
+pub mod ingress;
 pub mod labels;
 pub mod manifest;
 pub mod pod_security;

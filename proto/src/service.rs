@@ -340,7 +340,7 @@ pub fn validate_pod_dns(at: &str, spec: &crate::api::PodSpec) -> Result<(), Stri
     Ok(())
 }
 
-fn check_port(field: &str, port: i32) -> Result<(), String> {
+pub(crate) fn check_port(field: &str, port: i32) -> Result<(), String> {
     if (1..=65535).contains(&port) {
         Ok(())
     } else {
@@ -352,7 +352,7 @@ fn check_port(field: &str, port: i32) -> Result<(), String> {
 
 /// An IANA service name, as a named container port must be: at most 15 lowercase letters,
 /// digits and '-', with at least one letter, no leading, trailing or double '-'.
-fn check_port_name(field: &str, name: &str) -> Result<(), String> {
+pub(crate) fn check_port_name(field: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name
@@ -372,7 +372,7 @@ fn check_port_name(field: &str, name: &str) -> Result<(), String> {
 }
 
 /// A DNS-1035 label, what a Service name must be (its DNS name starts with it).
-fn check_dns1035(field: &str, name: &str) -> Result<(), String> {
+pub(crate) fn check_dns1035(field: &str, name: &str) -> Result<(), String> {
     crate::manifest::check_label_name(field, name)?;
     if name.as_bytes()[0].is_ascii_lowercase() {
         Ok(())

@@ -271,7 +271,7 @@ pub async fn answer(
     match reply {
         Ok(tcp) => {
             if send_frame(&mut send, &MeshOpened::Connected).await.is_ok() {
-                super::splice(tcp, super::Upstream::Mesh(send, recv)).await;
+                super::splice(tcp, super::mesh_stream(send, recv)).await;
             }
         }
         Err(r) => {

@@ -33,9 +33,12 @@ const ROUTE_PROTO: &str = "250";
 /// Connections are tried on this many endpoints before the client's is closed.
 const ATTEMPTS: usize = 3;
 
-pub enum Upstream {
-    Tcp(TcpStream),
-    Mesh(quinn::SendStream, quinn::RecvStream),
+/// A connection to an endpoint: TCP, or a stream of the mesh link (or of the hub's relay).
+pub type Upstream =
+    tokio_util::either::Either<TcpStream, tokio::io::Join<quinn::RecvStream, quinn::SendStream>>;
+
+fn mesh_stream(send: quinn::SendStream, recv: quinn::RecvStream) -> Upstream {
+    tokio_util::either::Either::Right(tokio::io::join(recv, send))
 }
 
 /// Starts the mesh link on `socket` and, when the node proxies services, the listeners.
@@ -61,6 +64,11 @@ pub async fn start(
                 .serve(shared.mesh_table.subscribe(), cancel.clone()),
         );
     }
+    shared.tracker.spawn(crate::ingress::run(
+        shared.clone(),
+        link.clone(),
+        cancel.clone(),
+    ));
     shared.tracker.spawn(run(shared.clone(), link, cancel));
     Ok(())
 }
@@ -239,22 +247,59 @@ async fn accept(
         let shared = shared.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let mut failed: Vec<Target> = Vec::new();
-            while failed.len() < ATTEMPTS {
-                let Some(t) = backend.pick(client.ip(), &failed, Instant::now()) else {
-                    break;
-                };
-                match dial(&shared, &link, &peers, &t).await {
-                    Ok(up) => return splice(tcp, up).await,
-                    Err(e) => {
-                        debug!(service = backend.service, endpoint = %t.addr, error = %e, "endpoint unreachable; trying the next");
-                        failed.push(t);
-                    }
+            match connect(
+                &shared,
+                &link,
+                &peers,
+                &backend,
+                client.ip(),
+                |_| None::<()>,
+            )
+            .await
+            {
+                Some((_, Conn::New(up))) => splice(tcp, up).await,
+                Some((_, Conn::Held(()))) => {}
+                None => {
+                    debug!(service = backend.service, %client, "no endpoint took the connection")
                 }
             }
-            debug!(service = backend.service, %client, "no endpoint took the connection");
         });
     }
+}
+
+/// What [`connect`] got: a connection the caller already held to the endpoint, or a new one.
+pub enum Conn<T> {
+    Held(T),
+    New(Upstream),
+}
+
+/// A connection for `client` to one of `backend`'s endpoints, trying the next one on a
+/// connect failure ([`ATTEMPTS`] in all). `reuse` may offer a connection it already holds to
+/// the picked endpoint (the ingress's pool), which is taken instead of dialling. None when
+/// no endpoint took it.
+pub async fn connect<T>(
+    shared: &Shared,
+    link: &Link,
+    table: &Table,
+    backend: &table::Backend,
+    client: IpAddr,
+    mut reuse: impl FnMut(&Target) -> Option<T>,
+) -> Option<(Target, Conn<T>)> {
+    let mut failed: Vec<Target> = Vec::new();
+    while failed.len() < ATTEMPTS {
+        let t = backend.pick(client, &failed, Instant::now())?;
+        if let Some(held) = reuse(&t) {
+            return Some((t, Conn::Held(held)));
+        }
+        match dial(shared, link, table, &t).await {
+            Ok(up) => return Some((t, Conn::New(up))),
+            Err(e) => {
+                debug!(service = backend.service, endpoint = %t.addr, error = %e, "endpoint unreachable; trying the next");
+                failed.push(t);
+            }
+        }
+    }
+    None
 }
 
 /// A connection to an endpoint: directly when it is on this node (or outside the cluster,
@@ -267,7 +312,7 @@ async fn dial(shared: &Shared, link: &Link, table: &Table, t: &Target) -> anyhow
         .and_then(|n| table.peers.get(n).map(|addr| (n, *addr)));
     match peer {
         Some((node, addr)) => match link.open(node, addr, t.addr).await {
-            Ok((send, recv)) => Ok(Upstream::Mesh(send, recv)),
+            Ok((send, recv)) => Ok(mesh_stream(send, recv)),
             Err(link::Dial::Refused(e)) => Err(e),
             Err(link::Dial::Unreachable(e)) => {
                 debug!(node, error = %e, "no direct mesh link; relaying through the hub");
@@ -279,7 +324,7 @@ async fn dial(shared: &Shared, link: &Link, table: &Table, t: &Target) -> anyhow
                 .await
                 .map_err(|_| anyhow::anyhow!("connect {}: timed out", t.addr))??;
             let _ = tcp.set_nodelay(true);
-            Ok(Upstream::Tcp(tcp))
+            Ok(tokio_util::either::Either::Left(tcp))
         }
     }
 }
@@ -304,19 +349,12 @@ async fn relay(shared: &Shared, node: &str, target: SocketAddr) -> anyhow::Resul
     )
     .await
     .map_err(anyhow::Error::from)?;
-    Ok(Upstream::Mesh(send, recv))
+    Ok(mesh_stream(send, recv))
 }
 
 /// Carries bytes both ways until both sides are done.
-pub async fn splice(mut tcp: TcpStream, up: Upstream) {
-    let r = match up {
-        Upstream::Tcp(mut other) => tokio::io::copy_bidirectional(&mut tcp, &mut other).await,
-        Upstream::Mesh(send, recv) => {
-            let mut stream = tokio::io::join(recv, send);
-            tokio::io::copy_bidirectional(&mut tcp, &mut stream).await
-        }
-    };
-    if let Err(e) = r {
+pub async fn splice(mut tcp: TcpStream, mut up: Upstream) {
+    if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut up).await {
         debug!(error = %e, "service connection ended with an error");
     }
 }

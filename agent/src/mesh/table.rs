@@ -1,11 +1,12 @@
 //! The service table (pure): the addresses this node accepts service traffic on, the Ready
-//! endpoints each one balances over in order of preference (this node, this zone, anywhere),
-//! and where the other nodes' mesh links answer. Built from the node's copy of the cluster's
-//! Services, EndpointSlices and Nodes on every change.
+//! endpoints each service port balances over in order of preference (this node, this zone,
+//! anywhere), which the ingress routes to as well, and where the other nodes' mesh links
+//! answer. Built from the node's copy of the cluster's Services, EndpointSlices and Nodes on
+//! every change.
 use crate::discovery::Objects;
 use flotilla_proto::Object;
 pub use flotilla_proto::api::ZONE_LABEL;
-use flotilla_proto::api::{EndpointSlice, SERVICE_NAME_LABEL, Service};
+use flotilla_proto::api::{EndpointSlice, SERVICE_NAME_LABEL, Service, ServiceBackendPort};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,10 +21,43 @@ pub struct Table {
     /// Where connections are accepted (cluster IP and port, node IP and node port), and what
     /// they are balanced over.
     pub frontends: BTreeMap<SocketAddr, Arc<Backend>>,
+    /// Every TCP port of every Service with endpoints of its own (headless ones too), by
+    /// namespace and name: what the ingress routes to.
+    pub services: BTreeMap<(String, String), Vec<PortBackend>>,
     /// Other nodes' mesh links, by node name.
     pub peers: BTreeMap<String, SocketAddr>,
     /// Endpoints on this node: all that other nodes may ask this node's mesh link for.
     pub local_targets: BTreeSet<SocketAddr>,
+    /// Whether this node is a gateway: it serves LoadBalancer ports and the ingress.
+    pub gateway: bool,
+}
+
+/// One port of a Service: its name and number, and the endpoints behind it (shared with the
+/// port's frontends, so they balance as one).
+pub struct PortBackend {
+    pub name: Option<String>,
+    pub port: u16,
+    pub backend: Arc<Backend>,
+}
+
+impl Table {
+    /// A service port by number or name, as an Ingress backend names it.
+    pub fn service_port(
+        &self,
+        ns: &str,
+        name: &str,
+        port: &ServiceBackendPort,
+    ) -> Option<&Arc<Backend>> {
+        let ports = self.services.get(&(ns.to_string(), name.to_string()))?;
+        ports
+            .iter()
+            .find(|p| match (&port.name, port.number) {
+                (Some(n), _) => p.name.as_deref() == Some(n.as_str()),
+                (None, Some(n)) => i32::from(p.port) == n,
+                (None, None) => false,
+            })
+            .map(|p| &p.backend)
+    }
 }
 
 /// An endpoint: an address and the node it lives on (None for endpoints outside the
@@ -150,47 +184,55 @@ pub fn build(objects: &Objects, me: &Me, prev: &Table) -> Table {
             }
         }
     }
+    table.gateway = gateway;
     for o in objects.values() {
         let Object::Service(svc) = o else { continue };
         let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let key = (ns.to_string(), svc.metadata.name.clone());
         let slices_of = slices
             .get(&(ns, svc.metadata.name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        for (addr, backend) in frontends(svc, ns, slices_of, me, zone.as_deref(), gateway) {
-            let state = prev
-                .frontends
-                .get(&addr)
-                .map(|b| b.state.clone())
-                .unwrap_or_default();
-            table
-                .frontends
-                .insert(addr, Arc::new(Backend { state, ..backend }));
+        let prev_ports = prev.services.get(&key);
+        let ports: Vec<PortBackend> = port_backends(svc, ns, slices_of, me, zone.as_deref())
+            .into_iter()
+            .map(|(port, name, backend)| {
+                let state = prev_ports
+                    .and_then(|ps| ps.iter().find(|p| p.port == port))
+                    .map(|p| p.backend.state.clone())
+                    .unwrap_or_default();
+                PortBackend {
+                    name,
+                    port,
+                    backend: Arc::new(Backend { state, ..backend }),
+                }
+            })
+            .collect();
+        for p in &ports {
+            for addr in frontends(svc, p.port, me, gateway) {
+                table.frontends.insert(addr, p.backend.clone());
+            }
+        }
+        if !ports.is_empty() {
+            table.services.insert(key, ports);
         }
     }
     table
 }
 
-/// A service's frontends: each TCP port on each cluster IP, and on the node IP at its node
-/// port, and for a LoadBalancer service on a gateway node, at the port itself. Headless and
-/// ExternalName services have none.
-fn frontends(
+/// The endpoints of each TCP port of a service, tiered for this node (none for
+/// ExternalName services, which have no endpoints of their own).
+fn port_backends(
     svc: &Service,
     ns: &str,
     slices: &[&EndpointSlice],
     me: &Me,
     zone: Option<&str>,
-    gateway: bool,
-) -> Vec<(SocketAddr, Backend)> {
+) -> Vec<(u16, Option<String>, Backend)> {
     let spec = &svc.spec;
-    if spec.type_str() == "ExternalName" || spec.is_headless() {
+    if spec.type_str() == "ExternalName" {
         return Vec::new();
     }
-    let ips: Vec<IpAddr> = spec
-        .cluster_ip_list()
-        .iter()
-        .filter_map(|ip| ip.parse().ok())
-        .collect();
     let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
@@ -208,9 +250,8 @@ fn frontends(
             continue;
         };
         let name = p.name.as_deref().unwrap_or_default();
-        let targets = targets(slices, name);
         let mut tiers: [Vec<Target>; 3] = Default::default();
-        for (t, endpoint_zone) in targets {
+        for (t, endpoint_zone) in targets(slices, name) {
             let tier = if t.node.as_deref() == Some(me.node) {
                 0
             } else if zone.is_some() && endpoint_zone.as_deref() == zone {
@@ -220,23 +261,41 @@ fn frontends(
             };
             tiers[tier].push(t);
         }
-        let backend = || Backend {
+        let backend = Backend {
             service: format!("{ns}/{}:{port}", svc.metadata.name),
-            tiers: tiers.iter().filter(|t| !t.is_empty()).cloned().collect(),
+            tiers: tiers.into_iter().filter(|t| !t.is_empty()).collect(),
             affinity,
             state: Default::default(),
         };
-        for ip in &ips {
-            out.push((SocketAddr::new(*ip, port), backend()));
-        }
-        if spec.wants_node_ports()
-            && let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok())
-        {
-            out.push((SocketAddr::new(me.node_ip, np), backend()));
-        }
-        if gateway && spec.type_str() == "LoadBalancer" {
-            out.push((SocketAddr::new(me.node_ip, port), backend()));
-        }
+        out.push((port, p.name.clone(), backend));
+    }
+    out
+}
+
+/// Where a service port accepts connections on this node: on each cluster IP, on the node IP
+/// at its node port, and for a LoadBalancer service on a gateway node, at the port itself.
+/// Headless services have none.
+fn frontends(svc: &Service, port: u16, me: &Me, gateway: bool) -> Vec<SocketAddr> {
+    let spec = &svc.spec;
+    if spec.is_headless() {
+        return Vec::new();
+    }
+    let mut out: Vec<SocketAddr> = spec
+        .cluster_ip_list()
+        .iter()
+        .filter_map(|ip| ip.parse().ok())
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    let Some(p) = spec.ports.iter().find(|p| p.port == i32::from(port)) else {
+        return out;
+    };
+    if spec.wants_node_ports()
+        && let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok())
+    {
+        out.push(SocketAddr::new(me.node_ip, np));
+    }
+    if gateway && spec.type_str() == "LoadBalancer" {
+        out.push(SocketAddr::new(me.node_ip, port));
     }
     out
 }

@@ -8,6 +8,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
+pub mod ingress;
 pub mod job;
 pub mod node;
 pub mod replicaset;

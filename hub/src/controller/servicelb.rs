@@ -1,7 +1,8 @@
 //! The LoadBalancer controller (k3s's ServiceLB in spirit, without pods): a LoadBalancer
 //! service is served by the agents of the gateway nodes (`service::is_gateway`) on its own
 //! port and on its node ports, and its `status.loadBalancer.ingress` lists the InternalIPs
-//! of those of them that are Ready. Other services carry no ingress.
+//! of those of them that are Ready. Other services carry no ingress. Ingresses get the same
+//! addresses (`controller::ingress`): the gateways are the cluster's front doors.
 use super::{Controller, Ctx, Requeue};
 use crate::store::{StoreError, StoreEvent, Tx};
 use flotilla_proto::api::{Kind, LoadBalancerIngress, Node, Object, ObjectKey};
@@ -11,7 +12,7 @@ pub(crate) const CONTROLLER: Controller = Controller {
     name: "servicelb",
     kind: Kind::Service,
     keys_of,
-    all_on,
+    all_on: gateways_changed,
     reconcile,
 };
 
@@ -22,9 +23,9 @@ fn keys_of(e: &StoreEvent) -> Vec<ObjectKey> {
     }
 }
 
-/// A node coming, going, turning Ready or not, moving address or gateway label concerns
-/// every service.
-fn all_on(e: &StoreEvent) -> bool {
+/// A node coming, going, turning Ready or not, moving address or gateway label: the
+/// addresses of every LoadBalancer service (and Ingress) may change.
+pub(crate) fn gateways_changed(e: &StoreEvent) -> bool {
     let view = |o: &Option<Object>| match o {
         Some(Object::Node(n)) => Some((
             n.is_ready(),

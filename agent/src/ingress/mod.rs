@@ -1,0 +1,410 @@
+//! The ingress: HTTP from outside the cluster to Services, by host and path, on the gateway
+//! nodes (the same ones that serve LoadBalancer services).
+//!
+//! It listens on `ingress_listen` (default NODE_IP:80) while this node is a gateway, and
+//! routes each request by the [`routes`] of every Ingress that is ours to a Ready endpoint
+//! of the backend Service, on any node: it picks the endpoint and reaches it the way the
+//! mesh does (directly on this node, over the mesh link elsewhere, through the hub as a last
+//! resort), trying the next endpoint when one cannot be connected. Connections to endpoints
+//! are kept alive in a [`pool`]. Requests carry `X-Forwarded-For/-Host/-Proto/-Port`,
+//! `X-Real-IP` (the ingress's own values: clients cannot forge them) and an `X-Request-Id`
+//! (the client's, or a new one). WebSocket and other upgrades pass through.
+//!
+//! Bounds: request headers must arrive within [`HEADER_TIMEOUT`] and fit in
+//! [`MAX_HEADER_BYTES`]; an endpoint has [`RESPONSE_TIMEOUT`] to answer; beyond
+//! [`MAX_CONNECTIONS`] open connections, new ones get a 503 and are closed.
+pub mod pool;
+pub mod routes;
+
+use crate::Shared;
+use crate::mesh::link::Link;
+use crate::mesh::{Conn, table::Table};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pool::{Pool, PooledBody, Sender};
+use routes::Routes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Slowloris guard: the whole request head must arrive within this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head accepted (nginx's default large_client_header_buffers is 4×8k).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// How long an endpoint may take to start its response.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Open client connections the ingress serves at once.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+type Body = Either<PooledBody, Full<Bytes>>;
+
+struct Ingress {
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    routes: watch::Sender<Arc<Routes>>,
+    pool: Arc<Pool>,
+    connections: Arc<Semaphore>,
+}
+
+/// Where the ingress listens: the configured addresses, or NODE_IP:80.
+fn listen_addrs(shared: &Shared) -> Vec<SocketAddr> {
+    shared
+        .cfg
+        .ingress_listen
+        .clone()
+        .unwrap_or_else(|| vec![SocketAddr::new(shared.cfg.node_ip, 80)])
+}
+
+/// Follows the service table: rebuilds the routes on every change, and listens while this
+/// node is a gateway.
+pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken) {
+    let addrs = listen_addrs(&shared);
+    if addrs.is_empty() {
+        return;
+    }
+    let mut table_rx = shared.mesh_table.subscribe();
+    let ingress = Arc::new(Ingress {
+        shared: shared.clone(),
+        link,
+        routes: watch::channel(Arc::default()).0,
+        pool: Arc::default(),
+        connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+    });
+    let mut serving: Option<CancellationToken> = None;
+    loop {
+        let gateway = {
+            let table = table_rx.borrow_and_update();
+            let routes = Routes::build(&shared.discovery.borrow());
+            ingress.routes.send_replace(Arc::new(routes));
+            ingress.pool.retain(|t| {
+                table
+                    .services
+                    .values()
+                    .flatten()
+                    .any(|p| p.backend.tiers.iter().flatten().any(|x| x == t))
+            });
+            table.gateway
+        };
+        match (&serving, gateway) {
+            (None, true) => {
+                let stop = cancel.child_token();
+                for addr in &addrs {
+                    match TcpListener::bind(addr).await {
+                        Ok(l) => {
+                            info!(%addr, "ingress listening");
+                            shared
+                                .tracker
+                                .spawn(accept(l, ingress.clone(), stop.clone()));
+                        }
+                        Err(e) => warn!(%addr, error = %e, "ingress cannot listen here"),
+                    }
+                }
+                serving = Some(stop);
+            }
+            (Some(stop), false) => {
+                info!("this node is no gateway any more: ingress stopped");
+                stop.cancel();
+                serving = None;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = table_rx.changed() => if changed.is_err() { break },
+        }
+    }
+}
+
+async fn accept(listener: TcpListener, ingress: Arc<Ingress>, stop: CancellationToken) {
+    loop {
+        let (tcp, client) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "ingress accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(client);
+        let ingress = ingress.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let permit = ingress.connections.clone().try_acquire_owned().ok();
+            let overloaded = permit.is_none();
+            let service = hyper::service::service_fn(move |req| {
+                let ingress = ingress.clone();
+                async move {
+                    let resp = if overloaded {
+                        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "ingress overloaded\n");
+                        r.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        r
+                    } else {
+                        ingress.handle(req, client, local).await
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                // hyper's read buffer bounds the head only roughly; `head_size` is exact.
+                .max_buf_size(2 * MAX_HEADER_BYTES)
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                debug!(%client, error = %e, "ingress connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Ingress {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Response<Body> {
+        if head_size(&req) > MAX_HEADER_BYTES {
+            return text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large\n",
+            );
+        }
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default()
+            .to_string();
+        let routes = self.routes.borrow().clone();
+        let Some(to) = routes.find(&host, req.uri().path()) else {
+            return text(StatusCode::NOT_FOUND, "no route for this host and path\n");
+        };
+        let table: Arc<Table> = self.shared.mesh_table.borrow().clone();
+        let service = format!("{}/{}", to.namespace, to.service);
+        let Some(backend) = table.service_port(&to.namespace, &to.service, &to.port) else {
+            debug!(service, port = ?to.port, "ingress backend has no such service port");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("service {service} does not exist or has no such port\n"),
+            );
+        };
+        let upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        forward_headers(&mut req, &host, client, local, upgrade.is_some());
+        let picked = crate::mesh::connect(
+            &self.shared,
+            &self.link,
+            &table,
+            backend,
+            client.ip(),
+            |t| self.pool.take(t),
+        )
+        .await;
+        let Some((target, conn)) = picked else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no endpoint of service {service} is available\n"),
+            );
+        };
+        let sender = match conn {
+            Conn::Held(s) => s,
+            Conn::New(up) => match handshake(up).await {
+                Ok(s) => s,
+                Err(e) => return bad_gateway(&service, &e),
+            },
+        };
+        let mut sender = sender;
+        if let Err(e) = sender.ready().await {
+            return bad_gateway(&service, &e);
+        }
+        let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return bad_gateway(&service, &e),
+            Err(_) => {
+                return text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("service {service} did not answer in time\n"),
+                );
+            }
+        };
+        let (mut parts, body) = resp.into_parts();
+        if let Some(down) = upgrade
+            && parts.status == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let up = hyper::upgrade::on(Response::from_parts(parts.clone(), body));
+            tokio::spawn(async move {
+                let (Ok(down), Ok(up)) = (down.await, up.await) else {
+                    return;
+                };
+                let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+            return Response::from_parts(parts, Either::Right(Full::default()));
+        }
+        strip_hop_by_hop(&mut parts.headers, false);
+        let body = PooledBody::new(body, self.pool.clone(), target, sender);
+        Response::from_parts(parts, Either::Left(body))
+    }
+}
+
+/// The size of a request's head as sent: request line and header lines.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+/// An HTTP/1.1 client connection over a fresh endpoint connection.
+async fn handshake(up: crate::mesh::Upstream) -> Result<Sender, hyper::Error> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(up)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "endpoint connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+fn bad_gateway(service: &str, e: &dyn std::fmt::Display) -> Response<Body> {
+    debug!(service, error = %e, "ingress request to the endpoint failed");
+    text(
+        StatusCode::BAD_GATEWAY,
+        &format!("service {service}'s endpoint failed: {e}\n"),
+    )
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes the headers that belong to one hop (RFC 9110 §7.6.1), keeping `Connection:
+/// upgrade` and `Upgrade` when the request is an upgrade.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        h.remove(n);
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Makes a client's request one for an endpoint: origin-form, HTTP/1.1, without hop-by-hop
+/// headers, with the forwarding headers set by the ingress (those the client sent are
+/// replaced) and a request id.
+fn forward_headers(
+    req: &mut Request<Incoming>,
+    host: &str,
+    client: SocketAddr,
+    local: SocketAddr,
+    upgrade: bool,
+) {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    *req.version_mut() = Version::HTTP_11;
+    let h = req.headers_mut();
+    strip_hop_by_hop(h, upgrade);
+    if !h.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        h.insert(header::HOST, v);
+    }
+    let ip = HeaderValue::from_str(&client.ip().to_string()).ok();
+    for (name, value) in [
+        (&X_FORWARDED_FOR, ip.clone()),
+        (&X_REAL_IP, ip),
+        (&X_FORWARDED_HOST, HeaderValue::from_str(host).ok()),
+        (&X_FORWARDED_PROTO, Some(HeaderValue::from_static("http"))),
+        (
+            &X_FORWARDED_PORT,
+            HeaderValue::from_str(&local.port().to_string()).ok(),
+        ),
+    ] {
+        h.remove(name);
+        if let Some(v) = value {
+            h.insert(name.clone(), v);
+        }
+    }
+    let keep_id = h
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.is_empty() && v.len() <= 200);
+    if !keep_id {
+        let id: [u8; 16] = rand::random();
+        if let Ok(v) = HeaderValue::from_str(&hex::encode(id)) {
+            h.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The ingress end to end: the hub and two agents in network namespaces of their own,
+//! node-0 the gateway, wasi:http backends on both nodes, and curl from node-1's namespace
+//! calling node-0's ingress on port 80 with the hosts and paths of an Ingress. Checked: host
+//! and path rules pick the backend Kubernetes would (exact host, wildcard, Exact before
+//! Prefix, longest prefix, whole path elements, default backend), traffic crosses to the
+//! other node over the mesh, the endpoint sees the ingress's forwarding headers (not the
+//! client's forged ones) and a request id, a missing service is a 503 that names it,
+//! oversized request heads are refused while normal requests keep flowing, the status lists
+//! the gateway, and a node that is no gateway does not listen. Needs root, iproute2 and curl
+//! (CI has them).
+use flotilla_proto::Object;
+use flotilla_testkit::netns::Net;
+use flotilla_testkit::{Cluster, eventually};
+
+fn backend(name: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      nodeSelector: {{kubernetes.io/hostname: {node}}}
+      containers:
+      - name: web
+        image: hello:latest
+        resources: {{requests: {{cpu: 100m, memory: 32Mi}}, limits: {{memory: 64Mi}}}}
+        env:
+        - {{name: FLOTILLA_POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+        - {{name: FLOTILLA_NODE_NAME, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}
+        readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"#
+    )
+}
+
+const INGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: site}
+spec:
+  defaultBackend: {service: {name: web, port: {number: 80}}}
+  rules:
+  - host: shop.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+      - {path: /api, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+      - {path: /api/exact, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}
+      - {path: /gone, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}
+  - host: "*.apps.example"
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+"#;
+
+/// curl from node-1's namespace to node-0's ingress: (status, body).
+fn get(net: &Net, host: &str, path: &str, extra: &[&str]) -> (String, String) {
+    let url = format!("http://{}{path}", Net::agent_ip(0));
+    let host = format!("Host: {host}");
+    let mut args = vec![
+        "curl",
+        "-s",
+        "-m",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        &host,
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let out = net.agent_ns(1).exec(&args);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
+/// Which deployment answered (hello's greeting names the pod), or the status code.
+fn who(net: &Net, host: &str, path: &str) -> String {
+    let (code, body) = get(net, host, path, &[]);
+    body.strip_prefix("hello from ")
+        .and_then(|rest| rest.split('-').next())
+        .map_or(code, str::to_string)
+}
+
+#[test]
+fn ingress_routes_by_host_and_path_to_services_on_any_node() {
+    flotilla_testkit::init_tracing();
+    let net = Net::create(2).expect("network namespaces (needs root and iproute2)");
+    net.block_on(async {
+        let cluster = Cluster::builder()
+            .agents(2)
+            .label(0, flotilla_proto::service::GATEWAY_LABEL, "true")
+            .on(&net)
+            .start()
+            .await;
+        cluster.wait_nodes_ready(2).await;
+        cluster.push_example("hello").await;
+        cluster
+            .apply(&backend("web", "node-1"))
+            .await
+            .expect("apply web");
+        cluster
+            .apply(&backend("api", "node-0"))
+            .await
+            .expect("apply api");
+        cluster.apply(INGRESS).await.expect("apply ingress");
+        cluster.wait_ready("web", 1).await;
+        cluster.wait_ready("api", 1).await;
+
+        eventually("the ingress to route", || async {
+            (who(&net, "shop.example", "/api/x") == "api"
+                && who(&net, "shop.example", "/") == "web")
+                .then_some(())
+        })
+        .await;
+        let cases = [
+            ("shop.example", "/"),
+            ("SHOP.example:80", "/cart"),
+            ("shop.example", "/api"),
+            ("shop.example", "/api/v1"),
+            ("shop.example", "/api/exact"),
+            ("shop.example", "/apiary"),
+            ("shop.example", "/gone/x"),
+            ("x.apps.example", "/"),
+            ("a.b.apps.example", "/"),
+            ("elsewhere.example", "/"),
+        ];
+        let got: Vec<String> = cases
+            .iter()
+            .map(|(h, p)| format!("{h}{p} -> {}", who(&net, h, p)))
+            .collect();
+        expect_test::expect![[r#"
+            shop.example/ -> web
+            SHOP.example:80/cart -> web
+            shop.example/api -> api
+            shop.example/api/v1 -> api
+            shop.example/api/exact -> web
+            shop.example/apiary -> web
+            shop.example/gone/x -> 503
+            x.apps.example/ -> api
+            a.b.apps.example/ -> web
+            elsewhere.example/ -> web"#]]
+        .assert_eq(&got.join("\n"));
+
+        // web runs on node-1, so node-0's ingress reached it over the mesh; the endpoint
+        // sees the ingress's view of the client, not what the client claims.
+        let (code, body) = get(
+            &net,
+            "shop.example",
+            "/",
+            &["-H", "X-Forwarded-For: 6.6.6.6"],
+        );
+        assert_eq!(code, "200");
+        assert!(body.contains(" on node-1\n"), "{body}");
+        let client = Net::agent_ip(1).to_string();
+        assert!(
+            body.contains(&format!("x-forwarded-for: {client}\n")),
+            "{body}"
+        );
+        assert!(body.contains(&format!("x-real-ip: {client}\n")), "{body}");
+        assert!(body.contains("x-forwarded-host: shop.example\n"), "{body}");
+        assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+        let id = body
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .expect("a request id");
+        assert_eq!(id.len(), 32, "{id}");
+        let (_, body) = get(&net, "shop.example", "/", &["-H", "X-Request-Id: abc-123"]);
+        assert!(body.contains("x-request-id: abc-123\n"), "{body}");
+
+        let (code, body) = get(&net, "shop.example", "/gone", &[]);
+        assert_eq!(code, "503");
+        assert_eq!(
+            body,
+            "service default/missing does not exist or has no such port\n"
+        );
+
+        // An oversized request head is refused; the next request is served as before.
+        let big = format!("X-Big: {}", "a".repeat(40 * 1024));
+        let (code, _) = get(&net, "shop.example", "/", &["-H", &big]);
+        assert_eq!(code, "431", "a 40 KiB header");
+        assert_eq!(who(&net, "shop.example", "/"), "web");
+
+        // The status names the gateway; node-1 is none and does not listen.
+        let c = cluster.fleet().await;
+        let ing = eventually("the ingress's address in status", || async {
+            let list = c
+                .get(flotilla_proto::Kind::Ingress, Some("default"), Some("site"))
+                .await
+                .expect("get ingress");
+            list.into_iter().find_map(|o| match o {
+                Object::Ingress(i) if !i.status.load_balancer.ingress.is_empty() => Some(i),
+                _ => None,
+            })
+        })
+        .await;
+        let ips: Vec<String> = ing
+            .status
+            .load_balancer
+            .ingress
+            .iter()
+            .filter_map(|i| i.ip.clone())
+            .collect();
+        assert_eq!(ips, [Net::agent_ip(0).to_string()]);
+        c.close().await;
+        let url = format!("http://{}/", Net::agent_ip(1));
+        let out =
+            net.agent_ns(0)
+                .exec(&["curl", "-s", "-m", "5", "-H", "Host: shop.example", &url]);
+        assert!(!out.status.success(), "node-1 is no gateway but answered");
+
+        // Without the hub, the gateway routes by what it knows.
+        let mut cluster = cluster;
+        cluster.stop_hub().await;
+        assert_eq!(who(&net, "shop.example", "/api/v2"), "api");
+        assert_eq!(who(&net, "shop.example", "/"), "web");
+        cluster.shutdown().await;
+    });
+}
