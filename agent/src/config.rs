@@ -62,6 +62,8 @@ pub struct Config {
     /// Where the ingress answers HTTP while this node is a gateway; None is `node_ip:80`, an
     /// empty list nowhere.
     pub ingress_listen: Option<Vec<SocketAddr>>,
+    /// The same for HTTPS; None is `node_ip:443`.
+    pub ingress_https_listen: Option<Vec<SocketAddr>>,
 }
 
 /// The mesh link's default UDP port (the hub's is 7443).
@@ -98,6 +100,7 @@ impl Config {
             mesh_listen: None,
             service_proxy: true,
             ingress_listen: None,
+            ingress_https_listen: None,
         }
     }
 }

@@ -75,6 +75,10 @@ struct Args {
     /// repeatable; `none` for nowhere.
     #[arg(long = "ingress-listen")]
     ingress_listen: Vec<String>,
+    /// Where the ingress answers HTTPS while this node is a gateway (default NODE_IP:443);
+    /// repeatable; `none` for nowhere.
+    #[arg(long = "ingress-https-listen")]
+    ingress_https_listen: Vec<String>,
 }
 
 /// `ADDRESS:PORT` values of a repeatable flag, where `none` stands for nowhere.
@@ -126,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.cluster_domain = args.cluster_domain;
     cfg.dns_listen = listen_list("--dns-listen", &args.dns_listen)?;
     cfg.ingress_listen = listen_list("--ingress-listen", &args.ingress_listen)?;
+    cfg.ingress_https_listen = listen_list("--ingress-https-listen", &args.ingress_https_listen)?;
     cfg.mesh_listen = args.mesh_listen;
     cfg.service_proxy = !args.no_service_proxy;
     if let Some(d) = args.secret_dir {

@@ -1555,7 +1555,8 @@ fn report_events(hub: &Hub, node: &str, events: Vec<EventReport>) -> Response {
 }
 
 /// A ConfigMap or Secret for an agent, only when a pod bound to that node refers to it (like
-/// Kubernetes' node authorizer): a node cannot read the fleet's other secrets.
+/// Kubernetes' node authorizer), or, for a gateway, when an Ingress it serves takes its TLS
+/// certificate from it: a node cannot read the fleet's other secrets.
 fn get_config(hub: &Hub, node: &str, kind: Kind, namespace: &str, name: &str) -> Response {
     if !matches!(kind, Kind::ConfigMap | Kind::Secret) {
         return error("forbidden: agents may read only ConfigMaps and Secrets");
@@ -1568,6 +1569,8 @@ fn get_config(hub: &Hub, node: &str, kind: Kind, namespace: &str, name: &str) ->
         }),
         Err(e) => return error(e),
     };
+    let referenced =
+        referenced || (kind == Kind::Secret && serves_tls_of(hub, node, namespace, name));
     if !referenced {
         warn!(node = %node, kind = %kind, namespace, name, "config read refused");
         return error(format!(
@@ -1584,6 +1587,43 @@ fn get_config(hub: &Hub, node: &str, kind: Kind, namespace: &str, name: &str) ->
         Ok(None) => error(not_found(&key)),
         Err(e) => error(e),
     }
+}
+
+/// Whether `node` is a gateway and an Ingress it serves names Secret `namespace/name` for
+/// TLS: the ingress's certificates are the only Secrets a gateway reads for itself.
+fn serves_tls_of(hub: &Hub, node: &str, namespace: &str, name: &str) -> bool {
+    let all = |kind: Kind, ns: Option<&str>| {
+        hub.store
+            .list(kind, ns)
+            .map(|(objects, _)| objects)
+            .unwrap_or_default()
+    };
+    let nodes: Vec<_> = all(Kind::Node, None)
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Node(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let gateway = nodes
+        .iter()
+        .find(|n| n.metadata.name == node)
+        .is_some_and(|n| flotilla_proto::service::is_gateway(n, &nodes));
+    if !gateway {
+        return false;
+    }
+    let classes: Vec<_> = all(Kind::IngressClass, None)
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::IngressClass(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    all(Kind::Ingress, Some(namespace)).iter().any(|o| {
+        matches!(o, Object::Ingress(i)
+            if flotilla_proto::ingress::is_ours(i, &classes)
+                && i.spec.tls.iter().any(|t| t.secret_name.as_deref() == Some(name)))
+    })
 }
 
 /// `name[:tag]`, `name@sha256:…` or a bare `sha256:…` digest.

@@ -76,11 +76,6 @@ pub fn validate(ing: &Ingress) -> Result<(), String> {
             crate::manifest::check_name(&format!("spec.tls[{i}].secretName"), name)?;
         }
     }
-    if !s.tls.is_empty() {
-        return Err(
-            "spec.tls: not supported yet: the ingress serves plain HTTP in this release".into(),
-        );
-    }
     Ok(())
 }
 
@@ -221,6 +216,9 @@ mod tests {
             ing(
                 "  tls: [{hosts: [a.com], secretName: a-tls}]\n  defaultBackend: {service: {name: web, port: {number: 80}}}\n",
             ),
+            ing(
+                "  tls: [{hosts: [A.com], secretName: a-tls}]\n  defaultBackend: {service: {name: web, port: {number: 80}}}\n",
+            ),
         ];
         let got: Vec<String> = cases.iter().map(|c| errors(c)).collect();
         expect_test::expect![[r#"
@@ -242,7 +240,8 @@ mod tests {
             document 1 (ingress web): spec.rules[0].http.paths[0].backend.service.name: Invalid value: "9web": a Service name must start with a lowercase letter (DNS-1035 label)
             document 1 (ingress web): spec.rules[0].http.paths[0].backend.resource: not supported yet: only Service backends are
             document 1 (ingress web): spec.rules[0].http.paths[0].backend: Required value: one backend type must be specified
-            document 1 (ingress web): spec.tls: not supported yet: the ingress serves plain HTTP in this release"#]]
+            ok
+            document 1 (ingress web): spec.tls[0].hosts[0] must consist of lowercase letters, digits, '-' or '.', and start and end with a letter or digit, got "A.com""#]]
         .assert_eq(&got.join("\n"));
     }
 

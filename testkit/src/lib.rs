@@ -260,9 +260,10 @@ impl Cluster {
             cfg.mesh_listen = Some(std::net::SocketAddr::new(cfg.node_ip, 0));
             // Agents sharing this host's namespace would take each other's cluster IPs.
             cfg.service_proxy = cluster.placement.is_some();
-            // The same for the ingress's port 80.
+            // The same for the ingress's ports 80 and 443.
             if cluster.placement.is_none() {
                 cfg.ingress_listen = Some(Vec::new());
+                cfg.ingress_https_listen = Some(Vec::new());
             }
             cfg.heartbeat = Duration::from_secs(1);
             cfg.backoff_base = Duration::from_millis(200);

@@ -6,8 +6,10 @@
 //! other node over the mesh, the endpoint sees the ingress's forwarding headers (not the
 //! client's forged ones) and a request id, a missing service is a 503 that names it,
 //! oversized request heads are refused while normal requests keep flowing, the status lists
-//! the gateway, and a node that is no gateway does not listen. Needs root, iproute2 and curl
-//! (CI has them).
+//! the gateway, and a node that is no gateway does not listen. Over HTTPS: the certificate
+//! of the Ingress's TLS Secret by SNI (HTTP/2 by ALPN, HTTP/1.1 too), the default
+//! self-signed one for other names, and a renewed Secret served without a restart. Needs
+//! root, iproute2 and curl (CI has them).
 use flotilla_proto::Object;
 use flotilla_testkit::netns::Net;
 use flotilla_testkit::{Cluster, eventually};
@@ -63,6 +65,84 @@ spec:
       paths:
       - {path: /, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
 "#;
+
+/// A CA and a certificate it signed for `host`: (CA PEM, certificate PEM, key PEM).
+fn issue(host: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Subject and issuer must differ, or the leaf reads as self-signed.
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("test CA for {host}"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec![host.to_string()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, host);
+    let leaf = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), leaf.pem(), key.serialize_pem())
+}
+
+fn tls_secret(name: &str, cert: &str, key: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(cert),
+        b64(key)
+    )
+}
+
+const SECURE: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: secure}
+spec:
+  tls: [{hosts: [secure.example], secretName: secure-tls}]
+  rules:
+  - host: secure.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+"#;
+
+/// curl over HTTPS from node-1's namespace to node-0's ingress for `host`, trusting `ca`
+/// (a file), or anything with None: (HTTP version, status, body), or None when the
+/// handshake or verification failed.
+fn get_tls(
+    net: &Net,
+    host: &str,
+    ca: Option<&str>,
+    http2: bool,
+) -> Option<(String, String, String)> {
+    let resolve = format!("{host}:443:{}", Net::agent_ip(0));
+    let url = format!("https://{host}/");
+    let mut args = vec![
+        "curl",
+        "-s",
+        "-m",
+        "10",
+        "--resolve",
+        &resolve,
+        "-w",
+        "\n%{http_version} %{http_code}",
+    ];
+    match ca {
+        Some(ca) => args.extend(["--cacert", ca]),
+        None => args.push("-k"),
+    }
+    args.push(if http2 { "--http2" } else { "--http1.1" });
+    args.push(&url);
+    let out = net.agent_ns(1).exec(&args);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, tail) = text.rsplit_once('\n')?;
+    let (version, code) = tail.split_once(' ')?;
+    Some((version.to_string(), code.to_string(), body.to_string()))
+}
 
 /// curl from node-1's namespace to node-0's ingress: (status, body).
 fn get(net: &Net, host: &str, path: &str, extra: &[&str]) -> (String, String) {
@@ -221,11 +301,51 @@ fn ingress_routes_by_host_and_path_to_services_on_any_node() {
                 .exec(&["curl", "-s", "-m", "5", "-H", "Host: shop.example", &url]);
         assert!(!out.status.success(), "node-1 is no gateway but answered");
 
+        // HTTPS: the Secret's certificate for its host, by SNI, over HTTP/2 or HTTP/1.1.
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = issue("secure.example");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca).unwrap();
+        let ca_file = ca_file.to_str().unwrap().to_string();
+        cluster
+            .apply(&tls_secret("secure-tls", &cert, &key))
+            .await
+            .expect("apply the TLS secret");
+        cluster.apply(SECURE).await.expect("apply the TLS ingress");
+        let (version, code, body) = eventually("HTTPS with the secret's certificate", || async {
+            get_tls(&net, "secure.example", Some(&ca_file), true)
+        })
+        .await;
+        assert_eq!((version.as_str(), code.as_str()), ("2", "200"), "{body}");
+        assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
+        let (version, code, _) =
+            get_tls(&net, "secure.example", Some(&ca_file), false).expect("HTTPS over HTTP/1.1");
+        assert_eq!((version.as_str(), code.as_str()), ("1.1", "200"));
+        // Other names get the default certificate, which nobody's CA signed.
+        assert_eq!(get_tls(&net, "shop.example", Some(&ca_file), true), None);
+        let (_, code, body) = get_tls(&net, "shop.example", None, true).expect("-k");
+        assert_eq!(code, "200", "{body}");
+
+        // A renewed certificate (from another CA) is served without a restart.
+        let (ca2, cert2, key2) = issue("secure.example");
+        let ca2_file = dir.path().join("ca2.pem");
+        std::fs::write(&ca2_file, &ca2).unwrap();
+        let ca2_file = ca2_file.to_str().unwrap().to_string();
+        cluster
+            .apply(&tls_secret("secure-tls", &cert2, &key2))
+            .await
+            .expect("renew the TLS secret");
+        eventually("the renewed certificate", || async {
+            get_tls(&net, "secure.example", Some(&ca2_file), true)
+        })
+        .await;
+
         // Without the hub, the gateway routes by what it knows.
         let mut cluster = cluster;
         cluster.stop_hub().await;
         assert_eq!(who(&net, "shop.example", "/api/v2"), "api");
         assert_eq!(who(&net, "shop.example", "/"), "web");
+        assert!(get_tls(&net, "secure.example", Some(&ca2_file), true).is_some());
         cluster.shutdown().await;
     });
 }

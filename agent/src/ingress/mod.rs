@@ -1,7 +1,10 @@
 //! The ingress: HTTP from outside the cluster to Services, by host and path, on the gateway
 //! nodes (the same ones that serve LoadBalancer services).
 //!
-//! It listens on `ingress_listen` (default NODE_IP:80) while this node is a gateway, and
+//! It listens on `ingress_listen` (default NODE_IP:80) for HTTP/1.1 and on
+//! `ingress_https_listen` (default NODE_IP:443) for HTTPS with HTTP/2 or HTTP/1.1 by ALPN,
+//! with certificates by SNI from the Ingresses' TLS Secrets ([`tls`]), while this node is a
+//! gateway, and
 //! routes each request by the [`routes`] of every Ingress that is ours to a Ready endpoint
 //! of the backend Service, on any node: it picks the endpoint and reaches it the way the
 //! mesh does (directly on this node, over the mesh link elsewhere, through the hub as a last
@@ -15,6 +18,7 @@
 //! [`MAX_CONNECTIONS`] open connections, new ones get a 503 and are closed.
 pub mod pool;
 pub mod routes;
+pub mod tls;
 
 use crate::Shared;
 use crate::mesh::link::Link;
@@ -52,24 +56,42 @@ struct Ingress {
     routes: watch::Sender<Arc<Routes>>,
     pool: Arc<Pool>,
     connections: Arc<Semaphore>,
+    tls: tokio_rustls::TlsAcceptor,
 }
 
-/// Where the ingress listens: the configured addresses, or NODE_IP:80.
-fn listen_addrs(shared: &Shared) -> Vec<SocketAddr> {
-    shared
-        .cfg
-        .ingress_listen
-        .clone()
-        .unwrap_or_else(|| vec![SocketAddr::new(shared.cfg.node_ip, 80)])
+/// Where the ingress listens for HTTP and for HTTPS: the configured addresses, or NODE_IP
+/// at 80 and 443.
+fn listen_addrs(shared: &Shared) -> [(Vec<SocketAddr>, bool); 2] {
+    let cfg = &shared.cfg;
+    let or = |given: &Option<Vec<SocketAddr>>, port| {
+        given
+            .clone()
+            .unwrap_or_else(|| vec![SocketAddr::new(cfg.node_ip, port)])
+    };
+    [
+        (or(&cfg.ingress_listen, 80), false),
+        (or(&cfg.ingress_https_listen, 443), true),
+    ]
 }
 
 /// Follows the service table: rebuilds the routes on every change, and listens while this
 /// node is a gateway.
 pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken) {
     let addrs = listen_addrs(&shared);
-    if addrs.is_empty() {
+    if addrs.iter().all(|(a, _)| a.is_empty()) {
         return;
     }
+    let resolver = match tls::Resolver::new() {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            warn!(error = %e, "ingress cannot make its default certificate; it does not run");
+            return;
+        }
+    };
+    let mut tls_config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    tls_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let mut table_rx = shared.mesh_table.subscribe();
     let ingress = Arc::new(Ingress {
         shared: shared.clone(),
@@ -77,6 +99,7 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
         routes: watch::channel(Arc::default()).0,
         pool: Arc::default(),
         connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
     });
     let mut serving: Option<CancellationToken> = None;
     loop {
@@ -96,17 +119,27 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
         match (&serving, gateway) {
             (None, true) => {
                 let stop = cancel.child_token();
-                for addr in &addrs {
-                    match TcpListener::bind(addr).await {
-                        Ok(l) => {
-                            info!(%addr, "ingress listening");
-                            shared
-                                .tracker
-                                .spawn(accept(l, ingress.clone(), stop.clone()));
+                for (list, https) in &addrs {
+                    for addr in list {
+                        match TcpListener::bind(addr).await {
+                            Ok(l) => {
+                                info!(%addr, https, "ingress listening");
+                                shared.tracker.spawn(accept(
+                                    l,
+                                    *https,
+                                    ingress.clone(),
+                                    stop.clone(),
+                                ));
+                            }
+                            Err(e) => warn!(%addr, error = %e, "ingress cannot listen here"),
                         }
-                        Err(e) => warn!(%addr, error = %e, "ingress cannot listen here"),
                     }
                 }
+                shared.tracker.spawn(refresh_certs(
+                    shared.clone(),
+                    resolver.clone(),
+                    stop.clone(),
+                ));
                 serving = Some(stop);
             }
             (Some(stop), false) => {
@@ -123,7 +156,27 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
     }
 }
 
-async fn accept(listener: TcpListener, ingress: Arc<Ingress>, stop: CancellationToken) {
+/// Keeps the certificates in step with the Ingresses (at once) and their Secrets (every
+/// refresh period, as for secret volumes).
+async fn refresh_certs(shared: Arc<Shared>, resolver: Arc<tls::Resolver>, stop: CancellationToken) {
+    let mut objects = shared.discovery.subscribe();
+    loop {
+        let certs = tls::load(&shared).await;
+        resolver.certs.store(Arc::new(certs));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = objects.changed() => {}
+            _ = tokio::time::sleep(shared.cfg.volume_refresh) => {}
+        }
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    https: bool,
+    ingress: Arc<Ingress>,
+    stop: CancellationToken,
+) {
     loop {
         let (tcp, client) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -142,51 +195,100 @@ async fn accept(listener: TcpListener, ingress: Arc<Ingress>, stop: Cancellation
         let stop = stop.clone();
         tokio::spawn(async move {
             let permit = ingress.connections.clone().try_acquire_owned().ok();
-            let overloaded = permit.is_none();
-            let service = hyper::service::service_fn(move |req| {
-                let ingress = ingress.clone();
-                async move {
-                    let resp = if overloaded {
-                        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "ingress overloaded\n");
-                        r.headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        r
-                    } else {
-                        ingress.handle(req, client, local).await
-                    };
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                // hyper's read buffer bounds the head only roughly; `head_size` is exact.
-                .max_buf_size(2 * MAX_HEADER_BYTES)
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let r = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let at = Peers {
+                client,
+                local,
+                https,
             };
-            if let Err(e) = r {
-                debug!(%client, error = %e, "ingress connection ended with an error");
+            if !https {
+                return serve(TokioIo::new(tcp), false, at, ingress, permit, stop).await;
             }
-            drop(permit);
+            let tls = tokio::time::timeout(HEADER_TIMEOUT, ingress.tls.accept(tcp)).await;
+            match tls {
+                Ok(Ok(tls)) => {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve(TokioIo::new(tls), h2, at, ingress, permit, stop).await
+                }
+                Ok(Err(e)) => debug!(%client, error = %e, "ingress TLS handshake failed"),
+                Err(_) => debug!(%client, "ingress TLS handshake timed out"),
+            }
         });
     }
 }
 
+/// The two ends of a client connection, and whether it is HTTPS.
+#[derive(Clone, Copy)]
+struct Peers {
+    client: SocketAddr,
+    local: SocketAddr,
+    https: bool,
+}
+
+/// Serves one client connection, HTTP/1.1 or HTTP/2; without a connection permit, every
+/// request on it gets a 503.
+async fn serve<I>(
+    io: TokioIo<I>,
+    h2: bool,
+    at: Peers,
+    ingress: Arc<Ingress>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let overloaded = permit.is_none();
+    let service = hyper::service::service_fn(move |req| {
+        let ingress = ingress.clone();
+        async move {
+            let resp = if overloaded {
+                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "ingress overloaded\n");
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            } else {
+                ingress.handle(req, at).await
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let r = if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            // hyper's read buffer bounds the head only roughly; `head_size` is exact.
+            .max_buf_size(2 * MAX_HEADER_BYTES)
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = r {
+        debug!(client = %at.client, error = %e, "ingress connection ended with an error");
+    }
+    drop(permit);
+}
+
 impl Ingress {
-    async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        client: SocketAddr,
-        local: SocketAddr,
-    ) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>, at: Peers) -> Response<Body> {
         if head_size(&req) > MAX_HEADER_BYTES {
             return text(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -214,13 +316,13 @@ impl Ingress {
             );
         };
         let upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        forward_headers(&mut req, &host, client, local, upgrade.is_some());
+        forward_headers(&mut req, &host, at, upgrade.is_some());
         let picked = crate::mesh::connect(
             &self.shared,
             &self.link,
             &table,
             backend,
-            client.ip(),
+            at.client.ip(),
             |t| self.pool.take(t),
         )
         .await;
@@ -360,13 +462,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Makes a client's request one for an endpoint: origin-form, HTTP/1.1, without hop-by-hop
 /// headers, with the forwarding headers set by the ingress (those the client sent are
 /// replaced) and a request id.
-fn forward_headers(
-    req: &mut Request<Incoming>,
-    host: &str,
-    client: SocketAddr,
-    local: SocketAddr,
-    upgrade: bool,
-) {
+fn forward_headers(req: &mut Request<Incoming>, host: &str, at: Peers, upgrade: bool) {
     let path = req
         .uri()
         .path_and_query()
@@ -381,15 +477,16 @@ fn forward_headers(
     {
         h.insert(header::HOST, v);
     }
-    let ip = HeaderValue::from_str(&client.ip().to_string()).ok();
+    let ip = HeaderValue::from_str(&at.client.ip().to_string()).ok();
+    let proto = if at.https { "https" } else { "http" };
     for (name, value) in [
         (&X_FORWARDED_FOR, ip.clone()),
         (&X_REAL_IP, ip),
         (&X_FORWARDED_HOST, HeaderValue::from_str(host).ok()),
-        (&X_FORWARDED_PROTO, Some(HeaderValue::from_static("http"))),
+        (&X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto))),
         (
             &X_FORWARDED_PORT,
-            HeaderValue::from_str(&local.port().to_string()).ok(),
+            HeaderValue::from_str(&at.local.port().to_string()).ok(),
         ),
     ] {
         h.remove(name);

@@ -165,7 +165,13 @@ pub fn build(objects: &Objects, me: &Me, prev: &Table) -> Table {
             _ => {}
         }
     }
-    let gateway = flotilla_proto::service::is_gateway(&own, nodes.into_iter().chain([&own]));
+    // Until the node has heard of itself (a first start, before the hub's snapshot), it
+    // cannot know whether others are labelled: it is no gateway yet.
+    let knows_itself = objects
+        .keys()
+        .any(|k| k.kind == flotilla_proto::Kind::Node && k.name == me.node);
+    let gateway =
+        knows_itself && flotilla_proto::service::is_gateway(&own, nodes.into_iter().chain([&own]));
     let mut table = Table {
         peers,
         ..Default::default()

@@ -244,10 +244,20 @@ fn load_balancer_ports_open_on_gateway_nodes_only() {
         let t = build(&self::objects(objects), &me(), &Table::default());
         t.frontends.keys().map(|a| a.to_string()).collect()
     };
+    let plain_me = node("a", "192.168.1.10", None, "");
     // No node is labelled: every node is a gateway.
     assert_eq!(
-        listens(vec![lb.clone(), node("b", "192.168.1.11", None, "")]),
+        listens(vec![
+            lb.clone(),
+            plain_me.clone(),
+            node("b", "192.168.1.11", None, "")
+        ]),
         ["10.43.0.20:8081", "192.168.1.10:8081", "192.168.1.10:30081"]
+    );
+    // Before this node has heard of itself, it cannot tell: no gateway yet.
+    assert_eq!(
+        listens(vec![lb.clone(), node("b", "192.168.1.11", None, "")]),
+        ["10.43.0.20:8081", "192.168.1.10:30081"]
     );
     // Another node is: this one only keeps the cluster IP and the node port.
     let mut gw = node("b", "192.168.1.11", None, "");
@@ -257,7 +267,7 @@ fn load_balancer_ports_open_on_gateway_nodes_only() {
             .insert(flotilla_proto::service::GATEWAY_LABEL.into(), "true".into());
     }
     assert_eq!(
-        listens(vec![lb.clone(), gw.clone()]),
+        listens(vec![lb.clone(), plain_me.clone(), gw.clone()]),
         ["10.43.0.20:8081", "192.168.1.10:30081"]
     );
     // This node labelled too (its cached Node object says so).
