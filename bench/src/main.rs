@@ -4,12 +4,13 @@
 //!
 //! With no argument it runs the WASI benchmarks, then `sched` and `lost`. Subcommands run one
 //! benchmark: `sched`, `lost`, `dns` (dnsperf against the agent, unbound and BIND 9, which
-//! scripts/bench installs), `container-start` and `pull` (the last two need root and the
+//! scripts/bench installs), `mesh` and `ingress` (against nginx, in network namespaces), `container-start` and `pull` (the last two need root and the
 //! container tools scripts/setup installs). The binaries are taken from
 //! `$CARGO_TARGET_DIR/release` when that is set, else from `<repo>/target/release`.
 #![allow(clippy::print_stdout)]
 mod containers;
 mod dns;
+mod ingress;
 mod lost;
 mod mesh;
 mod sched;
@@ -346,6 +347,52 @@ fn wrk_in(netns: Option<&str>, url: &str, secs: u32) -> anyhow::Result<(u64, f64
     Ok((reqs, rps, p99))
 }
 
+/// Whether `url` answers 2xx from network namespace `netns`.
+fn answers(netns: &str, url: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "curl",
+            "-sf",
+            "-m",
+            "1",
+            "-o",
+            "/dev/null",
+            url,
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// nginx in network namespace `netns`, one worker in one process (no master), with its
+/// files under `prefix` and `servers` as its http block.
+fn nginx_in(netns: &str, prefix: &std::path::Path, servers: &str) -> anyhow::Result<Proc> {
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  {servers}\n}}\n",
+            p = prefix.display()
+        ),
+    )?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", netns, "nginx", "-p"])
+        .arg(prefix)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("nginx is required (scripts/bench installs it)")?;
+    Ok(Proc {
+        child,
+        name: "nginx",
+    })
+}
+
 fn peer_wasmtime() -> Option<PathBuf> {
     let p = root().join("target/bench-tools/bin/wasmtime");
     p.exists().then_some(p)
@@ -374,6 +421,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if only.iter().any(|a| a == "mesh") {
         return tokio::task::spawn_blocking(mesh::run).await?;
+    }
+    if only.iter().any(|a| a == "ingress") {
+        return tokio::task::spawn_blocking(ingress::run).await?;
     }
     let secs: u32 = std::env::var("BENCH_SECS")
         .ok()

@@ -4,12 +4,13 @@
 //! (pod to pod on a flat network) and through a Service's cluster IP, which node a's agent
 //! proxies over the mesh link (QUIC, mutual TLS) to node b's agent. Printed: requests/s, p99,
 //! and CPU per request of the agents, with the ratio to the direct path.
-use crate::{Proc, cpu_time, pin_to, start_agent_in, start_hub_at, wait_nodes_ready, wrk_in};
+use crate::{
+    Proc, answers, cpu_time, pin_to, start_agent_in, start_hub_at, wait_nodes_ready, wrk_in,
+};
 use anyhow::{Context as _, bail};
 use flotilla_proto::api::{Kind, Object};
 use flotilla_testkit::netns::Net;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SECS: u32 = 10;
@@ -107,47 +108,10 @@ ports: [{{name: http, port: {BACKEND_PORT}, protocol: TCP}}]
     Ok(())
 }
 
-fn answers(netns: &str, url: &str) -> bool {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            "curl",
-            "-sf",
-            "-m",
-            "1",
-            "-o",
-            "/dev/null",
-            url,
-        ])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// nginx in `netns` on `ip:8080`, one worker, answering a short body.
 fn nginx(netns: &str, dir: &std::path::Path, ip: String) -> anyhow::Result<Proc> {
-    let prefix = dir.join("nginx");
-    std::fs::create_dir_all(prefix.join("logs"))?;
-    let conf = prefix.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  server {{\n    listen {ip}:{BACKEND_PORT};\n    location / {{ return 200 \"hello\\n\"; }}\n  }}\n}}\n",
-            p = prefix.display()
-        ),
-    )?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", netns, "nginx", "-p"])
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("nginx is required (scripts/bench installs it)")?;
-    Ok(Proc {
-        child,
-        name: "nginx",
-    })
+    let server = format!(
+        "server {{ listen {ip}:{BACKEND_PORT}; location / {{ return 200 \"hello\\n\"; }} }}"
+    );
+    crate::nginx_in(netns, &dir.join("nginx"), &server)
 }

@@ -1,0 +1,142 @@
+//! `flotilla-bench ingress`: the ingress against nginx proxying the same route. A real hub and
+//! one real agent (the gateway) in a network namespace, an nginx backend beside it as the
+//! Service's endpoint, and a second nginx configured as the reverse proxy Kubernetes'
+//! ingress-nginx would be (keep-alive upstream, the same forwarding headers). wrk in another
+//! namespace calls both, plain and over TLS (ECDSA P-256 certificates on both). The proxies
+//! and the backend share core 0, wrk has core 1. Printed: requests/s, p99, CPU per request of
+//! the proxy process, its RSS, and the ratios to nginx.
+use crate::{
+    answers, cpu_time, mib, nginx_in, pin_to, rss, start_agent_in, start_hub_at, wait_nodes_ready,
+    wrk_in,
+};
+use anyhow::{Context as _, bail};
+use flotilla_testkit::netns::Net;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const SECS: u32 = 10;
+const BACKEND_PORT: u16 = 8080;
+
+pub fn run() -> anyhow::Result<()> {
+    let net = Net::create(2).context("network namespaces (needs root and iproute2)")?;
+    net.block_on(bench(&net))
+}
+
+async fn bench(net: &Net) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub_addr = SocketAddr::new(Net::HUB_IP.into(), 7443);
+    let (_hub, client) = start_hub_at(dir.path(), hub_addr, &[]).await?;
+    let token = client.create_token(Some(600), None).await?;
+    let ip = Net::agent_ip(0);
+    let ns = net.agent_ns(0).name().to_string();
+    let agent = start_agent_in(
+        Some(&ns),
+        dir.path(),
+        hub_addr,
+        &token,
+        "a",
+        &["--node-ip", &ip.to_string(), "--dns-listen", "none"],
+    )?;
+    wait_nodes_ready(&client, 1).await?;
+    let backend = nginx_in(
+        &ns,
+        &dir.path().join("backend"),
+        &format!(
+            "server {{ listen {ip}:{BACKEND_PORT}; location / {{ return 200 \"hello\\n\"; }} }}"
+        ),
+    )?;
+    let cert = rcgen::generate_simple_self_signed(vec!["bench.example".into()])?;
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&crt, cert.cert.pem())?;
+    std::fs::write(&key, cert.signing_key.serialize_pem())?;
+    let headers = "proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+        proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr; \
+        proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Host $host; \
+        proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Port $server_port; \
+        proxy_set_header X-Request-Id $request_id;";
+    let proxy = nginx_in(
+        &ns,
+        &dir.path().join("proxy"),
+        &format!(
+            "upstream backend {{ server {ip}:{BACKEND_PORT}; keepalive 32; }}\n  \
+             server {{ listen {ip}:8000; listen {ip}:8443 ssl; \
+             ssl_certificate {}; ssl_certificate_key {}; \
+             location / {{ proxy_pass http://backend; {headers} }} }}",
+            crt.display(),
+            key.display()
+        ),
+    )?;
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: bench}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {BACKEND_PORT}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: bench-1, labels: {{kubernetes.io/service-name: bench}}}}
+addressType: IPv4
+endpoints: [{{addresses: ["{ip}"], nodeName: a, conditions: {{ready: true}}}}]
+ports: [{{name: http, port: {BACKEND_PORT}, protocol: TCP}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: bench}}
+spec:
+  rules:
+  - http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: bench, port: {{number: 80}}}}}}}}
+"#
+    );
+    client.apply_text(&yaml).await?;
+    let client_ns = net.agent_ns(1).name().to_string();
+    let ours = format!("http://{ip}/");
+    let start = Instant::now();
+    while !answers(&client_ns, &ours) {
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("{ours} does not answer");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for pid in [agent.pid(), backend.pid(), proxy.pid()] {
+        pin_to(pid, 0);
+    }
+    println!(
+        "== ingress: wrk -t1 -c16 {SECS}s on core 1 -> proxy -> nginx backend; proxies and backend on core 0"
+    );
+    let runs = [
+        (
+            "nginx (reverse proxy)",
+            format!("http://{ip}:8000/"),
+            &proxy,
+        ),
+        ("flotilla ingress", ours, &agent),
+        ("nginx, TLS", format!("https://{ip}:8443/"), &proxy),
+        ("flotilla ingress, TLS", format!("https://{ip}/"), &agent),
+    ];
+    let mut per_req = Vec::new();
+    for (label, url, server) in &runs {
+        let cpu0 = cpu_time(server.pid());
+        let (reqs, rps, p99) = wrk_in(Some(&client_ns), url, SECS)?;
+        let cpu = cpu_time(server.pid()).saturating_sub(cpu0);
+        let per = cpu.as_secs_f64() * 1e6 / reqs.max(1) as f64;
+        println!(
+            "  {label:<24} {rps:>9.0} req/s  p99 {p99:>8}  CPU {per:>6.1} µs/req  RSS {}",
+            mib(rss(server.pid()))
+        );
+        per_req.push((rps, per));
+    }
+    for (i, what) in [(0, "plain"), (2, "TLS")] {
+        let ((n_rps, n_cpu), (o_rps, o_cpu)) = (per_req[i], per_req[i + 1]);
+        println!(
+            "  {what}: ingress / nginx = {:.2}x the CPU per request, {:.2}x the requests/s (goal CPU <= 0.9x)",
+            o_cpu / n_cpu,
+            o_rps / n_rps
+        );
+    }
+    client.close().await;
+    Ok(())
+}
