@@ -505,7 +505,11 @@ mod tests {
                     > a.meta().resource_version.parse::<u64>().unwrap()
             );
             let changes = s.changes_since(0).unwrap().unwrap();
-            assert_eq!(changes.len(), 3, "default namespace + two writes");
+            assert_eq!(
+                changes.len(),
+                4,
+                "default namespace, ingress class, two writes"
+            );
             (a2.meta().uid.clone(), s.revision().unwrap())
         };
         let s = Store::open(&path, &key).unwrap();

@@ -267,6 +267,11 @@ fn ingress_routes_by_host_and_path_to_services_on_any_node() {
             "service default/missing does not exist or has no such port\n"
         );
 
+        // HTTP/2 without TLS, for clients that start with its preface (h2c).
+        let (code, body) = get(&net, "shop.example", "/api", &["--http2-prior-knowledge"]);
+        assert_eq!(code, "200", "h2c: {body}");
+        assert!(body.starts_with("hello from api-"), "{body}");
+
         // An oversized request head is refused; the next request is served as before.
         let big = format!("X-Big: {}", "a".repeat(40 * 1024));
         let (code, _) = get(&net, "shop.example", "/", &["-H", &big]);

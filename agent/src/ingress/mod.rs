@@ -2,7 +2,8 @@
 //! nodes (the same ones that serve LoadBalancer services).
 //!
 //! It listens on `ingress_listen` (default NODE_IP:80) for HTTP/1.1 and on
-//! `ingress_https_listen` (default NODE_IP:443) for HTTPS with HTTP/2 or HTTP/1.1 by ALPN,
+//! `ingress_https_listen` (default NODE_IP:443) for HTTPS with HTTP/2 or HTTP/1.1 by ALPN
+//! (HTTP/2 without TLS too, for clients that start with its preface: h2c),
 //! with certificates by SNI from the Ingresses' TLS Secrets ([`tls`]), while this node is a
 //! gateway, and
 //! routes each request by the [`routes`] of every Ingress that is ours to a Ready endpoint
@@ -28,7 +29,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pool::{Pool, PooledBody, Sender};
 use routes::Routes;
 use std::net::SocketAddr;
@@ -201,14 +202,11 @@ async fn accept(
                 https,
             };
             if !https {
-                return serve(TokioIo::new(tcp), false, at, ingress, permit, stop).await;
+                return serve(TokioIo::new(tcp), at, ingress, permit, stop).await;
             }
             let tls = tokio::time::timeout(HEADER_TIMEOUT, ingress.tls.accept(tcp)).await;
             match tls {
-                Ok(Ok(tls)) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve(TokioIo::new(tls), h2, at, ingress, permit, stop).await
-                }
+                Ok(Ok(tls)) => serve(TokioIo::new(tls), at, ingress, permit, stop).await,
                 Ok(Err(e)) => debug!(%client, error = %e, "ingress TLS handshake failed"),
                 Err(_) => debug!(%client, "ingress TLS handshake timed out"),
             }
@@ -224,11 +222,10 @@ struct Peers {
     https: bool,
 }
 
-/// Serves one client connection, HTTP/1.1 or HTTP/2; without a connection permit, every
-/// request on it gets a 503.
+/// Serves one client connection, HTTP/1.1 or HTTP/2 (by ALPN, or a cleartext client's
+/// HTTP/2 preface); without a connection permit, every request on it gets a 503.
 async fn serve<I>(
     io: TokioIo<I>,
-    h2: bool,
     at: Peers,
     ingress: Arc<Ingress>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -251,34 +248,22 @@ async fn serve<I>(
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let r = if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(MAX_HEADER_BYTES as u32)
-            .serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            // hyper's read buffer bounds the head only roughly; `head_size` is exact.
-            .max_buf_size(2 * MAX_HEADER_BYTES)
-            .serve_connection(io, service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        // hyper's read buffer bounds the head only roughly; `head_size` is exact.
+        .max_buf_size(2 * MAX_HEADER_BYTES);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let conn = http.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
     };
     if let Err(e) = r {

@@ -42,25 +42,8 @@ pub struct Routes {
 
 impl Routes {
     pub fn build(objects: &Objects) -> Routes {
-        let classes: Vec<&IngressClass> = objects
-            .values()
-            .filter_map(|o| match o {
-                Object::IngressClass(c) => Some(c),
-                _ => None,
-            })
-            .collect();
-        let mut ingresses: Vec<&Ingress> = objects
-            .values()
-            .filter_map(|o| match o {
-                Object::Ingress(i) => Some(i),
-                _ => None,
-            })
-            .filter(|i| flotilla_proto::ingress::is_ours(i, classes.iter().copied()))
-            .collect();
-        // Oldest first (RFC 3339 sorts by time), so the older Ingress keeps a contested route.
-        ingresses.sort_by_key(|i| i.metadata.creation_timestamp.clone());
         let mut routes = Routes::default();
-        for ing in ingresses {
+        for ing in ours(objects) {
             let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
             let to = |b: &IngressBackend| {
                 b.service.as_ref().map(|s| BackendRef {
@@ -131,6 +114,28 @@ impl Routes {
             && self.any.is_empty()
             && self.default.is_none()
     }
+}
+
+/// The Ingresses the ingress serves (`ingress::is_ours`), oldest first (RFC 3339 times sort
+/// by time), so the older one keeps whatever two of them claim.
+pub fn ours(objects: &Objects) -> Vec<&Ingress> {
+    let classes: Vec<&IngressClass> = objects
+        .values()
+        .filter_map(|o| match o {
+            Object::IngressClass(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let mut ingresses: Vec<&Ingress> = objects
+        .values()
+        .filter_map(|o| match o {
+            Object::Ingress(i) => Some(i),
+            _ => None,
+        })
+        .filter(|i| flotilla_proto::ingress::is_ours(i, classes.iter().copied()))
+        .collect();
+    ingresses.sort_by_key(|i| i.metadata.creation_timestamp.clone());
+    ingresses
 }
 
 impl Match {

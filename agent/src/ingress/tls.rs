@@ -8,12 +8,12 @@ use crate::Shared;
 use arc_swap::ArcSwap;
 use base64::Engine as _;
 use flotilla_proto::Object;
-use flotilla_proto::api::{Ingress, IngressClass, Kind};
+use flotilla_proto::api::Kind;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::warn;
 
@@ -101,27 +101,9 @@ pub fn from_secret(secret: &Object) -> anyhow::Result<CertifiedKey> {
 /// Which Secret serves which host names: every `spec.tls` entry of the Ingresses that are
 /// ours, oldest Ingress first (it keeps a contested host). An entry without hosts covers its
 /// Ingress's rule hosts.
-pub fn wanted(
-    objects: &BTreeMap<flotilla_proto::ObjectKey, Object>,
-) -> Vec<((String, String), Vec<String>)> {
-    let classes: Vec<&IngressClass> = objects
-        .values()
-        .filter_map(|o| match o {
-            Object::IngressClass(c) => Some(c),
-            _ => None,
-        })
-        .collect();
-    let mut ingresses: Vec<&Ingress> = objects
-        .values()
-        .filter_map(|o| match o {
-            Object::Ingress(i) => Some(i),
-            _ => None,
-        })
-        .filter(|i| flotilla_proto::ingress::is_ours(i, classes.iter().copied()))
-        .collect();
-    ingresses.sort_by_key(|i| i.metadata.creation_timestamp.clone());
+pub fn wanted(objects: &crate::discovery::Objects) -> Vec<((String, String), Vec<String>)> {
     let mut out = Vec::new();
-    for ing in ingresses {
+    for ing in super::routes::ours(objects) {
         let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
         for tls in &ing.spec.tls {
             let Some(secret) = &tls.secret_name else {
@@ -146,7 +128,8 @@ pub fn wanted(
 /// missing or unusable is logged and skipped: its hosts get the fallback certificate, and
 /// every other Ingress keeps its own.
 pub async fn load(shared: &Shared) -> Certs {
-    let wanted = wanted(&shared.discovery.borrow().clone());
+    let objects = shared.discovery.borrow().clone();
+    let wanted = wanted(&objects);
     let mut certs = Certs::default();
     let mut read: HashMap<(String, String), Option<Arc<CertifiedKey>>> = HashMap::new();
     for ((ns, name), hosts) in wanted {
