@@ -4,7 +4,9 @@
 //! ingress-nginx would be (keep-alive upstream, the same forwarding headers). wrk in another
 //! namespace calls both, plain and over TLS (ECDSA P-256 certificates on both). The proxies
 //! and the backend share core 0, wrk has core 1. Printed: requests/s, p99, CPU per request of
-//! the proxy process, its RSS, and the ratios to nginx.
+//! the proxy process, its RSS, and the ratios to nginx. Then the in-process path: the hello
+//! wasi:http component as a pod on the gateway, reached through the ingress (handed over
+//! without a socket), against `wasmtime serve` of the same component called directly.
 use crate::{
     answers, cpu_time, mib, nginx_in, pin_to, rss, start_agent_in, start_hub_at, wait_nodes_ready,
     wrk_in,
@@ -137,6 +139,106 @@ spec:
             o_rps / n_rps
         );
     }
+    in_process(&client, &ns, &client_ns, &ip.to_string(), &agent).await?;
     client.close().await;
     Ok(())
+}
+
+/// The ingress handing requests to a same-node wasi:http pod vs `wasmtime serve`.
+async fn in_process(
+    client: &fleet::Client,
+    ns: &str,
+    client_ns: &str,
+    ip: &str,
+    agent: &crate::Proc,
+) -> anyhow::Result<()> {
+    let hello = fleet::up::example_wasm(&crate::root().join("examples"), "hello");
+    let bytes = std::fs::read(&hello)
+        .with_context(|| format!("{}: run scripts/build-examples", hello.display()))?;
+    client.push(&bytes, "hello", "latest").await?;
+    client
+        .apply_text(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hello, labels: {app: hello}}
+spec:
+  containers: [{name: hello, image: "hello:latest"}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello}
+spec:
+  selector: {app: hello}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: hello}
+spec:
+  rules:
+  - http:
+      paths:
+      - {path: /wasm, pathType: Prefix, backend: {service: {name: hello, port: {number: 80}}}}
+"#,
+        )
+        .await?;
+    let url = format!("http://{ip}/wasm");
+    let start = Instant::now();
+    while !answers(client_ns, &url) {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{url} does not answer");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let peer = crate::peer_wasmtime().map(|w| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(w)
+            .args(["serve", "-O", "pooling-allocator", "-Scli", "--addr"])
+            .arg(format!("{ip}:8090"))
+            .arg(&hello)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+    });
+    println!("== in-process wasi:http (hello): wrk -t1 -c16 {SECS}s on core 1, server on core 0");
+    let (ours, rps, p99) = measure(agent.pid(), client_ns, &url)?;
+    println!(
+        "  ingress -> pod, in process  {rps:>9.0} req/s  p99 {p99:>8}  CPU {ours:>6.1} µs/req"
+    );
+    let Some(peer) = peer else {
+        println!("  (no wasmtime at target/bench-tools/bin: scripts/bench installs it)");
+        return Ok(());
+    };
+    let peer = crate::Proc {
+        child: peer?,
+        name: "wasmtime serve",
+    };
+    let peer_url = format!("http://{ip}:8090/");
+    let start = Instant::now();
+    while !answers(client_ns, &peer_url) {
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("wasmtime serve does not answer");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (theirs, rps, p99) = measure(peer.pid(), client_ns, &peer_url)?;
+    println!(
+        "  wasmtime serve, direct      {rps:>9.0} req/s  p99 {p99:>8}  CPU {theirs:>6.1} µs/req"
+    );
+    println!(
+        "  in-process ingress / wasmtime serve: {:.2}x the CPU per request (goal <= 0.7x)",
+        ours / theirs
+    );
+    Ok(())
+}
+
+/// wrk against `url` with `pid` pinned to core 0: (CPU µs per request, requests/s, p99).
+fn measure(pid: u32, client_ns: &str, url: &str) -> anyhow::Result<(f64, f64, String)> {
+    pin_to(pid, 0);
+    let cpu0 = cpu_time(pid);
+    let (reqs, rps, p99) = wrk_in(Some(client_ns), url, SECS)?;
+    let cpu = cpu_time(pid).saturating_sub(cpu0);
+    Ok((cpu.as_secs_f64() * 1e6 / reqs.max(1) as f64, rps, p99))
 }

@@ -4,7 +4,8 @@
 //! and path rules pick the backend Kubernetes would (exact host, wildcard, Exact before
 //! Prefix, longest prefix, whole path elements, default backend), traffic crosses to the
 //! other node over the mesh, the endpoint sees the ingress's forwarding headers (not the
-//! client's forged ones) and a request id, a missing service is a 503 that names it,
+//! client's forged ones) and a request id, a wasi:http pod on the gateway itself is handed
+//! its requests in process (they pass with its port firewalled), a missing service is a 503 that names it,
 //! oversized request heads are refused while normal requests keep flowing, the status lists
 //! the gateway, and a node that is no gateway does not listen. Over HTTPS: the certificate
 //! of the Ingress's TLS Secret by SNI (HTTP/2 by ALPN, HTTP/1.1 too), the default
@@ -197,7 +198,7 @@ fn ingress_routes_by_host_and_path_to_services_on_any_node() {
             .expect("apply api");
         cluster.apply(INGRESS).await.expect("apply ingress");
         cluster.wait_ready("web", 1).await;
-        cluster.wait_ready("api", 1).await;
+        let api = cluster.wait_ready("api", 1).await;
 
         eventually("the ingress to route", || async {
             (who(&net, "shop.example", "/api/x") == "api"
@@ -266,6 +267,27 @@ fn ingress_routes_by_host_and_path_to_services_on_any_node() {
             body,
             "service default/missing does not exist or has no such port\n"
         );
+
+        // api runs on the gateway itself: its requests are handed to the component in
+        // process, so they pass even with its port closed to everything, the gateway too.
+        let endpoint = api[0].status.endpoint.clone().expect("api's endpoint");
+        let port = endpoint.rsplit(':').next().expect("a port").to_string();
+        let firewall = |op: &str| {
+            let out = net.agent_ns(0).exec(&[
+                "iptables", op, "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP",
+            ]);
+            assert!(out.status.success(), "iptables {op}");
+        };
+        firewall("-I");
+        let direct =
+            net.agent_ns(0)
+                .exec(&["curl", "-s", "-m", "2", &format!("http://{endpoint}/")]);
+        assert!(
+            !direct.status.success(),
+            "{endpoint} answers despite the firewall"
+        );
+        assert_eq!(who(&net, "shop.example", "/api/in-process"), "api");
+        firewall("-D");
 
         // HTTP/2 without TLS, for clients that start with its preface (h2c).
         let (code, body) = get(&net, "shop.example", "/api", &["--http2-prior-knowledge"]);

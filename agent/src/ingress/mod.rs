@@ -23,7 +23,7 @@ pub mod tls;
 
 use crate::Shared;
 use crate::mesh::link::Link;
-use crate::mesh::{Conn, table::Table};
+use crate::mesh::{Conn, table::Table, table::Target};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// Slowloris guard: the whole request head must arrive within this.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,7 +50,16 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Open client connections the ingress serves at once.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
-type Body = Either<PooledBody, Full<Bytes>>;
+/// An endpoint's response, the ingress's own, or a same-node wasi:http pod's.
+type Body = Either<PooledBody, Either<Full<Bytes>, HyperOutgoingBody>>;
+
+/// How a request reaches the endpoint picked for it.
+enum Via {
+    /// A kept-alive connection from the pool.
+    Pooled(Sender),
+    /// The wasi:http pod is on this node: handed over in process.
+    InProcess(crate::runtime::wasm::HttpHandler),
+}
 
 struct Ingress {
     shared: Arc<Shared>,
@@ -308,7 +318,7 @@ impl Ingress {
             &table,
             backend,
             at.client.ip(),
-            |t| self.pool.take(t),
+            |t| self.held(t, upgrade.is_none()),
         )
         .await;
         let Some((target, conn)) = picked else {
@@ -318,7 +328,13 @@ impl Ingress {
             );
         };
         let sender = match conn {
-            Conn::Held(s) => s,
+            Conn::Held(Via::InProcess(pod)) => {
+                return pod
+                    .handle(req)
+                    .await
+                    .map(|b| Either::Right(Either::Right(b)));
+            }
+            Conn::Held(Via::Pooled(s)) => s,
             Conn::New(up) => match handshake(up).await {
                 Ok(s) => s,
                 Err(e) => return bad_gateway(&service, &e),
@@ -350,7 +366,7 @@ impl Ingress {
                 let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
                 let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
             });
-            return Response::from_parts(parts, Either::Right(Full::default()));
+            return Response::from_parts(parts, Either::Right(Either::Left(Full::default())));
         }
         strip_hop_by_hop(&mut parts.headers, false);
         let body = PooledBody::new(body, self.pool.clone(), target, sender);
@@ -366,6 +382,22 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + line
+}
+
+impl Ingress {
+    /// What the ingress already has for endpoint `t`: the wasi:http pod itself when it runs
+    /// on this node (not for upgrades, which need a socket), else a pooled connection.
+    fn held(&self, t: &Target, in_process: bool) -> Option<Via> {
+        let cfg = &self.shared.cfg;
+        let here = t.node.as_deref() == Some(cfg.node_name.as_str()) && t.addr.ip() == cfg.node_ip;
+        if in_process
+            && here
+            && let Some(pod) = self.shared.runtime.in_process(t.addr.port())
+        {
+            return Some(Via::InProcess(pod));
+        }
+        self.pool.take(t).map(Via::Pooled)
+    }
 }
 
 /// An HTTP/1.1 client connection over a fresh endpoint connection.
@@ -388,7 +420,9 @@ fn bad_gateway(service: &str, e: &dyn std::fmt::Display) -> Response<Body> {
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    let mut r = Response::new(Either::Right(Either::Left(Full::new(Bytes::from(
+        body.to_string(),
+    )))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

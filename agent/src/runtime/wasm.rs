@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::fs;
@@ -200,7 +201,47 @@ pub struct WasmRuntime {
     /// wasmtime version or config never loads stale machine code.
     compat: String,
     max_memory_bytes: u64,
+    /// The wasi:http pods being served, by the port they listen on: the ingress hands them
+    /// requests in process instead of over a socket.
+    serving: std::sync::Mutex<HashMap<u16, Arc<HttpService>>>,
     _ticker: EpochTicker,
+}
+
+/// A wasi:http pod that takes requests in process ([`WasmRuntime::in_process`]).
+#[derive(Clone)]
+pub struct HttpHandler(Arc<HttpService>);
+
+impl HttpHandler {
+    /// Answers `request` as the pod's own listener would.
+    pub async fn handle(
+        &self,
+        request: hyper::Request<Incoming>,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        self.0.clone().handle(request).await
+    }
+}
+
+/// Takes a served pod out of [`WasmRuntime::serving`] however `serve_http` ends.
+struct Serving<'a> {
+    runtime: &'a WasmRuntime,
+    port: u16,
+    service: Arc<HttpService>,
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        let mut serving = self
+            .runtime
+            .serving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if serving
+            .get(&self.port)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.service))
+        {
+            serving.remove(&self.port);
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,6 +425,7 @@ impl WasmRuntime {
             cache_dir: cfg.cache_dir,
             compat,
             max_memory_bytes: plan.max_memory_bytes,
+            serving: Default::default(),
             _ticker: ticker,
         })
     }
@@ -483,6 +525,12 @@ impl WasmRuntime {
         }
     }
 
+    /// The wasi:http pod listening on `port` of this node, if one is being served.
+    pub fn in_process(&self, port: u16) -> Option<HttpHandler> {
+        let serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        serving.get(&port).cloned().map(HttpHandler)
+    }
+
     /// Serves an HttpComponent on `listener` with hyper (HTTP/1.1) until
     /// `cancel`; every request gets a fresh Store from the ProxyPre, with the
     /// spec's env/limits and a deadline of request_timeout. A trap becomes an
@@ -512,6 +560,16 @@ impl WasmRuntime {
             hard_stop: hard_stop.clone(),
             warm: std::sync::Mutex::new(Vec::new()),
         });
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        self.serving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port, service.clone());
+        let serving = Serving {
+            runtime: self,
+            port,
+            service: service.clone(),
+        };
         let mut connections = JoinSet::new();
         let mut expiry = tokio::time::interval(WARM_TTL);
         loop {
@@ -544,6 +602,7 @@ impl WasmRuntime {
         // Closing the socket first makes new clients fail fast instead of
         // queueing behind a server that is going away.
         drop(listener);
+        drop(serving);
         let drain = async { while connections.join_next().await.is_some() {} };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             warn!(pod = %spec.pod, "http requests still running after the grace period; aborting them");
