@@ -68,31 +68,18 @@ async fn bench(net: &Net) -> anyhow::Result<()> {
             key.display()
         ),
     )?;
-    let yaml = format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{name: bench}}
-spec:
-  ports: [{{name: http, port: 80, targetPort: {BACKEND_PORT}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: bench-1, labels: {{kubernetes.io/service-name: bench}}}}
-addressType: IPv4
-endpoints: [{{addresses: ["{ip}"], nodeName: a, conditions: {{ready: true}}}}]
-ports: [{{name: http, port: {BACKEND_PORT}, protocol: TCP}}]
+    let yaml = crate::bench_service(ip, "a", BACKEND_PORT)
+        + r#"
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
-metadata: {{name: bench}}
+metadata: {name: bench}
 spec:
   rules:
   - http:
       paths:
-      - {{path: /, pathType: Prefix, backend: {{service: {{name: bench, port: {{number: 80}}}}}}}}
-"#
-    );
+      - {path: /, pathType: Prefix, backend: {service: {name: bench, port: {number: 80}}}}
+"#;
     client.apply_text(&yaml).await?;
     let client_ns = net.agent_ns(1).name().to_string();
     let ours = format!("http://{ip}/");

@@ -347,6 +347,27 @@ fn wrk_in(netns: Option<&str>, url: &str, secs: u32) -> anyhow::Result<(u64, f64
     Ok((reqs, rps, p99))
 }
 
+/// Service `bench` (port 80) with one Ready endpoint, `ip:port` on `node`, in a slice of
+/// its own (no pods: the backend is a process the benchmark runs).
+fn bench_service(ip: std::net::IpAddr, node: &str, port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: bench}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: bench-1, labels: {{kubernetes.io/service-name: bench}}}}
+addressType: IPv4
+endpoints: [{{addresses: ["{ip}"], nodeName: {node}, conditions: {{ready: true}}}}]
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+"#
+    )
+}
+
 /// Whether `url` answers 2xx from network namespace `netns`.
 fn answers(netns: &str, url: &str) -> bool {
     Command::new("ip")

@@ -42,22 +42,7 @@ async fn bench(net: &Net) -> anyhow::Result<()> {
     wait_nodes_ready(&client, 2).await?;
     let backend_ip = Net::agent_ip(1);
     let nginx = nginx(net.agent_ns(1).name(), dir.path(), backend_ip.to_string())?;
-    let yaml = format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{name: bench}}
-spec:
-  ports: [{{name: http, port: 80, targetPort: {BACKEND_PORT}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: bench-1, labels: {{kubernetes.io/service-name: bench}}}}
-addressType: IPv4
-endpoints: [{{addresses: ["{backend_ip}"], nodeName: b, conditions: {{ready: true}}}}]
-ports: [{{name: http, port: {BACKEND_PORT}, protocol: TCP}}]
-"#
-    );
+    let yaml = crate::bench_service(backend_ip, "b", BACKEND_PORT);
     client.apply_text(&yaml).await?;
     let svc = client
         .get(Kind::Service, Some("default"), Some("bench"))

@@ -1302,20 +1302,26 @@ fn check_relative(field: &str, path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A manifest's errors as text (`ok` when it parses), for tests.
+#[cfg(test)]
+pub(crate) fn errors_joined(text: &str, sep: &str) -> String {
+    match parse(text) {
+        Ok(_) => "ok".into(),
+        Err(e) => e
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(sep),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use expect_test::expect;
 
     fn errors(text: &str) -> String {
-        match parse(text) {
-            Ok(_) => "ok".into(),
-            Err(e) => e
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
+        errors_joined(text, "\n")
     }
 
     const DEPLOY: &str = r#"

@@ -405,14 +405,7 @@ mod tests {
     use super::*;
 
     fn errors(yaml: &str) -> String {
-        match crate::manifest::parse(yaml) {
-            Ok(_) => "ok".into(),
-            Err(e) => e
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-        }
+        crate::manifest::errors_joined(yaml, "; ")
     }
 
     fn svc(spec: &str) -> String {

@@ -188,18 +188,7 @@ async fn accept(
     ingress: Arc<Ingress>,
     stop: CancellationToken,
 ) {
-    loop {
-        let (tcp, client) = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "ingress accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, client)) = crate::mesh::next_connection(&listener, &stop).await {
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(client);
         let ingress = ingress.clone();

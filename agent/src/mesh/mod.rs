@@ -227,18 +227,7 @@ async fn accept(
     table: watch::Receiver<Arc<Table>>,
     stop: CancellationToken,
 ) {
-    loop {
-        let (tcp, client) = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(%frontend, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, client)) = next_connection(&listener, &stop).await {
         let peers = table.borrow().clone();
         let Some(backend) = peers.frontends.get(&frontend).cloned() else {
             continue;
@@ -300,6 +289,26 @@ pub async fn connect<T>(
         }
     }
     None
+}
+
+/// The next connection on `listener`, or None once `stop` is cancelled. Accept errors
+/// (out of file descriptors, mostly) are logged and retried after a pause.
+pub async fn next_connection(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            a = listener.accept() => match a {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    warn!(addr = ?listener.local_addr().ok(), error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
 }
 
 /// A connection to an endpoint: directly when it is on this node (or outside the cluster,
