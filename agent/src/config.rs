@@ -64,6 +64,10 @@ pub struct Config {
     pub ingress_listen: Option<Vec<SocketAddr>>,
     /// The same for HTTPS; None is `node_ip:443`.
     pub ingress_https_listen: Option<Vec<SocketAddr>>,
+    /// Proxies in front of the ingress whose `X-Forwarded-*` headers it keeps (appending to
+    /// `X-Forwarded-For`) and whose forwarded client address it believes; from anyone else
+    /// those headers are replaced.
+    pub ingress_trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The mesh link's default UDP port (the hub's is 7443).
@@ -101,6 +105,7 @@ impl Config {
             service_proxy: true,
             ingress_listen: None,
             ingress_https_listen: None,
+            ingress_trusted_proxies: Vec::new(),
         }
     }
 }

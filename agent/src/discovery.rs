@@ -1,4 +1,4 @@
-//! The cluster's Services, EndpointSlices, Ingresses, IngressClasses and Nodes (their peer
+//! The cluster's Services, EndpointSlices, Ingresses, IngressClasses, Middlewares and Nodes (their peer
 //! view: addresses, labels, mesh port) on this node: followed from the hub
 //! (`WatchDiscovery`, resumed by revision like the pod watch), kept in the agent's redb so
 //! the node DNS answers from them across restarts without the hub, and published to the
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// Every Service, EndpointSlice, Ingress, IngressClass and Node the node knows, by key.
+/// Every Service, EndpointSlice, Ingress, IngressClass, Middleware and Node the node knows, by key.
 pub type Objects = Arc<BTreeMap<ObjectKey, Object>>;
 
 /// What the cache holds, for the start of the agent.
@@ -71,6 +71,7 @@ fn parse(json: &str) -> Option<Object> {
                     | flotilla_proto::Kind::Node
                     | flotilla_proto::Kind::Ingress
                     | flotilla_proto::Kind::IngressClass
+                    | flotilla_proto::Kind::Middleware
             ) =>
         {
             Some(o)

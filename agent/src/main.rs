@@ -79,6 +79,14 @@ struct Args {
     /// repeatable; `none` for nowhere.
     #[arg(long = "ingress-https-listen")]
     ingress_https_listen: Vec<String>,
+    /// A proxy in front of the ingress (an address or CIDR block) whose X-Forwarded-For and
+    /// other forwarding headers are believed; repeatable. From others they are replaced.
+    #[arg(long = "ingress-trusted-proxy", value_parser = trusted_proxy)]
+    ingress_trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+fn trusted_proxy(s: &str) -> Result<ipnet::IpNet, String> {
+    flotilla_proto::ingress::parse_net("--ingress-trusted-proxy", s)
 }
 
 /// `ADDRESS:PORT` values of a repeatable flag, where `none` stands for nowhere.
@@ -131,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.dns_listen = listen_list("--dns-listen", &args.dns_listen)?;
     cfg.ingress_listen = listen_list("--ingress-listen", &args.ingress_listen)?;
     cfg.ingress_https_listen = listen_list("--ingress-https-listen", &args.ingress_https_listen)?;
+    cfg.ingress_trusted_proxies = args.ingress_trusted_proxies;
     cfg.mesh_listen = args.mesh_listen;
     cfg.service_proxy = !args.no_service_proxy;
     if let Some(d) = args.secret_dir {

@@ -768,6 +768,18 @@ pub fn render_at(
                 })
                 .collect(),
         ),
+        Kind::Middleware => (
+            vec!["NAME", "AGE"],
+            objects
+                .iter()
+                .map(|o| {
+                    vec![
+                        o.meta().name.clone(),
+                        age_at(now, &o.meta().creation_timestamp),
+                    ]
+                })
+                .collect(),
+        ),
         Kind::Namespace => (
             vec!["NAME", "STATUS", "AGE"],
             objects

@@ -1153,7 +1153,7 @@ impl Feed for NodePods<'_> {
     }
 }
 
-/// Every Service, EndpointSlice, Ingress and IngressClass, and every Node's
+/// Every Service, EndpointSlice, Ingress, IngressClass and Middleware, and every Node's
 /// [`peer view`](Node::peer_view): what a node's DNS, mesh and ingress need.
 struct Discovery;
 
@@ -1174,6 +1174,7 @@ impl Feed for Discovery {
             Kind::Node,
             Kind::Ingress,
             Kind::IngressClass,
+            Kind::Middleware,
         ]
     }
     // Heartbeats and capacity changes are not news; a node's address, mesh port or labels are.
@@ -1570,7 +1571,7 @@ fn get_config(hub: &Hub, node: &str, kind: Kind, namespace: &str, name: &str) ->
         Err(e) => return error(e),
     };
     let referenced =
-        referenced || (kind == Kind::Secret && serves_tls_of(hub, node, namespace, name));
+        referenced || (kind == Kind::Secret && ingress_needs(hub, node, namespace, name));
     if !referenced {
         warn!(node = %node, kind = %kind, namespace, name, "config read refused");
         return error(format!(
@@ -1589,9 +1590,10 @@ fn get_config(hub: &Hub, node: &str, kind: Kind, namespace: &str, name: &str) ->
     }
 }
 
-/// Whether `node` is a gateway and an Ingress it serves names Secret `namespace/name` for
-/// TLS: the ingress's certificates are the only Secrets a gateway reads for itself.
-fn serves_tls_of(hub: &Hub, node: &str, namespace: &str, name: &str) -> bool {
+/// Whether `node` is a gateway and its ingress needs Secret `namespace/name`: an Ingress it
+/// serves names it for TLS, or a Middleware of that namespace for basicAuth. These are the
+/// only Secrets a gateway reads for itself.
+fn ingress_needs(hub: &Hub, node: &str, namespace: &str, name: &str) -> bool {
     let all = |kind: Kind, ns: Option<&str>| {
         hub.store
             .list(kind, ns)
@@ -1619,10 +1621,14 @@ fn serves_tls_of(hub: &Hub, node: &str, namespace: &str, name: &str) -> bool {
             _ => None,
         })
         .collect();
-    all(Kind::Ingress, Some(namespace)).iter().any(|o| {
+    let tls = all(Kind::Ingress, Some(namespace)).iter().any(|o| {
         matches!(o, Object::Ingress(i)
             if flotilla_proto::ingress::is_ours(i, &classes)
                 && i.spec.tls.iter().any(|t| t.secret_name.as_deref() == Some(name)))
+    });
+    tls || all(Kind::Middleware, Some(namespace)).iter().any(|o| {
+        matches!(o, Object::Middleware(m)
+            if m.spec.basic_auth.as_ref().is_some_and(|b| b.secret == name))
     })
 }
 

@@ -28,10 +28,11 @@ pub enum Kind {
     EndpointSlice,
     Ingress,
     IngressClass,
+    Middleware,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -39,6 +40,7 @@ impl Kind {
         Kind::EndpointSlice,
         Kind::Ingress,
         Kind::IngressClass,
+        Kind::Middleware,
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::StatefulSet,
@@ -74,6 +76,7 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Ingress => "Ingress",
             Kind::IngressClass => "IngressClass",
+            Kind::Middleware => "Middleware",
         }
     }
 
@@ -88,6 +91,7 @@ impl Kind {
             Kind::PodDisruptionBudget => "policy/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
+            Kind::Middleware => "traefik.io/v1alpha1",
             _ => "v1",
         }
     }
@@ -118,6 +122,7 @@ impl Kind {
             Kind::EndpointSlice => "endpointslice.discovery.k8s.io",
             Kind::Ingress => "ingress.networking.k8s.io",
             Kind::IngressClass => "ingressclass.networking.k8s.io",
+            Kind::Middleware => "middleware.traefik.io",
         }
     }
 
@@ -130,6 +135,7 @@ impl Kind {
             .or_else(|| s.strip_suffix(".policy"))
             .or_else(|| s.strip_suffix(".discovery.k8s.io"))
             .or_else(|| s.strip_suffix(".networking.k8s.io"))
+            .or_else(|| s.strip_suffix(".traefik.io"))
             .unwrap_or(&s);
         Some(match s {
             "namespace" | "namespaces" | "ns" => Kind::Namespace,
@@ -153,6 +159,7 @@ impl Kind {
             "endpointslice" | "endpointslices" => Kind::EndpointSlice,
             "ingress" | "ingresses" | "ing" => Kind::Ingress,
             "ingressclass" | "ingressclasses" => Kind::IngressClass,
+            "middleware" | "middlewares" => Kind::Middleware,
             _ => return None,
         })
     }
@@ -2272,6 +2279,184 @@ impl IngressClass {
     }
 }
 
+// ---------------------------------------------------------------- Middleware
+
+/// The Ingress annotation naming the middlewares of its routes, in order, as
+/// `<namespace>-<name>@kubernetescrd` (Traefik's, so k3s manifests work unchanged).
+pub const MIDDLEWARES_ANNOTATION: &str = "traefik.ingress.kubernetes.io/router.middlewares";
+/// The Ingress annotation naming the entry points its routes serve: `web` (HTTP),
+/// `websecure` (HTTPS) or both, comma-separated (Traefik's).
+pub const ENTRYPOINTS_ANNOTATION: &str = "traefik.ingress.kubernetes.io/router.entrypoints";
+/// `"true"` on an Ingress: its routes serve HTTPS only (Traefik's).
+pub const ROUTER_TLS_ANNOTATION: &str = "traefik.ingress.kubernetes.io/router.tls";
+/// `"true"` on an Ingress: its paths are a canary of another Ingress's same host and path
+/// (ingress-nginx's annotations, the usual way to split traffic with plain Ingresses).
+pub const CANARY_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary";
+/// A canary's share of its paths' requests, out of [`CANARY_WEIGHT_TOTAL_ANNOTATION`].
+pub const CANARY_WEIGHT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary-weight";
+/// What a canary weight is out of (default 100).
+pub const CANARY_WEIGHT_TOTAL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary-weight-total";
+
+/// A step an ingress route applies to its requests (Traefik's `traefik.io/v1alpha1`
+/// Middleware: the same field names, one kind of step per object).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Middleware {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: MiddlewareSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MiddlewareSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<StripPrefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_prefix: Option<AddPrefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_scheme: Option<RedirectScheme>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_allow_list: Option<IpAllowList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<HeadersMiddleware>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Removes the first matching prefix from the path (and says which in `X-Forwarded-Prefix`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StripPrefix {
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+}
+
+/// Puts `prefix` in front of the path.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddPrefix {
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// Redirects requests of another scheme to `scheme` (`https` or `http`), at `port` if given.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectScheme {
+    #[serde(default)]
+    pub scheme: String,
+    /// A port number; Traefik writes it as a string, a number is taken too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<serde_json::Value>,
+    /// 301/308 rather than 302/307.
+    #[serde(default)]
+    pub permanent: bool,
+}
+
+/// HTTP Basic authentication against the users of a Secret in the Middleware's namespace:
+/// htpasswd lines (bcrypt) under `users`, or a `kubernetes.io/basic-auth` Secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Drop the Authorization header before forwarding.
+    #[serde(default)]
+    pub remove_header: bool,
+    /// A header to forward the authenticated user name in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_field: Option<String>,
+}
+
+/// Only clients whose address is in `sourceRange` get through; the others get 403.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpAllowList {
+    #[serde(default)]
+    pub source_range: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_strategy: Option<IpStrategy>,
+}
+
+/// Which address in `X-Forwarded-For` is the client's: the `depth`th from the right, or the
+/// rightmost one not in `excludedIPs`. Without it, the client address the ingress
+/// determined (the connection's peer, or what a trusted proxy forwarded).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpStrategy {
+    #[serde(default)]
+    pub depth: u32,
+    #[serde(default, rename = "excludedIPs", skip_serializing_if = "Vec::is_empty")]
+    pub excluded_ips: Vec<String>,
+}
+
+/// Request and response headers to set; an empty value removes the header.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadersMiddleware {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom_request_headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom_response_headers: BTreeMap<String, String>,
+    /// CORS: the origins allowed (`*` for any); preflight requests are answered by the
+    /// ingress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_control_allow_origin_list: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_control_allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_control_allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_control_expose_headers: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_credentials: bool,
+    /// Seconds a preflight answer may be cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_control_max_age: Option<i64>,
+    /// `Vary: Origin` on answers whose Allow-Origin depends on the request's.
+    #[serde(default)]
+    pub add_vary_header: bool,
+}
+
+/// At most `average` requests per `period` (default 1s) per client, with bursts of up to
+/// `burst` (a token bucket); the others get 429.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    #[serde(default)]
+    pub average: u64,
+    /// A duration such as `1s` or `1m`, or a number of seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// What a client is: its address (the default, or by `ipStrategy`), the request's host,
+    /// or a header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_criterion: Option<SourceCriterion>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceCriterion {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_strategy: Option<IpStrategy>,
+    #[serde(default)]
+    pub request_host: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_name: Option<String>,
+}
+
 // ---------------------------------------------------------------- PodDisruptionBudget
 
 /// Limits voluntary disruptions (evictions, drains) of the pods its selector matches.
@@ -2712,6 +2897,7 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     Ingress(Ingress),
     IngressClass(IngressClass),
+    Middleware(Middleware),
 }
 
 macro_rules! each_object {
@@ -2736,6 +2922,7 @@ macro_rules! each_object {
             Object::EndpointSlice($o) => $body,
             Object::Ingress($o) => $body,
             Object::IngressClass($o) => $body,
+            Object::Middleware($o) => $body,
         }
     };
 }
@@ -2762,6 +2949,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Ingress(_) => Kind::Ingress,
             Object::IngressClass(_) => Kind::IngressClass,
+            Object::Middleware(_) => Kind::Middleware,
         }
     }
 
@@ -2865,6 +3053,7 @@ impl Object {
             Kind::EndpointSlice => Object::EndpointSlice(serde_json::from_value(v)?),
             Kind::Ingress => Object::Ingress(serde_json::from_value(v)?),
             Kind::IngressClass => Object::IngressClass(serde_json::from_value(v)?),
+            Kind::Middleware => Object::Middleware(serde_json::from_value(v)?),
         })
     }
 
@@ -2936,6 +3125,7 @@ mod tests {
             ("ing", Kind::Ingress),
             ("ingresses.networking.k8s.io", Kind::Ingress),
             ("ingressclasses", Kind::IngressClass),
+            ("middlewares.traefik.io", Kind::Middleware),
         ] {
             assert_eq!(Kind::from_cli(typed), Some(k), "{typed}");
         }

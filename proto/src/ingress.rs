@@ -1,6 +1,10 @@
 //! What an Ingress and an IngressClass may say: the API server's checks, and the fields this
 //! release refuses rather than ignores.
-use crate::api::{INGRESS_CONTROLLER, Ingress, IngressBackend, IngressClass};
+use crate::api::{
+    CANARY_ANNOTATION, CANARY_WEIGHT_ANNOTATION, CANARY_WEIGHT_TOTAL_ANNOTATION,
+    DEFAULT_INGRESS_CLASS, ENTRYPOINTS_ANNOTATION, INGRESS_CONTROLLER, Ingress, IngressBackend,
+    IngressClass, MIDDLEWARES_ANNOTATION, Middleware, ROUTER_TLS_ANNOTATION,
+};
 
 /// Whether the agents' ingress serves `ing`: its class is one of ours, or it names none
 /// and no other controller's class is the default. The hub (for the status) and the agents
@@ -68,6 +72,7 @@ pub fn validate(ing: &Ingress) -> Result<(), String> {
             check_backend(&format!("{at}.backend"), &p.backend)?;
         }
     }
+    check_annotations(ing)?;
     for (i, tls) in s.tls.iter().enumerate() {
         for (j, host) in tls.hosts.iter().enumerate() {
             check_host(&format!("spec.tls[{i}].hosts[{j}]"), host)?;
@@ -98,6 +103,358 @@ pub fn validate_class(class: &IngressClass) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The middlewares an Ingress's routes apply, in order, by their key
+/// ([`middleware_key`]); the annotation's `@kubernetescrd` suffix is optional.
+pub fn middleware_refs(ing: &Ingress) -> Result<Vec<String>, String> {
+    let Some(list) = ing.metadata.annotations.get(MIDDLEWARES_ANNOTATION) else {
+        return Ok(Vec::new());
+    };
+    let at = format!("metadata.annotations[{MIDDLEWARES_ANNOTATION}]");
+    list.split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            let (name, provider) = r.split_once('@').unwrap_or((r, "kubernetescrd"));
+            if provider != "kubernetescrd" {
+                return Err(format!(
+                    "{at}: Invalid value: {r:?}: only Middleware objects (@kubernetescrd) can be referenced, not @{provider}"
+                ));
+            }
+            crate::manifest::check_name(&at, name)?;
+            Ok(name.to_string())
+        })
+        .collect()
+}
+
+/// How an Ingress annotation names a Middleware: `<namespace>-<name>` (Traefik's).
+pub fn middleware_key(mw: &Middleware) -> String {
+    let ns = mw.metadata.namespace.as_deref().unwrap_or("default");
+    format!("{ns}-{}", mw.metadata.name)
+}
+
+/// Which listeners an Ingress's routes serve: (HTTP, HTTPS).
+pub fn entrypoints(ing: &Ingress) -> Result<(bool, bool), String> {
+    let a = &ing.metadata.annotations;
+    let tls_only = match a.get(ROUTER_TLS_ANNOTATION).map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(format!(
+                "metadata.annotations[{ROUTER_TLS_ANNOTATION}]: Invalid value: {v:?}: must be \"true\" or \"false\""
+            ));
+        }
+    };
+    let Some(list) = a.get(ENTRYPOINTS_ANNOTATION) else {
+        return Ok((!tls_only, true));
+    };
+    let (mut http, mut https) = (false, false);
+    for e in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match e {
+            "web" => http = true,
+            "websecure" => https = true,
+            _ => {
+                return Err(format!(
+                    "metadata.annotations[{ENTRYPOINTS_ANNOTATION}]: Unsupported value: {e:?}: supported values: \"web\" (HTTP), \"websecure\" (HTTPS)"
+                ));
+            }
+        }
+    }
+    Ok((http && !tls_only, https))
+}
+
+/// A canary Ingress's share of its paths' requests: `(weight, total)`, or None when it is
+/// no canary.
+pub fn canary(ing: &Ingress) -> Result<Option<(u32, u32)>, String> {
+    let a = &ing.metadata.annotations;
+    let at = |k: &str| format!("metadata.annotations[{k}]");
+    match a.get(CANARY_ANNOTATION).map(String::as_str) {
+        None | Some("false") => return Ok(None),
+        Some("true") => {}
+        Some(v) => {
+            return Err(format!(
+                "{}: Invalid value: {v:?}: must be \"true\" or \"false\"",
+                at(CANARY_ANNOTATION)
+            ));
+        }
+    }
+    let number = |k: &str| -> Result<Option<u32>, String> {
+        a.get(k)
+            .map(|v| {
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("{}: Invalid value: {v:?}: must be a whole number", at(k)))
+            })
+            .transpose()
+    };
+    let total = number(CANARY_WEIGHT_TOTAL_ANNOTATION)?.unwrap_or(100);
+    if total == 0 {
+        return Err(format!(
+            "{}: Invalid value: \"0\": must be at least 1",
+            at(CANARY_WEIGHT_TOTAL_ANNOTATION)
+        ));
+    }
+    let Some(weight) = number(CANARY_WEIGHT_ANNOTATION)? else {
+        return Err(format!(
+            "{}: Required value: a canary needs a weight (canaries by header or cookie are not supported yet)",
+            at(CANARY_WEIGHT_ANNOTATION)
+        ));
+    };
+    if weight > total {
+        return Err(format!(
+            "{}: Invalid value: {weight}: must be at most the total, {total}",
+            at(CANARY_WEIGHT_ANNOTATION)
+        ));
+    }
+    if a.contains_key(MIDDLEWARES_ANNOTATION) {
+        return Err(format!(
+            "{}: a canary Ingress takes the middlewares of the Ingress it is a canary of",
+            at(MIDDLEWARES_ANNOTATION)
+        ));
+    }
+    Ok(Some((weight, total)))
+}
+
+/// The Traefik and ingress-nginx annotations of an Ingress for this controller (one naming
+/// no class, or the default one): those supported are checked, the others refused rather
+/// than ignored.
+fn check_annotations(ing: &Ingress) -> Result<(), String> {
+    if ing
+        .spec
+        .ingress_class_name
+        .as_deref()
+        .is_some_and(|c| c != DEFAULT_INGRESS_CLASS)
+    {
+        return Ok(());
+    }
+    const SUPPORTED: [&str; 6] = [
+        MIDDLEWARES_ANNOTATION,
+        ENTRYPOINTS_ANNOTATION,
+        ROUTER_TLS_ANNOTATION,
+        CANARY_ANNOTATION,
+        CANARY_WEIGHT_ANNOTATION,
+        CANARY_WEIGHT_TOTAL_ANNOTATION,
+    ];
+    for key in ing.metadata.annotations.keys() {
+        let controller_specific = key.starts_with("traefik.ingress.kubernetes.io/")
+            || key.starts_with("nginx.ingress.kubernetes.io/");
+        if controller_specific && !SUPPORTED.contains(&key.as_str()) {
+            return Err(format!(
+                "metadata.annotations[{key}]: not supported yet (supported: {})",
+                SUPPORTED.join(", ")
+            ));
+        }
+    }
+    middleware_refs(ing)?;
+    entrypoints(ing)?;
+    canary(ing)?;
+    Ok(())
+}
+
+/// One kind of step per Middleware, each checked; a Middleware of a kind this release does
+/// not have is refused.
+pub fn validate_middleware(mw: &Middleware) -> Result<(), String> {
+    let s = &mw.spec;
+    let set = [
+        s.strip_prefix.is_some(),
+        s.add_prefix.is_some(),
+        s.redirect_scheme.is_some(),
+        s.basic_auth.is_some(),
+        s.ip_allow_list.is_some(),
+        s.headers.is_some(),
+        s.rate_limit.is_some(),
+    ];
+    match set.iter().filter(|b| **b).count() {
+        1 => {}
+        0 => {
+            return Err(
+                "spec: Required value: one of stripPrefix, addPrefix, redirectScheme, basicAuth, ipAllowList, headers or rateLimit (the other Traefik middlewares are not supported yet)"
+                    .into(),
+            );
+        }
+        _ => {
+            return Err(
+                "spec: Invalid value: a Middleware has one kind of step; chain them in the Ingress annotation".into(),
+            );
+        }
+    }
+    let absolute = |field: &str, p: &str| {
+        if p.starts_with('/') {
+            Ok(())
+        } else {
+            Err(format!(
+                "{field}: Invalid value: {p:?}: must be an absolute path"
+            ))
+        }
+    };
+    if let Some(sp) = &s.strip_prefix {
+        if sp.prefixes.is_empty() {
+            return Err("spec.stripPrefix.prefixes: Required value".into());
+        }
+        for (i, p) in sp.prefixes.iter().enumerate() {
+            absolute(&format!("spec.stripPrefix.prefixes[{i}]"), p)?;
+        }
+    }
+    if let Some(ap) = &s.add_prefix {
+        absolute("spec.addPrefix.prefix", &ap.prefix)?;
+    }
+    if let Some(r) = &s.redirect_scheme {
+        if !matches!(r.scheme.as_str(), "http" | "https") {
+            return Err(format!(
+                "spec.redirectScheme.scheme: Unsupported value: {:?}: supported values: \"http\", \"https\"",
+                r.scheme
+            ));
+        }
+        redirect_port(r)?;
+    }
+    if let Some(b) = &s.basic_auth {
+        crate::manifest::check_name("spec.basicAuth.secret", &b.secret)?;
+        if let Some(h) = &b.header_field {
+            check_header_name("spec.basicAuth.headerField", h)?;
+        }
+    }
+    if let Some(a) = &s.ip_allow_list {
+        if a.source_range.is_empty() {
+            return Err("spec.ipAllowList.sourceRange: Required value".into());
+        }
+        for (i, r) in a.source_range.iter().enumerate() {
+            parse_net(&format!("spec.ipAllowList.sourceRange[{i}]"), r)?;
+        }
+        for (i, r) in a
+            .ip_strategy
+            .iter()
+            .flat_map(|s| &s.excluded_ips)
+            .enumerate()
+        {
+            parse_net(&format!("spec.ipAllowList.ipStrategy.excludedIPs[{i}]"), r)?;
+        }
+    }
+    if let Some(r) = &s.rate_limit {
+        rate_period(r)?;
+        if let Some(h) = r
+            .source_criterion
+            .as_ref()
+            .and_then(|c| c.request_header_name.as_deref())
+        {
+            check_header_name("spec.rateLimit.sourceCriterion.requestHeaderName", h)?;
+        }
+        for (i, n) in r
+            .source_criterion
+            .iter()
+            .flat_map(|c| &c.ip_strategy)
+            .flat_map(|s| &s.excluded_ips)
+            .enumerate()
+        {
+            parse_net(
+                &format!("spec.rateLimit.sourceCriterion.ipStrategy.excludedIPs[{i}]"),
+                n,
+            )?;
+        }
+    }
+    if let Some(h) = &s.headers {
+        for (i, m) in h.access_control_allow_methods.iter().enumerate() {
+            check_header_name(&format!("spec.headers.accessControlAllowMethods[{i}]"), m)?;
+        }
+        for (field, list) in [
+            ("accessControlAllowHeaders", &h.access_control_allow_headers),
+            (
+                "accessControlExposeHeaders",
+                &h.access_control_expose_headers,
+            ),
+        ] {
+            for (i, n) in list.iter().enumerate() {
+                if n != "*" {
+                    check_header_name(&format!("spec.headers.{field}[{i}]"), n)?;
+                }
+            }
+        }
+        for (field, map) in [
+            ("customRequestHeaders", &h.custom_request_headers),
+            ("customResponseHeaders", &h.custom_response_headers),
+        ] {
+            for (k, v) in map {
+                let at = format!("spec.headers.{field}[{k}]");
+                check_header_name(&at, k)?;
+                if v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                    return Err(format!(
+                        "{at}: Invalid value: {v:?}: control characters are not allowed"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The port of a redirectScheme, if it names one (a number, or a string of one).
+pub fn redirect_port(r: &crate::api::RedirectScheme) -> Result<Option<u16>, String> {
+    let bad = |v: &dyn std::fmt::Display| {
+        Err(format!(
+            "spec.redirectScheme.port: Invalid value: {v}: must be between 1 and 65535, inclusive"
+        ))
+    };
+    let n = match &r.port {
+        None => return Ok(None),
+        Some(serde_json::Value::String(s)) if s.is_empty() => return Ok(None),
+        Some(serde_json::Value::String(s)) => s.parse::<u64>().ok(),
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(v) => return bad(v),
+    };
+    match n {
+        Some(n @ 1..=65535) => Ok(Some(n as u16)),
+        _ => bad(r.port.as_ref().unwrap_or(&serde_json::Value::Null)),
+    }
+}
+
+/// A rateLimit's period: a duration (`1s`, `1m`, Go's `1m30s`) or a number of seconds;
+/// 1 s when not given.
+pub fn rate_period(r: &crate::api::RateLimit) -> Result<std::time::Duration, String> {
+    let bad = |v: &dyn std::fmt::Display| {
+        Err(format!(
+            "spec.rateLimit.period: Invalid value: {v}: must be a positive duration such as \"1s\" or \"1m\""
+        ))
+    };
+    let d = match &r.period {
+        None => return Ok(std::time::Duration::from_secs(1)),
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(n) => std::time::Duration::from_secs(n),
+            None => return bad(n),
+        },
+        Some(serde_json::Value::String(s)) => match humantime::parse_duration(s) {
+            Ok(d) => d,
+            Err(_) => return bad(&format!("{s:?}")),
+        },
+        Some(v) => return bad(v),
+    };
+    if d.is_zero() {
+        return bad(&"0");
+    }
+    Ok(d)
+}
+
+/// An address or a CIDR block.
+pub fn parse_net(field: &str, s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            format!("{field}: Invalid value: {s:?}: must be an IP address or a CIDR block")
+        })
+}
+
+/// An HTTP field name (RFC 9110 token).
+fn check_header_name(field: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: Invalid value: {name:?}: must be an HTTP header name"
+        ))
+    }
 }
 
 fn check_backend(at: &str, b: &IngressBackend) -> Result<(), String> {
@@ -287,5 +644,72 @@ mod tests {
             document 1 (ingressclass c): spec.controller: Invalid value: "nginx": must be a domain-prefixed path (such as "flotilla.io/ingress")
             document 1 (ingressclass c): spec.parameters: not supported yet: the flotilla.io/ingress controller takes no parameters"#]]
         .assert_eq(&got.join("\n"));
+    }
+
+    #[test]
+    fn middlewares_and_annotations_are_checked() {
+        let mw = |spec: &str| {
+            errors(&format!(
+                "apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata:\n  name: m\nspec:\n{spec}"
+            ))
+        };
+        let annotated = |annotations: &str| {
+            errors(&format!(
+                "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web\n  annotations:\n{annotations}\nspec:\n  defaultBackend: {SVC}\n"
+            ))
+        };
+        let got = [
+            mw("  stripPrefix: {prefixes: [/api]}"),
+            mw("  redirectScheme: {scheme: https, port: \"8443\", permanent: true}"),
+            mw("  basicAuth: {secret: users}"),
+            mw("  ipAllowList: {sourceRange: [10.0.0.0/8, 192.168.1.7], ipStrategy: {depth: 1}}"),
+            mw("  headers: {customRequestHeaders: {X-Env: prod, X-Drop: \"\"}}"),
+            mw("  addPrefix: {prefix: /v1}"),
+            mw("  forwardAuth: {address: http://auth}"),
+            mw("  stripPrefix: {prefixes: [/a]}\n  addPrefix: {prefix: /b}"),
+            mw("  stripPrefix: {prefixes: [api]}"),
+            mw("  redirectScheme: {scheme: ftp}"),
+            mw("  redirectScheme: {scheme: https, port: 70000}"),
+            mw("  ipAllowList: {sourceRange: [10.0.0.0/33]}"),
+            mw("  headers: {customResponseHeaders: {\"bad name\": x}}"),
+            annotated(
+                "    traefik.ingress.kubernetes.io/router.middlewares: default-auth@kubernetescrd, default-strip",
+            ),
+            annotated("    traefik.ingress.kubernetes.io/router.middlewares: default-auth@file"),
+            annotated("    traefik.ingress.kubernetes.io/router.entrypoints: websecure"),
+            annotated("    traefik.ingress.kubernetes.io/router.entrypoints: admin"),
+            annotated("    traefik.ingress.kubernetes.io/router.priority: \"10\""),
+            annotated(
+                "    nginx.ingress.kubernetes.io/canary: \"true\"\n    nginx.ingress.kubernetes.io/canary-weight: \"25\"",
+            ),
+            annotated("    nginx.ingress.kubernetes.io/canary: \"true\""),
+            annotated(
+                "    nginx.ingress.kubernetes.io/canary: \"true\"\n    nginx.ingress.kubernetes.io/canary-weight: \"120\"",
+            ),
+            annotated("    nginx.ingress.kubernetes.io/rewrite-target: /"),
+        ];
+        expect_test::expect![[r#"
+            ok
+            ok
+            ok
+            ok
+            ok
+            ok
+            document 1 (middleware m): spec: Required value: one of stripPrefix, addPrefix, redirectScheme, basicAuth, ipAllowList, headers or rateLimit (the other Traefik middlewares are not supported yet)
+            document 1 (middleware m): spec: Invalid value: a Middleware has one kind of step; chain them in the Ingress annotation
+            document 1 (middleware m): spec.stripPrefix.prefixes[0]: Invalid value: "api": must be an absolute path
+            document 1 (middleware m): spec.redirectScheme.scheme: Unsupported value: "ftp": supported values: "http", "https"
+            document 1 (middleware m): spec.redirectScheme.port: Invalid value: 70000: must be between 1 and 65535, inclusive
+            document 1 (middleware m): spec.ipAllowList.sourceRange[0]: Invalid value: "10.0.0.0/33": must be an IP address or a CIDR block
+            document 1 (middleware m): spec.headers.customResponseHeaders[bad name]: Invalid value: "bad name": must be an HTTP header name
+            ok
+            document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.middlewares]: Invalid value: "default-auth@file": only Middleware objects (@kubernetescrd) can be referenced, not @file
+            ok
+            document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.entrypoints]: Unsupported value: "admin": supported values: "web" (HTTP), "websecure" (HTTPS)
+            document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.priority]: not supported yet (supported: traefik.ingress.kubernetes.io/router.middlewares, traefik.ingress.kubernetes.io/router.entrypoints, traefik.ingress.kubernetes.io/router.tls, nginx.ingress.kubernetes.io/canary, nginx.ingress.kubernetes.io/canary-weight, nginx.ingress.kubernetes.io/canary-weight-total)
+            ok
+            document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]: Required value: a canary needs a weight (canaries by header or cookie are not supported yet)
+            document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]: Invalid value: 120: must be at most the total, 100
+            document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/rewrite-target]: not supported yet (supported: traefik.ingress.kubernetes.io/router.middlewares, traefik.ingress.kubernetes.io/router.entrypoints, traefik.ingress.kubernetes.io/router.tls, nginx.ingress.kubernetes.io/canary, nginx.ingress.kubernetes.io/canary-weight, nginx.ingress.kubernetes.io/canary-weight-total)"#]].assert_eq(&got.join("\n"));
     }
 }

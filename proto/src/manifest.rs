@@ -180,6 +180,7 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, ManifestError> {
         Kind::EndpointSlice => Object::EndpointSlice(typed(value, &label, &mut warnings)?),
         Kind::Ingress => Object::Ingress(typed(value, &label, &mut warnings)?),
         Kind::IngressClass => Object::IngressClass(typed(value, &label, &mut warnings)?),
+        Kind::Middleware => Object::Middleware(typed(value, &label, &mut warnings)?),
         // Refused above; kept here so the match stays exhaustive.
         Kind::Event => Object::Event(typed(value, &label, &mut warnings)?),
     };
@@ -428,6 +429,7 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
         Object::EndpointSlice(slice) => crate::service::validate_slice(slice),
         Object::Ingress(ing) => crate::ingress::validate(ing),
         Object::IngressClass(class) => crate::ingress::validate_class(class),
+        Object::Middleware(mw) => crate::ingress::validate_middleware(mw),
         Object::PersistentVolumeClaim(pvc) => validate_claim_spec("spec", &pvc.spec),
         Object::ControllerRevision(cr) if cr.revision < 0 => {
             Err(format!("revision must be >= 0, got {}", cr.revision))
@@ -1476,7 +1478,7 @@ metadata: {name: p}
 spec: {containers: [{name: c, image: x}]}
 "#;
         expect![[r#"
-            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Service, EndpointSlice, Ingress, IngressClass, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, PodDisruptionBudget, ConfigMap, Secret, PersistentVolumeClaim, ControllerRevision)
+            document 1 (gizmo g): kind "Gizmo" is not supported (supported: Namespace, Node, Pod, Service, EndpointSlice, Ingress, IngressClass, Middleware, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, PodDisruptionBudget, ConfigMap, Secret, PersistentVolumeClaim, ControllerRevision)
             document 2 (deployment web): spec.replicas must be >= 0, got -1
             document 3 (deployment typed): spec.replicas: invalid type: string "three", expected i32
             document 4 (pod p): spec.containers[0].resources.limits.memory: invalid quantity "lots"

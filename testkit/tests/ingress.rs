@@ -376,3 +376,224 @@ fn ingress_routes_by_host_and_path_to_services_on_any_node() {
         cluster.shutdown().await;
     });
 }
+
+const MIDDLEWARES: &str = r#"
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: to-https}
+spec: {redirectScheme: {scheme: https, permanent: true}}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: strip}
+spec: {stripPrefix: {prefixes: [/app]}}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: hdr}
+spec:
+  headers:
+    customRequestHeaders: {X-Env: prod}
+    customResponseHeaders: {X-Served-By: flotilla}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: auth}
+spec: {basicAuth: {secret: users, headerField: X-Auth-User}}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: office}
+spec: {ipAllowList: {sourceRange: [192.168.0.0/16]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: redirect
+  annotations: {traefik.ingress.kubernetes.io/router.middlewares: default-to-https@kubernetescrd}
+spec:
+  rules:
+  - host: redirect.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: app
+  annotations: {traefik.ingress.kubernetes.io/router.middlewares: "default-strip@kubernetescrd, default-hdr@kubernetescrd"}
+spec:
+  rules:
+  - host: mw.example
+    http: {paths: [{path: /app, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: private
+  annotations: {traefik.ingress.kubernetes.io/router.middlewares: default-auth@kubernetescrd}
+spec:
+  rules:
+  - host: private.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: office
+  annotations: {traefik.ingress.kubernetes.io/router.middlewares: default-office@kubernetescrd}
+spec:
+  rules:
+  - host: office.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: broken
+  annotations: {traefik.ingress.kubernetes.io/router.middlewares: default-nope@kubernetescrd}
+spec:
+  rules:
+  - host: broken.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: stable}
+spec:
+  rules:
+  - host: canary.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: next
+  annotations:
+    nginx.ingress.kubernetes.io/canary: "true"
+    nginx.ingress.kubernetes.io/canary-weight: "25"
+spec:
+  rules:
+  - host: canary.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}]}
+"#;
+
+/// The response headers of a request from node-1 to node-0's ingress.
+fn head(net: &Net, host: &str, path: &str) -> String {
+    let url = format!("http://{}{path}", Net::agent_ip(0));
+    let host = format!("Host: {host}");
+    let out = net.agent_ns(1).exec(&[
+        "curl",
+        "-s",
+        "-m",
+        "10",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-H",
+        &host,
+        &url,
+    ]);
+    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+}
+
+#[test]
+fn ingress_middlewares_and_weighted_canary() {
+    flotilla_testkit::init_tracing();
+    let net = Net::create(2).expect("network namespaces (needs root and iproute2)");
+    net.block_on(async {
+        let cluster = Cluster::builder()
+            .agents(2)
+            .label(0, flotilla_proto::service::GATEWAY_LABEL, "true")
+            .on(&net)
+            .start()
+            .await;
+        cluster.wait_nodes_ready(2).await;
+        cluster.push_example("hello").await;
+        cluster.apply(&backend("web", "node-1")).await.expect("apply web");
+        cluster.apply(&backend("api", "node-0")).await.expect("apply api");
+        let hash = bcrypt::hash("s3cret", 8).unwrap();
+        let users = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(format!("alice:{hash}\n"))
+        };
+        cluster
+            .apply(&format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: users}}\ndata: {{users: {users}}}\n"
+            ))
+            .await
+            .expect("apply the users secret");
+        cluster.apply(MIDDLEWARES).await.expect("apply middlewares and ingresses");
+        cluster.wait_ready("web", 1).await;
+        cluster.wait_ready("api", 1).await;
+        eventually("the ingress to route", || async {
+            (who(&net, "canary.example", "/") != "404" && who(&net, "mw.example", "/app") == "web")
+                .then_some(())
+        })
+        .await;
+
+        // redirectScheme: HTTP gets a permanent redirect to the same URL over HTTPS; HTTPS
+        // is served.
+        let h = head(&net, "redirect.example", "/x?y=1");
+        assert!(h.starts_with("http/1.1 301"), "{h}");
+        assert!(h.contains("location: https://redirect.example/x?y=1\r\n"), "{h}");
+        let (_, code, body) = get_tls(&net, "redirect.example", None, true).expect("HTTPS");
+        assert_eq!(code, "200", "{body}");
+
+        // stripPrefix then headers: the endpoint sees the path without /app, the prefix and
+        // the added header; the client sees the added response header.
+        let (code, body) = get(&net, "mw.example", "/app/items?q=1", &[]);
+        assert_eq!(code, "200");
+        assert!(body.contains("path: /items\n"), "{body}");
+        assert!(body.contains("x-forwarded-prefix: /app\n"), "{body}");
+        assert!(body.contains("x-env: prod\n"), "{body}");
+        assert!(head(&net, "mw.example", "/app").contains("x-served-by: flotilla\r\n"));
+
+        // basicAuth: no or wrong credentials get 401 with a challenge; alice gets through,
+        // and the endpoint is told who she is.
+        let h = head(&net, "private.example", "/");
+        assert!(h.starts_with("http/1.1 401"), "{h}");
+        assert!(h.contains("www-authenticate: basic realm=\"flotilla\"\r\n"), "{h}");
+        let (code, _) = get(&net, "private.example", "/", &["-u", "alice:wrong"]);
+        assert_eq!(code, "401");
+        let (code, body) = eventually("alice to be let in", || async {
+            let (code, body) = get(&net, "private.example", "/", &["-u", "alice:s3cret"]);
+            (code == "200").then_some((code, body))
+        })
+        .await;
+        assert_eq!(code, "200");
+        assert!(body.contains("x-auth-user: alice\n"), "{body}");
+
+        // ipAllowList: node-1 (10.77.0.0/24) is not in the office range.
+        assert_eq!(get(&net, "office.example", "/", &[]).0, "403");
+        // A Middleware that does not exist closes its route, and only that one.
+        let (code, body) = get(&net, "broken.example", "/", &[]);
+        assert_eq!(code, "503", "{body}");
+        assert!(body.contains("middleware default-nope"), "{body}");
+        assert_eq!(who(&net, "mw.example", "/app"), "web");
+
+        // The canary Ingress takes 25 of every 100 requests for its host and path: 10,000
+        // requests over one kept-alive connection.
+        let dir = tempfile::tempdir().unwrap();
+        let urls = dir.path().join("urls");
+        let url = format!("url = \"http://{}/\"\n", Net::agent_ip(0));
+        std::fs::write(&urls, url.repeat(10_000)).unwrap();
+        let out = net.agent_ns(1).exec(&[
+            "curl",
+            "-s",
+            "-m",
+            "300",
+            "-H",
+            "Host: canary.example",
+            "-K",
+            urls.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let web = text.matches("hello from web-").count();
+        let api = text.matches("hello from api-").count();
+        assert_eq!(web + api, 10_000, "every request answered");
+        let share = api as f64 / 10_000.0;
+        assert!((share - 0.25).abs() <= 0.02, "canary share {share}");
+        cluster.shutdown().await;
+    });
+}

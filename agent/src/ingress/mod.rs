@@ -17,6 +17,7 @@
 //! Bounds: request headers must arrive within [`HEADER_TIMEOUT`] and fit in
 //! [`MAX_HEADER_BYTES`]; an endpoint has [`RESPONSE_TIMEOUT`] to answer; beyond
 //! [`MAX_CONNECTIONS`] open connections, new ones get a 503 and are closed.
+pub mod middleware;
 pub mod pool;
 pub mod routes;
 pub mod tls;
@@ -31,8 +32,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pool::{Pool, PooledBody, Sender};
-use routes::Routes;
-use std::net::SocketAddr;
+use routes::{BackendRef, Routes};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -68,6 +69,9 @@ struct Ingress {
     pool: Arc<Pool>,
     connections: Arc<Semaphore>,
     tls: tokio_rustls::TlsAcceptor,
+    state: Arc<middleware::State>,
+    /// Proxies whose forwarding headers are believed.
+    trusted: Vec<ipnet::IpNet>,
 }
 
 /// Where the ingress listens for HTTP and for HTTPS: the configured addresses, or NODE_IP
@@ -111,6 +115,8 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
         pool: Arc::default(),
         connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
+        state: Arc::default(),
+        trusted: shared.cfg.ingress_trusted_proxies.clone(),
     });
     let mut serving: Option<CancellationToken> = None;
     loop {
@@ -146,9 +152,10 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
                         }
                     }
                 }
-                shared.tracker.spawn(refresh_certs(
+                shared.tracker.spawn(refresh_secrets(
                     shared.clone(),
                     resolver.clone(),
+                    ingress.state.clone(),
                     stop.clone(),
                 ));
                 serving = Some(stop);
@@ -167,13 +174,22 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
     }
 }
 
-/// Keeps the certificates in step with the Ingresses (at once) and their Secrets (every
-/// refresh period, as for secret volumes).
-async fn refresh_certs(shared: Arc<Shared>, resolver: Arc<tls::Resolver>, stop: CancellationToken) {
+/// Keeps the certificates and the basicAuth users in step with the Ingresses and
+/// Middlewares (at once) and their Secrets (every refresh period, as for secret volumes).
+async fn refresh_secrets(
+    shared: Arc<Shared>,
+    resolver: Arc<tls::Resolver>,
+    state: Arc<middleware::State>,
+    stop: CancellationToken,
+) {
     let mut objects = shared.discovery.subscribe();
     loop {
         let certs = tls::load(&shared).await;
         resolver.certs.store(Arc::new(certs));
+        state
+            .auth
+            .users
+            .store(Arc::new(middleware::load_users(&shared).await));
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = objects.changed() => {}
@@ -287,60 +303,105 @@ impl Ingress {
             .unwrap_or_default()
             .to_string();
         let routes = self.routes.borrow().clone();
-        let Some(to) = routes.find(&host, req.uri().path()) else {
+        let Some(dest) = routes.find(&host, req.uri().path(), at.https) else {
             return text(StatusCode::NOT_FOUND, "no route for this host and path\n");
         };
+        let peer = at.client.ip();
+        let trusted = self.trusted.iter().any(|n| n.contains(&peer));
+        let forwarded = if trusted {
+            forwarded_for(req.headers())
+        } else {
+            Vec::new()
+        };
+        let name = routes::host_name(&host);
+        let ctx = middleware::Ctx {
+            https: at.https,
+            host: &name,
+            client: client_ip(&forwarded, peer, &self.trusted),
+            forwarded_for: &forwarded,
+        };
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let mut resp = match dest.chain.request(&mut req, &ctx, &self.state).await {
+            Ok(()) => {
+                let upgrade = wants_upgrade(req.headers());
+                forward_headers(&mut req, &host, at, &ctx, trusted, upgrade);
+                self.forward(req, dest.pick(), upgrade, ctx.client).await
+            }
+            Err(answer) => answer.map(|b| Either::Right(Either::Left(Full::new(b)))),
+        };
+        dest.chain.response(resp.headers_mut(), origin.as_ref());
+        resp
+    }
+
+    /// Sends a request from `client` to an endpoint of `to` and streams its response back
+    /// (or, for an upgrade, passes the connection through).
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        to: &BackendRef,
+        upgrade: bool,
+        client: IpAddr,
+    ) -> Response<Body> {
         let table: Arc<Table> = self.shared.mesh_table.borrow().clone();
-        let service = format!("{}/{}", to.namespace, to.service);
+        let service = Service(to);
         let Some(backend) = table.service_port(&to.namespace, &to.service, &to.port) else {
-            debug!(service, port = ?to.port, "ingress backend has no such service port");
+            debug!(%service, port = ?to.port, "ingress backend has no such service port");
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("service {service} does not exist or has no such port\n"),
             );
         };
-        let upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        forward_headers(&mut req, &host, at, upgrade.is_some());
-        let picked = crate::mesh::connect(
-            &self.shared,
-            &self.link,
-            &table,
-            backend,
-            at.client.ip(),
-            |t| self.held(t, upgrade.is_none()),
-        )
-        .await;
-        let Some((target, conn)) = picked else {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no endpoint of service {service} is available\n"),
-            );
-        };
-        let sender = match conn {
-            Conn::Held(Via::InProcess(pod)) => {
-                return pod
-                    .handle(req)
-                    .await
-                    .map(|b| Either::Right(Either::Right(b)));
-            }
-            Conn::Held(Via::Pooled(s)) => s,
-            Conn::New(up) => match handshake(up).await {
-                Ok(s) => s,
-                Err(e) => return bad_gateway(&service, &e),
-            },
-        };
-        let mut sender = sender;
-        if let Err(e) = sender.ready().await {
-            return bad_gateway(&service, &e);
-        }
-        let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(req)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return bad_gateway(&service, &e),
-            Err(_) => {
+        let upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // A kept-alive connection may turn out closed when the request is handed to it;
+        // the request is then tried once more on a new one.
+        let mut pooled_ok = true;
+        let (target, resp, sender) = loop {
+            let picked =
+                crate::mesh::connect(&self.shared, &self.link, &table, backend, client, |t| {
+                    self.held(t, upgrade.is_none(), pooled_ok)
+                })
+                .await;
+            let Some((target, conn)) = picked else {
                 return text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("service {service} did not answer in time\n"),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("no endpoint of service {service} is available\n"),
                 );
+            };
+            let (mut sender, pooled) = match conn {
+                Conn::Held(Via::InProcess(pod)) => {
+                    return pod
+                        .handle(req)
+                        .await
+                        .map(|b| Either::Right(Either::Right(b)));
+                }
+                Conn::Held(Via::Pooled(s)) => (s, true),
+                Conn::New(up) => match handshake(up).await {
+                    Ok(s) => (s, false),
+                    Err(e) => return bad_gateway(service, &e),
+                },
+            };
+            if let Err(e) = sender.ready().await {
+                if pooled {
+                    pooled_ok = false;
+                    continue;
+                }
+                return bad_gateway(service, &e);
+            }
+            match tokio::time::timeout(RESPONSE_TIMEOUT, sender.try_send_request(req)).await {
+                Ok(Ok(r)) => break (target, r, sender),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(back) if pooled => {
+                        req = back;
+                        pooled_ok = false;
+                    }
+                    _ => return bad_gateway(service, e.error()),
+                },
+                Err(_) => {
+                    return text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("service {service} did not answer in time\n"),
+                    );
+                }
             }
         };
         let (mut parts, body) = resp.into_parts();
@@ -363,6 +424,43 @@ impl Ingress {
     }
 }
 
+/// A backend Service as messages name it: `namespace/name`.
+#[derive(Clone, Copy)]
+struct Service<'a>(&'a BackendRef);
+
+impl std::fmt::Display for Service<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0.namespace, self.0.service)
+    }
+}
+
+/// The addresses of a request's X-Forwarded-For headers, left to right (unreadable ones
+/// left out).
+fn forwarded_for(h: &HeaderMap) -> Vec<IpAddr> {
+    h.get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
+/// The client's address: the connection's peer, or, when the peer is a trusted proxy, the
+/// rightmost forwarded address that is not one too (the leftmost when all are).
+fn client_ip(forwarded: &[IpAddr], peer: IpAddr, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(forwarded.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
 /// The size of a request's head as sent: request line and header lines.
 fn head_size<B>(req: &Request<B>) -> usize {
     let uri = req.uri();
@@ -381,8 +479,9 @@ fn head_size<B>(req: &Request<B>) -> usize {
 
 impl Ingress {
     /// What the ingress already has for endpoint `t`: the wasi:http pod itself when it runs
-    /// on this node (not for upgrades, which need a socket), else a pooled connection.
-    fn held(&self, t: &Target, in_process: bool) -> Option<Via> {
+    /// on this node (not for upgrades, which need a socket), else a pooled connection (when
+    /// `pooled`).
+    fn held(&self, t: &Target, in_process: bool, pooled: bool) -> Option<Via> {
         let cfg = &self.shared.cfg;
         let here = t.node.as_deref() == Some(cfg.node_name.as_str()) && t.addr.ip() == cfg.node_ip;
         if in_process
@@ -391,7 +490,7 @@ impl Ingress {
         {
             return Some(Via::InProcess(pod));
         }
-        self.pool.take(t).map(Via::Pooled)
+        pooled.then(|| self.pool.take(t)).flatten().map(Via::Pooled)
     }
 }
 
@@ -406,8 +505,8 @@ async fn handshake(up: crate::mesh::Upstream) -> Result<Sender, hyper::Error> {
     Ok(sender)
 }
 
-fn bad_gateway(service: &str, e: &dyn std::fmt::Display) -> Response<Body> {
-    debug!(service, error = %e, "ingress request to the endpoint failed");
+fn bad_gateway(service: Service<'_>, e: &dyn std::fmt::Display) -> Response<Body> {
+    debug!(%service, error = %e, "ingress request to the endpoint failed");
     text(
         StatusCode::BAD_GATEWAY,
         &format!("service {service}'s endpoint failed: {e}\n"),
@@ -474,9 +573,17 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Makes a client's request one for an endpoint: origin-form, HTTP/1.1, without hop-by-hop
-/// headers, with the forwarding headers set by the ingress (those the client sent are
-/// replaced) and a request id.
-fn forward_headers(req: &mut Request<Incoming>, host: &str, at: Peers, upgrade: bool) {
+/// headers, with the forwarding headers and a request id. From a trusted proxy, its
+/// `X-Forwarded-*` are kept and the peer appended to `X-Forwarded-For`; from anyone else
+/// they are replaced by the ingress's own.
+fn forward_headers<B>(
+    req: &mut Request<B>,
+    host: &str,
+    at: Peers,
+    ctx: &middleware::Ctx<'_>,
+    trusted: bool,
+    upgrade: bool,
+) {
     let path = req
         .uri()
         .path_and_query()
@@ -491,11 +598,23 @@ fn forward_headers(req: &mut Request<Incoming>, host: &str, at: Peers, upgrade: 
     {
         h.insert(header::HOST, v);
     }
-    let ip = HeaderValue::from_str(&at.client.ip().to_string()).ok();
+    let peer = at.client.ip();
+    let chain: Vec<String> = ctx
+        .forwarded_for
+        .iter()
+        .chain([&peer])
+        .map(IpAddr::to_string)
+        .collect();
     let proto = if at.https { "https" } else { "http" };
     for (name, value) in [
-        (&X_FORWARDED_FOR, ip.clone()),
-        (&X_REAL_IP, ip),
+        (
+            &X_FORWARDED_FOR,
+            HeaderValue::from_str(&chain.join(", ")).ok(),
+        ),
+        (
+            &X_REAL_IP,
+            HeaderValue::from_str(&ctx.client.to_string()).ok(),
+        ),
         (&X_FORWARDED_HOST, HeaderValue::from_str(host).ok()),
         (&X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto))),
         (
@@ -503,6 +622,10 @@ fn forward_headers(req: &mut Request<Incoming>, host: &str, at: Peers, upgrade: 
             HeaderValue::from_str(&at.local.port().to_string()).ok(),
         ),
     ] {
+        let keep = trusted && name != X_FORWARDED_FOR && name != X_REAL_IP && h.contains_key(name);
+        if keep {
+            continue;
+        }
         h.remove(name);
         if let Some(v) = value {
             h.insert(name.clone(), v);
@@ -517,5 +640,76 @@ fn forward_headers(req: &mut Request<Incoming>, host: &str, at: Peers, upgrade: 
         if let Ok(v) = HeaderValue::from_str(&hex::encode(id)) {
             h.insert(X_REQUEST_ID.clone(), v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forwarding headers an endpoint gets for a request from `peer` carrying
+    /// `sent`, with `trusted` proxies.
+    fn forwarded(peer: &str, sent: &[(&str, &str)], trusted: &[&str]) -> String {
+        let trusted: Vec<ipnet::IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        let mut req = Request::get("/p").body(()).unwrap();
+        for (k, v) in sent {
+            req.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let at = Peers {
+            client: SocketAddr::new(peer.parse().unwrap(), 5555),
+            local: "10.0.0.1:80".parse().unwrap(),
+            https: false,
+        };
+        let ip = at.client.ip();
+        let is_trusted = trusted.iter().any(|n| n.contains(&ip));
+        let list = if is_trusted {
+            forwarded_for(req.headers())
+        } else {
+            Vec::new()
+        };
+        let ctx = middleware::Ctx {
+            https: false,
+            host: "a.example",
+            client: client_ip(&list, ip, &trusted),
+            forwarded_for: &list,
+        };
+        forward_headers(&mut req, "a.example", at, &ctx, is_trusted, false);
+        let h = req.headers();
+        [
+            "x-forwarded-for",
+            "x-real-ip",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ]
+        .map(|k| format!("{k}={}", h.get(k).map_or("-", |v| v.to_str().unwrap())))
+        .join(" ")
+    }
+
+    #[test]
+    fn forwarding_headers_are_believed_from_trusted_proxies_only() {
+        let sent = [
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.7"),
+            ("x-forwarded-for", "10.1.0.5"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "forged.example"),
+        ];
+        let got = [
+            forwarded("198.51.100.1", &sent, &[]),
+            forwarded("10.1.0.9", &sent, &["10.1.0.0/16"]),
+            forwarded("10.1.0.9", &[], &["10.1.0.0/16"]),
+            forwarded(
+                "10.1.0.9",
+                &[("x-forwarded-for", "10.1.0.7")],
+                &["10.1.0.0/16"],
+            ),
+        ];
+        expect_test::expect![[r#"
+            x-forwarded-for=198.51.100.1 x-real-ip=198.51.100.1 x-forwarded-proto=http x-forwarded-host=a.example
+            x-forwarded-for=6.6.6.6, 203.0.113.7, 10.1.0.5, 10.1.0.9 x-real-ip=203.0.113.7 x-forwarded-proto=https x-forwarded-host=forged.example
+            x-forwarded-for=10.1.0.9 x-real-ip=10.1.0.9 x-forwarded-proto=http x-forwarded-host=a.example
+            x-forwarded-for=10.1.0.7, 10.1.0.9 x-real-ip=10.1.0.7 x-forwarded-proto=http x-forwarded-host=a.example"#]].assert_eq(&got.join("\n"));
     }
 }

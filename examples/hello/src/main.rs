@@ -4,15 +4,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use wstd::http::{Body, Error, Request, Response};
 
-/// Request headers echoed back when present.
-const FORWARDED: [&str; 5] = [
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-    "x-request-id",
-];
-
 /// Requests answered by this instance; it starts at 1 again when the agent starts a new one.
 static SERVED: AtomicU64 = AtomicU64::new(0);
 
@@ -27,11 +18,14 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
     let node = env_or_unknown("FLOTILLA_NODE_NAME");
     let path = request.uri().path();
     let mut text = format!("hello from {pod} on {node}\npath: {path}\ncount: {count}\n");
-    // What a proxy in front (the ingress) says about the request.
-    for name in FORWARDED {
-        if let Some(v) = request.headers().get(name).and_then(|v| v.to_str().ok()) {
-            text.push_str(&format!("{name}: {v}\n"));
-        }
-    }
+    // What a proxy in front (the ingress) says about the request: its `x-` headers, sorted.
+    let mut extra: Vec<String> = request
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-"))
+        .filter_map(|(name, v)| Some(format!("{name}: {}\n", v.to_str().ok()?)))
+        .collect();
+    extra.sort();
+    text.extend(extra);
     Ok(Response::new(text.into()))
 }
