@@ -68,6 +68,9 @@ pub struct Config {
     /// `X-Forwarded-For`) and whose forwarded client address it believes; from anyone else
     /// those headers are replaced.
     pub ingress_trusted_proxies: Vec<ipnet::IpNet>,
+    /// Where the ingress appends a JSON line per request (`-` is standard output); None
+    /// keeps no access log.
+    pub ingress_access_log: Option<PathBuf>,
 }
 
 /// The mesh link's default UDP port (the hub's is 7443).
@@ -106,6 +109,7 @@ impl Config {
             ingress_listen: None,
             ingress_https_listen: None,
             ingress_trusted_proxies: Vec::new(),
+            ingress_access_log: None,
         }
     }
 }

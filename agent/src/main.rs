@@ -83,6 +83,9 @@ struct Args {
     /// other forwarding headers are believed; repeatable. From others they are replaced.
     #[arg(long = "ingress-trusted-proxy", value_parser = trusted_proxy)]
     ingress_trusted_proxies: Vec<ipnet::IpNet>,
+    /// Append a JSON line per ingress request to this file (`-` for standard output).
+    #[arg(long)]
+    ingress_access_log: Option<PathBuf>,
 }
 
 fn trusted_proxy(s: &str) -> Result<ipnet::IpNet, String> {
@@ -140,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.ingress_listen = listen_list("--ingress-listen", &args.ingress_listen)?;
     cfg.ingress_https_listen = listen_list("--ingress-https-listen", &args.ingress_https_listen)?;
     cfg.ingress_trusted_proxies = args.ingress_trusted_proxies;
+    cfg.ingress_access_log = args.ingress_access_log;
     cfg.mesh_listen = args.mesh_listen;
     cfg.service_proxy = !args.no_service_proxy;
     if let Some(d) = args.secret_dir {

@@ -2297,6 +2297,10 @@ pub const CANARY_WEIGHT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary-w
 /// What a canary weight is out of (default 100).
 pub const CANARY_WEIGHT_TOTAL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary-weight-total";
 
+/// How an Ingress's routes pick among a Service's endpoints: `round-robin` (the default) or
+/// `least-request` (fewer requests in flight, of two picked at random).
+pub const LOAD_BALANCE_ANNOTATION: &str = "flotilla.io/load-balance";
+
 /// A step an ingress route applies to its requests (Traefik's `traefik.io/v1alpha1`
 /// Middleware: the same field names, one kind of step per object).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

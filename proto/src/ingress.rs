@@ -3,7 +3,8 @@
 use crate::api::{
     CANARY_ANNOTATION, CANARY_WEIGHT_ANNOTATION, CANARY_WEIGHT_TOTAL_ANNOTATION,
     DEFAULT_INGRESS_CLASS, ENTRYPOINTS_ANNOTATION, INGRESS_CONTROLLER, Ingress, IngressBackend,
-    IngressClass, MIDDLEWARES_ANNOTATION, Middleware, ROUTER_TLS_ANNOTATION,
+    IngressClass, LOAD_BALANCE_ANNOTATION, MIDDLEWARES_ANNOTATION, Middleware,
+    ROUTER_TLS_ANNOTATION,
 };
 
 /// Whether the agents' ingress serves `ing`: its class is one of ours, or it names none
@@ -216,6 +217,22 @@ pub fn canary(ing: &Ingress) -> Result<Option<(u32, u32)>, String> {
     Ok(Some((weight, total)))
 }
 
+/// Whether an Ingress's routes balance by least requests (else round robin).
+pub fn least_request(ing: &Ingress) -> Result<bool, String> {
+    match ing
+        .metadata
+        .annotations
+        .get(LOAD_BALANCE_ANNOTATION)
+        .map(String::as_str)
+    {
+        None | Some("round-robin") => Ok(false),
+        Some("least-request") => Ok(true),
+        Some(v) => Err(format!(
+            "metadata.annotations[{LOAD_BALANCE_ANNOTATION}]: Unsupported value: {v:?}: supported values: \"round-robin\", \"least-request\""
+        )),
+    }
+}
+
 /// The Traefik and ingress-nginx annotations of an Ingress for this controller (one naming
 /// no class, or the default one): those supported are checked, the others refused rather
 /// than ignored.
@@ -228,7 +245,8 @@ fn check_annotations(ing: &Ingress) -> Result<(), String> {
     {
         return Ok(());
     }
-    const SUPPORTED: [&str; 6] = [
+    const SUPPORTED: [&str; 7] = [
+        LOAD_BALANCE_ANNOTATION,
         MIDDLEWARES_ANNOTATION,
         ENTRYPOINTS_ANNOTATION,
         ROUTER_TLS_ANNOTATION,
@@ -238,7 +256,8 @@ fn check_annotations(ing: &Ingress) -> Result<(), String> {
     ];
     for key in ing.metadata.annotations.keys() {
         let controller_specific = key.starts_with("traefik.ingress.kubernetes.io/")
-            || key.starts_with("nginx.ingress.kubernetes.io/");
+            || key.starts_with("nginx.ingress.kubernetes.io/")
+            || key.starts_with("flotilla.io/");
         if controller_specific && !SUPPORTED.contains(&key.as_str()) {
             return Err(format!(
                 "metadata.annotations[{key}]: not supported yet (supported: {})",
@@ -247,6 +266,7 @@ fn check_annotations(ing: &Ingress) -> Result<(), String> {
         }
     }
     middleware_refs(ing)?;
+    least_request(ing)?;
     entrypoints(ing)?;
     canary(ing)?;
     Ok(())
@@ -687,6 +707,8 @@ mod tests {
                 "    nginx.ingress.kubernetes.io/canary: \"true\"\n    nginx.ingress.kubernetes.io/canary-weight: \"120\"",
             ),
             annotated("    nginx.ingress.kubernetes.io/rewrite-target: /"),
+            annotated("    flotilla.io/load-balance: least-request"),
+            annotated("    flotilla.io/load-balance: random"),
         ];
         expect_test::expect![[r#"
             ok
@@ -706,10 +728,12 @@ mod tests {
             document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.middlewares]: Invalid value: "default-auth@file": only Middleware objects (@kubernetescrd) can be referenced, not @file
             ok
             document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.entrypoints]: Unsupported value: "admin": supported values: "web" (HTTP), "websecure" (HTTPS)
-            document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.priority]: not supported yet (supported: traefik.ingress.kubernetes.io/router.middlewares, traefik.ingress.kubernetes.io/router.entrypoints, traefik.ingress.kubernetes.io/router.tls, nginx.ingress.kubernetes.io/canary, nginx.ingress.kubernetes.io/canary-weight, nginx.ingress.kubernetes.io/canary-weight-total)
+            document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.priority]: not supported yet (supported: flotilla.io/load-balance, traefik.ingress.kubernetes.io/router.middlewares, traefik.ingress.kubernetes.io/router.entrypoints, traefik.ingress.kubernetes.io/router.tls, nginx.ingress.kubernetes.io/canary, nginx.ingress.kubernetes.io/canary-weight, nginx.ingress.kubernetes.io/canary-weight-total)
             ok
             document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]: Required value: a canary needs a weight (canaries by header or cookie are not supported yet)
             document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]: Invalid value: 120: must be at most the total, 100
-            document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/rewrite-target]: not supported yet (supported: traefik.ingress.kubernetes.io/router.middlewares, traefik.ingress.kubernetes.io/router.entrypoints, traefik.ingress.kubernetes.io/router.tls, nginx.ingress.kubernetes.io/canary, nginx.ingress.kubernetes.io/canary-weight, nginx.ingress.kubernetes.io/canary-weight-total)"#]].assert_eq(&got.join("\n"));
+            document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/rewrite-target]: not supported yet (supported: flotilla.io/load-balance, traefik.ingress.kubernetes.io/router.middlewares, traefik.ingress.kubernetes.io/router.entrypoints, traefik.ingress.kubernetes.io/router.tls, nginx.ingress.kubernetes.io/canary, nginx.ingress.kubernetes.io/canary-weight, nginx.ingress.kubernetes.io/canary-weight-total)
+            ok
+            document 1 (ingress web): metadata.annotations[flotilla.io/load-balance]: Unsupported value: "random": supported values: "round-robin", "least-request""#]].assert_eq(&got.join("\n"));
     }
 }

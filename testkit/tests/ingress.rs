@@ -501,11 +501,19 @@ fn head(net: &Net, host: &str, path: &str) -> String {
 fn ingress_middlewares_and_weighted_canary() {
     flotilla_testkit::init_tracing();
     let net = Net::create(2).expect("network namespaces (needs root and iproute2)");
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("access.log");
     net.block_on(async {
+        let p = log_path.clone();
         let cluster = Cluster::builder()
             .agents(2)
             .label(0, flotilla_proto::service::GATEWAY_LABEL, "true")
             .on(&net)
+            .configure(move |i, cfg| {
+                if i == 0 {
+                    cfg.ingress_access_log = Some(p.clone());
+                }
+            })
             .start()
             .await;
         cluster.wait_nodes_ready(2).await;
@@ -564,6 +572,23 @@ fn ingress_middlewares_and_weighted_canary() {
         assert_eq!(code, "200");
         assert!(body.contains("x-auth-user: alice\n"), "{body}");
 
+        // The access log has a JSON line per request, the refused ones too.
+        let log = eventually("the access log", || async {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            text.contains("\"status\":401").then_some(text)
+        })
+        .await;
+        let refused: serde_json::Value = log
+            .lines()
+            .find(|l| l.contains("private.example") && l.contains("\"status\":401"))
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .expect("the 401 logged");
+        assert_eq!(refused["method"], "GET");
+        assert_eq!(refused["uri"], "/");
+        assert_eq!(refused["client"], Net::agent_ip(1).to_string());
+        assert_eq!(refused["protocol"], "HTTP/1.1");
+        assert_eq!(refused["request_id"].as_str().map(str::len), Some(32));
+
         // ipAllowList: node-1 (10.77.0.0/24) is not in the office range.
         assert_eq!(get(&net, "office.example", "/", &[]).0, "403");
         // A Middleware that does not exist closes its route, and only that one.
@@ -594,6 +619,178 @@ fn ingress_middlewares_and_weighted_canary() {
         assert_eq!(web + api, 10_000, "every request answered");
         let share = api as f64 / 10_000.0;
         assert!((share - 0.25).abs() <= 0.02, "canary share {share}");
+        cluster.shutdown().await;
+    });
+}
+
+/// Two deployments behind one Service `pair` (both on node-1, so the gateway balances over
+/// both rather than preferring its own).
+const PAIR: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: pair}
+spec:
+  selector: {tier: pair}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: pair}
+spec:
+  rules:
+  - host: pair.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: pair, port: {number: 80}}}}]}
+"#;
+
+fn pair_member(name: &str, node: &str) -> String {
+    backend(name, node).split("---").next().unwrap().replace(
+        &format!("metadata: {{labels: {{app: {name}}}}}"),
+        &format!("metadata: {{labels: {{app: {name}, tier: pair}}}}"),
+    )
+}
+
+#[test]
+fn ingress_fails_over_when_an_endpoint_dies_and_bounds_slow_clients() {
+    flotilla_testkit::init_tracing();
+    let net = Net::create(2).expect("network namespaces (needs root and iproute2)");
+    net.block_on(async {
+        let cluster = Cluster::builder()
+            .agents(2)
+            .label(0, flotilla_proto::service::GATEWAY_LABEL, "true")
+            .on(&net)
+            .start()
+            .await;
+        cluster.wait_nodes_ready(2).await;
+        cluster.push_example("hello").await;
+        cluster
+            .apply(&pair_member("pair-a", "node-1"))
+            .await
+            .expect("apply pair-a");
+        cluster
+            .apply(&pair_member("pair-b", "node-1"))
+            .await
+            .expect("apply pair-b");
+        cluster
+            .apply(PAIR)
+            .await
+            .expect("apply the service and ingress");
+        cluster.wait_ready("pair-a", 1).await;
+        let b = cluster.wait_ready("pair-b", 1).await;
+        eventually("both members to answer", || async {
+            let bodies: Vec<String> = (0..6)
+                .map(|_| get(&net, "pair.example", "/", &[]).1)
+                .collect();
+            let from = |p: &str| {
+                bodies
+                    .iter()
+                    .any(|b| b.starts_with(&format!("hello from {p}-")))
+            };
+            (from("pair-a") && from("pair-b")).then_some(())
+        })
+        .await;
+
+        // Slow clients: 100 connections that send half a request head and stall. Normal
+        // requests keep being served meanwhile, and each stalled one is closed once the
+        // header timeout is over.
+        let ingress = std::net::SocketAddr::new(Net::agent_ip(0), 80);
+        let started = std::time::Instant::now();
+        let mut slow = Vec::new();
+        for _ in 0..100 {
+            let mut s = tokio::net::TcpStream::connect(ingress)
+                .await
+                .expect("connect");
+            tokio::io::AsyncWriteExt::write_all(
+                &mut s,
+                b"GET / HTTP/1.1\r\nHost: pair.example\r\n",
+            )
+            .await
+            .unwrap();
+            slow.push(s);
+        }
+        for _ in 0..5 {
+            assert_eq!(get(&net, "pair.example", "/", &[]).0, "200");
+        }
+        for mut s in slow {
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+            )
+            .await;
+            assert!(
+                read.is_ok(),
+                "a stalled connection is still open after 20 s"
+            );
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= flotilla_agent::ingress::HEADER_TIMEOUT,
+            "closed after {waited:?}"
+        );
+
+        // pair-b's endpoint dies mid-run (its port resets every connection): requests keep
+        // being answered, by pair-a from then on, with none lost.
+        let endpoint = b[0].status.endpoint.clone().expect("pair-b's endpoint");
+        let port = endpoint.rsplit(':').next().expect("a port").to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let urls = dir.path().join("urls");
+        let url = format!("url = \"http://{}/\"\n", Net::agent_ip(0));
+        std::fs::write(&urls, url.repeat(1000)).unwrap();
+        let text = std::thread::scope(|s| {
+            let load = s.spawn(|| {
+                net.agent_ns(1).exec(&[
+                    "curl",
+                    "-s",
+                    "-m",
+                    "120",
+                    "--rate",
+                    "200/s",
+                    "-H",
+                    "Host: pair.example",
+                    "-w",
+                    "code=%{http_code}\n",
+                    "-K",
+                    urls.to_str().unwrap(),
+                ])
+            });
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            let out = net.agent_ns(1).exec(&[
+                "iptables",
+                "-I",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &port,
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ]);
+            assert!(out.status.success(), "iptables");
+            String::from_utf8_lossy(&load.join().unwrap().stdout).to_string()
+        });
+        let answers: Vec<&str> = text
+            .split("code=")
+            .skip(1)
+            .map(|a| a.get(..3).unwrap_or(a))
+            .collect();
+        assert_eq!(answers.len(), 1000, "every request answered");
+        assert!(answers.iter().all(|c| *c == "200"), "{answers:?}");
+        let greetings: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("hello from "))
+            .collect();
+        assert!(
+            greetings[..100].iter().any(|g| g.starts_with("pair-b")),
+            "pair-b served before"
+        );
+        assert!(
+            greetings[greetings.len() - 500..]
+                .iter()
+                .all(|g| g.starts_with("pair-a")),
+            "pair-b is gone"
+        );
         cluster.shutdown().await;
     });
 }

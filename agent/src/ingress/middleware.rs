@@ -850,7 +850,8 @@ mod tests {
             403 
             forward / []
             forward / [x-env=prod]
-            503 "#]].assert_eq(&got.join("\n"));
+            503 "#]]
+        .assert_eq(&got.join("\n"));
     }
 
     #[tokio::test]

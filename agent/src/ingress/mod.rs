@@ -17,6 +17,7 @@
 //! Bounds: request headers must arrive within [`HEADER_TIMEOUT`] and fit in
 //! [`MAX_HEADER_BYTES`]; an endpoint has [`RESPONSE_TIMEOUT`] to answer; beyond
 //! [`MAX_CONNECTIONS`] open connections, new ones get a 503 and are closed.
+pub mod access;
 pub mod middleware;
 pub mod pool;
 pub mod routes;
@@ -24,10 +25,11 @@ pub mod tls;
 
 use crate::Shared;
 use crate::mesh::link::Link;
-use crate::mesh::{Conn, table::Table, table::Target};
+use crate::mesh::{Conn, table::Balancing, table::Table, table::Target};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,7 +37,7 @@ use pool::{Pool, PooledBody, Sender};
 use routes::{BackendRef, Routes};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +72,7 @@ struct Ingress {
     connections: Arc<Semaphore>,
     tls: tokio_rustls::TlsAcceptor,
     state: Arc<middleware::State>,
+    access: Option<access::AccessLog>,
     /// Proxies whose forwarding headers are believed.
     trusted: Vec<ipnet::IpNet>,
 }
@@ -107,6 +110,16 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     tls_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let access = match &shared.cfg.ingress_access_log {
+        None => None,
+        Some(path) => match access::AccessLog::open(path, &shared.tracker).await {
+            Ok(log) => Some(log),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot open the ingress access log; requests are not logged");
+                None
+            }
+        },
+    };
     let mut table_rx = shared.mesh_table.subscribe();
     let ingress = Arc::new(Ingress {
         shared: shared.clone(),
@@ -116,6 +129,7 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
         connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
         state: Arc::default(),
+        access,
         trusted: shared.cfg.ingress_trusted_proxies.clone(),
     });
     let mut serving: Option<CancellationToken> = None;
@@ -288,7 +302,25 @@ async fn serve<I>(
 }
 
 impl Ingress {
+    /// Answers a request, and writes it to the access log when there is one.
     async fn handle(&self, mut req: Request<Incoming>, at: Peers) -> Response<Body> {
+        let id = request_id(req.headers_mut());
+        let Some(log) = &self.access else {
+            return self.respond(req, at).await;
+        };
+        let started = Instant::now();
+        let line = access::Line::of(
+            &req,
+            at.client.ip(),
+            at.https,
+            id.to_str().unwrap_or_default(),
+        );
+        let resp = self.respond(req, at).await;
+        log.write(&line.finish(resp.status(), started.elapsed()));
+        resp
+    }
+
+    async fn respond(&self, mut req: Request<Incoming>, at: Peers) -> Response<Body> {
         if head_size(&req) > MAX_HEADER_BYTES {
             return text(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -325,7 +357,8 @@ impl Ingress {
             Ok(()) => {
                 let upgrade = wants_upgrade(req.headers());
                 forward_headers(&mut req, &host, at, &ctx, trusted, upgrade);
-                self.forward(req, dest.pick(), upgrade, ctx.client).await
+                self.forward(req, dest.pick(), dest.how, upgrade, ctx.client)
+                    .await
             }
             Err(answer) => answer.map(|b| Either::Right(Either::Left(Full::new(b)))),
         };
@@ -339,6 +372,7 @@ impl Ingress {
         &self,
         mut req: Request<Incoming>,
         to: &BackendRef,
+        how: Balancing,
         upgrade: bool,
         client: IpAddr,
     ) -> Response<Body> {
@@ -352,57 +386,119 @@ impl Ingress {
             );
         };
         let upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // An idempotent request without a body can be sent again, to another endpoint, when
+        // the first one fails before answering (as nginx's proxy_next_upstream does).
+        let replay = (upgrade.is_none() && idempotent(req.method()) && req.body().is_end_stream())
+            .then(|| head_of(&req));
+        let mut fresh = Some(req);
+        // A request a connection handed back unsent.
+        let mut unsent: Option<Request<ReqBody>> = None;
+        let mut avoid: Vec<Target> = Vec::new();
         // A kept-alive connection may turn out closed when the request is handed to it;
-        // the request is then tried once more on a new one.
+        // the request then goes on a new one.
         let mut pooled_ok = true;
-        let (target, resp, sender) = loop {
+        let mut failure: Option<String> = None;
+        let outcome = loop {
+            if avoid.len() > crate::mesh::ATTEMPTS {
+                break None;
+            }
+            let pick = crate::mesh::Pick {
+                client,
+                how,
+                avoid: &avoid,
+            };
+            // Only the client's own request can be handed to a pod in process.
+            let in_process = fresh.is_some() && upgrade.is_none();
             let picked =
-                crate::mesh::connect(&self.shared, &self.link, &table, backend, client, |t| {
-                    self.held(t, upgrade.is_none(), pooled_ok)
+                crate::mesh::connect(&self.shared, &self.link, &table, backend, pick, |t| {
+                    self.held(t, in_process, pooled_ok)
                 })
                 .await;
             let Some((target, conn)) = picked else {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("no endpoint of service {service} is available\n"),
-                );
+                break None;
             };
             let (mut sender, pooled) = match conn {
-                Conn::Held(Via::InProcess(pod)) => {
-                    return pod
-                        .handle(req)
-                        .await
-                        .map(|b| Either::Right(Either::Right(b)));
-                }
+                Conn::Held(Via::InProcess(pod)) => match fresh.take() {
+                    Some(req) => {
+                        return pod
+                            .handle(req)
+                            .await
+                            .map(|b| Either::Right(Either::Right(b)));
+                    }
+                    None => continue,
+                },
                 Conn::Held(Via::Pooled(s)) => (s, true),
                 Conn::New(up) => match handshake(up).await {
                     Ok(s) => (s, false),
-                    Err(e) => return bad_gateway(service, &e),
+                    Err(e) => {
+                        backend.report(&target, false, Instant::now());
+                        failure = Some(e.to_string());
+                        avoid.push(target);
+                        continue;
+                    }
                 },
             };
-            if let Err(e) = sender.ready().await {
-                if pooled {
-                    pooled_ok = false;
-                    continue;
+            if sender.ready().await.is_err() {
+                if !pooled {
+                    avoid.push(target);
                 }
-                return bad_gateway(service, &e);
+                pooled_ok = false;
+                continue;
             }
+            let Some(req) = unsent
+                .take()
+                .or_else(|| fresh.take().map(|r| r.map(http_body_util::Either::Left)))
+                .or_else(|| replay.as_ref().map(again))
+            else {
+                break None;
+            };
+            let in_flight = backend.begin(&target);
             match tokio::time::timeout(RESPONSE_TIMEOUT, sender.try_send_request(req)).await {
-                Ok(Ok(r)) => break (target, r, sender),
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(back) if pooled => {
-                        req = back;
+                Ok(Ok(r)) => {
+                    let gateway_error = matches!(
+                        r.status(),
+                        StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
+                    );
+                    backend.report(&target, !gateway_error, Instant::now());
+                    break Some((target, r, sender, in_flight));
+                }
+                Ok(Err(mut e)) => {
+                    if let Some(back) = e.take_message() {
+                        // Not sent: the connection was closed already.
+                        unsent = Some(back);
                         pooled_ok = false;
+                        if !pooled {
+                            avoid.push(target);
+                        }
+                        continue;
                     }
-                    _ => return bad_gateway(service, e.error()),
-                },
+                    backend.report(&target, false, Instant::now());
+                    if replay.is_none() {
+                        return bad_gateway(service, e.error());
+                    }
+                    debug!(%service, endpoint = %target.addr, error = %e.error(), "request failed; sending it to the next endpoint");
+                    failure = Some(e.error().to_string());
+                    avoid.push(target);
+                }
                 Err(_) => {
+                    backend.report(&target, false, Instant::now());
                     return text(
                         StatusCode::GATEWAY_TIMEOUT,
                         &format!("service {service} did not answer in time\n"),
                     );
                 }
             }
+        };
+        let Some((target, resp, sender, in_flight)) = outcome else {
+            return match &failure {
+                Some(e) => bad_gateway(service, e),
+                None => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("no endpoint of service {service} is available\n"),
+                ),
+            };
         };
         let (mut parts, body) = resp.into_parts();
         if let Some(down) = upgrade
@@ -419,9 +515,36 @@ impl Ingress {
             return Response::from_parts(parts, Either::Right(Either::Left(Full::default())));
         }
         strip_hop_by_hop(&mut parts.headers, false);
-        let body = PooledBody::new(body, self.pool.clone(), target, sender);
+        let body = PooledBody::new(body, self.pool.clone(), target, sender, in_flight);
         Response::from_parts(parts, Either::Left(body))
     }
+}
+
+/// What a request to an endpoint carries: the client's body, or none for a request sent
+/// again.
+pub type ReqBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
+
+/// Methods RFC 9110 calls idempotent: a request of these may be sent twice.
+fn idempotent(m: &http::Method) -> bool {
+    use http::Method as M;
+    matches!(
+        *m,
+        M::GET | M::HEAD | M::OPTIONS | M::TRACE | M::PUT | M::DELETE
+    )
+}
+
+/// A request's head, to send it again without a body.
+fn head_of<B>(req: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head
+}
+
+fn again(head: &Request<()>) -> Request<ReqBody> {
+    head_of(head).map(|()| http_body_util::Either::Right(http_body_util::Empty::new()))
 }
 
 /// A backend Service as messages name it: `namespace/name`.
@@ -573,7 +696,7 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Makes a client's request one for an endpoint: origin-form, HTTP/1.1, without hop-by-hop
-/// headers, with the forwarding headers and a request id. From a trusted proxy, its
+/// headers, with the forwarding headers. From a trusted proxy, its
 /// `X-Forwarded-*` are kept and the peer appended to `X-Forwarded-For`; from anyone else
 /// they are replaced by the ingress's own.
 fn forward_headers<B>(
@@ -631,16 +754,22 @@ fn forward_headers<B>(
             h.insert(name.clone(), v);
         }
     }
-    let keep_id = h
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.is_empty() && v.len() <= 200);
-    if !keep_id {
-        let id: [u8; 16] = rand::random();
-        if let Ok(v) = HeaderValue::from_str(&hex::encode(id)) {
-            h.insert(X_REQUEST_ID.clone(), v);
-        }
+}
+
+/// A request's X-Request-Id: the client's (when it is printable and at most 200 bytes), or a
+/// new one put in its place.
+fn request_id(h: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(&X_REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= 200
+        && v.to_str().is_ok()
+    {
+        return v.clone();
     }
+    let id: [u8; 16] = rand::random();
+    let v = HeaderValue::from_str(&hex::encode(id)).unwrap_or(HeaderValue::from_static("-"));
+    h.insert(X_REQUEST_ID.clone(), v.clone());
+    v
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! its endpoint's idle list when the response it carried has been read to the end (the
 //! [`PooledBody`] sees to that); one dropped earlier, or closed by the endpoint, is not
 //! reused.
-use crate::mesh::table::Target;
+use crate::mesh::table::{InFlight, Target};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 /// Idle connections kept per endpoint; more are closed when their response ends.
 const MAX_IDLE: usize = 64;
 
-pub type Sender = SendRequest<Incoming>;
+pub type Sender = SendRequest<super::ReqBody>;
 
 #[derive(Default)]
 pub struct Pool {
@@ -53,17 +53,26 @@ impl Pool {
     }
 }
 
-/// An endpoint's response body that hands its connection back to the pool at its end.
+/// An endpoint's response body that hands its connection back to the pool at its end, and
+/// counts as a request in flight to the endpoint until it is dropped.
 pub struct PooledBody {
     inner: Incoming,
     back: Option<(Arc<Pool>, Target, Sender)>,
+    _in_flight: InFlight,
 }
 
 impl PooledBody {
-    pub fn new(inner: Incoming, pool: Arc<Pool>, t: Target, s: Sender) -> PooledBody {
+    pub fn new(
+        inner: Incoming,
+        pool: Arc<Pool>,
+        t: Target,
+        s: Sender,
+        in_flight: InFlight,
+    ) -> PooledBody {
         let mut body = PooledBody {
             inner,
             back: Some((pool, t, s)),
+            _in_flight: in_flight,
         };
         // An empty body (a 204, a HEAD's answer) may never be polled.
         body.check_in_at_end();

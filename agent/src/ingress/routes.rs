@@ -12,6 +12,7 @@
 //! requests of the same host and path of the others.
 use super::middleware::Chain;
 use crate::discovery::Objects;
+use crate::mesh::table::Balancing;
 use flotilla_proto::Object;
 use flotilla_proto::api::{Ingress, IngressBackend, IngressClass, Middleware, ServiceBackendPort};
 use flotilla_proto::ingress as rules;
@@ -34,16 +35,19 @@ pub struct Dest {
     /// A canary's backend, its weight and the weight's total.
     pub canary: Option<(BackendRef, u64, u64)>,
     pub chain: Arc<Chain>,
+    /// How an endpoint of the backend is picked.
+    pub how: Balancing,
     /// Requests so far, for the canary's share.
     count: AtomicU64,
 }
 
 impl Dest {
-    fn new(backend: BackendRef, chain: Arc<Chain>) -> Dest {
+    fn new(backend: BackendRef, chain: Arc<Chain>, how: Balancing) -> Dest {
         Dest {
             backend,
             canary: None,
             chain,
+            how,
             count: AtomicU64::new(0),
         }
     }
@@ -105,12 +109,16 @@ impl Routes {
             let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
             let chain = Arc::new(Chain::build(ns, ing, &middlewares));
             let (http, https) = rules::entrypoints(ing).unwrap_or((true, true));
+            let how = match rules::least_request(ing) {
+                Ok(true) => Balancing::LeastRequest,
+                _ => Balancing::RoundRobin,
+            };
             let route = |path, b: &IngressBackend| {
                 backend_ref(ns, b).map(|backend| Route {
                     path,
                     http,
                     https,
-                    dest: Arc::new(Dest::new(backend, chain.clone())),
+                    dest: Arc::new(Dest::new(backend, chain.clone(), how)),
                 })
             };
             if routes.default.is_none() {

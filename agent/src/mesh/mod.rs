@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 const ROUTE_PROTO: &str = "250";
 
 /// Connections are tried on this many endpoints before the client's is closed.
-const ATTEMPTS: usize = 3;
+pub const ATTEMPTS: usize = 3;
 
 /// A connection to an endpoint: TCP, or a stream of the mesh link (or of the hub's relay).
 pub type Upstream =
@@ -236,16 +236,12 @@ async fn accept(
         let shared = shared.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            match connect(
-                &shared,
-                &link,
-                &peers,
-                &backend,
-                client.ip(),
-                |_| None::<()>,
-            )
-            .await
-            {
+            let pick = Pick {
+                client: client.ip(),
+                how: table::Balancing::RoundRobin,
+                avoid: &[],
+            };
+            match connect(&shared, &link, &peers, &backend, pick, |_| None::<()>).await {
                 Some((_, Conn::New(up))) => splice(tcp, up).await,
                 Some((_, Conn::Held(()))) => {}
                 None => {
@@ -262,28 +258,41 @@ pub enum Conn<T> {
     New(Upstream),
 }
 
-/// A connection for `client` to one of `backend`'s endpoints, trying the next one on a
-/// connect failure ([`ATTEMPTS`] in all). `reuse` may offer a connection it already holds to
-/// the picked endpoint (the ingress's pool), which is taken instead of dialling. None when
-/// no endpoint took it.
+/// Who a connection is for, and how its endpoint is picked.
+pub struct Pick<'a> {
+    pub client: IpAddr,
+    pub how: table::Balancing,
+    /// Endpoints that already failed this request.
+    pub avoid: &'a [Target],
+}
+
+/// A connection for a client to one of `backend`'s endpoints, trying the next one on a
+/// connect failure ([`ATTEMPTS`] in all), each failure and success counted for the
+/// endpoint's passive health. `reuse` may offer a connection it already holds to the picked
+/// endpoint (the ingress's pool), which is taken instead of dialling. None when no endpoint
+/// took it.
 pub async fn connect<T>(
     shared: &Shared,
     link: &Link,
     table: &Table,
     backend: &table::Backend,
-    client: IpAddr,
+    pick: Pick<'_>,
     mut reuse: impl FnMut(&Target) -> Option<T>,
 ) -> Option<(Target, Conn<T>)> {
-    let mut failed: Vec<Target> = Vec::new();
-    while failed.len() < ATTEMPTS {
-        let t = backend.pick(client, &failed, Instant::now())?;
+    let mut failed: Vec<Target> = pick.avoid.to_vec();
+    for _ in 0..ATTEMPTS {
+        let t = backend.choose(pick.client, &failed, Instant::now(), pick.how)?;
         if let Some(held) = reuse(&t) {
             return Some((t, Conn::Held(held)));
         }
         match dial(shared, link, table, &t).await {
-            Ok(up) => return Some((t, Conn::New(up))),
+            Ok(up) => {
+                backend.report(&t, true, Instant::now());
+                return Some((t, Conn::New(up)));
+            }
             Err(e) => {
                 debug!(service = backend.service, endpoint = %t.addr, error = %e, "endpoint unreachable; trying the next");
+                backend.report(&t, false, Instant::now());
                 failed.push(t);
             }
         }

@@ -83,14 +83,63 @@ pub struct Backend {
 struct Balance {
     next: AtomicUsize,
     sticky: Mutex<HashMap<IpAddr, (Target, Instant)>>,
+    /// Passive health and requests in flight, by endpoint (only those that have any).
+    health: Mutex<HashMap<Target, Health>>,
+}
+
+/// What traffic has shown of one endpoint.
+#[derive(Default, Debug)]
+struct Health {
+    /// Failures in a row (connects refused, requests broken, gateway errors).
+    failures: u32,
+    /// Left out of new picks until then.
+    ejected_until: Option<Instant>,
+    /// Requests or connections now in flight.
+    outstanding: usize,
+}
+
+/// Failures in a row that eject an endpoint, and for how long (Envoy's outlier detection,
+/// with its consecutive gateway failures).
+pub const EJECT_AFTER: u32 = 3;
+pub const EJECT_FOR: Duration = Duration::from_secs(10);
+
+/// How a Backend picks among the endpoints of its best tier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balancing {
+    #[default]
+    RoundRobin,
+    /// The one with fewer requests in flight of two picked at random (power of two choices).
+    LeastRequest,
 }
 
 impl Backend {
-    /// The endpoint for a new connection from `client`, skipping those in `avoid` (already
-    /// failed for this connection): the client's sticky endpoint while it lasts, otherwise
-    /// round robin over the best tier that has one.
+    /// The endpoint for a new connection from `client`, round robin (see [`Backend::choose`]).
     pub fn pick(&self, client: IpAddr, avoid: &[Target], now: Instant) -> Option<Target> {
-        let usable = |t: &Target| !avoid.contains(t);
+        self.choose(client, avoid, now, Balancing::RoundRobin)
+    }
+
+    /// The endpoint for a new connection or request from `client`, skipping those in
+    /// `avoid` (already failed for it) and, while others are left, those ejected for
+    /// failing: the client's sticky endpoint while it lasts, otherwise one of the best tier
+    /// that has any, by `how`.
+    pub fn choose(
+        &self,
+        client: IpAddr,
+        avoid: &[Target],
+        now: Instant,
+        how: Balancing,
+    ) -> Option<Target> {
+        let health = self.state.health.lock().unwrap_or_else(|p| p.into_inner());
+        let ejected = |t: &Target| {
+            health
+                .get(t)
+                .and_then(|h| h.ejected_until)
+                .is_some_and(|until| now < until)
+        };
+        let all = || self.tiers.iter().flatten().filter(|t| !avoid.contains(t));
+        // Never eject everything: with every endpoint ejected, all are candidates again.
+        let skip_ejected = all().any(|t| !ejected(t));
+        let usable = |t: &Target| !avoid.contains(t) && (!skip_ejected || !ejected(t));
         if let Some(timeout) = self.affinity {
             let mut sticky = self.state.sticky.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((t, seen)) = sticky.get(&client)
@@ -109,8 +158,23 @@ impl Backend {
             .iter()
             .map(|tier| tier.iter().filter(|t| usable(t)).collect::<Vec<_>>())
             .find(|tier| !tier.is_empty())?;
-        let n = self.state.next.fetch_add(1, Ordering::Relaxed);
-        let t = tier[n % tier.len()].clone();
+        let t = match how {
+            Balancing::LeastRequest if tier.len() > 1 => {
+                let a = rand::random_range(0..tier.len());
+                let b = (a + rand::random_range(1..tier.len())) % tier.len();
+                let load = |t: &Target| health.get(t).map_or(0, |h| h.outstanding);
+                if load(tier[b]) < load(tier[a]) {
+                    tier[b].clone()
+                } else {
+                    tier[a].clone()
+                }
+            }
+            _ => {
+                let n = self.state.next.fetch_add(1, Ordering::Relaxed);
+                tier[n % tier.len()].clone()
+            }
+        };
+        drop(health);
         if self.affinity.is_some() {
             let mut sticky = self.state.sticky.lock().unwrap_or_else(|p| p.into_inner());
             sticky.insert(client, (t.clone(), now));
@@ -118,8 +182,58 @@ impl Backend {
         Some(t)
     }
 
+    /// Records how a connection to or a request for `t` went: [`EJECT_AFTER`] failures in
+    /// a row eject it for [`EJECT_FOR`] (again at each failure after that, until one
+    /// succeeds).
+    pub fn report(&self, t: &Target, ok: bool, now: Instant) {
+        let mut health = self.state.health.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            if let Some(h) = health.get_mut(t) {
+                h.failures = 0;
+                h.ejected_until = None;
+                if h.outstanding == 0 {
+                    health.remove(t);
+                }
+            }
+            return;
+        }
+        let h = health.entry(t.clone()).or_default();
+        h.failures += 1;
+        if h.failures >= EJECT_AFTER {
+            h.ejected_until = Some(now + EJECT_FOR);
+        }
+    }
+
+    /// Counts a request to `t` as in flight until the guard is dropped.
+    pub fn begin(&self, t: &Target) -> InFlight {
+        let mut health = self.state.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.entry(t.clone()).or_default().outstanding += 1;
+        InFlight {
+            state: self.state.clone(),
+            target: t.clone(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tiers.is_empty()
+    }
+}
+
+/// A request in flight to an endpoint, for least-request balancing.
+pub struct InFlight {
+    state: Arc<Balance>,
+    target: Target,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut health = self.state.health.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = health.get_mut(&self.target) {
+            h.outstanding = h.outstanding.saturating_sub(1);
+            if h.outstanding == 0 && h.failures == 0 {
+                health.remove(&self.target);
+            }
+        }
     }
 }
 

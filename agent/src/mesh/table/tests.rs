@@ -282,3 +282,96 @@ fn load_balancer_ports_open_on_gateway_nodes_only() {
         ["10.43.0.20:8081", "192.168.1.10:8081", "192.168.1.10:30081"]
     );
 }
+
+#[test]
+fn failing_endpoints_are_ejected_for_a_while_but_never_all() {
+    let all = objects(vec![
+        web(),
+        slice(
+            "web",
+            &[("10.42.1.5", "b", "", true), ("10.42.2.5", "c", "", true)],
+        ),
+    ]);
+    let t = build(&all, &me(), &Table::default());
+    let b = t.frontends[&"192.168.1.10:30080".parse().unwrap()].clone();
+    let client: IpAddr = "10.0.0.1".parse().unwrap();
+    let now = Instant::now();
+    let bad = b.tiers[0][0].clone();
+    let picks = |b: &Backend, at: Instant| -> Vec<String> {
+        (0..4)
+            .map(|_| b.pick(client, &[], at).unwrap().addr.to_string())
+            .collect()
+    };
+    // Fewer failures in a row than EJECT_AFTER, or a success between them, eject nothing.
+    for _ in 1..EJECT_AFTER {
+        b.report(&bad, false, now);
+    }
+    b.report(&bad, true, now);
+    for _ in 1..EJECT_AFTER {
+        b.report(&bad, false, now);
+    }
+    assert_eq!(
+        picks(&b, now)
+            .iter()
+            .filter(|a| **a == "10.42.1.5:8080")
+            .count(),
+        2
+    );
+    b.report(&bad, false, now);
+    assert_eq!(picks(&b, now), ["10.42.2.5:8080"; 4]);
+    // Back in rotation when the ejection is over; one more failure ejects it again.
+    let later = now + EJECT_FOR;
+    assert_eq!(
+        picks(&b, later)
+            .iter()
+            .filter(|a| **a == "10.42.1.5:8080")
+            .count(),
+        2
+    );
+    b.report(&bad, false, later);
+    assert_eq!(picks(&b, later), ["10.42.2.5:8080"; 4]);
+    // With every endpoint ejected, all are candidates again.
+    let good = b.tiers[0][1].clone();
+    for _ in 0..EJECT_AFTER {
+        b.report(&good, false, later);
+    }
+    assert_eq!(
+        picks(&b, later)
+            .iter()
+            .filter(|a| **a == "10.42.1.5:8080")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn least_request_prefers_the_endpoint_with_fewer_in_flight() {
+    let all = objects(vec![
+        web(),
+        slice(
+            "web",
+            &[("10.42.1.5", "b", "", true), ("10.42.2.5", "c", "", true)],
+        ),
+    ]);
+    let t = build(&all, &me(), &Table::default());
+    let b = t.frontends[&"192.168.1.10:30080".parse().unwrap()].clone();
+    let client: IpAddr = "10.0.0.1".parse().unwrap();
+    let now = Instant::now();
+    let busy = b.tiers[0][0].clone();
+    let held: Vec<InFlight> = (0..3).map(|_| b.begin(&busy)).collect();
+    for _ in 0..20 {
+        let t = b.choose(client, &[], now, Balancing::LeastRequest).unwrap();
+        assert_eq!(t.addr.to_string(), "10.42.2.5:8080");
+    }
+    // When the requests end, both are picked again.
+    drop(held);
+    let picked: BTreeSet<String> = (0..50)
+        .map(|_| {
+            let t = b.choose(client, &[], now, Balancing::LeastRequest).unwrap();
+            // Each pick stays in flight, so the two take turns.
+            std::mem::forget(b.begin(&t));
+            t.addr.to_string()
+        })
+        .collect();
+    assert_eq!(picked.len(), 2);
+}
