@@ -283,8 +283,8 @@ fn load_balancer_ports_open_on_gateway_nodes_only() {
     );
 }
 
-#[test]
-fn failing_endpoints_are_ejected_for_a_while_but_never_all() {
+/// web's node port Backend with endpoints on nodes b and c (one tier).
+fn two_remote_endpoints() -> Arc<Backend> {
     let all = objects(vec![
         web(),
         slice(
@@ -293,7 +293,12 @@ fn failing_endpoints_are_ejected_for_a_while_but_never_all() {
         ),
     ]);
     let t = build(&all, &me(), &Table::default());
-    let b = t.frontends[&"192.168.1.10:30080".parse().unwrap()].clone();
+    t.frontends[&"192.168.1.10:30080".parse().unwrap()].clone()
+}
+
+#[test]
+fn failing_endpoints_are_ejected_for_a_while_but_never_all() {
+    let b = two_remote_endpoints();
     let client: IpAddr = "10.0.0.1".parse().unwrap();
     let now = Instant::now();
     let bad = b.tiers[0][0].clone();
@@ -346,15 +351,7 @@ fn failing_endpoints_are_ejected_for_a_while_but_never_all() {
 
 #[test]
 fn least_request_prefers_the_endpoint_with_fewer_in_flight() {
-    let all = objects(vec![
-        web(),
-        slice(
-            "web",
-            &[("10.42.1.5", "b", "", true), ("10.42.2.5", "c", "", true)],
-        ),
-    ]);
-    let t = build(&all, &me(), &Table::default());
-    let b = t.frontends[&"192.168.1.10:30080".parse().unwrap()].clone();
+    let b = two_remote_endpoints();
     let client: IpAddr = "10.0.0.1".parse().unwrap();
     let now = Instant::now();
     let busy = b.tiers[0][0].clone();
