@@ -324,6 +324,22 @@ pub struct Secret {
     pub string_data: BTreeMap<String, String>,
 }
 
+impl Secret {
+    /// The bytes of `data[key]`, decoded; None when the key is absent. The error names the
+    /// field.
+    pub fn value(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        use base64::Engine as _;
+        self.data
+            .get(key)
+            .map(|v| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(v)
+                    .map_err(|e| format!("data[{key}]: {e}"))
+            })
+            .transpose()
+    }
+}
+
 // ---------------------------------------------------------------- Pod
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -638,17 +638,13 @@ impl Auth {
 /// The users of a basicAuth Secret: htpasswd lines under `users` (bcrypt hashes only), or a
 /// `kubernetes.io/basic-auth` Secret's `username` and `password`.
 pub fn users_from_secret(secret: &Object) -> anyhow::Result<Users> {
-    use base64::Engine as _;
     let Object::Secret(s) = secret else {
         anyhow::bail!("not a Secret");
     };
     let field = |k: &str| -> anyhow::Result<Option<String>> {
-        s.data
-            .get(k)
-            .map(|v| {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(v)
-                    .map_err(|e| anyhow::anyhow!("data[{k}]: {e}"))?;
+        s.value(k)
+            .map_err(anyhow::Error::msg)?
+            .map(|bytes| {
                 String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("data[{k}] is not UTF-8"))
             })
             .transpose()

@@ -35,6 +35,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pool::{Pool, PooledBody, Sender};
 use routes::{BackendRef, Routes};
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -334,8 +335,9 @@ impl Ingress {
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
             .unwrap_or_default()
             .to_string();
+        let name = routes::host_name(&host);
         let routes = self.routes.borrow().clone();
-        let Some(dest) = routes.find(&host, req.uri().path(), at.https) else {
+        let Some(dest) = routes.find(&name, req.uri().path(), at.https) else {
             return text(StatusCode::NOT_FOUND, "no route for this host and path\n");
         };
         let peer = at.client.ip();
@@ -345,11 +347,14 @@ impl Ingress {
         } else {
             Vec::new()
         };
-        let name = routes::host_name(&host);
         let ctx = middleware::Ctx {
             https: at.https,
             host: &name,
-            client: client_ip(&forwarded, peer, &self.trusted),
+            client: if trusted {
+                client_ip(&forwarded, &self.trusted).unwrap_or(peer)
+            } else {
+                peer
+            },
             forwarded_for: &forwarded,
         };
         let origin = req.headers().get(header::ORIGIN).cloned();
@@ -388,8 +393,13 @@ impl Ingress {
         let upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // An idempotent request without a body can be sent again, to another endpoint, when
         // the first one fails before answering (as nginx's proxy_next_upstream does).
-        let replay = (upgrade.is_none() && idempotent(req.method()) && req.body().is_end_stream())
-            .then(|| head_of(&req));
+        // With a single endpoint there is nowhere else to send it, and no head to keep.
+        let elsewhere = backend.tiers.iter().map(Vec::len).sum::<usize>() > 1;
+        let replay = (elsewhere
+            && upgrade.is_none()
+            && idempotent(req.method())
+            && req.body().is_end_stream())
+        .then(|| head_of(&req));
         let mut fresh = Some(req);
         // A request a connection handed back unsent.
         let mut unsent: Option<Request<ReqBody>> = None;
@@ -568,20 +578,15 @@ fn forwarded_for(h: &HeaderMap) -> Vec<IpAddr> {
         .collect()
 }
 
-/// The client's address: the connection's peer, or, when the peer is a trusted proxy, the
-/// rightmost forwarded address that is not one too (the leftmost when all are).
-fn client_ip(forwarded: &[IpAddr], peer: IpAddr, trusted: &[ipnet::IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
+/// The client's address a trusted proxy forwarded: the rightmost forwarded address that is
+/// no trusted proxy itself (the leftmost when all are); None when it forwarded none.
+fn client_ip(forwarded: &[IpAddr], trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
     forwarded
         .iter()
         .rev()
-        .find(|ip| !is_trusted(ip))
+        .find(|ip| !trusted.iter().any(|n| n.contains(*ip)))
         .or(forwarded.first())
         .copied()
-        .unwrap_or(peer)
 }
 
 /// The size of a request's head as sent: request line and header lines.
@@ -722,18 +727,16 @@ fn forward_headers<B>(
         h.insert(header::HOST, v);
     }
     let peer = at.client.ip();
-    let chain: Vec<String> = ctx
-        .forwarded_for
-        .iter()
-        .chain([&peer])
-        .map(IpAddr::to_string)
-        .collect();
+    let mut chain = String::new();
+    for ip in ctx.forwarded_for.iter().chain([&peer]) {
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        let _ = write!(chain, "{ip}");
+    }
     let proto = if at.https { "https" } else { "http" };
     for (name, value) in [
-        (
-            &X_FORWARDED_FOR,
-            HeaderValue::from_str(&chain.join(", ")).ok(),
-        ),
+        (&X_FORWARDED_FOR, HeaderValue::from_str(&chain).ok()),
         (
             &X_REAL_IP,
             HeaderValue::from_str(&ctx.client.to_string()).ok(),
@@ -802,7 +805,11 @@ mod tests {
         let ctx = middleware::Ctx {
             https: false,
             host: "a.example",
-            client: client_ip(&list, ip, &trusted),
+            client: if is_trusted {
+                client_ip(&list, &trusted).unwrap_or(ip)
+            } else {
+                ip
+            },
             forwarded_for: &list,
         };
         forward_headers(&mut req, "a.example", at, &ctx, is_trusted, false);

@@ -188,15 +188,15 @@ impl Routes {
         }
     }
 
-    /// Where a request for `host` (any case, with or without a port) and `path` on the
-    /// HTTP or the HTTPS listener goes.
-    pub fn find(&self, host: &str, path: &str, https: bool) -> Option<&Arc<Dest>> {
-        let host = host_name(host);
+    /// Where a request for host `name` (as [`host_name`] gives it) and `path` on the HTTP
+    /// or the HTTPS listener goes.
+    pub fn find(&self, name: &str, path: &str, https: bool) -> Option<&Arc<Dest>> {
+        let host = name;
         let wildcard = host
             .split_once('.')
             .and_then(|(_, domain)| self.wildcard.get(domain));
         let serves = |r: &&Route| if https { r.https } else { r.http };
-        [self.exact.get(host.as_str()), wildcard, Some(&self.any)]
+        [self.exact.get(host), wildcard, Some(&self.any)]
             .into_iter()
             .flatten()
             .find_map(|list| list.iter().filter(serves).find(|r| r.path.matches(path)))
@@ -309,7 +309,7 @@ mod tests {
 
     fn to(routes: &Routes, host: &str, p: &str) -> String {
         routes
-            .find(host, p, false)
+            .find(&host_name(host), p, false)
             .map_or("404".into(), |d| d.backend.service.clone())
     }
 

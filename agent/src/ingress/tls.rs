@@ -6,7 +6,6 @@
 //! certificate is served without a restart.
 use crate::Shared;
 use arc_swap::ArcSwap;
-use base64::Engine as _;
 use flotilla_proto::Object;
 use flotilla_proto::api::Kind;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -79,13 +78,9 @@ pub fn from_secret(secret: &Object) -> anyhow::Result<CertifiedKey> {
         anyhow::bail!("not a Secret");
     };
     let field = |k: &str| -> anyhow::Result<Vec<u8>> {
-        let v = s
-            .data
-            .get(k)
-            .ok_or_else(|| anyhow::anyhow!("data[{k}] is missing"))?;
-        base64::engine::general_purpose::STANDARD
-            .decode(v)
-            .map_err(|e| anyhow::anyhow!("data[{k}]: {e}"))
+        s.value(k)
+            .map_err(anyhow::Error::msg)?
+            .ok_or_else(|| anyhow::anyhow!("data[{k}] is missing"))
     };
     let chain = CertificateDer::pem_slice_iter(&field("tls.crt")?)
         .collect::<Result<Vec<_>, _>>()

@@ -242,7 +242,10 @@ async fn accept(
                 avoid: &[],
             };
             match connect(&shared, &link, &peers, &backend, pick, |_| None::<()>).await {
-                Some((_, Conn::New(up))) => splice(tcp, up).await,
+                Some((t, Conn::New(up))) => {
+                    backend.report(&t, true, Instant::now());
+                    splice(tcp, up).await
+                }
                 Some((_, Conn::Held(()))) => {}
                 None => {
                     debug!(service = backend.service, %client, "no endpoint took the connection")
@@ -267,8 +270,9 @@ pub struct Pick<'a> {
 }
 
 /// A connection for a client to one of `backend`'s endpoints, trying the next one on a
-/// connect failure ([`ATTEMPTS`] in all), each failure and success counted for the
-/// endpoint's passive health. `reuse` may offer a connection it already holds to the picked
+/// connect failure ([`ATTEMPTS`] in all), each failure counted against the endpoint's
+/// passive health (a success is the caller's to report: a connection that opens may still
+/// fail the request). `reuse` may offer a connection it already holds to the picked
 /// endpoint (the ingress's pool), which is taken instead of dialling. None when no endpoint
 /// took it.
 pub async fn connect<T>(
@@ -281,15 +285,12 @@ pub async fn connect<T>(
 ) -> Option<(Target, Conn<T>)> {
     let mut failed: Vec<Target> = pick.avoid.to_vec();
     for _ in 0..ATTEMPTS {
-        let t = backend.choose(pick.client, &failed, Instant::now(), pick.how)?;
+        let t = backend.pick(pick.client, &failed, Instant::now(), pick.how)?;
         if let Some(held) = reuse(&t) {
             return Some((t, Conn::Held(held)));
         }
         match dial(shared, link, table, &t).await {
-            Ok(up) => {
-                backend.report(&t, true, Instant::now());
-                return Some((t, Conn::New(up)));
-            }
+            Ok(up) => return Some((t, Conn::New(up))),
             Err(e) => {
                 debug!(service = backend.service, endpoint = %t.addr, error = %e, "endpoint unreachable; trying the next");
                 backend.report(&t, false, Instant::now());

@@ -113,16 +113,11 @@ pub enum Balancing {
 }
 
 impl Backend {
-    /// The endpoint for a new connection from `client`, round robin (see [`Backend::choose`]).
-    pub fn pick(&self, client: IpAddr, avoid: &[Target], now: Instant) -> Option<Target> {
-        self.choose(client, avoid, now, Balancing::RoundRobin)
-    }
-
     /// The endpoint for a new connection or request from `client`, skipping those in
     /// `avoid` (already failed for it) and, while others are left, those ejected for
     /// failing: the client's sticky endpoint while it lasts, otherwise one of the best tier
     /// that has any, by `how`.
-    pub fn choose(
+    pub fn pick(
         &self,
         client: IpAddr,
         avoid: &[Target],

@@ -144,12 +144,22 @@ fn endpoints_are_ready_ones_tiered_by_node_then_zone() {
     // The best tier first; a failed endpoint moves the connection down a tier.
     let client: IpAddr = "10.42.0.9".parse().unwrap();
     let now = Instant::now();
-    let first = b.pick(client, &[], now).unwrap();
+    let first = b.pick(client, &[], now, Balancing::RoundRobin).unwrap();
     assert_eq!(first.addr.to_string(), "10.42.0.5:8080");
-    let next = b.pick(client, std::slice::from_ref(&first), now).unwrap();
+    let next = b
+        .pick(
+            client,
+            std::slice::from_ref(&first),
+            now,
+            Balancing::RoundRobin,
+        )
+        .unwrap();
     assert_eq!(next.addr.to_string(), "10.42.1.5:8080");
     let all_failed = [first, next, b.tiers[2][0].clone()];
-    assert_eq!(b.pick(client, &all_failed, now), None);
+    assert_eq!(
+        b.pick(client, &all_failed, now, Balancing::RoundRobin),
+        None
+    );
 }
 
 #[test]
@@ -166,7 +176,12 @@ fn connections_are_spread_round_robin_and_state_survives_a_rebuild() {
     let client: IpAddr = "10.0.0.1".parse().unwrap();
     let now = Instant::now();
     let picks: Vec<String> = (0..4)
-        .map(|_| b.pick(client, &[], now).unwrap().addr.to_string())
+        .map(|_| {
+            b.pick(client, &[], now, Balancing::RoundRobin)
+                .unwrap()
+                .addr
+                .to_string()
+        })
         .collect();
     assert_eq!(
         picks,
@@ -181,7 +196,10 @@ fn connections_are_spread_round_robin_and_state_survives_a_rebuild() {
     let again = build(&all, &me(), &t);
     let b2 = &again.frontends[&"192.168.1.10:30080".parse().unwrap()];
     assert_eq!(
-        b2.pick(client, &[], now).unwrap().addr.to_string(),
+        b2.pick(client, &[], now, Balancing::RoundRobin)
+            .unwrap()
+            .addr
+            .to_string(),
         "10.42.1.5:8080"
     );
 }
@@ -209,25 +227,39 @@ fn client_ip_affinity_sticks_until_its_timeout() {
     assert_eq!(b.affinity, Some(Duration::from_secs(60)));
     let (one, two): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
     let now = Instant::now();
-    let first = b.pick(one, &[], now).unwrap();
+    let first = b.pick(one, &[], now, Balancing::RoundRobin).unwrap();
     for s in 1..5 {
         assert_eq!(
-            b.pick(one, &[], now + Duration::from_secs(s)).unwrap(),
+            b.pick(
+                one,
+                &[],
+                now + Duration::from_secs(s),
+                Balancing::RoundRobin
+            )
+            .unwrap(),
             first
         );
     }
     assert_ne!(
-        b.pick(two, &[], now).unwrap(),
+        b.pick(two, &[], now, Balancing::RoundRobin).unwrap(),
         first,
         "another client is balanced"
     );
     // A failed sticky endpoint is left; past the timeout the client is balanced afresh.
     assert_ne!(
-        b.pick(one, std::slice::from_ref(&first), now).unwrap(),
+        b.pick(
+            one,
+            std::slice::from_ref(&first),
+            now,
+            Balancing::RoundRobin
+        )
+        .unwrap(),
         first
     );
     let later = now + Duration::from_secs(600);
-    let after: BTreeSet<Target> = (0..2).map(|_| b.pick(one, &[], later).unwrap()).collect();
+    let after: BTreeSet<Target> = (0..2)
+        .map(|_| b.pick(one, &[], later, Balancing::RoundRobin).unwrap())
+        .collect();
     assert_eq!(after.len(), 1, "sticky again, to whichever it got");
 }
 
@@ -304,7 +336,12 @@ fn failing_endpoints_are_ejected_for_a_while_but_never_all() {
     let bad = b.tiers[0][0].clone();
     let picks = |b: &Backend, at: Instant| -> Vec<String> {
         (0..4)
-            .map(|_| b.pick(client, &[], at).unwrap().addr.to_string())
+            .map(|_| {
+                b.pick(client, &[], at, Balancing::RoundRobin)
+                    .unwrap()
+                    .addr
+                    .to_string()
+            })
             .collect()
     };
     // Fewer failures in a row than EJECT_AFTER, or a success between them, eject nothing.
@@ -357,14 +394,14 @@ fn least_request_prefers_the_endpoint_with_fewer_in_flight() {
     let busy = b.tiers[0][0].clone();
     let held: Vec<InFlight> = (0..3).map(|_| b.begin(&busy)).collect();
     for _ in 0..20 {
-        let t = b.choose(client, &[], now, Balancing::LeastRequest).unwrap();
+        let t = b.pick(client, &[], now, Balancing::LeastRequest).unwrap();
         assert_eq!(t.addr.to_string(), "10.42.2.5:8080");
     }
     // When the requests end, both are picked again.
     drop(held);
     let picked: BTreeSet<String> = (0..50)
         .map(|_| {
-            let t = b.choose(client, &[], now, Balancing::LeastRequest).unwrap();
+            let t = b.pick(client, &[], now, Balancing::LeastRequest).unwrap();
             // Each pick stays in flight, so the two take turns.
             std::mem::forget(b.begin(&t));
             t.addr.to_string()
