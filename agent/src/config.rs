@@ -71,6 +71,14 @@ pub struct Config {
     /// Where the ingress appends a JSON line per request (`-` is standard output); None
     /// keeps no access log.
     pub ingress_access_log: Option<PathBuf>,
+    /// How long a client connection to the ingress may go without a byte moving either way
+    /// (and no request waiting for its endpoint) before it is closed.
+    pub ingress_idle_timeout: Duration,
+    /// The largest request body the ingress passes on, for routes that set none; 0 is no
+    /// limit.
+    pub ingress_max_body_size: u64,
+    /// Client connections the ingress serves at once; past them, new ones get a 503.
+    pub ingress_max_connections: usize,
 }
 
 /// The mesh link's default UDP port (the hub's is 7443).
@@ -110,6 +118,9 @@ impl Config {
             ingress_https_listen: None,
             ingress_trusted_proxies: Vec::new(),
             ingress_access_log: None,
+            ingress_idle_timeout: Duration::from_secs(60),
+            ingress_max_body_size: 100 << 20,
+            ingress_max_connections: 10_000,
         }
     }
 }

@@ -86,6 +86,21 @@ struct Args {
     /// Append a JSON line per ingress request to this file (`-` for standard output).
     #[arg(long)]
     ingress_access_log: Option<PathBuf>,
+    /// Close an ingress client connection on which nothing moved for this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    ingress_idle_timeout: std::time::Duration,
+    /// The largest request body the ingress passes on (such as 512k, 100m or 1g; 0 for no
+    /// limit), for routes whose Ingress or Middlewares set none.
+    #[arg(long, value_parser = body_size, default_value = "100m")]
+    ingress_max_body_size: u64,
+    /// Client connections the ingress serves at once; past them, new ones get a 503.
+    #[arg(long, default_value_t = 10_000)]
+    ingress_max_connections: usize,
+}
+
+fn body_size(s: &str) -> Result<u64, String> {
+    flotilla_proto::ingress::parse_size(s)
+        .ok_or_else(|| format!("{s:?}: expected a size such as 512k, 100m or 1g, or 0"))
 }
 
 fn trusted_proxy(s: &str) -> Result<ipnet::IpNet, String> {
@@ -144,6 +159,9 @@ async fn main() -> anyhow::Result<()> {
     cfg.ingress_https_listen = listen_list("--ingress-https-listen", &args.ingress_https_listen)?;
     cfg.ingress_trusted_proxies = args.ingress_trusted_proxies;
     cfg.ingress_access_log = args.ingress_access_log;
+    cfg.ingress_idle_timeout = args.ingress_idle_timeout;
+    cfg.ingress_max_body_size = args.ingress_max_body_size;
+    cfg.ingress_max_connections = args.ingress_max_connections;
     cfg.mesh_listen = args.mesh_listen;
     cfg.service_proxy = !args.no_service_proxy;
     if let Some(d) = args.secret_dir {

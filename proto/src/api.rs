@@ -2253,6 +2253,17 @@ pub struct ServiceBackendPort {
     pub number: Option<i32>,
 }
 
+impl ServiceBackendPort {
+    /// Whether this names the Service port `port` called `name`.
+    pub fn matches(&self, name: Option<&str>, port: i32) -> bool {
+        match (&self.name, self.number) {
+            (Some(n), _) => name == Some(n.as_str()),
+            (None, Some(n)) => n == port,
+            (None, None) => false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressStatus {
@@ -2317,6 +2328,10 @@ pub const CANARY_WEIGHT_TOTAL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ca
 /// `least-request` (fewer requests in flight, of two picked at random).
 pub const LOAD_BALANCE_ANNOTATION: &str = "flotilla.io/load-balance";
 
+/// ingress-nginx's request body limit for an Ingress's routes: a size such as `8m` (`k`,
+/// `m` and `g` suffixes), `0` for none.
+pub const BODY_SIZE_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-body-size";
+
 /// A step an ingress route applies to its requests (Traefik's `traefik.io/v1alpha1`
 /// Middleware: the same field names, one kind of step per object).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -2349,6 +2364,44 @@ pub struct MiddlewareSpec {
     pub headers: Option<HeadersMiddleware>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_regex: Option<RedirectRegex>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffering: Option<Buffering>,
+}
+
+/// Redirects requests whose URL (`scheme://host/path?query`, the host as the client sent
+/// it) matches `regex` to `replacement`, in which `${1}` (or `$1`) is the first group.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectRegex {
+    #[serde(default)]
+    pub regex: String,
+    #[serde(default)]
+    pub replacement: String,
+    /// 301/308 rather than 302/307.
+    #[serde(default)]
+    pub permanent: bool,
+}
+
+/// Traefik's request-size middleware. The ingress streams bodies rather than buffering
+/// them, so only the limit means anything: a request body over `maxRequestBodyBytes` gets
+/// 413. `memRequestBodyBytes` and `memResponseBodyBytes` (buffer sizes) are accepted and
+/// change nothing; a response limit and `retryExpression` are refused.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Buffering {
+    /// 0 is no limit, as in Traefik.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_request_body_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_body_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_response_body_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_expression: Option<String>,
 }
 
 /// Removes the first matching prefix from the path (and says which in `X-Forwarded-Prefix`).

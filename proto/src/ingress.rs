@@ -1,10 +1,10 @@
 //! What an Ingress and an IngressClass may say: the API server's checks, and the fields this
 //! release refuses rather than ignores.
 use crate::api::{
-    CANARY_ANNOTATION, CANARY_WEIGHT_ANNOTATION, CANARY_WEIGHT_TOTAL_ANNOTATION,
-    DEFAULT_INGRESS_CLASS, ENTRYPOINTS_ANNOTATION, INGRESS_CONTROLLER, Ingress, IngressBackend,
-    IngressClass, LOAD_BALANCE_ANNOTATION, MIDDLEWARES_ANNOTATION, Middleware,
-    ROUTER_TLS_ANNOTATION,
+    BODY_SIZE_ANNOTATION, CANARY_ANNOTATION, CANARY_WEIGHT_ANNOTATION,
+    CANARY_WEIGHT_TOTAL_ANNOTATION, DEFAULT_INGRESS_CLASS, ENTRYPOINTS_ANNOTATION,
+    INGRESS_CONTROLLER, Ingress, IngressBackend, IngressClass, LOAD_BALANCE_ANNOTATION,
+    MIDDLEWARES_ANNOTATION, Middleware, ROUTER_TLS_ANNOTATION,
 };
 
 /// Whether the agents' ingress serves `ing`: its class is one of ours, or it names none
@@ -245,8 +245,9 @@ fn check_annotations(ing: &Ingress) -> Result<(), String> {
     {
         return Ok(());
     }
-    const SUPPORTED: [&str; 7] = [
+    const SUPPORTED: [&str; 8] = [
         LOAD_BALANCE_ANNOTATION,
+        BODY_SIZE_ANNOTATION,
         MIDDLEWARES_ANNOTATION,
         ENTRYPOINTS_ANNOTATION,
         ROUTER_TLS_ANNOTATION,
@@ -269,7 +270,58 @@ fn check_annotations(ing: &Ingress) -> Result<(), String> {
     least_request(ing)?;
     entrypoints(ing)?;
     canary(ing)?;
+    body_size(ing)?;
     Ok(())
+}
+
+/// The paths of an Ingress's rules, with the host of each.
+pub fn paths(ing: &Ingress) -> impl Iterator<Item = (Option<&str>, &crate::api::HttpIngressPath)> {
+    ing.spec.rules.iter().flat_map(|rule| {
+        rule.http
+            .iter()
+            .flat_map(|h| &h.paths)
+            .map(|p| (rule.host.as_deref(), p))
+    })
+}
+
+/// Every Service an Ingress sends requests to: its default backend's and its paths'.
+pub fn backends(ing: &Ingress) -> impl Iterator<Item = &crate::api::IngressServiceBackend> {
+    ing.spec
+        .default_backend
+        .iter()
+        .chain(paths(ing).map(|(_, p)| &p.backend))
+        .filter_map(|b| b.service.as_ref())
+}
+
+/// The request body limit ingress-nginx's `proxy-body-size` annotation sets, if any:
+/// Some(0) is no limit.
+pub fn body_size(ing: &Ingress) -> Result<Option<u64>, String> {
+    let Some(v) = ing.metadata.annotations.get(BODY_SIZE_ANNOTATION) else {
+        return Ok(None);
+    };
+    let bad = || {
+        format!(
+            "metadata.annotations[{BODY_SIZE_ANNOTATION}]: Invalid value: {v:?}: must be a size such as 512k, 8m or 1g, or 0 for no limit"
+        )
+    };
+    parse_size(v).map(Some).ok_or_else(bad)
+}
+
+/// A size as nginx writes it: bytes, or a number with a `k`, `m` or `g` suffix (either case).
+pub fn parse_size(v: &str) -> Option<u64> {
+    let t = v.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_lowercase()),
+        _ => (t, 'b'),
+    };
+    let scale: u64 = match unit {
+        'b' => 1,
+        'k' => 1 << 10,
+        'm' => 1 << 20,
+        'g' => 1 << 30,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(scale)
 }
 
 /// One kind of step per Middleware, each checked; a Middleware of a kind this release does
@@ -284,12 +336,14 @@ pub fn validate_middleware(mw: &Middleware) -> Result<(), String> {
         s.ip_allow_list.is_some(),
         s.headers.is_some(),
         s.rate_limit.is_some(),
+        s.redirect_regex.is_some(),
+        s.buffering.is_some(),
     ];
     match set.iter().filter(|b| **b).count() {
         1 => {}
         0 => {
             return Err(
-                "spec: Required value: one of stripPrefix, addPrefix, redirectScheme, basicAuth, ipAllowList, headers or rateLimit (the other Traefik middlewares are not supported yet)"
+                "spec: Required value: one of stripPrefix, addPrefix, redirectScheme, redirectRegex, basicAuth, ipAllowList, headers, rateLimit or buffering (the other Traefik middlewares are not supported yet)"
                     .into(),
             );
         }
@@ -372,6 +426,35 @@ pub fn validate_middleware(mw: &Middleware) -> Result<(), String> {
             )?;
         }
     }
+    if let Some(r) = &s.redirect_regex {
+        redirect_regex(r)?;
+        if r.replacement.is_empty() {
+            return Err("spec.redirectRegex.replacement: Required value".into());
+        }
+    }
+    if let Some(b) = &s.buffering {
+        for (field, v) in [
+            ("maxRequestBodyBytes", b.max_request_body_bytes),
+            ("memRequestBodyBytes", b.mem_request_body_bytes),
+            ("maxResponseBodyBytes", b.max_response_body_bytes),
+            ("memResponseBodyBytes", b.mem_response_body_bytes),
+        ] {
+            if v.is_some_and(|n| n < 0) {
+                return Err(format!(
+                    "spec.buffering.{field}: Invalid value: {}: must be greater than or equal to 0",
+                    v.unwrap_or_default()
+                ));
+            }
+        }
+        if b.max_response_body_bytes.is_some_and(|n| n > 0) {
+            return Err(
+                "spec.buffering.maxResponseBodyBytes: not supported yet (the ingress limits request bodies only)".into(),
+            );
+        }
+        if b.retry_expression.as_deref().is_some_and(|e| !e.is_empty()) {
+            return Err("spec.buffering.retryExpression: not supported yet (idempotent requests without a body are retried on another endpoint when one fails)".into());
+        }
+    }
     if let Some(h) = &s.headers {
         for (i, m) in h.access_control_allow_methods.iter().enumerate() {
             check_header_name(&format!("spec.headers.accessControlAllowMethods[{i}]"), m)?;
@@ -405,6 +488,84 @@ pub fn validate_middleware(mw: &Middleware) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A basicAuth user's password as its Secret holds it.
+#[derive(Debug)]
+pub enum Cred {
+    /// An htpasswd bcrypt hash (`$2y$…`).
+    Bcrypt(String),
+    /// A `kubernetes.io/basic-auth` Secret's password.
+    Plain(String),
+}
+
+pub type Users = std::collections::HashMap<String, Cred>;
+
+/// The users of a basicAuth Secret: htpasswd lines under `users` (bcrypt hashes only), or a
+/// `kubernetes.io/basic-auth` Secret's `username` and `password`. The agents serve with it;
+/// the hub checks with it, to report a Secret the routes cannot use.
+pub fn basic_auth_users(secret: &crate::Object) -> Result<Users, String> {
+    let crate::Object::Secret(s) = secret else {
+        return Err("not a Secret".into());
+    };
+    let field = |k: &str| -> Result<Option<String>, String> {
+        s.value(k)?
+            .map(|bytes| String::from_utf8(bytes).map_err(|_| format!("data[{k}] is not UTF-8")))
+            .transpose()
+    };
+    let mut users = Users::new();
+    if s.type_.as_deref() == Some("kubernetes.io/basic-auth") {
+        let (Some(user), Some(password)) = (field("username")?, field("password")?) else {
+            return Err(
+                "a kubernetes.io/basic-auth Secret needs data[username] and data[password]".into(),
+            );
+        };
+        users.insert(user, Cred::Plain(password));
+        return Ok(users);
+    }
+    let Some(lines) = field("users")? else {
+        return Err("data[users] (htpasswd lines) is missing".into());
+    };
+    for (i, line) in lines.lines().map(str::trim).enumerate() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, hash)) = line.split_once(':') else {
+            return Err(format!("data[users] line {}: expected user:hash", i + 1));
+        };
+        if !hash.starts_with("$2") {
+            return Err(format!(
+                "data[users] line {} ({user}): only bcrypt hashes ($2y$…, htpasswd -B) are supported",
+                i + 1
+            ));
+        }
+        users.insert(user.to_string(), Cred::Bcrypt(hash.to_string()));
+    }
+    Ok(users)
+}
+
+/// A redirectRegex's pattern, compiled (the size of the compiled program bounded, so a
+/// pattern cannot make a gateway build a huge automaton).
+pub fn redirect_regex(r: &crate::api::RedirectRegex) -> Result<regex::Regex, String> {
+    if r.regex.is_empty() {
+        return Err("spec.redirectRegex.regex: Required value".into());
+    }
+    regex::RegexBuilder::new(&r.regex)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            // A syntax error is a drawing of the pattern ending in "error: why".
+            let text = e.to_string();
+            let why = text
+                .lines()
+                .find_map(|l| l.strip_prefix("error: "))
+                .unwrap_or(&text)
+                .to_string();
+            format!(
+                "spec.redirectRegex.regex: Invalid value: {:?}: {why}",
+                r.regex
+            )
+        })
 }
 
 /// The port of a redirectScheme, if it names one (a number, or a string of one).
@@ -667,6 +828,27 @@ mod tests {
     }
 
     #[test]
+    fn sizes_read_as_nginx_writes_them() {
+        let got: Vec<Option<u64>> = ["0", "100", "512k", "8M", "1g", "", "x", "8x", "-1", "k"]
+            .iter()
+            .map(|s| parse_size(s))
+            .collect();
+        let want = [
+            Some(0),
+            Some(100),
+            Some(512 << 10),
+            Some(8 << 20),
+            Some(1 << 30),
+            None,
+            None,
+            None,
+            None,
+            None,
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn middlewares_and_annotations_are_checked() {
         let mw = |spec: &str| {
             errors(&format!(
@@ -685,6 +867,15 @@ mod tests {
             mw("  ipAllowList: {sourceRange: [10.0.0.0/8, 192.168.1.7], ipStrategy: {depth: 1}}"),
             mw("  headers: {customRequestHeaders: {X-Env: prod, X-Drop: \"\"}}"),
             mw("  addPrefix: {prefix: /v1}"),
+            mw(
+                "  redirectRegex: {regex: \"^https?://old.example/(.*)\", replacement: \"https://new.example/${1}\"}",
+            ),
+            mw("  redirectRegex: {regex: \"^(abc\", replacement: /x}"),
+            mw("  redirectRegex: {regex: \"^/a\"}"),
+            mw("  buffering: {maxRequestBodyBytes: 1048576, memRequestBodyBytes: 4096}"),
+            mw("  buffering: {maxRequestBodyBytes: -1}"),
+            mw("  buffering: {maxResponseBodyBytes: 10}"),
+            mw("  buffering: {retryExpression: \"IsNetworkError() && Attempts() < 2\"}"),
             mw("  forwardAuth: {address: http://auth}"),
             mw("  stripPrefix: {prefixes: [/a]}\n  addPrefix: {prefix: /b}"),
             mw("  stripPrefix: {prefixes: [api]}"),
@@ -709,6 +900,8 @@ mod tests {
             annotated("    nginx.ingress.kubernetes.io/rewrite-target: /"),
             annotated("    flotilla.io/load-balance: least-request"),
             annotated("    flotilla.io/load-balance: random"),
+            annotated("    nginx.ingress.kubernetes.io/proxy-body-size: 8m"),
+            annotated("    nginx.ingress.kubernetes.io/proxy-body-size: 8x"),
         ];
         expect_test::expect![[r#"
             ok
@@ -717,7 +910,14 @@ mod tests {
             ok
             ok
             ok
-            document 1 (middleware m): spec: Required value: one of stripPrefix, addPrefix, redirectScheme, basicAuth, ipAllowList, headers or rateLimit (the other Traefik middlewares are not supported yet)
+            ok
+            document 1 (middleware m): spec.redirectRegex.regex: Invalid value: "^(abc": unclosed group
+            document 1 (middleware m): spec.redirectRegex.replacement: Required value
+            ok
+            document 1 (middleware m): spec.buffering.maxRequestBodyBytes: Invalid value: -1: must be greater than or equal to 0
+            document 1 (middleware m): spec.buffering.maxResponseBodyBytes: not supported yet (the ingress limits request bodies only)
+            document 1 (middleware m): spec.buffering.retryExpression: not supported yet (idempotent requests without a body are retried on another endpoint when one fails)
+            document 1 (middleware m): spec: Required value: one of stripPrefix, addPrefix, redirectScheme, redirectRegex, basicAuth, ipAllowList, headers, rateLimit or buffering (the other Traefik middlewares are not supported yet)
             document 1 (middleware m): spec: Invalid value: a Middleware has one kind of step; chain them in the Ingress annotation
             document 1 (middleware m): spec.stripPrefix.prefixes[0]: Invalid value: "api": must be an absolute path
             document 1 (middleware m): spec.redirectScheme.scheme: Unsupported value: "ftp": supported values: "http", "https"
@@ -728,12 +928,14 @@ mod tests {
             document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.middlewares]: Invalid value: "default-auth@file": only Middleware objects (@kubernetescrd) can be referenced, not @file
             ok
             document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.entrypoints]: Unsupported value: "admin": supported values: "web" (HTTP), "websecure" (HTTPS)
-            document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.priority]: not supported yet (supported: flotilla.io/load-balance, traefik.ingress.kubernetes.io/router.middlewares, traefik.ingress.kubernetes.io/router.entrypoints, traefik.ingress.kubernetes.io/router.tls, nginx.ingress.kubernetes.io/canary, nginx.ingress.kubernetes.io/canary-weight, nginx.ingress.kubernetes.io/canary-weight-total)
+            document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.priority]: not supported yet (supported: flotilla.io/load-balance, nginx.ingress.kubernetes.io/proxy-body-size, traefik.ingress.kubernetes.io/router.middlewares, traefik.ingress.kubernetes.io/router.entrypoints, traefik.ingress.kubernetes.io/router.tls, nginx.ingress.kubernetes.io/canary, nginx.ingress.kubernetes.io/canary-weight, nginx.ingress.kubernetes.io/canary-weight-total)
             ok
             document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]: Required value: a canary needs a weight (canaries by header or cookie are not supported yet)
             document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]: Invalid value: 120: must be at most the total, 100
-            document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/rewrite-target]: not supported yet (supported: flotilla.io/load-balance, traefik.ingress.kubernetes.io/router.middlewares, traefik.ingress.kubernetes.io/router.entrypoints, traefik.ingress.kubernetes.io/router.tls, nginx.ingress.kubernetes.io/canary, nginx.ingress.kubernetes.io/canary-weight, nginx.ingress.kubernetes.io/canary-weight-total)
+            document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/rewrite-target]: not supported yet (supported: flotilla.io/load-balance, nginx.ingress.kubernetes.io/proxy-body-size, traefik.ingress.kubernetes.io/router.middlewares, traefik.ingress.kubernetes.io/router.entrypoints, traefik.ingress.kubernetes.io/router.tls, nginx.ingress.kubernetes.io/canary, nginx.ingress.kubernetes.io/canary-weight, nginx.ingress.kubernetes.io/canary-weight-total)
             ok
-            document 1 (ingress web): metadata.annotations[flotilla.io/load-balance]: Unsupported value: "random": supported values: "round-robin", "least-request""#]].assert_eq(&got.join("\n"));
+            document 1 (ingress web): metadata.annotations[flotilla.io/load-balance]: Unsupported value: "random": supported values: "round-robin", "least-request"
+            ok
+            document 1 (ingress web): metadata.annotations[nginx.ingress.kubernetes.io/proxy-body-size]: Invalid value: "8x": must be a size such as 512k, 8m or 1g, or 0 for no limit"#]].assert_eq(&got.join("\n"));
     }
 }

@@ -320,6 +320,44 @@ impl Cluster {
             .expect("connect to hub")
     }
 
+    /// The Events of `namespace` (none when the hub cannot be asked).
+    pub async fn events(&self, namespace: &str) -> Vec<flotilla_proto::api::Event> {
+        let c = self.fleet().await;
+        let r = c
+            .get(flotilla_proto::api::Kind::Event, Some(namespace), None)
+            .await;
+        c.close().await;
+        r.unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| match o {
+                flotilla_proto::Object::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits (up to a minute) for an Event in `default` with `reason` about the object of
+    /// `kind` called `object`; returns it.
+    pub async fn event_about(
+        &self,
+        kind: &str,
+        object: &str,
+        reason: &str,
+    ) -> flotilla_proto::api::Event {
+        eventually_within(
+            &format!("event {reason} on {kind} {object}"),
+            Duration::from_secs(60),
+            || async {
+                self.events("default").await.into_iter().find(|e| {
+                    e.involved_object.kind == kind
+                        && e.involved_object.name == object
+                        && e.reason == reason
+                })
+            },
+        )
+        .await
+    }
+
     /// Runs the real `fleet` binary (built by scripts/test) against this cluster, with `stdin`
     /// piped in; returns (exit code, stdout, stderr). Blocks the calling worker thread.
     pub fn fleet_cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {

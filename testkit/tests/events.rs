@@ -2,38 +2,9 @@
 //! controllers, the scheduler and the agent (source host = the node), BackOff of a crashing
 //! pod, Unhealthy of a failing readiness probe, the `Events:` section of `fleet describe` and
 //! the `fleet get events` table through the real binary, and orphaning versus cascading deletes.
-use flotilla_proto::api::{Event, Kind, Object, Pod, ReplicaSet};
+use flotilla_proto::api::{Kind, Object, Pod, ReplicaSet};
 use flotilla_testkit::{Cluster, app_pods, eventually_within};
 use std::time::Duration;
-
-async fn events(cluster: &Cluster) -> Vec<Event> {
-    let c = cluster.fleet().await;
-    let r = c.get(Kind::Event, Some("default"), None).await;
-    c.close().await;
-    r.unwrap_or_default()
-        .into_iter()
-        .filter_map(|o| match o {
-            Object::Event(e) => Some(e),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Waits for an event with `reason` about the object named `object` (kind `kind`); returns it.
-async fn event_about(cluster: &Cluster, kind: &str, object: &str, reason: &str) -> Event {
-    eventually_within(
-        &format!("event {reason} on {kind} {object}"),
-        Duration::from_secs(60),
-        || async {
-            events(cluster).await.into_iter().find(|e| {
-                e.involved_object.kind == kind
-                    && e.involved_object.name == object
-                    && e.reason == reason
-            })
-        },
-    )
-    .await
-}
 
 async fn replica_sets(cluster: &Cluster) -> Vec<ReplicaSet> {
     let c = cluster.fleet().await;
@@ -85,25 +56,25 @@ async fn controllers_scheduler_and_agents_record_events() {
     let pods = cluster.wait_ready("web", 1).await;
     let pod = &pods[0];
     let rs = replica_sets(&cluster).await.pop().expect("a replica set");
-    let scaled = event_about(&cluster, "Deployment", "web", "ScalingReplicaSet").await;
+    let scaled = cluster
+        .event_about("Deployment", "web", "ScalingReplicaSet")
+        .await;
     assert_eq!(
         scaled.message,
         format!("Scaled up replica set {} from 0 to 1", rs.metadata.name)
     );
     assert_eq!(scaled.source.component, "deployment-controller");
-    let created = event_about(
-        &cluster,
-        "ReplicaSet",
-        &rs.metadata.name,
-        "SuccessfulCreate",
-    )
-    .await;
+    let created = cluster
+        .event_about("ReplicaSet", &rs.metadata.name, "SuccessfulCreate")
+        .await;
     assert_eq!(
         created.message,
         format!("Created pod: {}", pod.metadata.name)
     );
     assert_eq!(created.involved_object.uid, rs.metadata.uid);
-    let scheduled = event_about(&cluster, "Pod", &pod.metadata.name, "Scheduled").await;
+    let scheduled = cluster
+        .event_about("Pod", &pod.metadata.name, "Scheduled")
+        .await;
     assert_eq!(
         scheduled.message,
         format!(
@@ -113,13 +84,15 @@ async fn controllers_scheduler_and_agents_record_events() {
     );
     assert_eq!(scheduled.source.component, "default-scheduler");
     for reason in ["Pulled", "Started"] {
-        let e = event_about(&cluster, "Pod", &pod.metadata.name, reason).await;
+        let e = cluster.event_about("Pod", &pod.metadata.name, reason).await;
         assert_eq!(e.source.component, "agent", "{reason}");
         assert_eq!(e.source.host, "node-0", "{reason}");
         assert_eq!(e.involved_object.uid, pod.metadata.uid, "{reason}");
         assert_eq!(e.type_.as_str(), "Normal");
     }
-    let pulled = event_about(&cluster, "Pod", &pod.metadata.name, "Pulled").await;
+    let pulled = cluster
+        .event_about("Pod", &pod.metadata.name, "Pulled")
+        .await;
     assert!(
         pulled
             .message
@@ -127,7 +100,9 @@ async fn controllers_scheduler_and_agents_record_events() {
         "{}",
         pulled.message
     );
-    let started = event_about(&cluster, "Pod", &pod.metadata.name, "Started").await;
+    let started = cluster
+        .event_about("Pod", &pod.metadata.name, "Started")
+        .await;
     assert_eq!(started.message, "Started container web");
 
     // A crashing pod backs off; the repeats fold into one event with a count.
@@ -137,7 +112,7 @@ async fn controllers_scheduler_and_agents_record_events() {
         "a repeated BackOff on the crashing pod",
         Duration::from_secs(60),
         || async {
-            events(&cluster).await.into_iter().find(|e| {
+            cluster.events("default").await.into_iter().find(|e| {
                 e.involved_object.name == "crasher" && e.reason == "BackOff" && e.count >= 2
             })
         },
@@ -152,7 +127,8 @@ async fn controllers_scheduler_and_agents_record_events() {
         backoff.message
     );
     assert_eq!(
-        events(&cluster)
+        cluster
+            .events("default")
             .await
             .iter()
             .filter(|e| e.involved_object.name == "crasher" && e.reason == "BackOff")
@@ -177,7 +153,9 @@ async fn controllers_scheduler_and_agents_record_events() {
         app_pods(&pods, "sick").first().map(|p| (*p).clone())
     })
     .await;
-    let unhealthy = event_about(&cluster, "Pod", &sick.metadata.name, "Unhealthy").await;
+    let unhealthy = cluster
+        .event_about("Pod", &sick.metadata.name, "Unhealthy")
+        .await;
     assert_eq!(unhealthy.type_.as_str(), "Warning");
     assert!(
         unhealthy.message.starts_with("Readiness probe failed: "),

@@ -794,3 +794,279 @@ fn ingress_fails_over_when_an_endpoint_dies_and_bounds_slow_clients() {
         cluster.shutdown().await;
     });
 }
+
+const LIMITS: &str = r#"
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: small}
+spec:
+  buffering: {maxRequestBodyBytes: 1024}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: moved}
+spec:
+  redirectRegex: {regex: "^http://old\\.example/(.*)", replacement: "https://new.example/${1}", permanent: true}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: guarded}
+spec:
+  basicAuth: {secret: no-such-users}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: limits}
+spec:
+  rules:
+  - host: limits.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: small
+  annotations: {traefik.ingress.kubernetes.io/router.middlewares: default-small@kubernetescrd}
+spec:
+  rules:
+  - host: small.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: big
+  annotations: {nginx.ingress.kubernetes.io/proxy-body-size: "0"}
+spec:
+  rules:
+  - host: big.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: moved
+  annotations: {traefik.ingress.kubernetes.io/router.middlewares: default-moved}
+spec:
+  rules:
+  - host: old.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: refs
+  annotations: {traefik.ingress.kubernetes.io/router.middlewares: "default-nope, default-guarded"}
+spec:
+  tls: [{hosts: [refs.example], secretName: no-such-tls}]
+  rules:
+  - host: refs.example
+    http:
+      paths:
+      - {path: /ghost, pathType: Prefix, backend: {service: {name: ghost, port: {number: 80}}}}
+      - {path: /web, pathType: Prefix, backend: {service: {name: web, port: {number: 81}}}}
+"#;
+
+/// curl POSTing `file` from node-1's namespace to node-0's ingress: the status.
+fn post(net: &Net, host: &str, file: &std::path::Path, chunked: bool) -> String {
+    let url = format!("http://{}/", Net::agent_ip(0));
+    let host = format!("Host: {host}");
+    let data = format!("@{}", file.display());
+    let mut args = vec![
+        "curl",
+        "-s",
+        "-m",
+        "20",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &host,
+    ];
+    if chunked {
+        args.extend(["-H", "Transfer-Encoding: chunked"]);
+    }
+    args.extend(["--data-binary", &data, &url]);
+    String::from_utf8_lossy(&net.agent_ns(1).exec(&args).stdout).to_string()
+}
+
+/// Reads from `s` until the ingress closes it; how long that took, or None after `limit`.
+async fn closed_after(
+    s: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(limit, tokio::io::AsyncReadExt::read_to_end(s, &mut buf))
+        .await
+        .ok()
+        .map(|_| started.elapsed())
+}
+
+#[test]
+fn ingress_limits_bodies_headers_idle_and_connections_and_reports_bad_references() {
+    flotilla_testkit::init_tracing();
+    let net = Net::create(2).expect("network namespaces (needs root and iproute2)");
+    let idle = std::time::Duration::from_secs(2);
+    net.block_on(async {
+        let cluster = Cluster::builder()
+            .agents(2)
+            .label(0, flotilla_proto::service::GATEWAY_LABEL, "true")
+            .on(&net)
+            .configure(move |i, cfg| {
+                if i == 0 {
+                    cfg.ingress_idle_timeout = idle;
+                    cfg.ingress_max_body_size = 1 << 20;
+                    cfg.ingress_max_connections = 40;
+                }
+            })
+            .start()
+            .await;
+        cluster.wait_nodes_ready(2).await;
+        cluster.push_example("hello").await;
+        cluster
+            .apply(&backend("web", "node-1"))
+            .await
+            .expect("apply web");
+        cluster.apply(LIMITS).await.expect("apply the ingresses");
+        cluster.wait_ready("web", 1).await;
+        eventually("the ingress to route", || async {
+            (who(&net, "limits.example", "/") == "web").then_some(())
+        })
+        .await;
+
+        // Bodies: the default limit (1 MiB here), a buffering Middleware's (1 KiB) and the
+        // proxy-body-size annotation's (none), by Content-Length and chunked. The endpoint
+        // reads what it is sent, so a cut-off stream is seen before it answers.
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, size: usize| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, vec![b'x'; size]).unwrap();
+            p
+        };
+        let (kib2, mib2) = (file("2k", 2048), file("2m", 2 << 20));
+        let half = file("512", 512);
+        let got: Vec<String> = [
+            ("limits.example", &kib2, false),
+            ("limits.example", &mib2, false),
+            ("limits.example", &mib2, true),
+            ("small.example", &half, false),
+            ("small.example", &kib2, false),
+            ("small.example", &kib2, true),
+            ("big.example", &mib2, false),
+            ("big.example", &mib2, true),
+        ]
+        .iter()
+        .map(|(host, f, chunked)| {
+            let size = std::fs::metadata(f).unwrap().len();
+            let how = if *chunked { "chunked" } else { "length" };
+            format!("{host} {size} {how} -> {}", post(&net, host, f, *chunked))
+        })
+        .collect();
+        expect_test::expect![[r#"
+            limits.example 2048 length -> 200
+            limits.example 2097152 length -> 413
+            limits.example 2097152 chunked -> 413
+            small.example 512 length -> 200
+            small.example 2048 length -> 413
+            small.example 2048 chunked -> 413
+            big.example 2097152 length -> 200
+            big.example 2097152 chunked -> 200"#]]
+        .assert_eq(&got.join("\n"));
+        let (code, body) = get(
+            &net,
+            "big.example",
+            "/",
+            &["--data-binary", &format!("@{}", mib2.display())],
+        );
+        assert_eq!(code, "200");
+        assert!(body.contains("body: 2097152 bytes\n"), "{body}");
+
+        // Too many header fields: 431, and the next request is served.
+        let many: Vec<String> = (0..120).map(|i| format!("X-Field-{i}: {i}")).collect();
+        let mut args = Vec::new();
+        for h in &many {
+            args.extend(["-H", h.as_str()]);
+        }
+        assert_eq!(get(&net, "limits.example", "/", &args).0, "431");
+        assert_eq!(get(&net, "limits.example", "/", &[]).0, "200");
+
+        // redirectRegex.
+        let h = head(&net, "old.example", "/a/b?c=1");
+        assert!(h.starts_with("http/1.1 301"), "{h}");
+        assert!(
+            h.contains("location: https://new.example/a/b?c=1\r\n"),
+            "{h}"
+        );
+
+        // Idle connections are closed: one that never says anything (which no header
+        // timeout sees), and a kept-alive one after its request.
+        let ingress = std::net::SocketAddr::new(Net::agent_ip(0), 80);
+        let mut silent = tokio::net::TcpStream::connect(ingress).await.unwrap();
+        let mut kept = tokio::net::TcpStream::connect(ingress).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut kept,
+            b"GET / HTTP/1.1\r\nHost: limits.example\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let limit = std::time::Duration::from_secs(15);
+        let silent_closed = closed_after(&mut silent, limit).await;
+        let kept_closed = closed_after(&mut kept, limit).await;
+        assert!(
+            silent_closed.is_some_and(|t| t >= idle),
+            "silent: {silent_closed:?}"
+        );
+        assert!(kept_closed.is_some(), "kept-alive: still open");
+
+        // Past the connection limit (40 here) new connections get a 503; once those close,
+        // requests are served again.
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            held.push(tokio::net::TcpStream::connect(ingress).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (code, body) = get(&net, "limits.example", "/", &[]);
+        assert_eq!(code, "503", "{body}");
+        assert!(body.contains("overloaded"), "{body}");
+        drop(held);
+        eventually("requests served again", || async {
+            (get(&net, "limits.example", "/", &[]).0 == "200").then_some(())
+        })
+        .await;
+
+        // What the refs Ingress names but cannot have is reported on it; its routes answer
+        // 503 (its Middlewares are missing), and every other Ingress is served as before.
+        for (reason, says) in [
+            ("BackendNotFound", "service default/ghost does not exist"),
+            ("BackendNotFound", "service default/web has no port 81"),
+            (
+                "InvalidTLSSecret",
+                "secret default/no-such-tls cannot be served",
+            ),
+            (
+                "MiddlewareNotFound",
+                "middleware default-nope does not exist",
+            ),
+            (
+                "InvalidBasicAuthSecret",
+                "secret default/no-such-users of middleware default-guarded",
+            ),
+        ] {
+            eventually(&format!("{reason}: {says}"), || async {
+                cluster.events("default").await.into_iter().find(|e| {
+                    e.involved_object.kind == "Ingress"
+                        && e.involved_object.name == "refs"
+                        && e.reason == reason
+                        && e.message.contains(says)
+                        && e.type_ == flotilla_proto::api::EventType::Warning
+                })
+            })
+            .await;
+        }
+        assert_eq!(get(&net, "refs.example", "/ghost", &[]).0, "503");
+        assert_eq!(who(&net, "limits.example", "/"), "web");
+        cluster.shutdown().await;
+    });
+}

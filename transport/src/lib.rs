@@ -76,6 +76,39 @@ pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, TransportError>
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TransportError::Pem(e.to_string()))
 }
 
+/// The certificate chain and key of a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`), ready
+/// to serve. The agents' ingress serves with it; the hub checks with it, to report a Secret
+/// its hosts cannot be served with.
+pub fn tls_secret_key(
+    secret: &flotilla_proto::api::Secret,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    use rustls::pki_types::pem::PemObject;
+    let field = |k: &str| -> Result<Vec<u8>, String> {
+        secret
+            .value(k)?
+            .ok_or_else(|| format!("data[{k}] is missing"))
+    };
+    let chain = CertificateDer::pem_slice_iter(&field("tls.crt")?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("data[tls.crt]: {e}"))?;
+    if chain.is_empty() {
+        return Err("data[tls.crt] holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&field("tls.key")?)
+        .map_err(|e| format!("data[tls.key]: {e}"))?;
+    certified_key(chain, &key)
+}
+
+/// A chain and its key as rustls serves them.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'_>,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    let key = rustls::crypto::ring::sign::any_supported_type(key)
+        .map_err(|e| format!("data[tls.key]: unusable private key: {e}"))?;
+    Ok(rustls::sign::CertifiedKey::new(chain, key))
+}
+
 /// Writes a credential file readable by its owner only (mode 0600), durably and atomically:
 /// a temp file is synced and renamed over the target.
 pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {

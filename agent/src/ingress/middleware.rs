@@ -29,6 +29,12 @@ pub enum Step {
         port: Option<u16>,
         permanent: bool,
     },
+    /// Redirects a URL matching `regex` to `replacement` (groups expanded).
+    RedirectRegex {
+        regex: regex::Regex,
+        replacement: String,
+        permanent: bool,
+    },
     BasicAuth {
         /// The Secret's namespace and name.
         secret: (String, String),
@@ -117,6 +123,9 @@ pub struct Chain {
     pub steps: Vec<Step>,
     /// A Middleware the Ingress names that does not exist (or cannot be used).
     pub missing: Option<String>,
+    /// The request body limit a buffering Middleware (or else the Ingress's
+    /// `proxy-body-size` annotation) sets, 0 for none; None leaves the ingress's default.
+    pub max_body: Option<u64>,
 }
 
 /// What the steps see of a request besides the request itself.
@@ -124,6 +133,8 @@ pub struct Ctx<'a> {
     pub https: bool,
     /// The Host header's name, without a port.
     pub host: &'a str,
+    /// The Host header as the client sent it.
+    pub authority: &'a str,
     /// The client's address as the ingress determined it (the peer, or what a trusted
     /// proxy forwarded).
     pub client: IpAddr,
@@ -133,9 +144,17 @@ pub struct Ctx<'a> {
 
 impl Chain {
     pub fn build(ns: &str, ing: &Ingress, middlewares: &HashMap<String, &Middleware>) -> Chain {
-        let mut chain = Chain::default();
+        let mut chain = Chain {
+            max_body: rules::body_size(ing).ok().flatten(),
+            ..Chain::default()
+        };
         for key in rules::middleware_refs(ing).unwrap_or_default() {
-            match middlewares.get(&key).map(|m| step(ns, m)) {
+            let m = middlewares.get(&key);
+            if let Some(b) = m.and_then(|m| m.spec.buffering.as_ref()) {
+                chain.max_body = Some(b.max_request_body_bytes.unwrap_or(0).max(0) as u64);
+                continue;
+            }
+            match m.map(|m| step(ns, m)) {
                 Some(Ok(s)) => chain.steps.push(s),
                 Some(Err(e)) => {
                     warn!(middleware = key, error = %e, "ingress middleware is unusable");
@@ -192,6 +211,22 @@ impl Chain {
                 } => {
                     if *https != ctx.https {
                         return Err(redirect(req, ctx, *https, *port, *permanent));
+                    }
+                }
+                Step::RedirectRegex {
+                    regex,
+                    replacement,
+                    permanent,
+                } => {
+                    let scheme = if ctx.https { "https" } else { "http" };
+                    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let url = format!("{scheme}://{}{target}", ctx.authority);
+                    if regex.is_match(&url) {
+                        let to = regex.replace(&url, replacement.as_str());
+                        // Traefik's rule: a URL already where it is sent goes on.
+                        if to != url {
+                            return Err(moved(req.method(), &to, *permanent));
+                        }
                     }
                 }
                 Step::BasicAuth {
@@ -344,6 +379,12 @@ fn step(ns: &str, m: &Middleware) -> anyhow::Result<Step> {
             port: rules::redirect_port(r).map_err(anyhow::Error::msg)?,
             permanent: r.permanent,
         }
+    } else if let Some(r) = &s.redirect_regex {
+        Step::RedirectRegex {
+            regex: rules::redirect_regex(r).map_err(anyhow::Error::msg)?,
+            replacement: r.replacement.clone(),
+            permanent: r.permanent,
+        }
     } else if let Some(b) = &s.basic_auth {
         Step::BasicAuth {
             secret: (ns.to_string(), b.secret.clone()),
@@ -466,8 +507,7 @@ fn set_path<B>(req: &mut Request<B>, path: &str) {
     }
 }
 
-/// The same URL with another scheme (and port): 301/302 for GET and HEAD, 308/307 (which
-/// keep the method and body) for the others.
+/// The same URL with another scheme (and port).
 fn redirect<B>(
     req: &Request<B>,
     ctx: &Ctx<'_>,
@@ -486,16 +526,25 @@ fn redirect<B>(
     };
     let port = port.map(|p| format!(":{p}")).unwrap_or_default();
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+    moved(
+        req.method(),
+        &format!("{scheme}://{host}{port}{target}"),
+        permanent,
+    )
+}
+
+/// A redirect to `location`: 301/302 for GET and HEAD, 308/307 (which keep the method and
+/// body) for the others.
+fn moved(method: &Method, location: &str, permanent: bool) -> Response<Bytes> {
+    let safe = matches!(*method, Method::GET | Method::HEAD);
     let status = match (permanent, safe) {
         (true, true) => StatusCode::MOVED_PERMANENTLY,
         (true, false) => StatusCode::PERMANENT_REDIRECT,
         (false, true) => StatusCode::FOUND,
         (false, false) => StatusCode::TEMPORARY_REDIRECT,
     };
-    let location = format!("{scheme}://{host}{port}{target}");
     let mut r = answer(status, format!("{location}\n"));
-    if let Ok(v) = HeaderValue::from_str(&location) {
+    if let Ok(v) = HeaderValue::from_str(location) {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
@@ -511,16 +560,7 @@ fn answer(status: StatusCode, body: String) -> Response<Bytes> {
     r
 }
 
-/// A user's password as a Secret holds it.
-#[derive(Debug)]
-pub enum Cred {
-    /// An htpasswd bcrypt hash (`$2y$…`).
-    Bcrypt(String),
-    /// A `kubernetes.io/basic-auth` Secret's password.
-    Plain(String),
-}
-
-pub type Users = HashMap<String, Cred>;
+use rules::{Cred, Users};
 
 /// The basicAuth users of every Middleware, by Secret, and the credentials already found
 /// good (bcrypt is made to be slow: a client sending the same header again is not checked
@@ -635,51 +675,6 @@ impl Auth {
     }
 }
 
-/// The users of a basicAuth Secret: htpasswd lines under `users` (bcrypt hashes only), or a
-/// `kubernetes.io/basic-auth` Secret's `username` and `password`.
-pub fn users_from_secret(secret: &Object) -> anyhow::Result<Users> {
-    let Object::Secret(s) = secret else {
-        anyhow::bail!("not a Secret");
-    };
-    let field = |k: &str| -> anyhow::Result<Option<String>> {
-        s.value(k)
-            .map_err(anyhow::Error::msg)?
-            .map(|bytes| {
-                String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("data[{k}] is not UTF-8"))
-            })
-            .transpose()
-    };
-    let mut users = Users::new();
-    if s.type_.as_deref() == Some("kubernetes.io/basic-auth") {
-        let (Some(user), Some(password)) = (field("username")?, field("password")?) else {
-            anyhow::bail!(
-                "a kubernetes.io/basic-auth Secret needs data[username] and data[password]"
-            );
-        };
-        users.insert(user, Cred::Plain(password));
-        return Ok(users);
-    }
-    let Some(lines) = field("users")? else {
-        anyhow::bail!("data[users] (htpasswd lines) is missing");
-    };
-    for (i, line) in lines.lines().map(str::trim).enumerate() {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((user, hash)) = line.split_once(':') else {
-            anyhow::bail!("data[users] line {}: expected user:hash", i + 1);
-        };
-        if !hash.starts_with("$2") {
-            anyhow::bail!(
-                "data[users] line {} ({user}): only bcrypt hashes ($2y$…, htpasswd -B) are supported",
-                i + 1
-            );
-        }
-        users.insert(user.to_string(), Cred::Bcrypt(hash.to_string()));
-    }
-    Ok(users)
-}
-
 /// Reads the Secret of every basicAuth Middleware (from the hub, else the sealed cache).
 /// One that cannot be used is logged and left out, so its routes refuse everyone.
 pub async fn load_users(shared: &crate::Shared) -> HashMap<(String, String), Arc<Users>> {
@@ -698,7 +693,7 @@ pub async fn load_users(shared: &crate::Shared) -> HashMap<(String, String), Arc
     for (ns, name) in wanted {
         let what = format!("{ns}/{name}");
         match crate::envsource::fetch(shared, flotilla_proto::Kind::Secret, &ns, &name).await {
-            Ok(Some(secret)) => match users_from_secret(&secret) {
+            Ok(Some(secret)) => match rules::basic_auth_users(&secret) {
                 Ok(u) => {
                     out.insert((ns, name), Arc::new(u));
                 }
@@ -749,6 +744,7 @@ mod tests {
         let ctx = Ctx {
             https,
             host: "shop.example.com",
+            authority: "shop.example.com",
             client: client.parse().unwrap(),
             forwarded_for: &["203.0.113.9".parse().unwrap(), "10.1.1.1".parse().unwrap()],
         };
@@ -797,6 +793,14 @@ mod tests {
                 "hdr",
                 serde_json::json!({"headers": {"customRequestHeaders": {"X-Env": "prod", "X-Drop": ""}}}),
             ),
+            mw(
+                "moved",
+                serde_json::json!({"redirectRegex": {"regex": "^https?://shop\\.example\\.com/old/(.*)", "replacement": "https://shop.example.com/new/${1}", "permanent": true}}),
+            ),
+            mw(
+                "small",
+                serde_json::json!({"buffering": {"maxRequestBodyBytes": 1024, "memRequestBodyBytes": 512}}),
+            ),
         ];
         let got = [
             run(
@@ -834,7 +838,18 @@ mod tests {
                 "10.0.0.1",
             )
             .await,
+            run(
+                &chain("default-moved", &list),
+                "/old/a/b?c=d",
+                false,
+                "10.0.0.1",
+            )
+            .await,
+            run(&chain("default-moved", &list), "/new/a", true, "10.0.0.1").await,
         ];
+        let limited = chain("default-small,default-hdr", &list);
+        assert_eq!((limited.max_body, limited.steps.len()), (Some(1024), 1));
+        assert_eq!(chain("default-hdr", &list).max_body, None);
         expect_test::expect![[r#"
             forward /items?x=1 [x-forwarded-prefix=/api]
             forward /ary [x-forwarded-prefix=/api]
@@ -846,7 +861,9 @@ mod tests {
             403 
             forward / []
             forward / [x-env=prod]
-            503 "#]]
+            503 
+            301 https://shop.example.com/new/a/b?c=d
+            forward /new/a []"#]]
         .assert_eq(&got.join("\n"));
     }
 
@@ -871,16 +888,19 @@ mod tests {
             "data": {"users": b64("carol:$apr1$abc$def\n")},
         }))
         .unwrap();
-        let err = users_from_secret(&md5).unwrap_err().to_string();
+        let err = rules::basic_auth_users(&md5).unwrap_err().to_string();
         assert!(err.contains("only bcrypt"), "{err}");
         let auth = Auth::default();
         let key = |n: &str| ("default".to_string(), n.to_string());
         auth.users.store(Arc::new(HashMap::from([
             (
                 key("users"),
-                Arc::new(users_from_secret(&htpasswd).unwrap()),
+                Arc::new(rules::basic_auth_users(&htpasswd).unwrap()),
             ),
-            (key("bob"), Arc::new(users_from_secret(&plain).unwrap())),
+            (
+                key("bob"),
+                Arc::new(rules::basic_auth_users(&plain).unwrap()),
+            ),
         ])));
         let with = |v: &str| {
             let mut h = HeaderMap::new();
@@ -936,6 +956,7 @@ mod tests {
             let ctx = Ctx {
                 https: false,
                 host: "a",
+                authority: "a",
                 client: client.parse().unwrap(),
                 forwarded_for: &[],
             };
@@ -970,6 +991,7 @@ mod tests {
         let ctx = Ctx {
             https: true,
             host: "api.example",
+            authority: "api.example",
             client: "10.0.0.1".parse().unwrap(),
             forwarded_for: &[],
         };

@@ -15,9 +15,13 @@
 //! (the client's, or a new one). WebSocket and other upgrades pass through.
 //!
 //! Bounds: request headers must arrive within [`HEADER_TIMEOUT`] and fit in
-//! [`MAX_HEADER_BYTES`]; an endpoint has [`RESPONSE_TIMEOUT`] to answer; beyond
-//! [`MAX_CONNECTIONS`] open connections, new ones get a 503 and are closed.
+//! [`MAX_HEADER_BYTES`] and [`MAX_HEADERS`] fields; a connection on which nothing moves for
+//! the idle timeout (`--ingress-idle-timeout`) is closed; a request body may be as large as
+//! its route allows (a buffering Middleware, the `proxy-body-size` annotation, else
+//! `--ingress-max-body-size`); an endpoint has [`RESPONSE_TIMEOUT`] to answer; beyond
+//! `--ingress-max-connections` open connections, new ones get a 503 and are closed.
 pub mod access;
+pub mod limits;
 pub mod middleware;
 pub mod pool;
 pub mod routes;
@@ -49,10 +53,11 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head accepted (nginx's default large_client_header_buffers is 4×8k).
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// The most header fields a request may have (hyper's default for HTTP/1.1, applied to
+/// HTTP/2 as well).
+pub const MAX_HEADERS: usize = 100;
 /// How long an endpoint may take to start its response.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Open client connections the ingress serves at once.
-pub const MAX_CONNECTIONS: usize = 10_000;
 
 /// An endpoint's response, the ingress's own, or a same-node wasi:http pod's.
 type Body = Either<PooledBody, Either<Full<Bytes>, HyperOutgoingBody>>;
@@ -127,7 +132,7 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
         link,
         routes: watch::channel(Arc::default()).0,
         pool: Arc::default(),
-        connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        connections: Arc::new(Semaphore::new(shared.cfg.ingress_max_connections)),
         tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
         state: Arc::default(),
         access,
@@ -232,11 +237,11 @@ async fn accept(
                 https,
             };
             if !https {
-                return serve(TokioIo::new(tcp), at, ingress, permit, stop).await;
+                return serve(tcp, at, ingress, permit, stop).await;
             }
             let tls = tokio::time::timeout(HEADER_TIMEOUT, ingress.tls.accept(tcp)).await;
             match tls {
-                Ok(Ok(tls)) => serve(TokioIo::new(tls), at, ingress, permit, stop).await,
+                Ok(Ok(tls)) => serve(tls, at, ingress, permit, stop).await,
                 Ok(Err(e)) => debug!(%client, error = %e, "ingress TLS handshake failed"),
                 Err(_) => debug!(%client, "ingress TLS handshake timed out"),
             }
@@ -255,7 +260,7 @@ struct Peers {
 /// Serves one client connection, HTTP/1.1 or HTTP/2 (by ALPN, or a cleartext client's
 /// HTTP/2 preface); without a connection permit, every request on it gets a 503.
 async fn serve<I>(
-    io: TokioIo<I>,
+    io: I,
     at: Peers,
     ingress: Arc<Ingress>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -264,8 +269,12 @@ async fn serve<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let overloaded = permit.is_none();
+    let activity = Arc::new(limits::Activity::default());
+    let idle_timeout = ingress.shared.cfg.ingress_idle_timeout;
+    let waiting = activity.clone();
     let service = hyper::service::service_fn(move |req| {
         let ingress = ingress.clone();
+        let waiting = waiting.waiting();
         async move {
             let resp = if overloaded {
                 let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "ingress overloaded\n");
@@ -275,6 +284,7 @@ async fn serve<I>(
             } else {
                 ingress.handle(req, at).await
             };
+            drop(waiting);
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
@@ -282,11 +292,13 @@ async fn serve<I>(
     http.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        .max_headers(MAX_HEADERS)
         // hyper's read buffer bounds the head only roughly; `head_size` is exact.
         .max_buf_size(2 * MAX_HEADER_BYTES);
     http.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let io = TokioIo::new(limits::Watched::new(io, activity.clone()));
     let conn = http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let r = tokio::select! {
@@ -294,6 +306,12 @@ async fn serve<I>(
         _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
+        }
+        _ = limits::idle(&activity, idle_timeout) => {
+            debug!(client = %at.client, "ingress connection idle: closed");
+            conn.as_mut().graceful_shutdown();
+            // Nothing was moving: what is left gets a moment, not another timeout.
+            tokio::time::timeout(Duration::from_secs(1), conn).await.unwrap_or(Ok(()))
         }
     };
     if let Err(e) = r {
@@ -321,8 +339,8 @@ impl Ingress {
         resp
     }
 
-    async fn respond(&self, mut req: Request<Incoming>, at: Peers) -> Response<Body> {
-        if head_size(&req) > MAX_HEADER_BYTES {
+    async fn respond(&self, req: Request<Incoming>, at: Peers) -> Response<Body> {
+        if head_size(&req) > MAX_HEADER_BYTES || req.headers().len() > MAX_HEADERS {
             return text(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request header fields too large\n",
@@ -340,6 +358,14 @@ impl Ingress {
         let Some(dest) = routes.find(&name, req.uri().path(), at.https) else {
             return text(StatusCode::NOT_FOUND, "no route for this host and path\n");
         };
+        let limit = dest
+            .chain
+            .max_body
+            .unwrap_or(self.shared.cfg.ingress_max_body_size);
+        if limit > 0 && req.body().size_hint().lower() > limit {
+            return too_large(limit);
+        }
+        let mut req = req.map(|b| limits::capped(b, limit));
         let peer = at.client.ip();
         let trusted = self.trusted.iter().any(|n| n.contains(&peer));
         let forwarded = if trusted {
@@ -350,6 +376,7 @@ impl Ingress {
         let ctx = middleware::Ctx {
             https: at.https,
             host: &name,
+            authority: &host,
             client: if trusted {
                 client_ip(&forwarded, &self.trusted).unwrap_or(peer)
             } else {
@@ -375,7 +402,7 @@ impl Ingress {
     /// (or, for an upgrade, passes the connection through).
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<limits::Capped>,
         to: &BackendRef,
         how: Balancing,
         upgrade: bool,
@@ -484,6 +511,10 @@ impl Ingress {
                         }
                         continue;
                     }
+                    if limits::too_large(e.error()) {
+                        // The client's fault, not the endpoint's.
+                        return too_large(0);
+                    }
                     backend.report(&target, false, Instant::now());
                     if replay.is_none() {
                         return bad_gateway(service, e.error());
@@ -532,7 +563,22 @@ impl Ingress {
 
 /// What a request to an endpoint carries: the client's body, or none for a request sent
 /// again.
-pub type ReqBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
+pub type ReqBody = http_body_util::Either<limits::Capped, http_body_util::Empty<Bytes>>;
+
+/// 413, naming the limit when it is known.
+fn too_large(limit: u64) -> Response<Body> {
+    let mut r = text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &if limit > 0 {
+            format!("request body is larger than this route's limit of {limit} bytes\n")
+        } else {
+            "request body is larger than this route's limit\n".to_string()
+        },
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
 
 /// Methods RFC 9110 calls idempotent: a request of these may be sent twice.
 fn idempotent(m: &http::Method) -> bool {
@@ -805,6 +851,7 @@ mod tests {
         let ctx = middleware::Ctx {
             https: false,
             host: "a.example",
+            authority: "a.example",
             client: if is_trusted {
                 client_ip(&list, &trusted).unwrap_or(ip)
             } else {

@@ -128,7 +128,7 @@ impl Routes {
                     .as_ref()
                     .and_then(|b| route(Match::Prefix(String::new()), b));
             }
-            for (host, p) in paths(ing) {
+            for (host, p) in rules::paths(ing) {
                 let list = routes.list(host);
                 let path = path_match(p);
                 let claimed = |r: &Route| r.path == path && (r.http && http || r.https && https);
@@ -155,7 +155,7 @@ impl Routes {
             if let (Some(r), Some(b)) = (routes.default.as_mut(), &ing.spec.default_backend) {
                 add(r, b);
             }
-            for (host, p) in paths(ing) {
+            for (host, p) in rules::paths(ing) {
                 let path = path_match(p);
                 if let Some(r) = routes.list(host).iter_mut().find(|r| r.path == path) {
                     add(r, &p.backend);
@@ -213,17 +213,6 @@ impl Routes {
 }
 
 /// Every path of an Ingress, with the host of its rule.
-fn paths(
-    ing: &Ingress,
-) -> impl Iterator<Item = (Option<&str>, &flotilla_proto::api::HttpIngressPath)> {
-    ing.spec.rules.iter().flat_map(|rule| {
-        rule.http
-            .iter()
-            .flat_map(|h| &h.paths)
-            .map(|p| (rule.host.as_deref(), p))
-    })
-}
-
 fn path_match(p: &flotilla_proto::api::HttpIngressPath) -> Match {
     let path = p.path.as_deref().unwrap_or("/");
     match p.path_type.as_str() {

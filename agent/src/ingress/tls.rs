@@ -10,8 +10,7 @@ use flotilla_proto::Object;
 use flotilla_proto::api::Kind;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::PrivateKeyDer;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::warn;
@@ -37,7 +36,8 @@ impl Resolver {
         let cert = rcgen::generate_simple_self_signed(vec!["flotilla-ingress.invalid".into()])?;
         let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der())
             .map_err(|e| anyhow::anyhow!("default ingress key: {e}"))?;
-        let fallback = certified(vec![cert.cert.der().clone()], key)?;
+        let fallback = flotilla_transport::certified_key(vec![cert.cert.der().clone()], &key)
+            .map_err(anyhow::Error::msg)?;
         Ok(Resolver {
             certs: ArcSwap::from_pointee(Certs::default()),
             fallback: Arc::new(fallback),
@@ -63,34 +63,12 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-fn certified(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'_>,
-) -> anyhow::Result<CertifiedKey> {
-    let key = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| anyhow::anyhow!("unusable private key: {e}"))?;
-    Ok(CertifiedKey::new(chain, key))
-}
-
 /// A `kubernetes.io/tls` Secret's certificate chain and key (`tls.crt`, `tls.key`, PEM).
 pub fn from_secret(secret: &Object) -> anyhow::Result<CertifiedKey> {
     let Object::Secret(s) = secret else {
         anyhow::bail!("not a Secret");
     };
-    let field = |k: &str| -> anyhow::Result<Vec<u8>> {
-        s.value(k)
-            .map_err(anyhow::Error::msg)?
-            .ok_or_else(|| anyhow::anyhow!("data[{k}] is missing"))
-    };
-    let chain = CertificateDer::pem_slice_iter(&field("tls.crt")?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("data[tls.crt]: {e}"))?;
-    if chain.is_empty() {
-        anyhow::bail!("data[tls.crt] holds no certificate");
-    }
-    let key = PrivateKeyDer::from_pem_slice(&field("tls.key")?)
-        .map_err(|e| anyhow::anyhow!("data[tls.key]: {e}"))?;
-    certified(chain, key)
+    flotilla_transport::tls_secret_key(s).map_err(anyhow::Error::msg)
 }
 
 /// Which Secret serves which host names: every `spec.tls` entry of the Ingresses that are

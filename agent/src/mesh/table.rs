@@ -51,11 +51,7 @@ impl Table {
         let ports = self.services.get(&(ns.to_string(), name.to_string()))?;
         ports
             .iter()
-            .find(|p| match (&port.name, port.number) {
-                (Some(n), _) => p.name.as_deref() == Some(n.as_str()),
-                (None, Some(n)) => i32::from(p.port) == n,
-                (None, None) => false,
-            })
+            .find(|p| port.matches(p.name.as_deref(), i32::from(p.port)))
             .map(|p| &p.backend)
     }
 }

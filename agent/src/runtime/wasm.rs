@@ -8,7 +8,6 @@
 use crate::logs::{LogStream, PodLog};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
@@ -213,10 +212,11 @@ pub struct HttpHandler(Arc<HttpService>);
 
 impl HttpHandler {
     /// Answers `request` as the pod's own listener would.
-    pub async fn handle(
-        &self,
-        request: hyper::Request<Incoming>,
-    ) -> hyper::Response<HyperOutgoingBody> {
+    pub async fn handle<B>(&self, request: hyper::Request<B>) -> hyper::Response<HyperOutgoingBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         self.0.clone().handle(request).await
     }
 }
@@ -1340,10 +1340,14 @@ async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, cancel: 
 }
 
 impl HttpService {
-    async fn handle(
+    async fn handle<B>(
         self: Arc<Self>,
-        request: hyper::Request<Incoming>,
-    ) -> hyper::Response<HyperOutgoingBody> {
+        request: hyper::Request<B>,
+    ) -> hyper::Response<HyperOutgoingBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let target = format!("{} {}", request.method(), request.uri().path());
         let (mut store, proxy) = match self.take_warm() {
             Some(w) => (w.store, Some(w.proxy)),

@@ -1,5 +1,7 @@
 //! hello: wasi:http greeting component that reports which pod and node served the request, and
-//! how many requests this instance has answered (the agent keeps answered instances warm).
+//! how many requests this instance has answered (the agent keeps answered instances warm),
+//! the `x-` headers it was sent, and the size of the body of a POST, PUT or PATCH (read to
+//! its end first).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use wstd::http::{Body, Error, Request, Response};
@@ -12,7 +14,7 @@ fn env_or_unknown(key: &str) -> String {
 }
 
 #[wstd::http_server]
-async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
+async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
     let count = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
     let pod = env_or_unknown("FLOTILLA_POD_NAME");
     let node = env_or_unknown("FLOTILLA_NODE_NAME");
@@ -27,5 +29,9 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         .collect();
     extra.sort();
     text.extend(extra);
+    if matches!(request.method().as_str(), "POST" | "PUT" | "PATCH") {
+        let n = request.body_mut().contents().await?.len();
+        text.push_str(&format!("body: {n} bytes\n"));
+    }
     Ok(Response::new(text.into()))
 }
