@@ -28,11 +28,11 @@ impl Drop for Registry {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port(ip: std::net::IpAddr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("a free loopback port")
+        .expect("a free port")
 }
 
 pub fn sha256(bytes: &[u8]) -> String {
@@ -40,14 +40,20 @@ pub fn sha256(bytes: &[u8]) -> String {
 }
 
 impl Registry {
-    /// Starts a registry; fails clearly when `docker-registry` is missing.
+    /// Starts a registry on loopback; fails clearly when `docker-registry` is missing.
     pub fn start() -> anyhow::Result<Registry> {
+        Registry::start_on(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// Starts a registry listening on `ip`, in the calling thread's network namespace (in
+    /// [`crate::netns::Net::block_on`], the hub's: agents reach it at `Net::HUB_IP`).
+    pub fn start_on(ip: std::net::IpAddr) -> anyhow::Result<Registry> {
         let bin = ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"]
             .into_iter()
             .find(|p| Path::new(p).is_file())
             .context("registry tests need Debian's docker-registry: run scripts/setup")?;
         let dir = tempfile::tempdir()?;
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let addr = SocketAddr::new(ip, free_port(ip));
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,

@@ -9,8 +9,12 @@
 //! oversized request heads are refused while normal requests keep flowing, the status lists
 //! the gateway, and a node that is no gateway does not listen. Over HTTPS: the certificate
 //! of the Ingress's TLS Secret by SNI (HTTP/2 by ALPN, HTTP/1.1 too), the default
-//! self-signed one for other names, and a renewed Secret served without a restart. Needs
-//! root, iproute2 and curl (CI has them).
+//! self-signed one for other names, and a renewed Secret served without a restart. Then the
+//! middlewares and canaries; failover and slow clients; the limits (bodies, header count,
+//! idle connections, the connection cap) with redirectRegex and the Warning events of an
+//! Ingress naming what does not exist; and a container pod on the other node (pulled from a
+//! registry in the hub's namespace) reached through the ingress. Needs root, iproute2 and
+//! curl, and for the last test runc, the CNI plugins and docker-registry (CI has them).
 use flotilla_proto::Object;
 use flotilla_testkit::netns::Net;
 use flotilla_testkit::{Cluster, eventually};
@@ -1067,6 +1071,93 @@ fn ingress_limits_bodies_headers_idle_and_connections_and_reports_bad_references
         }
         assert_eq!(get(&net, "refs.example", "/ghost", &[]).0, "503");
         assert_eq!(who(&net, "limits.example", "/"), "web");
+        cluster.shutdown().await;
+    });
+}
+
+/// A container pod (busybox httpd, pulled from a registry in the hub's namespace) on node-1,
+/// behind a Service and an Ingress that node-0 serves.
+const BOX: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: box, labels: {app: box}}
+spec:
+  terminationGracePeriodSeconds: 1
+  nodeSelector: {kubernetes.io/hostname: node-1}
+  containers:
+  - name: web
+    image: REGISTRY/test/web:v1
+    ports: [{containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: box}
+spec:
+  selector: {app: box}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: box}
+spec:
+  rules:
+  - host: box.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: box, port: {name: http}}}}]}
+"#;
+
+#[test]
+fn ingress_reaches_a_container_on_another_node() {
+    use flotilla_testkit::registry::{Registry, busybox_image, require_container_tools};
+    require_container_tools("ingress to container");
+    flotilla_testkit::init_tracing();
+    let net = Net::create(2).expect("network namespaces (needs root and iproute2)");
+    net.block_on(async {
+        let registry = Registry::start_on(Net::HUB_IP.into()).expect("registry");
+        let host = registry.host();
+        let web = busybox_image(
+            &["httpd", "-f", "-p", "8080", "-h", "/var/www"],
+            serde_json::json!({"User": "app"}),
+        )
+        .unwrap();
+        registry.push("test/web:v1", &web).await.expect("push");
+        let cluster = Cluster::builder()
+            .agents(2)
+            .label(0, flotilla_proto::service::GATEWAY_LABEL, "true")
+            .registry(&host)
+            .on(&net)
+            .start()
+            .await;
+        cluster.wait_nodes_ready(2).await;
+        cluster
+            .apply(&BOX.replace("REGISTRY", &host))
+            .await
+            .expect("apply the pod, service and ingress");
+        let pods = cluster.wait_ready("box", 1).await;
+        assert_eq!(pods[0].spec.node_name.as_deref(), Some("node-1"));
+        // node-0's ingress reaches the container's pod address on node-1 over the mesh.
+        let (code, body) = eventually("the container through the ingress", || async {
+            let (code, body) = get(&net, "box.example", "/", &[]);
+            (code == "200").then_some((code, body))
+        })
+        .await;
+        assert_eq!(
+            (code.as_str(), body.as_str()),
+            ("200", "hello from a container\n")
+        );
+        for _ in 0..20 {
+            assert_eq!(get(&net, "box.example", "/", &[]).0, "200");
+        }
+
+        let c = cluster.fleet().await;
+        c.delete(flotilla_proto::Kind::Pod, "default", "box")
+            .await
+            .expect("delete the pod");
+        c.close().await;
+        eventually("the container pod gone", || async {
+            cluster.pods().await.is_empty().then_some(())
+        })
+        .await;
         cluster.shutdown().await;
     });
 }
