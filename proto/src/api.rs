@@ -2499,6 +2499,48 @@ pub struct HeadersMiddleware {
     /// `Vary: Origin` on answers whose Allow-Origin depends on the request's.
     #[serde(default)]
     pub add_vary_header: bool,
+    /// The security headers, on every response of the route. Strict-Transport-Security
+    /// (`stsSeconds` > 0) goes on HTTPS responses only, unless `forceSTSHeader`.
+    #[serde(default)]
+    pub sts_seconds: i64,
+    #[serde(default)]
+    pub sts_include_subdomains: bool,
+    #[serde(default)]
+    pub sts_preload: bool,
+    #[serde(default, rename = "forceSTSHeader")]
+    pub force_sts_header: bool,
+    /// `X-Frame-Options: DENY`, or `customFrameOptionsValue` when set.
+    #[serde(default)]
+    pub frame_deny: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_frame_options_value: Option<String>,
+    /// `X-Content-Type-Options: nosniff`.
+    #[serde(default)]
+    pub content_type_nosniff: bool,
+    /// `X-XSS-Protection: 1; mode=block`, or `customBrowserXSSValue` when set.
+    #[serde(default)]
+    pub browser_xss_filter: bool,
+    #[serde(
+        default,
+        rename = "customBrowserXSSValue",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub custom_browser_xss_value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_security_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_security_policy_report_only: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrer_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions_policy: Option<String>,
+    /// Hosts (the Host header's name) the route serves; others get 400. Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// Traefik's development switch: `allowedHosts` and Strict-Transport-Security are not
+    /// applied.
+    #[serde(default)]
+    pub is_development: bool,
 }
 
 /// At most `average` requests per `period` (default 1s) per client, with bursts of up to

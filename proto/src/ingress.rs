@@ -456,6 +456,30 @@ pub fn validate_middleware(mw: &Middleware) -> Result<(), String> {
         }
     }
     if let Some(h) = &s.headers {
+        if h.sts_seconds < 0 {
+            return Err(format!(
+                "spec.headers.stsSeconds: Invalid value: {}: must be greater than or equal to 0",
+                h.sts_seconds
+            ));
+        }
+        for (field, v) in [
+            ("customFrameOptionsValue", &h.custom_frame_options_value),
+            ("customBrowserXSSValue", &h.custom_browser_xss_value),
+            ("contentSecurityPolicy", &h.content_security_policy),
+            (
+                "contentSecurityPolicyReportOnly",
+                &h.content_security_policy_report_only,
+            ),
+            ("referrerPolicy", &h.referrer_policy),
+            ("permissionsPolicy", &h.permissions_policy),
+        ] {
+            if let Some(v) = v {
+                check_header_value(&format!("spec.headers.{field}"), v)?;
+            }
+        }
+        for (i, host) in h.allowed_hosts.iter().enumerate() {
+            check_host(&format!("spec.headers.allowedHosts[{i}]"), host)?;
+        }
         for (i, m) in h.access_control_allow_methods.iter().enumerate() {
             check_header_name(&format!("spec.headers.accessControlAllowMethods[{i}]"), m)?;
         }
@@ -479,11 +503,7 @@ pub fn validate_middleware(mw: &Middleware) -> Result<(), String> {
             for (k, v) in map {
                 let at = format!("spec.headers.{field}[{k}]");
                 check_header_name(&at, k)?;
-                if v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
-                    return Err(format!(
-                        "{at}: Invalid value: {v:?}: control characters are not allowed"
-                    ));
-                }
+                check_header_value(&at, v)?;
             }
         }
     }
@@ -542,6 +562,16 @@ pub fn basic_auth_users(secret: &crate::Object) -> Result<Users, String> {
         users.insert(user.to_string(), Cred::Bcrypt(hash.to_string()));
     }
     Ok(users)
+}
+
+/// A header value: no control characters but tab.
+fn check_header_value(at: &str, v: &str) -> Result<(), String> {
+    if v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        return Err(format!(
+            "{at}: Invalid value: {v:?}: control characters are not allowed"
+        ));
+    }
+    Ok(())
 }
 
 /// A redirectRegex's pattern, compiled (the size of the compiled program bounded, so a
@@ -883,6 +913,12 @@ mod tests {
             mw("  redirectScheme: {scheme: https, port: 70000}"),
             mw("  ipAllowList: {sourceRange: [10.0.0.0/33]}"),
             mw("  headers: {customResponseHeaders: {\"bad name\": x}}"),
+            mw(
+                "  headers: {stsSeconds: 31536000, stsIncludeSubdomains: true, frameDeny: true, contentTypeNosniff: true, allowedHosts: [shop.example]}",
+            ),
+            mw("  headers: {stsSeconds: -1}"),
+            mw("  headers: {contentSecurityPolicy: \"default-src 'self'\\n\"}"),
+            mw("  headers: {allowedHosts: [\"Bad Host\"]}"),
             annotated(
                 "    traefik.ingress.kubernetes.io/router.middlewares: default-auth@kubernetescrd, default-strip",
             ),
@@ -924,6 +960,10 @@ mod tests {
             document 1 (middleware m): spec.redirectScheme.port: Invalid value: 70000: must be between 1 and 65535, inclusive
             document 1 (middleware m): spec.ipAllowList.sourceRange[0]: Invalid value: "10.0.0.0/33": must be an IP address or a CIDR block
             document 1 (middleware m): spec.headers.customResponseHeaders[bad name]: Invalid value: "bad name": must be an HTTP header name
+            ok
+            document 1 (middleware m): spec.headers.stsSeconds: Invalid value: -1: must be greater than or equal to 0
+            document 1 (middleware m): spec.headers.contentSecurityPolicy: Invalid value: "default-src 'self'\n": control characters are not allowed
+            document 1 (middleware m): spec.headers.allowedHosts[0] must consist of lowercase letters, digits, '-' or '.', and start and end with a letter or digit, got "Bad Host"
             ok
             document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.middlewares]: Invalid value: "default-auth@file": only Middleware objects (@kubernetescrd) can be referenced, not @file
             ok

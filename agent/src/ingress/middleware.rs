@@ -53,6 +53,7 @@ pub enum Step {
         request: Vec<(HeaderName, Option<HeaderValue>)>,
         response: Vec<(HeaderName, Option<HeaderValue>)>,
         cors: Option<Box<Cors>>,
+        secure: Option<Box<Secure>>,
     },
     /// A token bucket per client (by `source`) of `burst` tokens, refilled at `rate` a
     /// second; kept in [`State`] under the Middleware's key.
@@ -73,6 +74,18 @@ pub enum Source {
     Forwarded(u32, Vec<IpNet>),
     Host,
     Header(HeaderName),
+}
+
+/// A headers Middleware's security fields, as headers.
+#[derive(Debug, Default)]
+pub struct Secure {
+    /// Strict-Transport-Security, and whether it goes on plain HTTP answers too.
+    sts: Option<HeaderValue>,
+    force_sts: bool,
+    /// X-Frame-Options, X-Content-Type-Options, CSP and the like: on every answer.
+    always: Vec<(HeaderName, HeaderValue)>,
+    /// The hosts served (lowercase); empty is any.
+    allowed_hosts: Vec<String>,
 }
 
 /// A headers Middleware's CORS fields, as header values.
@@ -262,7 +275,18 @@ impl Chain {
                         return Err(answer(StatusCode::FORBIDDEN, "403 Forbidden\n".into()));
                     }
                 }
-                Step::Headers { request, cors, .. } => {
+                Step::Headers {
+                    request,
+                    cors,
+                    secure,
+                    ..
+                } => {
+                    if let Some(secure) = secure
+                        && !secure.allowed_hosts.is_empty()
+                        && !secure.allowed_hosts.iter().any(|h| h == ctx.host)
+                    {
+                        return Err(answer(StatusCode::BAD_REQUEST, "Bad Host\n".into()));
+                    }
                     if let Some(cors) = cors
                         && let Some(answer) = preflight(cors, req)
                     {
@@ -305,11 +329,27 @@ impl Chain {
         Ok(())
     }
 
-    /// Applies the response steps (the headers ones, with CORS for a request from
-    /// `origin`) to a response's headers.
-    pub fn response(&self, headers: &mut HeaderMap, origin: Option<&HeaderValue>) {
+    /// Applies the response steps (the headers ones: security headers, custom ones, CORS
+    /// for a request from `origin`) to a response's headers.
+    pub fn response(&self, headers: &mut HeaderMap, origin: Option<&HeaderValue>, https: bool) {
         for step in &self.steps {
-            if let Step::Headers { response, cors, .. } = step {
+            if let Step::Headers {
+                response,
+                cors,
+                secure,
+                ..
+            } = step
+            {
+                if let Some(secure) = secure {
+                    for (name, v) in &secure.always {
+                        headers.insert(name.clone(), v.clone());
+                    }
+                    if let Some(sts) = &secure.sts
+                        && (https || secure.force_sts)
+                    {
+                        headers.insert(header::STRICT_TRANSPORT_SECURITY, sts.clone());
+                    }
+                }
                 set_headers(headers, response);
                 if let (Some(cors), Some(origin)) = (cors, origin)
                     && let Some(allow) = cors.allow(origin)
@@ -413,6 +453,7 @@ fn step(ns: &str, m: &Middleware) -> anyhow::Result<Step> {
         };
         let cors = !h.access_control_allow_origin_list.is_empty();
         Step::Headers {
+            secure: secure(h)?,
             request: headers(&h.custom_request_headers)?,
             response: headers(&h.custom_response_headers)?,
             cors: cors
@@ -453,6 +494,7 @@ fn step(ns: &str, m: &Middleware) -> anyhow::Result<Step> {
                 request: Vec::new(),
                 response: Vec::new(),
                 cors: None,
+                secure: None,
             }
         } else {
             Step::RateLimit {
@@ -465,6 +507,66 @@ fn step(ns: &str, m: &Middleware) -> anyhow::Result<Step> {
     } else {
         anyhow::bail!("it has no step this release supports")
     })
+}
+
+/// The security headers a headers Middleware asks for, if any.
+fn secure(h: &flotilla_proto::api::HeadersMiddleware) -> anyhow::Result<Option<Box<Secure>>> {
+    let mut out = Secure::default();
+    let dev = h.is_development;
+    if h.sts_seconds > 0 && !dev {
+        let mut v = format!("max-age={}", h.sts_seconds);
+        if h.sts_include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if h.sts_preload {
+            v.push_str("; preload");
+        }
+        out.sts = Some(HeaderValue::from_str(&v)?);
+        out.force_sts = h.force_sts_header;
+    }
+    let frame = match &h.custom_frame_options_value {
+        Some(v) if !v.is_empty() => Some(v.as_str()),
+        _ => h.frame_deny.then_some("DENY"),
+    };
+    let xss = match &h.custom_browser_xss_value {
+        Some(v) if !v.is_empty() => Some(v.as_str()),
+        _ => h.browser_xss_filter.then_some("1; mode=block"),
+    };
+    let set = [
+        (header::X_FRAME_OPTIONS, frame),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            h.content_type_nosniff.then_some("nosniff"),
+        ),
+        (header::X_XSS_PROTECTION, xss),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            h.content_security_policy.as_deref(),
+        ),
+        (
+            header::CONTENT_SECURITY_POLICY_REPORT_ONLY,
+            h.content_security_policy_report_only.as_deref(),
+        ),
+        (header::REFERRER_POLICY, h.referrer_policy.as_deref()),
+        (
+            HeaderName::from_static("permissions-policy"),
+            h.permissions_policy.as_deref(),
+        ),
+    ];
+    for (name, v) in set {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            out.always.push((name, HeaderValue::from_str(v)?));
+        }
+    }
+    if !dev {
+        out.allowed_hosts = h
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+    }
+    let any = out.sts.is_some() || !out.always.is_empty() || !out.allowed_hosts.is_empty();
+    Ok(any.then(|| Box::new(out)))
 }
 
 /// The client address `ipStrategy` picks from a trusted proxy's X-Forwarded-For: the
@@ -1028,7 +1130,7 @@ mod tests {
                 .unwrap();
             chain.request(&mut req, &ctx, &state).await.unwrap();
             let mut h = HeaderMap::new();
-            chain.response(&mut h, req.headers().get(header::ORIGIN));
+            chain.response(&mut h, req.headers().get(header::ORIGIN), true);
             got.push(format!("get {origin}: [{}]", show(&h)));
         }
         expect_test::expect![[r#"
@@ -1036,5 +1138,53 @@ mod tests {
             preflight https://evil.example: 200 []
             get https://app.example: [access-control-allow-credentials: true; access-control-allow-origin: https://app.example; access-control-expose-headers: x-total; vary: Origin]
             get https://evil.example: []"#]].assert_eq(&got.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn security_headers_and_allowed_hosts() {
+        let list = [mw(
+            "secure",
+            serde_json::json!({"headers": {
+                "stsSeconds": 31536000, "stsIncludeSubdomains": true, "stsPreload": true,
+                "frameDeny": true, "contentTypeNosniff": true, "browserXssFilter": true,
+                "contentSecurityPolicy": "default-src 'self'", "referrerPolicy": "no-referrer",
+                "permissionsPolicy": "camera=()", "allowedHosts": ["Shop.example"],
+                "customResponseHeaders": {"X-Frame-Options": "SAMEORIGIN"},
+            }}),
+        )];
+        let chain = chain("default-secure", &list);
+        let state = State::default();
+        let mut got = Vec::new();
+        for (host, https) in [
+            ("shop.example", true),
+            ("shop.example", false),
+            ("evil.example", true),
+        ] {
+            let ctx = Ctx {
+                https,
+                host,
+                authority: host,
+                client: "10.0.0.1".parse().unwrap(),
+                forwarded_for: &[],
+            };
+            let mut req = Request::get("/").body(()).unwrap();
+            match chain.request(&mut req, &ctx, &state).await {
+                Ok(()) => {
+                    let mut h = HeaderMap::new();
+                    chain.response(&mut h, None, https);
+                    let mut v: Vec<String> = h
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+                        .collect();
+                    v.sort();
+                    got.push(format!("{host} https={https}: {}", v.join("; ")));
+                }
+                Err(r) => got.push(format!("{host} https={https}: {}", r.status().as_u16())),
+            }
+        }
+        expect_test::expect![[r#"
+            shop.example https=true: content-security-policy: default-src 'self'; permissions-policy: camera=(); referrer-policy: no-referrer; strict-transport-security: max-age=31536000; includeSubDomains; preload; x-content-type-options: nosniff; x-frame-options: SAMEORIGIN; x-xss-protection: 1; mode=block
+            shop.example https=false: content-security-policy: default-src 'self'; permissions-policy: camera=(); referrer-policy: no-referrer; x-content-type-options: nosniff; x-frame-options: SAMEORIGIN; x-xss-protection: 1; mode=block
+            evil.example https=true: 400"#]].assert_eq(&got.join("\n"));
     }
 }

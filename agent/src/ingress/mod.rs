@@ -394,7 +394,8 @@ impl Ingress {
             }
             Err(answer) => answer.map(|b| Either::Right(Either::Left(Full::new(b)))),
         };
-        dest.chain.response(resp.headers_mut(), origin.as_ref());
+        dest.chain
+            .response(resp.headers_mut(), origin.as_ref(), at.https);
         resp
     }
 
