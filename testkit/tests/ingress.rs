@@ -799,7 +799,7 @@ fn ingress_fails_over_when_an_endpoint_dies_and_bounds_slow_clients() {
     });
 }
 
-const LIMITS: &str = r#"
+const LIMIT_MIDDLEWARES: &str = r#"
 apiVersion: traefik.io/v1alpha1
 kind: Middleware
 metadata: {name: small}
@@ -820,44 +820,6 @@ spec:
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
-metadata: {name: limits}
-spec:
-  rules:
-  - host: limits.example
-    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: small
-  annotations: {traefik.ingress.kubernetes.io/router.middlewares: default-small@kubernetescrd}
-spec:
-  rules:
-  - host: small.example
-    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: big
-  annotations: {nginx.ingress.kubernetes.io/proxy-body-size: "0"}
-spec:
-  rules:
-  - host: big.example
-    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: moved
-  annotations: {traefik.ingress.kubernetes.io/router.middlewares: default-moved}
-spec:
-  rules:
-  - host: old.example
-    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
 metadata:
   name: refs
   annotations: {traefik.ingress.kubernetes.io/router.middlewares: "default-nope, default-guarded"}
@@ -870,6 +832,38 @@ spec:
       - {path: /ghost, pathType: Prefix, backend: {service: {name: ghost, port: {number: 80}}}}
       - {path: /web, pathType: Prefix, backend: {service: {name: web, port: {number: 81}}}}
 "#;
+
+/// An Ingress `name` sending every path of `host` to the Service `web`, with `annotations`
+/// (a YAML flow map).
+fn site(name: &str, host: &str, annotations: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, annotations: {annotations}}}\nspec:\n  rules:\n  - host: {host}\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}\n"
+    )
+}
+
+/// The limits test's objects: its Middlewares, the refs Ingress, and a site per limit.
+fn limits() -> String {
+    [
+        LIMIT_MIDDLEWARES.to_string(),
+        site("limits", "limits.example", "{}"),
+        site(
+            "small",
+            "small.example",
+            "{traefik.ingress.kubernetes.io/router.middlewares: default-small@kubernetescrd}",
+        ),
+        site(
+            "big",
+            "big.example",
+            "{nginx.ingress.kubernetes.io/proxy-body-size: \"0\"}",
+        ),
+        site(
+            "moved",
+            "old.example",
+            "{traefik.ingress.kubernetes.io/router.middlewares: default-moved}",
+        ),
+    ]
+    .concat()
+}
 
 /// curl POSTing `file` from node-1's namespace to node-0's ingress: the status.
 fn post(net: &Net, host: &str, file: &std::path::Path, chunked: bool) -> String {
@@ -933,7 +927,7 @@ fn ingress_limits_bodies_headers_idle_and_connections_and_reports_bad_references
             .apply(&backend("web", "node-1"))
             .await
             .expect("apply web");
-        cluster.apply(LIMITS).await.expect("apply the ingresses");
+        cluster.apply(&limits()).await.expect("apply the ingresses");
         cluster.wait_ready("web", 1).await;
         eventually("the ingress to route", || async {
             (who(&net, "limits.example", "/") == "web").then_some(())
