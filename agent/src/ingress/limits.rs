@@ -144,8 +144,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 /// Why a request body stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    #[error("request body is larger than the route's limit")]
-    TooLarge,
+    #[error("request body is larger than the route's limit of {0} bytes")]
+    TooLarge(u64),
     #[error("reading the request body: {0}")]
     Client(BoxError),
 }
@@ -159,7 +159,9 @@ impl From<std::convert::Infallible> for BodyError {
 impl From<BodyError> for wasmtime_wasi_http::Error {
     fn from(e: BodyError) -> Self {
         match e {
-            BodyError::TooLarge => wasmtime_wasi_http::Error::HttpRequestBodySize(None),
+            BodyError::TooLarge(limit) => {
+                wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
+            }
             BodyError::Client(e) => match e.downcast::<hyper::Error>() {
                 Ok(e) => wasmtime_wasi_http::Error::Hyper(*e),
                 Err(e) => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
@@ -173,16 +175,22 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A client's request body, cut off after the route's limit ([`Limited`], whose boxed
 /// error is sorted into a [`BodyError`] that wasi:http and the endpoint's client can take).
-pub struct Capped(Limited<Incoming>);
+pub struct Capped {
+    body: Limited<Incoming>,
+    limit: u64,
+}
 
 /// `body` with at most `limit` bytes (0 is no limit).
 pub fn capped(body: Incoming, limit: u64) -> Capped {
-    let limit = if limit == 0 {
+    let most = if limit == 0 {
         usize::MAX
     } else {
         usize::try_from(limit).unwrap_or(usize::MAX)
     };
-    Capped(Limited::new(body, limit))
+    Capped {
+        body: Limited::new(body, most),
+        limit,
+    }
 }
 
 impl http_body::Body for Capped {
@@ -193,9 +201,11 @@ impl http_body::Body for Capped {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
-        Pin::new(&mut self.get_mut().0).poll_frame(cx).map_err(|e| {
+        let this = self.get_mut();
+        let limit = this.limit;
+        Pin::new(&mut this.body).poll_frame(cx).map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                BodyError::TooLarge
+                BodyError::TooLarge(limit)
             } else {
                 BodyError::Client(e)
             }
@@ -203,24 +213,24 @@ impl http_body::Body for Capped {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.0.size_hint()
+        self.body.size_hint()
     }
 }
 
-/// Whether `e` (an error sending a request) is a body over its limit.
-pub fn too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The limit `e` (an error sending a request) says a body went over, if that is what it is.
+pub fn too_large(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
     let mut at = Some(e);
     while let Some(e) = at {
-        if matches!(e.downcast_ref::<BodyError>(), Some(BodyError::TooLarge)) {
-            return true;
+        if let Some(BodyError::TooLarge(limit)) = e.downcast_ref::<BodyError>() {
+            return Some(*limit);
         }
         at = e.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]

@@ -168,7 +168,8 @@ impl Chain {
                 continue;
             }
             match m.map(|m| step(ns, m)) {
-                Some(Ok(s)) => chain.steps.push(s),
+                Some(Ok(Some(s))) => chain.steps.push(s),
+                Some(Ok(None)) => {}
                 Some(Err(e)) => {
                     warn!(middleware = key, error = %e, "ingress middleware is unusable");
                     chain.missing.get_or_insert(key);
@@ -390,8 +391,9 @@ fn preflight<B>(cors: &Cors, req: &Request<B>) -> Option<Response<Bytes>> {
     Some(r)
 }
 
-/// The step a Middleware object describes.
-fn step(ns: &str, m: &Middleware) -> anyhow::Result<Step> {
+/// The step a Middleware object describes; None for one that changes nothing (a
+/// rateLimit of `average: 0`, Traefik's "no limit").
+fn step(ns: &str, m: &Middleware) -> anyhow::Result<Option<Step>> {
     let s = &m.spec;
     let headers = |map: &std::collections::BTreeMap<String, String>| {
         map.iter()
@@ -409,7 +411,7 @@ fn step(ns: &str, m: &Middleware) -> anyhow::Result<Step> {
             .map(|r| rules::parse_net("", r).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()
     };
-    Ok(if let Some(p) = &s.strip_prefix {
+    Ok(Some(if let Some(p) = &s.strip_prefix {
         Step::StripPrefix(p.prefixes.clone())
     } else if let Some(p) = &s.add_prefix {
         Step::AddPrefix(p.prefix.trim_end_matches('/').to_string())
@@ -489,24 +491,17 @@ fn step(ns: &str, m: &Middleware) -> anyhow::Result<Step> {
             None => Source::Client,
         };
         if r.average == 0 {
-            // Traefik's meaning of 0: no limit.
-            Step::Headers {
-                request: Vec::new(),
-                response: Vec::new(),
-                cors: None,
-                secure: None,
-            }
-        } else {
-            Step::RateLimit {
-                key: rules::middleware_key(m).into(),
-                rate: r.average as f64 / period.as_secs_f64(),
-                burst: r.burst.unwrap_or(1).max(1) as f64,
-                source,
-            }
+            return Ok(None);
+        }
+        Step::RateLimit {
+            key: rules::middleware_key(m).into(),
+            rate: r.average as f64 / period.as_secs_f64(),
+            burst: r.burst.unwrap_or(1).max(1) as f64,
+            source,
         }
     } else {
         anyhow::bail!("it has no step this release supports")
-    })
+    }))
 }
 
 /// The security headers a headers Middleware asks for, if any.

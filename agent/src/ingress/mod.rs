@@ -512,9 +512,9 @@ impl Ingress {
                         }
                         continue;
                     }
-                    if limits::too_large(e.error()) {
+                    if let Some(limit) = limits::too_large(e.error()) {
                         // The client's fault, not the endpoint's.
-                        return too_large(0);
+                        return too_large(limit);
                     }
                     backend.report(&target, false, Instant::now());
                     if replay.is_none() {
@@ -566,15 +566,11 @@ impl Ingress {
 /// again.
 pub type ReqBody = http_body_util::Either<limits::Capped, http_body_util::Empty<Bytes>>;
 
-/// 413, naming the limit when it is known.
+/// 413, naming the route's limit.
 fn too_large(limit: u64) -> Response<Body> {
     let mut r = text(
         StatusCode::PAYLOAD_TOO_LARGE,
-        &if limit > 0 {
-            format!("request body is larger than this route's limit of {limit} bytes\n")
-        } else {
-            "request body is larger than this route's limit\n".to_string()
-        },
+        &format!("request body is larger than this route's limit of {limit} bytes\n"),
     );
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

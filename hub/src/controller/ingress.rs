@@ -88,11 +88,6 @@ fn problems(tx: &Tx<'_>, ing: &Ingress) -> Result<Vec<(&'static str, String)>, S
         if !seen.insert((&b.name, &b.port)) {
             continue;
         }
-        let port = match (&b.port.name, b.port.number) {
-            (Some(n), _) => format!("{n:?}"),
-            (None, Some(n)) => n.to_string(),
-            (None, None) => "(none)".into(),
-        };
         match tx.get(&ObjectKey::new(Kind::Service, ns, &b.name))? {
             Some(Object::Service(svc)) => {
                 if !svc
@@ -101,6 +96,11 @@ fn problems(tx: &Tx<'_>, ing: &Ingress) -> Result<Vec<(&'static str, String)>, S
                     .iter()
                     .any(|p| b.port.matches(p.name.as_deref(), p.port))
                 {
+                    let port = match (&b.port.name, b.port.number) {
+                        (Some(n), _) => format!("{n:?}"),
+                        (None, Some(n)) => n.to_string(),
+                        (None, None) => "(none)".into(),
+                    };
                     out.push((
                         "BackendNotFound",
                         format!(
@@ -119,9 +119,6 @@ fn problems(tx: &Tx<'_>, ing: &Ingress) -> Result<Vec<(&'static str, String)>, S
             )),
         }
     }
-    let secret = |tx: &Tx<'_>, name: &str| -> Result<Option<Object>, StoreError> {
-        tx.get(&ObjectKey::new(Kind::Secret, ns, name))
-    };
     for name in ing
         .spec
         .tls
@@ -129,7 +126,7 @@ fn problems(tx: &Tx<'_>, ing: &Ingress) -> Result<Vec<(&'static str, String)>, S
         .filter_map(|t| t.secret_name.as_deref())
         .collect::<BTreeSet<_>>()
     {
-        let why = match secret(tx, name)? {
+        let why = match tx.get(&ObjectKey::new(Kind::Secret, ns, name))? {
             Some(Object::Secret(s)) => flotilla_transport::tls_secret_key(&s).err(),
             _ => Some("it does not exist".into()),
         };
