@@ -1,5 +1,6 @@
 //! The node DNS (`flotilla_dns`) fed from the node's copy of the cluster's Services and
-//! EndpointSlices, and the resolv.conf container pods get.
+//! EndpointSlices, the same names for the agent's own lookups (`Shared::names`), and the
+//! resolv.conf container pods get.
 //!
 //! Two servers answer the same records: one for the host and other nodes (`dns_listen`,
 //! default `node_ip:53`), and one for container pods on their bridge's gateway, port 53,
@@ -73,6 +74,7 @@ async fn serve(shared: Arc<Shared>, host: Option<flotilla_dns::Dns>, cancel: Can
     let mut pods: Option<(flotilla_dns::Dns, CancellationToken)> = None;
     let mut gateway = None;
     let mut services = to_services(&objects.borrow_and_update());
+    names(&shared, &services);
     if let Some(h) = &host {
         h.update(services.clone());
     }
@@ -107,6 +109,7 @@ async fn serve(shared: Arc<Shared>, host: Option<flotilla_dns::Dns>, cancel: Can
             changed = objects.changed() => {
                 if changed.is_err() { return }
                 services = to_services(&objects.borrow_and_update());
+                names(&shared, &services);
                 if let Some(h) = &host { h.update(services.clone()); }
                 if let Some((p, _)) = &pods { p.update(services.clone()); }
             }
@@ -118,6 +121,16 @@ async fn serve(shared: Arc<Shared>, host: Option<flotilla_dns::Dns>, cancel: Can
                 }
             } => if moved.is_err() { subnet = None },
         }
+    }
+}
+
+/// Publishes the names of `services` for the agent's own lookups (`crate::outbound`).
+fn names(shared: &Shared, services: &[Service]) {
+    match flotilla_dns::Names::build(&shared.cfg.cluster_domain, services) {
+        Ok(names) => {
+            shared.names.send_replace(Arc::new(names));
+        }
+        Err(e) => warn!(error = %e, "cluster names not updated"),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod mesh;
 pub mod network;
 pub mod node;
+pub mod outbound;
 pub mod pod;
 pub mod probe;
 pub mod runtime;
@@ -57,6 +58,9 @@ pub struct Shared {
     pub mesh_port: Option<u16>,
     /// The service table the proxy and the mesh link work from (`mesh::table`).
     pub mesh_table: watch::Sender<Arc<mesh::table::Table>>,
+    /// The cluster's names as the node DNS answers them, for WASI pods' outgoing requests
+    /// (kept by `dns`).
+    pub names: watch::Sender<Arc<flotilla_dns::Names>>,
 }
 
 impl Shared {
@@ -264,6 +268,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         .as_ref()
         .and_then(|s| s.local_addr().ok())
         .map(|a| a.port());
+    let names = flotilla_dns::Names::empty(&cfg.cluster_domain)
+        .map_err(|e| anyhow::anyhow!("--cluster-domain: {e}"))?;
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         cfg,
@@ -280,6 +286,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         discovery: watch::channel(discovery_cached).0,
         mesh_port,
         mesh_table: watch::channel(Default::default()).0,
+        names: watch::channel(Arc::new(names)).0,
     });
     // Volumes of pods deleted while the agent was down go now; those of cached pods stay.
     match shared.cache.pods() {

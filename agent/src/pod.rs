@@ -12,6 +12,7 @@ use flotilla_proto::api::{
     Condition, Container, ContainerState, ContainerStatus, Pod, PodStatus, StateRunning,
     StateTerminated, StateWaiting, condition,
 };
+use flotilla_proto::outbound::Grant;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -473,7 +474,7 @@ async fn run_container(one: One<'_>, node_ip: &str) {
         }
     };
     backoff = shared.cfg.backoff_base;
-    let mut spec = guest_spec(pod, container, env, log.clone());
+    let mut spec = guest_spec(shared, pod, container, env, log.clone());
     spec.mounts = mounts;
     let spec = Arc::new(spec);
     let policy = pod.spec.restart_policy().to_string();
@@ -740,6 +741,7 @@ fn futures_box<'a>(
 }
 
 fn guest_spec(
+    shared: &Shared,
     pod: &Pod,
     c: &flotilla_proto::api::Container,
     env: Vec<(String, String)>,
@@ -762,7 +764,18 @@ fn guest_spec(
             .and_then(|q| q.bytes().ok()),
         request_timeout,
         log,
-        allow_outbound_http: false,
+        // Validated at apply; a pod cached before that check is refused outbound.
+        outbound: Grant::from_annotations("metadata.annotations", &pod.metadata.annotations)
+            .ok()
+            .flatten()
+            .map(|grant| {
+                let names = shared.names.subscribe();
+                Arc::new(crate::outbound::Outbound::new(
+                    grant,
+                    pod.namespace(),
+                    names,
+                ))
+            }),
         working_dir: c.working_dir.clone(),
         reuse_instances: pod
             .metadata

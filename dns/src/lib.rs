@@ -11,6 +11,8 @@
 //! list expansions of outside names (`example.com.default.svc.cluster.local`) are answered
 //! locally at once. Everything else goes to the upstream resolvers, with a cache.
 //!
+//! [`Names`] answers the same A and AAAA questions in process, for the agent's own clients.
+//!
 //! UDP is served by a loop of our own (`udp`), TCP by hickory-server; both take their answer
 //! from `respond`. hickory-server logs every TCP request at `info` (target `hickory_server`); the
 //! agent's filter should keep that at `warn`.
@@ -18,6 +20,7 @@
 mod error;
 mod forward;
 mod model;
+mod names;
 mod resolv_conf;
 mod respond;
 mod server;
@@ -26,5 +29,6 @@ mod udp;
 
 pub use error::Error;
 pub use model::{Endpoint, Port, Protocol, Service, ServiceKind};
+pub use names::{Names, Resolved};
 pub use resolv_conf::upstreams_from_resolv_conf;
 pub use server::{Config, Dns, start};

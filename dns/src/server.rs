@@ -182,7 +182,7 @@ impl Dns {
     }
 }
 
-fn parse_domain(domain: &str) -> Result<Name, Error> {
+pub(crate) fn parse_domain(domain: &str) -> Result<Name, Error> {
     let invalid = |reason: String| Error::InvalidDomain {
         domain: domain.to_owned(),
         reason,

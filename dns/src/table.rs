@@ -124,6 +124,16 @@ impl Table {
         }
     }
 
+    /// The cluster domain, fully qualified.
+    pub(crate) fn origin(&self) -> &Name {
+        &self.origin
+    }
+
+    /// Whether `name` is inside the cluster domain.
+    pub(crate) fn in_zone(&self, name: &Name) -> bool {
+        self.origin.zone_of(name)
+    }
+
     /// The zone's SOA, for the authority section of negative answers.
     pub(crate) fn soa(&self) -> &Record {
         &self.soa
@@ -131,7 +141,7 @@ impl Table {
 
     /// Answers `qtype` for `qname` from the table alone.
     pub(crate) fn lookup(&self, qname: &Name, qtype: RecordType) -> Outcome<'_> {
-        let in_zone = self.origin.zone_of(qname);
+        let in_zone = self.in_zone(qname);
         let Some(node) = self.nodes.get(qname) else {
             if !in_zone {
                 return Outcome::Forward;
@@ -479,4 +489,4 @@ fn soa_record(origin: &Name, ttl: u32, serial: u32) -> Record {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,6 +5,7 @@ pub mod disconnect;
 pub mod ingress;
 pub mod labels;
 pub mod manifest;
+pub mod outbound;
 pub mod pod_security;
 pub mod quantity;
 pub mod scheduling;

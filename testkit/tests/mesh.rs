@@ -4,8 +4,9 @@
 //! Checked: connections are balanced over the Ready endpoints of other nodes (through the
 //! agents' mesh link), an unready endpoint on the caller's own node gets none, an endpoint on
 //! the caller's node is preferred, node ports answer on every node, removing a backend takes
-//! it out of rotation, and traffic keeps flowing with the hub stopped. Needs root, iproute2
-//! and curl (CI has them).
+//! it out of rotation, and traffic keeps flowing with the hub stopped. A WASI pod calls a
+//! service by name only when its `flotilla.io/outbound-http` grant names it, also without
+//! the hub. Needs root, iproute2 and curl (CI has them).
 use flotilla_proto::Object;
 use flotilla_proto::api::Service;
 use flotilla_proto::wire::{MeshOpened, RelayRequest, Request};
@@ -302,6 +303,148 @@ fn service_traffic_is_balanced_across_nodes_over_the_mesh() {
         cluster.stop_hub().await;
         let by = spread(&net, 2, &vip, 4);
         assert_eq!(by.get("node-1"), Some(&4), "node-2 without the hub: {by:?}");
+        cluster.shutdown().await;
+    });
+}
+
+/// A chaos pod on node-0 that may call what `grant` names (no annotation when None).
+fn caller(name: &str, grant: Option<&str>) -> String {
+    let annotations = grant
+        .map(|g| format!("annotations: {{flotilla.io/outbound-http: \"{g}\"}}"))
+        .unwrap_or_default();
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: {name}}}
+  {annotations}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: node-0}}
+  containers:
+  - name: chaos
+    image: chaos:latest
+    readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+"#
+    )
+}
+
+/// GETs `url` through pod `at`'s `/fetch`, from node-0's namespace: status and body.
+fn fetch(net: &Net, at: &str, url: &str) -> (String, String) {
+    let out = net.agent_ns(0).exec(&[
+        "curl",
+        "-s",
+        "-m",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{at}/fetch?url={url}"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_owned(), body.to_owned())
+}
+
+#[test]
+fn wasi_pods_call_services_by_name_only_when_granted() {
+    flotilla_testkit::init_tracing();
+    let net = Net::create(2).expect("network namespaces (needs root and iproute2)");
+    net.block_on(async {
+        let mut cluster = Cluster::builder().agents(2).on(&net).start().await;
+        cluster.wait_nodes_ready(2).await;
+        cluster.push_example("hello").await;
+        cluster.push_example("chaos").await;
+        cluster
+            .apply(&backend("web-b", "node-1", READY))
+            .await
+            .expect("apply backend");
+        let other = SERVICE.replace("name: web}", "name: other}");
+        for svc in [SERVICE, &other] {
+            cluster.apply(svc).await.expect("apply service");
+        }
+        // A grant that is not a host list is refused, naming the field.
+        let err = cluster
+            .apply(&caller("bad", Some("http://web")))
+            .await
+            .expect_err("a bad grant");
+        assert!(
+            err.to_string()
+                .contains("metadata.annotations[flotilla.io/outbound-http]: \"http://web\""),
+            "{err:#}"
+        );
+        cluster
+            .apply(&caller(
+                "granted",
+                Some("web, ghost.default.svc.cluster.local"),
+            ))
+            .await
+            .expect("apply granted caller");
+        cluster
+            .apply(&caller("closed", None))
+            .await
+            .expect("apply closed caller");
+        cluster.wait_ready("web-b", 1).await;
+        let granted = cluster.wait_ready("granted", 1).await[0]
+            .status
+            .endpoint
+            .clone();
+        let granted = granted.expect("granted's endpoint");
+        let closed = cluster.wait_ready("closed", 1).await[0]
+            .status
+            .endpoint
+            .clone();
+        let closed = closed.expect("closed's endpoint");
+
+        // The short and the qualified name reach the backend on node-1 through the cluster IP.
+        for url in ["http://web/", "http://web.default.svc.cluster.local:80/"] {
+            let (code, body) = eventually("the service through the grant", || async {
+                let (code, body) = fetch(&net, &granted, url);
+                (code == "200").then_some((code, body))
+            })
+            .await;
+            assert!(
+                body.starts_with("hello from ") && body.contains(" on node-1\n"),
+                "{url}: {code} {body}"
+            );
+        }
+        // Not granted, a cluster name that does not exist, and no grant at all: the request
+        // fails (how the guest hears it is its library's: wstd reports the closed request
+        // body first), and the pod log says why.
+        let ghost = "ghost.default.svc.cluster.local";
+        for (pod, at, url, why) in [
+            (
+                "granted",
+                &granted,
+                "http://other/".to_owned(),
+                "refused: other is not granted by the pod's flotilla.io/outbound-http annotation",
+            ),
+            (
+                "granted",
+                &granted,
+                format!("http://{ghost}/"),
+                "refused: ghost.default.svc.cluster.local: no such cluster name",
+            ),
+            (
+                "closed",
+                &closed,
+                "http://web/".to_owned(),
+                "denied: the pod has no flotilla.io/outbound-http annotation",
+            ),
+        ] {
+            let (code, body) = fetch(&net, at, &url);
+            assert_eq!(code, "502", "{pod} {url}: {body}");
+            let (_, log, _) = cluster.fleet_cli(&["logs", pod], None);
+            assert!(
+                log.contains(&format!("outgoing http request to {url} {why}")),
+                "{pod}'s log: {log}"
+            );
+        }
+
+        // The names come from the node's copy: they resolve without the hub.
+        cluster.stop_hub().await;
+        let (code, body) = fetch(&net, &granted, "http://web/");
+        assert_eq!(code, "200", "without the hub: {body}");
         cluster.shutdown().await;
     });
 }

@@ -2,8 +2,8 @@
 //!
 //! This is the only module that touches wasmtime. Everything a guest can reach
 //! is denied unless the pod spec grants it: no inherited environment, no
-//! preopened directories, no sockets, no stdin, and outgoing HTTP only when
-//! `allow_outbound_http` is set. Guest stdout/stderr go to the pod log.
+//! preopened directories, no sockets, no stdin, and outgoing HTTP only to the hosts
+//! the pod's grant names (`GuestSpec::outbound`). Guest stdout/stderr go to the pod log.
 
 use crate::logs::{LogStream, PodLog};
 use bytes::Bytes;
@@ -319,8 +319,9 @@ pub struct GuestSpec {
     pub request_timeout: Duration,
     /// Guest stdout/stderr go here.
     pub log: PodLog,
-    /// false: outgoing wasi:http requests are refused.
-    pub allow_outbound_http: bool,
+    /// The hosts outgoing wasi:http requests may reach, and how their names resolve; None:
+    /// every request is refused.
+    pub outbound: Option<Arc<crate::outbound::Outbound>>,
     /// The pod's `workingDir`, reported to the guest as wasi:cli's initial-cwd (no files are
     /// granted by it: preopened directories come with volumes).
     pub working_dir: Option<String>,
@@ -1028,7 +1029,7 @@ fn component_store(
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         outbound: OutboundPolicy {
-            allow: spec.allow_outbound_http,
+            grant: spec.outbound.clone(),
             pod: spec.pod.clone(),
             log: spec.log.clone(),
         },
@@ -1116,10 +1117,10 @@ impl ResourceLimiter for GuestLimiter {
     }
 }
 
-/// Decides what happens to outgoing wasi:http requests: denied unless the pod
-/// opted in.
+/// Decides what happens to outgoing wasi:http requests: denied unless the pod's grant
+/// names the host ([`crate::outbound`]).
 struct OutboundPolicy {
-    allow: bool,
+    grant: Option<Arc<crate::outbound::Outbound>>,
     pod: String,
     log: PodLog,
 }
@@ -1136,17 +1137,37 @@ type SendRequestFuture = Box<
 impl WasiHttpHooks for OutboundPolicy {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _response_done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendRequestFuture {
-        if !self.allow {
+        let Some(grant) = &self.grant else {
             warn!(pod = %self.pod, uri = %request.uri(), "outgoing http request denied");
             self.log.note(&format!(
-                "outgoing http request to {} denied: the pod does not allow outbound http",
-                request.uri()
+                "outgoing http request to {} denied: the pod has no {} annotation",
+                request.uri(),
+                flotilla_proto::outbound::OUTBOUND_HTTP_ANNOTATION
             ));
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        };
+        match grant.target(request.uri()) {
+            Ok(None) => {}
+            Ok(Some(uri)) => *request.uri_mut() = uri,
+            Err(refusal) => {
+                warn!(pod = %self.pod, uri = %request.uri(), %refusal, "outgoing http request refused");
+                self.log.note(&format!(
+                    "outgoing http request to {} refused: {refusal}",
+                    request.uri()
+                ));
+                let error = match refusal {
+                    crate::outbound::Refusal::NotFound(_) => wasmtime_wasi_http::Error::DnsError {
+                        rcode: Some("NXDOMAIN".to_owned()),
+                        info_code: None,
+                    },
+                    _ => wasmtime_wasi_http::Error::HttpRequestDenied,
+                };
+                return Box::new(async { Err(error) });
+            }
         }
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
@@ -1627,7 +1648,7 @@ mod tests {
                 memory_limit_bytes,
                 request_timeout: Duration::from_secs(2),
                 log: PodLog::open(&self.dir.path().join("logs/default/test.log"), 1 << 20).unwrap(),
-                allow_outbound_http: false,
+                outbound: None,
                 reuse_instances: true,
                 working_dir: None,
                 mounts: vec![],

@@ -28,7 +28,7 @@ fn endpoint(addr: &str, hostname: Option<&str>, ready: bool) -> Endpoint {
     }
 }
 
-fn services() -> Vec<Service> {
+pub(crate) fn services() -> Vec<Service> {
     vec![
         Service {
             namespace: "default".into(),

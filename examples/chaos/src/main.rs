@@ -1,10 +1,11 @@
 //! chaos: wasi:http component that misbehaves on demand (spin, grow memory, panic) for tests,
 //! with a `/healthz` that fails while the pod's env has `CHAOS_UNHEALTHY` set (probe tests),
 //! and file access through its preopened volumes: `/read?path=P`, `/write?path=P&data=D`,
-//! `/ls?path=P` (volume tests).
+//! `/ls?path=P` (volume tests), and an outgoing request, `/fetch?url=U`, answered with the
+//! upstream's status and body, or 502 and the error (outbound network tests).
 
 use std::hint::black_box;
-use wstd::http::{Body, Error, Request, Response, StatusCode};
+use wstd::http::{Body, Client, Error, Request, Response, StatusCode};
 
 const DEFAULT_GROW_MIB: usize = 256;
 const MIB: usize = 1024 * 1024;
@@ -43,12 +44,26 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             }
             Err(e) => status(StatusCode::NOT_FOUND, &format!("ls failed: {e}\n")),
         },
+        "/fetch" => match fetch(param(&request, "url")).await {
+            Ok(response) => Ok(response),
+            Err(e) => status(StatusCode::BAD_GATEWAY, &format!("fetch failed: {e:?}\n")),
+        },
         _ => status(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
 fn status(code: StatusCode, body: &str) -> Result<Response<Body>, Error> {
     Ok(Response::builder().status(code).body(body.into())?)
+}
+
+/// GETs `url` and answers with what came back.
+async fn fetch(url: &str) -> Result<Response<Body>, Error> {
+    let request = Request::get(url).body(Body::empty())?;
+    let mut upstream = Client::new().send(request).await?;
+    let body = upstream.body_mut().contents().await?.to_vec();
+    Ok(Response::builder()
+        .status(upstream.status())
+        .body(body.into())?)
 }
 
 /// A query parameter's raw value (tests send plain values), or "".
