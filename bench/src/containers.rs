@@ -22,7 +22,7 @@ use flotilla_oci::pull::{Registry as Puller, RegistryConfig};
 use flotilla_oci::store::Store;
 use flotilla_proto::api::{Kind, Object, Pod};
 use flotilla_testkit::registry::{
-    LAYER_GZIP, Layer, Registry, TestImage, busybox_image, busybox_layer, image_config, sha256,
+    LAYER_GZIP, Layer, Registry, TestImage, busybox_image, busybox_layer, image_config,
 };
 use oci_client::secrets::RegistryAuth;
 use serde_json::{Value, json};
@@ -952,8 +952,8 @@ fn gzip(tar: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(gz.finish()?)
 }
 
-/// busybox and [`RANDOM_LAYERS`] layers of incompressible files, gzip, with the config's
-/// `diff_ids` filled in (umoci checks them); also the compressed and uncompressed sizes.
+/// busybox and [`RANDOM_LAYERS`] layers of incompressible files, gzip; also the compressed
+/// and uncompressed sizes.
 fn big_image() -> anyhow::Result<(TestImage, u64, u64)> {
     let mut tars = vec![busybox_layer()?.tar()];
     let mut random = std::fs::File::open("/dev/urandom")?;
@@ -966,13 +966,8 @@ fn big_image() -> anyhow::Result<(TestImage, u64, u64)> {
         }
         tars.push(layer.tar());
     }
-    let mut config: Value = serde_json::from_slice(&image_config(
-        flotilla_oci::pull::platform().1,
-        &[],
-        &["sh"],
-        json!({}),
-    ))?;
-    config["rootfs"]["diff_ids"] = json!(tars.iter().map(|t| sha256(t)).collect::<Vec<_>>());
+    // The push fills in the config's diff_ids (umoci checks them, as the agent does).
+    let config = image_config(flotilla_oci::pull::platform().1, &[], &["sh"], json!({}));
     let unpacked = tars.iter().map(|t| t.len() as u64).sum();
     let layers = tars
         .iter()
@@ -981,7 +976,7 @@ fn big_image() -> anyhow::Result<(TestImage, u64, u64)> {
     let packed = layers.iter().map(|(b, _)| b.len() as u64).sum();
     let image = TestImage {
         layers,
-        config: serde_json::to_vec(&config)?,
+        config,
         config_media_type: "application/vnd.oci.image.config.v1+json".into(),
     };
     Ok((image, packed, unpacked))

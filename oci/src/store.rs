@@ -50,6 +50,14 @@ pub enum StoreError {
         digest: String,
         source: unpack::UnpackError,
     },
+    #[error(
+        "layer {digest}: its content is {actual} uncompressed, but the image config's rootfs.diff_ids says {expected}"
+    )]
+    DiffId {
+        digest: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -483,8 +491,24 @@ impl Store {
         Ok(freed)
     }
 
+    /// Applies the layers in order, each checked against the config's `rootfs.diff_ids` (a
+    /// container image's; a wasm artifact has none) as it is read.
     fn unpack_into(&self, image: &Image, dir: &Path) -> Result<(), StoreError> {
-        for layer in image.manifest.layers() {
+        let layers = image.manifest.layers();
+        let diff_ids = image.config.as_ref().map(|c| c.rootfs().diff_ids());
+        if let Some(ids) = diff_ids
+            && ids.len() != layers.len()
+        {
+            return Err(StoreError::Image {
+                image: image.digest.clone(),
+                message: format!(
+                    "the config lists {} rootfs.diff_ids for {} layers",
+                    ids.len(),
+                    layers.len()
+                ),
+            });
+        }
+        for (i, layer) in layers.iter().enumerate() {
             let digest = layer.digest().to_string();
             let compression =
                 Compression::from_media_type(layer.media_type().as_ref()).map_err(|source| {
@@ -495,12 +519,20 @@ impl Store {
                 })?;
             let path = self.blob_path(&digest)?;
             let file = std::fs::File::open(&path).map_err(io(&path))?;
-            unpack::apply_layer(dir, std::io::BufReader::new(file), compression).map_err(
-                |source| StoreError::Unpack {
+            let stats = unpack::apply_layer(dir, std::io::BufReader::new(file), compression)
+                .map_err(|source| StoreError::Unpack {
                     digest: digest.clone(),
                     source,
-                },
-            )?;
+                })?;
+            if let Some(expected) = diff_ids.map(|ids| &ids[i])
+                && *expected != stats.diff_id
+            {
+                return Err(StoreError::DiffId {
+                    digest,
+                    expected: expected.clone(),
+                    actual: stats.diff_id,
+                });
+            }
         }
         Ok(())
     }
@@ -649,15 +681,18 @@ mod tests {
 
     /// A container image of plain tar layers (each one file), its blobs in `store`.
     fn put_image(store: &Store, layers: &[&[u8]]) -> Image {
+        put_image_as(store, layers, |_| {})
+    }
+
+    /// `put_image` with the config's diff IDs (those of the layers) edited by `edit` first.
+    fn put_image_as(store: &Store, layers: &[&[u8]], edit: impl Fn(&mut Vec<String>)) -> Image {
         let put = |bytes: &[u8]| {
             let d = format!("sha256:{}", sha256_hex(bytes));
             store.put_blob(&d, bytes).unwrap();
             d
         };
-        let config =
-            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-        let config_digest = put(config);
         let mut descs = Vec::new();
+        let mut diff_ids = Vec::new();
         for (i, content) in layers.iter().enumerate() {
             let mut b = tar::Builder::new(Vec::new());
             let mut h = tar::Header::new_gnu();
@@ -672,11 +707,21 @@ mod tests {
             b.append_data(&mut h, format!("file{i}"), *content).unwrap();
             let tar = b.into_inner().unwrap();
             let d = put(&tar);
+            // Plain tar: the diff ID is the blob's digest.
+            diff_ids.push(d.clone());
             descs.push(format!(
                 r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{}}}"#,
                 tar.len()
             ));
         }
+        edit(&mut diff_ids);
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        let config = serde_json::to_vec(&config).unwrap();
+        let config_digest = put(&config);
         let manifest = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
             config.len(),
@@ -684,6 +729,40 @@ mod tests {
         );
         let digest = put(manifest.as_bytes());
         store.image(&digest).unwrap()
+    }
+
+    #[test]
+    fn a_layer_whose_content_is_not_its_diff_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let good = put_image(&store, &[b"base", b"top"]);
+        assert!(store.snapshot(&good).is_ok());
+
+        let wrong = put_image_as(&store, &[b"base", b"other top"], |ids| {
+            ids[1] = format!("sha256:{}", "0".repeat(64));
+        });
+        let err = store.snapshot(&wrong).unwrap_err().to_string();
+        let top = wrong.manifest.layers()[1].digest().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "layer {top}: its content is {top} uncompressed, but the image config's rootfs.diff_ids says sha256:{}",
+                "0".repeat(64)
+            )
+        );
+        assert!(
+            !store.snapshot_path(&wrong).unwrap().exists(),
+            "no half snapshot is kept"
+        );
+
+        let short = put_image_as(&store, &[b"base", b"third"], |ids| {
+            ids.pop();
+        });
+        let err = store.snapshot(&short).unwrap_err().to_string();
+        assert!(
+            err.ends_with("the config lists 1 rootfs.diff_ids for 2 layers"),
+            "{err}"
+        );
     }
 
     fn names(v: &[&str]) -> Vec<String> {
@@ -739,9 +818,9 @@ mod tests {
         let shared_layer = a.manifest.layers()[0].digest().to_string();
         let a_layer = a.manifest.layers()[1].digest().to_string();
         let freed = store.remove_image(&a.digest).unwrap();
-        // Manifest, config (same bytes as b's, so kept) and a's own layer.
+        // Manifest, config and a's own layer; the shared base stays.
         assert!(freed.snapshot);
-        assert_eq!(freed.blobs, 2, "{freed:?}");
+        assert_eq!(freed.blobs, 3, "{freed:?}");
         assert!(freed.bytes > 0);
         assert!(!store.snapshot_path(&a).unwrap().exists());
         assert!(!store.has_blob(&a.digest) && !store.has_blob(&a_layer));

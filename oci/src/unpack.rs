@@ -66,6 +66,7 @@ use rustix::fs::{
     mkdirat, mknodat, openat, openat2, statat, symlinkat, unlinkat, utimensat,
 };
 use rustix::io::Errno;
+use sha2::{Digest as _, Sha256};
 
 /// How a layer blob is compressed, from its OCI/Docker media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +117,9 @@ pub struct Stats {
     pub bytes: u64,
     /// Whiteouts and opaque markers processed.
     pub whiteouts: u64,
+    /// The digest of the uncompressed tar stream (`sha256:…`): the layer's diff ID, which
+    /// the image config's `rootfs.diff_ids` must list.
+    pub diff_id: String,
 }
 
 /// Why a layer could not be applied. A layer that fails part-way leaves the entries before the
@@ -195,14 +199,33 @@ fn apply_tar<R: Read>(root: &Path, reader: R) -> Result<Stats, UnpackError> {
         buf: vec![0; COPY_BUF],
         stats: Stats::default(),
     };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(Hashing {
+        inner: reader,
+        hash: Sha256::new(),
+    });
     for entry in archive.entries().map_err(UnpackError::Archive)? {
         let mut entry = entry.map_err(UnpackError::Archive)?;
         layer.apply_entry(&mut entry)?;
     }
-    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(UnpackError::Archive)?;
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(UnpackError::Archive)?;
     layer.set_dir_times()?;
+    layer.stats.diff_id = format!("sha256:{}", hex::encode(rest.hash.finalize()));
     Ok(layer.stats)
+}
+
+/// A reader that hashes what it reads (the decompressed layer, for its diff ID).
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// A filesystem object's identity: `(st_dev, st_ino)`.
@@ -1272,6 +1295,7 @@ mod tests {
             .entry(EntryType::Regular, "/usr/bin/wall", "", 0o2755, b"#!wall")
             .entry(EntryType::Directory, "tmp", "", 0o1777, b"")
             .bytes();
+        let diff_id = format!("sha256:{}", crate::store::sha256_hex(&layer));
         let stats = fx.apply(layer).unwrap();
         assert_eq!(
             stats,
@@ -1280,7 +1304,8 @@ mod tests {
                 dirs: 4,
                 links: 0,
                 bytes: 4 + 5 + 4 + 6,
-                whiteouts: 0
+                whiteouts: 0,
+                diff_id,
             }
         );
 
@@ -1452,7 +1477,9 @@ mod tests {
                     dirs: 1,
                     links: 1,
                     bytes: 7,
-                    whiteouts: 0
+                    whiteouts: 0,
+                    // The uncompressed stream's digest, whatever the compression.
+                    diff_id: format!("sha256:{}", crate::store::sha256_hex(&layer)),
                 }
             );
             assert_eq!(fx.read("app/main.sh"), "echo hi");

@@ -124,7 +124,11 @@ impl Registry {
             .iter()
             .map(|(data, media_type)| ImageLayer::new(data.clone(), media_type.clone(), None))
             .collect();
-        let config = Config::new(image.config.clone(), image.config_media_type.clone(), None);
+        let config = Config::new(
+            with_diff_ids(&image.config, &image.config_media_type, &image.layers)?,
+            image.config_media_type.clone(),
+            None,
+        );
         for l in &layers {
             client
                 .push_blob(reference, l.data.clone(), &l.sha256_digest())
@@ -199,6 +203,38 @@ pub struct TestImage {
     pub layers: Vec<(Vec<u8>, String)>,
     pub config: Vec<u8>,
     pub config_media_type: String,
+}
+
+/// An image config's bytes with `rootfs.diff_ids` set to the digests of the uncompressed
+/// `layers`, as a build tool writes them (the agent checks them); other configs (a wasm
+/// artifact's) are left as they are.
+fn with_diff_ids(
+    config: &[u8],
+    media_type: &str,
+    layers: &[(Vec<u8>, String)],
+) -> anyhow::Result<Vec<u8>> {
+    if media_type != "application/vnd.oci.image.config.v1+json" {
+        return Ok(config.to_vec());
+    }
+    let mut json: serde_json::Value = serde_json::from_slice(config).context("image config")?;
+    let mut ids = Vec::new();
+    for (data, layer_type) in layers {
+        let tar = match layer_type.as_str() {
+            LAYER_GZIP => {
+                let mut tar = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::MultiGzDecoder::new(&data[..]),
+                    &mut tar,
+                )?;
+                tar
+            }
+            LAYER_ZSTD => zstd::decode_all(&data[..])?,
+            _ => data.clone(),
+        };
+        ids.push(sha256(&tar));
+    }
+    json["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": ids});
+    Ok(serde_json::to_vec(&json)?)
 }
 
 /// Builds tar layers in memory.
@@ -344,6 +380,7 @@ pub fn image_config(
         "architecture": arch,
         "os": "linux",
         "config": config,
+        // Filled in from the layers when the image is pushed.
         "rootfs": {"type": "layers", "diff_ids": []},
     }))
     .expect("config json")
