@@ -2541,6 +2541,15 @@ pub struct HeadersMiddleware {
     /// applied.
     #[serde(default)]
     pub is_development: bool,
+    /// Request headers that may hold the host a proxy in front was asked for
+    /// (`X-Forwarded-Host`): the first one present is what `allowedHosts` checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts_proxy_headers: Vec<String>,
+    /// Request headers whose value says a proxy in front took the request over HTTPS
+    /// (`X-Forwarded-Proto: https`): such a request is answered as an HTTPS one
+    /// (Strict-Transport-Security).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ssl_proxy_headers: BTreeMap<String, String>,
 }
 
 /// At most `average` requests per `period` (default 1s) per client, with bursts of up to

@@ -480,6 +480,13 @@ pub fn validate_middleware(mw: &Middleware) -> Result<(), String> {
         for (i, host) in h.allowed_hosts.iter().enumerate() {
             check_host(&format!("spec.headers.allowedHosts[{i}]"), host)?;
         }
+        for (i, n) in h.hosts_proxy_headers.iter().enumerate() {
+            check_header_name(&format!("spec.headers.hostsProxyHeaders[{i}]"), n)?;
+        }
+        for (n, v) in &h.ssl_proxy_headers {
+            check_header_name("spec.headers.sslProxyHeaders", n)?;
+            check_header_value(&format!("spec.headers.sslProxyHeaders[{n}]"), v)?;
+        }
         for (i, m) in h.access_control_allow_methods.iter().enumerate() {
             check_header_name(&format!("spec.headers.accessControlAllowMethods[{i}]"), m)?;
         }
@@ -919,6 +926,11 @@ mod tests {
             mw("  headers: {stsSeconds: -1}"),
             mw("  headers: {contentSecurityPolicy: \"default-src 'self'\\n\"}"),
             mw("  headers: {allowedHosts: [\"Bad Host\"]}"),
+            mw(
+                "  headers: {hostsProxyHeaders: [X-Forwarded-Host], sslProxyHeaders: {X-Forwarded-Proto: https}}",
+            ),
+            mw("  headers: {hostsProxyHeaders: [\"X Host\"]}"),
+            mw("  headers: {sslProxyHeaders: {X-Forwarded-Proto: \"https\\n\"}}"),
             annotated(
                 "    traefik.ingress.kubernetes.io/router.middlewares: default-auth@kubernetescrd, default-strip",
             ),
@@ -964,6 +976,9 @@ mod tests {
             document 1 (middleware m): spec.headers.stsSeconds: Invalid value: -1: must be greater than or equal to 0
             document 1 (middleware m): spec.headers.contentSecurityPolicy: Invalid value: "default-src 'self'\n": control characters are not allowed
             document 1 (middleware m): spec.headers.allowedHosts[0] must consist of lowercase letters, digits, '-' or '.', and start and end with a letter or digit, got "Bad Host"
+            ok
+            document 1 (middleware m): spec.headers.hostsProxyHeaders[0]: Invalid value: "X Host": must be an HTTP header name
+            document 1 (middleware m): spec.headers.sslProxyHeaders[X-Forwarded-Proto]: Invalid value: "https\n": control characters are not allowed
             ok
             document 1 (ingress web): metadata.annotations[traefik.ingress.kubernetes.io/router.middlewares]: Invalid value: "default-auth@file": only Middleware objects (@kubernetescrd) can be referenced, not @file
             ok

@@ -86,6 +86,10 @@ pub struct Secure {
     always: Vec<(HeaderName, HeaderValue)>,
     /// The hosts served (lowercase); empty is any.
     allowed_hosts: Vec<String>,
+    /// Headers that may hold the host instead of Host, the first present wins.
+    host_headers: Vec<HeaderName>,
+    /// Header values that make a request an HTTPS one (a proxy in front terminated TLS).
+    https_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// A headers Middleware's CORS fields, as header values.
@@ -284,9 +288,15 @@ impl Chain {
                 } => {
                     if let Some(secure) = secure
                         && !secure.allowed_hosts.is_empty()
-                        && !secure.allowed_hosts.iter().any(|h| h == ctx.host)
                     {
-                        return Err(answer(StatusCode::BAD_REQUEST, "Bad Host\n".into()));
+                        let proxied = secure.host_headers.iter().find_map(|n| {
+                            let v = req.headers().get(n)?.to_str().ok()?;
+                            (!v.is_empty()).then(|| super::routes::host_name(v))
+                        });
+                        let host = proxied.as_deref().unwrap_or(ctx.host);
+                        if !secure.allowed_hosts.iter().any(|h| h == host) {
+                            return Err(answer(StatusCode::BAD_REQUEST, "Bad Host\n".into()));
+                        }
                     }
                     if let Some(cors) = cors
                         && let Some(answer) = preflight(cors, req)
@@ -330,8 +340,23 @@ impl Chain {
         Ok(())
     }
 
+    /// Whether a proxy in front took this request over HTTPS, by a headers Middleware's
+    /// `sslProxyHeaders`.
+    pub fn proxied_https(&self, headers: &HeaderMap) -> bool {
+        self.steps.iter().any(|step| match step {
+            Step::Headers {
+                secure: Some(s), ..
+            } => s
+                .https_headers
+                .iter()
+                .any(|(n, v)| headers.get(n) == Some(v)),
+            _ => false,
+        })
+    }
+
     /// Applies the response steps (the headers ones: security headers, custom ones, CORS
-    /// for a request from `origin`) to a response's headers.
+    /// for a request from `origin`) to a response's headers; `https` says whether the
+    /// request came over HTTPS (to us, or to a proxy in front: `proxied_https`).
     pub fn response(&self, headers: &mut HeaderMap, origin: Option<&HeaderValue>, https: bool) {
         for step in &self.steps {
             if let Step::Headers {
@@ -559,6 +584,18 @@ fn secure(h: &flotilla_proto::api::HeadersMiddleware) -> anyhow::Result<Option<B
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
+        out.host_headers = h
+            .hosts_proxy_headers
+            .iter()
+            .map(|n| HeaderName::try_from(n.as_str()))
+            .collect::<Result<_, _>>()?;
+    }
+    if out.sts.is_some() {
+        out.https_headers = h
+            .ssl_proxy_headers
+            .iter()
+            .map(|(n, v)| Ok((HeaderName::try_from(n.as_str())?, HeaderValue::from_str(v)?)))
+            .collect::<anyhow::Result<_>>()?;
     }
     let any = out.sts.is_some() || !out.always.is_empty() || !out.allowed_hosts.is_empty();
     Ok(any.then(|| Box::new(out)))
@@ -1145,15 +1182,28 @@ mod tests {
                 "contentSecurityPolicy": "default-src 'self'", "referrerPolicy": "no-referrer",
                 "permissionsPolicy": "camera=()", "allowedHosts": ["Shop.example"],
                 "customResponseHeaders": {"X-Frame-Options": "SAMEORIGIN"},
+                "hostsProxyHeaders": ["X-Forwarded-Host"],
+                "sslProxyHeaders": {"X-Forwarded-Proto": "https"},
             }}),
         )];
         let chain = chain("default-secure", &list);
         let state = State::default();
         let mut got = Vec::new();
-        for (host, https) in [
-            ("shop.example", true),
-            ("shop.example", false),
-            ("evil.example", true),
+        // A proxy in front says where the request was going, and that it came over HTTPS.
+        let proxied = [
+            ("x-forwarded-host", "SHOP.example:443"),
+            ("x-forwarded-proto", "https"),
+        ];
+        for (host, https, forwarded) in [
+            ("shop.example", true, &[][..]),
+            ("shop.example", false, &[][..]),
+            ("evil.example", true, &[][..]),
+            ("inner.svc", false, &proxied[..]),
+            (
+                "shop.example",
+                false,
+                &[("x-forwarded-host", "evil.example")][..],
+            ),
         ] {
             let ctx = Ctx {
                 https,
@@ -1163,10 +1213,22 @@ mod tests {
                 forwarded_for: &[],
             };
             let mut req = Request::get("/").body(()).unwrap();
+            for (n, v) in forwarded {
+                req.headers_mut().insert(*n, HeaderValue::from_static(v));
+            }
+            let https_seen = https || chain.proxied_https(req.headers());
+            let host = format!(
+                "{host}{}",
+                if forwarded.is_empty() {
+                    ""
+                } else {
+                    " (proxied)"
+                }
+            );
             match chain.request(&mut req, &ctx, &state).await {
                 Ok(()) => {
                     let mut h = HeaderMap::new();
-                    chain.response(&mut h, None, https);
+                    chain.response(&mut h, None, https_seen);
                     let mut v: Vec<String> = h
                         .iter()
                         .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
@@ -1180,6 +1242,8 @@ mod tests {
         expect_test::expect![[r#"
             shop.example https=true: content-security-policy: default-src 'self'; permissions-policy: camera=(); referrer-policy: no-referrer; strict-transport-security: max-age=31536000; includeSubDomains; preload; x-content-type-options: nosniff; x-frame-options: SAMEORIGIN; x-xss-protection: 1; mode=block
             shop.example https=false: content-security-policy: default-src 'self'; permissions-policy: camera=(); referrer-policy: no-referrer; x-content-type-options: nosniff; x-frame-options: SAMEORIGIN; x-xss-protection: 1; mode=block
-            evil.example https=true: 400"#]].assert_eq(&got.join("\n"));
+            evil.example https=true: 400
+            inner.svc (proxied) https=false: content-security-policy: default-src 'self'; permissions-policy: camera=(); referrer-policy: no-referrer; strict-transport-security: max-age=31536000; includeSubDomains; preload; x-content-type-options: nosniff; x-frame-options: SAMEORIGIN; x-xss-protection: 1; mode=block
+            shop.example (proxied) https=false: 400"#]].assert_eq(&got.join("\n"));
     }
 }

@@ -385,6 +385,7 @@ impl Ingress {
             forwarded_for: &forwarded,
         };
         let origin = req.headers().get(header::ORIGIN).cloned();
+        let https = at.https || dest.chain.proxied_https(req.headers());
         let mut resp = match dest.chain.request(&mut req, &ctx, &self.state).await {
             Ok(()) => {
                 let upgrade = wants_upgrade(req.headers());
@@ -395,7 +396,7 @@ impl Ingress {
             Err(answer) => answer.map(|b| Either::Right(Either::Left(Full::new(b)))),
         };
         dest.chain
-            .response(resp.headers_mut(), origin.as_ref(), at.https);
+            .response(resp.headers_mut(), origin.as_ref(), https);
         resp
     }
 
