@@ -64,6 +64,17 @@ impl Netns {
             .expect("build runtime")
     }
 
+    /// curl inside this namespace (`-s -m 10`, then `args`): the status code ("000" when
+    /// nothing answered) and the body.
+    pub fn curl(&self, args: &[&str]) -> (String, String) {
+        let mut all = vec!["curl", "-s", "-m", "10", "-w", "\n%{http_code}"];
+        all.extend_from_slice(args);
+        let out = self.exec(&all);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.to_owned(), body.to_owned())
+    }
+
     /// Runs a command inside this namespace (`ip netns exec`).
     pub fn exec(&self, args: &[&str]) -> Output {
         Command::new("ip")

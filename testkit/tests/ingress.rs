@@ -153,22 +153,10 @@ fn get_tls(
 fn get(net: &Net, host: &str, path: &str, extra: &[&str]) -> (String, String) {
     let url = format!("http://{}{path}", Net::agent_ip(0));
     let host = format!("Host: {host}");
-    let mut args = vec![
-        "curl",
-        "-s",
-        "-m",
-        "10",
-        "-w",
-        "\n%{http_code}",
-        "-H",
-        &host,
-    ];
+    let mut args = vec!["-H", &host];
     args.extend_from_slice(extra);
     args.push(&url);
-    let out = net.agent_ns(1).exec(&args);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_string(), body.to_string())
+    net.agent_ns(1).curl(&args)
 }
 
 /// Which deployment answered (hello's greeting names the pod), or the status code.

@@ -332,18 +332,8 @@ spec:
 
 /// GETs `url` through pod `at`'s `/fetch`, from node-0's namespace: status and body.
 fn fetch(net: &Net, at: &str, url: &str) -> (String, String) {
-    let out = net.agent_ns(0).exec(&[
-        "curl",
-        "-s",
-        "-m",
-        "10",
-        "-w",
-        "\n%{http_code}",
-        &format!("http://{at}/fetch?url={url}"),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_owned(), body.to_owned())
+    net.agent_ns(0)
+        .curl(&[&format!("http://{at}/fetch?url={url}")])
 }
 
 #[test]
