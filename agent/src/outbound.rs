@@ -4,7 +4,13 @@
 //! copy of the cluster's names, as a container pod's resolver would with the node DNS. The
 //! request then dials the cluster address: a cluster IP is this host's (the mesh's listener
 //! takes it), a headless service's endpoint is a pod. Other names are left to the node's
-//! resolvers.
+//! resolvers (the agent's own lookup, with the node's search list).
+//!
+//! The node itself is reached only where a service is: an address of this host (the node
+//! IP, a cluster IP, which is a local route here, loopback, unspecified) is dialled only at a
+//! service port or an endpoint on this node, whatever the grant says, so a pod cannot reach
+//! the node's own daemons through a name or address it was granted.
+use crate::mesh::table::Table;
 use flotilla_dns::{Names, Resolved};
 use flotilla_proto::outbound::Grant;
 use http::Uri;
@@ -20,6 +26,9 @@ pub struct Outbound {
     grant: Grant,
     namespace: String,
     names: watch::Receiver<Arc<Names>>,
+    /// The service table: which ports of this host's addresses are services'.
+    services: watch::Receiver<Arc<Table>>,
+    node_ip: IpAddr,
     /// Turns over the addresses of a name with several (a headless service's pods).
     next: AtomicUsize,
 }
@@ -32,6 +41,8 @@ pub enum Refusal {
     NotFound(String),
     /// TLS to a cluster address: its certificate could not be checked against the name.
     Tls(String),
+    /// An address of this node at a port no service or endpoint of this node has.
+    NodePort(SocketAddr),
 }
 
 impl fmt::Display for Refusal {
@@ -47,16 +58,28 @@ impl fmt::Display for Refusal {
                 f,
                 "https to the cluster service {host} is not supported; use http (the mesh encrypts traffic between nodes)"
             ),
+            Refusal::NodePort(addr) => write!(
+                f,
+                "{addr} is this node, where only service ports and this node's endpoints are reachable"
+            ),
         }
     }
 }
 
 impl Outbound {
-    pub fn new(grant: Grant, namespace: &str, names: watch::Receiver<Arc<Names>>) -> Outbound {
+    pub fn new(
+        grant: Grant,
+        namespace: &str,
+        names: watch::Receiver<Arc<Names>>,
+        services: watch::Receiver<Arc<Table>>,
+        node_ip: IpAddr,
+    ) -> Outbound {
         Outbound {
             grant,
             namespace: namespace.to_owned(),
             names,
+            services,
+            node_ip,
             next: AtomicUsize::new(0),
         }
     }
@@ -69,11 +92,17 @@ impl Outbound {
             return Ok(None);
         };
         let granted = |name: &str| self.grant.allows(host) || self.grant.allows(name);
-        if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
-            return match granted(host) {
-                true => Ok(None),
-                false => Err(Refusal::NotGranted(host.to_owned())),
-            };
+        let port = uri
+            .port_u16()
+            .unwrap_or(match uri.scheme() == Some(&Scheme::HTTPS) {
+                true => 443,
+                false => 80,
+            });
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            if !self.grant.allows(host) {
+                return Err(Refusal::NotGranted(host.to_owned()));
+            }
+            return self.reachable(SocketAddr::new(ip, port)).map(|_| None);
         }
         let resolved = self.names.borrow().resolve(host, &self.namespace);
         match resolved {
@@ -85,27 +114,52 @@ impl Outbound {
                     return Err(Refusal::Tls(name));
                 }
                 let ip = addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()];
-                let addr = SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
-                Ok(Some(with_authority(uri, &addr.to_string())))
+                let addr = self.reachable(SocketAddr::new(ip, port))?;
+                with_authority(uri, &addr.to_string()).ok_or(Refusal::NotGranted(name))
             }
             Resolved::NotFound if granted(host) => Err(Refusal::NotFound(host.to_owned())),
             Resolved::NotFound => Err(Refusal::NotGranted(host.to_owned())),
             Resolved::Outside(name) if !granted(&name) => Err(Refusal::NotGranted(host.to_owned())),
             Resolved::Outside(name) if name.eq_ignore_ascii_case(host) => Ok(None),
+            // An ExternalName service: what it points at must be granted itself.
+            Resolved::Outside(alias) if !self.grant.allows(&alias) => {
+                Err(Refusal::NotGranted(alias))
+            }
             Resolved::Outside(alias) => {
+                if let Ok(ip) = alias.parse::<IpAddr>() {
+                    self.reachable(SocketAddr::new(ip, port))?;
+                }
                 let authority = match uri.port_u16() {
                     Some(port) => format!("{alias}:{port}"),
-                    None => alias,
+                    None => alias.clone(),
                 };
-                Ok(Some(with_authority(uri, &authority)))
+                with_authority(uri, &authority).ok_or(Refusal::NotGranted(alias))
             }
         }
+    }
+
+    /// `addr`, unless it is this node's at a port that is no service's or local endpoint's.
+    fn reachable(&self, addr: SocketAddr) -> Result<SocketAddr, Refusal> {
+        let ip = addr.ip();
+        let table = self.services.borrow();
+        let cluster_ip = table
+            .frontends
+            .range(SocketAddr::new(ip, 0)..=SocketAddr::new(ip, u16::MAX))
+            .next()
+            .is_some();
+        let this_node = ip == self.node_ip || ip.is_loopback() || ip.is_unspecified() || cluster_ip;
+        if this_node && !table.frontends.contains_key(&addr) && !table.local_targets.contains(&addr)
+        {
+            return Err(Refusal::NodePort(addr));
+        }
+        Ok(addr)
     }
 
     /// The names a pod of this namespace may write for the cluster name `fqdn`
     /// (`web.ns.svc.D`: itself, `web.ns.svc`, `web.ns`, and in `ns` itself `web`).
     fn aliases<'a>(&'a self, fqdn: &'a str) -> impl Iterator<Item = String> + 'a {
-        let base = fqdn.split_once(".svc.").map(|(base, _)| base);
+        let domain = self.names.borrow().domain().to_owned();
+        let base = fqdn.strip_suffix(&format!(".svc.{domain}"));
         let local = base.and_then(|b| b.strip_suffix(&format!(".{}", self.namespace)));
         [Some(fqdn.to_owned()), base.map(|b| format!("{b}.svc"))]
             .into_iter()
@@ -114,11 +168,12 @@ impl Outbound {
     }
 }
 
-/// `uri` with its authority replaced (`authority` comes from a resolved name or address).
-fn with_authority(uri: &Uri, authority: &str) -> Uri {
+/// `uri` with its authority replaced (`authority` comes from a resolved name or address);
+/// None when that makes no URI.
+fn with_authority(uri: &Uri, authority: &str) -> Option<Option<Uri>> {
     let mut parts = uri.clone().into_parts();
-    parts.authority = authority.parse::<Authority>().ok().or(parts.authority);
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+    parts.authority = Some(authority.parse::<Authority>().ok()?);
+    Some(Some(Uri::from_parts(parts).ok()?))
 }
 
 #[cfg(test)]
@@ -127,8 +182,11 @@ mod tests {
     use flotilla_dns::{Service, ServiceKind};
     use std::collections::BTreeMap;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     fn outbound(grant: &str) -> Outbound {
-        let ip = |s: &str| s.parse().unwrap();
         let service = |name: &str, kind| Service {
             namespace: "default".into(),
             name: name.into(),
@@ -149,7 +207,12 @@ mod tests {
         let services = [
             service("web", ServiceKind::ClusterIp(vec![ip("10.96.0.10")])),
             service("db", ServiceKind::ExternalName("db.example.com".into())),
+            service("lo", ServiceKind::ExternalName("127.0.0.1".into())),
             headless,
+            Service {
+                namespace: "svc".into(),
+                ..service("web", ServiceKind::ClusterIp(vec![ip("10.96.0.11")]))
+            },
         ];
         let names = Names::build("cluster.local", &services).unwrap();
         let annotations = BTreeMap::from([(
@@ -157,7 +220,17 @@ mod tests {
             grant.to_owned(),
         )]);
         let grant = Grant::from_annotations("m", &annotations).unwrap().unwrap();
-        Outbound::new(grant, "default", watch::channel(Arc::new(names)).1)
+        // web's cluster IP serves port 80 and 8080; a WASI pod on this node (10.0.0.5)
+        // serves 31000.
+        let ports = ["10.96.0.10:80", "10.96.0.10:8080", "10.0.0.5:30080"].map(addr);
+        let table = crate::mesh::table::with_frontends(&ports, &[addr("10.0.0.5:31000")]);
+        let names = watch::channel(Arc::new(names)).1;
+        let services = watch::channel(Arc::new(table)).1;
+        Outbound::new(grant, "default", names, services, ip("10.0.0.5"))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
     }
 
     fn target(o: &Outbound, uri: &str) -> Result<Option<String>, Refusal> {
@@ -167,7 +240,7 @@ mod tests {
 
     #[test]
     fn cluster_names_dial_their_address_and_others_go_as_they_are() {
-        let o = outbound("web, pods, db, example.org, 10.0.0.7");
+        let o = outbound("web, pods, db, db.example.com, example.org, 10.0.0.7, 10.0.0.5");
         let web = Ok(Some("http://10.96.0.10:8080/x?y=1".to_owned()));
         assert_eq!(target(&o, "http://web:8080/x?y=1"), web);
         assert_eq!(
@@ -192,6 +265,40 @@ mod tests {
         );
         assert_eq!(target(&o, "https://example.org/"), Ok(None));
         assert_eq!(target(&o, "http://10.0.0.7:81/"), Ok(None));
+        // This node at a node port and at a local endpoint.
+        assert_eq!(target(&o, "http://10.0.0.5:30080/"), Ok(None));
+        assert_eq!(target(&o, "http://10.0.0.5:31000/"), Ok(None));
+    }
+
+    #[test]
+    fn this_node_aliases_and_other_namespaces_are_not_reached_through_a_grant() {
+        let o = outbound("web, db, lo, 127.0.0.1, 10.0.0.5, *");
+        let node_port = |a: &str| Err(Refusal::NodePort(addr(a)));
+        // Only the cluster IP's service ports: the others are this host's.
+        assert_eq!(target(&o, "http://web:22/"), node_port("10.96.0.10:22"));
+        assert_eq!(
+            target(&o, "http://10.96.0.10:22/"),
+            node_port("10.96.0.10:22")
+        );
+        assert_eq!(target(&o, "http://10.0.0.5:22/"), node_port("10.0.0.5:22"));
+        assert_eq!(
+            target(&o, "http://127.0.0.1:8080/"),
+            node_port("127.0.0.1:8080")
+        );
+        assert_eq!(target(&o, "http://[::1]/"), node_port("[::1]:80"));
+        assert_eq!(target(&o, "http://lo/"), node_port("127.0.0.1:80"));
+        // What an ExternalName points at must be granted itself.
+        let o = outbound("db, web");
+        let refused = Err(Refusal::NotGranted("db.example.com".into()));
+        assert_eq!(target(&o, "http://db/"), refused);
+        // `web.svc` is the Service web of the namespace svc, not this namespace's web.
+        let refused = Err(Refusal::NotGranted("web.svc".into()));
+        assert_eq!(target(&o, "http://web.svc/"), refused);
+        let o = outbound("web.svc");
+        assert_eq!(
+            target(&o, "http://web.svc/"),
+            Ok(Some("http://10.96.0.11:80/".to_owned()))
+        );
     }
 
     #[test]

@@ -769,11 +769,12 @@ fn guest_spec(
             .ok()
             .flatten()
             .map(|grant| {
-                let names = shared.names.subscribe();
                 Arc::new(crate::outbound::Outbound::new(
                     grant,
                     pod.namespace(),
-                    names,
+                    shared.names.subscribe(),
+                    shared.mesh_table.subscribe(),
+                    shared.cfg.node_ip,
                 ))
             }),
         working_dir: c.working_dir.clone(),

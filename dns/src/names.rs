@@ -19,9 +19,13 @@ const NDOTS: usize = 5;
 #[derive(Debug)]
 pub struct Names {
     table: Table,
+    /// The cluster domain, lowercase, without the trailing dot.
+    domain: String,
 }
 
-/// What a host name resolves to.
+/// What a host name resolves to. The deprecated `a-b-c-d.ns.pod.D` names, which the server
+/// answers with whatever address they spell, are NotFound here: a client in the agent must
+/// not reach an address through a name that merely spells it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolved {
     /// A cluster name: the fully qualified name found (no trailing dot) and its addresses.
@@ -38,8 +42,14 @@ impl Names {
     pub fn build(domain: &str, services: &[Service]) -> Result<Names, Error> {
         let origin = parse_domain(domain)?;
         Ok(Names {
+            domain: origin.to_string().trim_end_matches('.').to_owned(),
             table: Table::build(&origin, 0, 0, services),
         })
+    }
+
+    /// The cluster domain (`cluster.local`).
+    pub fn domain(&self) -> &str {
+        &self.domain
     }
 
     /// An empty cluster, for before the first list of services.
@@ -96,11 +106,8 @@ impl Names {
             if let Some(target) = answer.chase {
                 return Some(Err(target.to_string().trim_end_matches('.').to_owned()));
             }
-            let records = answer
-                .answers
-                .into_iter()
-                .chain(answer.synthesized.as_deref());
-            addrs.extend(records.filter_map(|r| match &r.data {
+            // Not the made-up `a-b-c-d.ns.pod` answers: they name any address at all.
+            addrs.extend(answer.answers.into_iter().filter_map(|r| match &r.data {
                 RData::A(a) => Some(IpAddr::V4(a.0)),
                 RData::AAAA(a) => Some(IpAddr::V6(a.0)),
                 _ => None,

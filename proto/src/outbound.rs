@@ -65,11 +65,15 @@ impl Grant {
             return true;
         }
         let host = host.trim_matches(['[', ']']).trim_end_matches('.');
-        let host = match host.parse::<IpAddr>() {
-            Ok(ip) => ip.to_string(),
-            Err(_) => host.to_ascii_lowercase(),
-        };
-        self.exact.contains(&host) || self.suffixes.iter().any(|s| host.ends_with(s.as_str()))
+        match host.parse::<IpAddr>() {
+            // An address is granted only as itself (`*.0.1` is no grant of 10.0.0.1).
+            Ok(ip) => self.exact.contains(&ip.to_string()),
+            Err(_) => {
+                let host = host.to_ascii_lowercase();
+                self.exact.contains(&host)
+                    || self.suffixes.iter().any(|s| host.ends_with(s.as_str()))
+            }
+        }
     }
 }
 
@@ -123,6 +127,10 @@ mod tests {
             "fd00::2",
             "test",
         ] {
+            assert!(!g.allows(host), "{host}");
+        }
+        let g = grant("*.0.1, *.1").unwrap().unwrap();
+        for host in ["10.0.0.1", "127.0.0.1"] {
             assert!(!g.allows(host), "{host}");
         }
         assert!(grant("*").unwrap().unwrap().allows("anything.at.all"));

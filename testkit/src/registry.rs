@@ -213,14 +213,19 @@ fn with_diff_ids(
     media_type: &str,
     layers: &[(Vec<u8>, String)],
 ) -> anyhow::Result<Vec<u8>> {
-    if media_type != "application/vnd.oci.image.config.v1+json" {
+    use flotilla_oci::unpack::Compression;
+    if !matches!(
+        media_type,
+        "application/vnd.oci.image.config.v1+json"
+            | "application/vnd.docker.container.image.v1+json"
+    ) {
         return Ok(config.to_vec());
     }
     let mut json: serde_json::Value = serde_json::from_slice(config).context("image config")?;
     let mut ids = Vec::new();
     for (data, layer_type) in layers {
-        let tar = match layer_type.as_str() {
-            LAYER_GZIP => {
+        let tar = match Compression::from_media_type(layer_type)? {
+            Compression::Gzip => {
                 let mut tar = Vec::new();
                 std::io::Read::read_to_end(
                     &mut flate2::read::MultiGzDecoder::new(&data[..]),
@@ -228,8 +233,8 @@ fn with_diff_ids(
                 )?;
                 tar
             }
-            LAYER_ZSTD => zstd::decode_all(&data[..])?,
-            _ => data.clone(),
+            Compression::Zstd => zstd::decode_all(&data[..])?,
+            Compression::None => data.clone(),
         };
         ids.push(sha256(&tar));
     }

@@ -157,6 +157,9 @@ pub struct Ctx<'a> {
     pub client: IpAddr,
     /// The X-Forwarded-For addresses a trusted proxy sent, left to right (empty from others).
     pub forwarded_for: &'a [IpAddr],
+    /// Whether the peer is a trusted proxy (`--ingress-trusted-proxy`): only then do
+    /// `hostsProxyHeaders` and `sslProxyHeaders` count.
+    pub trusted: bool,
 }
 
 impl Chain {
@@ -289,10 +292,15 @@ impl Chain {
                     if let Some(secure) = secure
                         && !secure.allowed_hosts.is_empty()
                     {
-                        let proxied = secure.host_headers.iter().find_map(|n| {
-                            let v = req.headers().get(n)?.to_str().ok()?;
-                            (!v.is_empty()).then(|| super::routes::host_name(v))
-                        });
+                        let proxied =
+                            secure
+                                .host_headers
+                                .iter()
+                                .filter(|_| ctx.trusted)
+                                .find_map(|n| {
+                                    let v = req.headers().get(n)?.to_str().ok()?;
+                                    (!v.is_empty()).then(|| super::routes::host_name(v))
+                                });
                         let host = proxied.as_deref().unwrap_or(ctx.host);
                         if !secure.allowed_hosts.iter().any(|h| h == host) {
                             return Err(answer(StatusCode::BAD_REQUEST, "Bad Host\n".into()));
@@ -341,7 +349,7 @@ impl Chain {
     }
 
     /// Whether a proxy in front took this request over HTTPS, by a headers Middleware's
-    /// `sslProxyHeaders`.
+    /// `sslProxyHeaders` (the caller asks only when the peer is a trusted proxy).
     pub fn proxied_https(&self, headers: &HeaderMap) -> bool {
         self.steps.iter().any(|step| match step {
             Step::Headers {
@@ -881,6 +889,7 @@ mod tests {
             authority: "shop.example.com",
             client: client.parse().unwrap(),
             forwarded_for: &["203.0.113.9".parse().unwrap(), "10.1.1.1".parse().unwrap()],
+            trusted: true,
         };
         let state = State::default();
         match chain.request(&mut req, &ctx, &state).await {
@@ -1093,6 +1102,7 @@ mod tests {
                 authority: "a",
                 client: client.parse().unwrap(),
                 forwarded_for: &[],
+                trusted: false,
             };
             codes.push(match chain.request(&mut req, &ctx, &state).await {
                 Ok(()) => "ok".to_string(),
@@ -1128,6 +1138,7 @@ mod tests {
             authority: "api.example",
             client: "10.0.0.1".parse().unwrap(),
             forwarded_for: &[],
+            trusted: false,
         };
         let show = |h: &HeaderMap| {
             let mut v: Vec<String> = h
@@ -1194,16 +1205,20 @@ mod tests {
             ("x-forwarded-host", "SHOP.example:443"),
             ("x-forwarded-proto", "https"),
         ];
-        for (host, https, forwarded) in [
-            ("shop.example", true, &[][..]),
-            ("shop.example", false, &[][..]),
-            ("evil.example", true, &[][..]),
-            ("inner.svc", false, &proxied[..]),
+        // From a client that is no trusted proxy, they count for nothing.
+        for (host, https, forwarded, trusted) in [
+            ("shop.example", true, &[][..], false),
+            ("shop.example", false, &[][..], false),
+            ("evil.example", true, &[][..], false),
+            ("inner.svc", false, &proxied[..], true),
             (
                 "shop.example",
                 false,
                 &[("x-forwarded-host", "evil.example")][..],
+                true,
             ),
+            ("inner.svc", false, &proxied[..], false),
+            ("shop.example", false, &proxied[..], false),
         ] {
             let ctx = Ctx {
                 https,
@@ -1211,18 +1226,19 @@ mod tests {
                 authority: host,
                 client: "10.0.0.1".parse().unwrap(),
                 forwarded_for: &[],
+                trusted,
             };
             let mut req = Request::get("/").body(()).unwrap();
             for (n, v) in forwarded {
                 req.headers_mut().insert(*n, HeaderValue::from_static(v));
             }
-            let https_seen = https || chain.proxied_https(req.headers());
+            let https_seen = https || (trusted && chain.proxied_https(req.headers()));
             let host = format!(
                 "{host}{}",
-                if forwarded.is_empty() {
-                    ""
-                } else {
-                    " (proxied)"
+                match (forwarded.is_empty(), trusted) {
+                    (true, _) => "",
+                    (false, true) => " (proxied)",
+                    (false, false) => " (claims proxied)",
                 }
             );
             match chain.request(&mut req, &ctx, &state).await {
@@ -1244,6 +1260,8 @@ mod tests {
             shop.example https=false: content-security-policy: default-src 'self'; permissions-policy: camera=(); referrer-policy: no-referrer; x-content-type-options: nosniff; x-frame-options: SAMEORIGIN; x-xss-protection: 1; mode=block
             evil.example https=true: 400
             inner.svc (proxied) https=false: content-security-policy: default-src 'self'; permissions-policy: camera=(); referrer-policy: no-referrer; strict-transport-security: max-age=31536000; includeSubDomains; preload; x-content-type-options: nosniff; x-frame-options: SAMEORIGIN; x-xss-protection: 1; mode=block
-            shop.example (proxied) https=false: 400"#]].assert_eq(&got.join("\n"));
+            shop.example (proxied) https=false: 400
+            inner.svc (claims proxied) https=false: 400
+            shop.example (claims proxied) https=false: content-security-policy: default-src 'self'; permissions-policy: camera=(); referrer-policy: no-referrer; x-content-type-options: nosniff; x-frame-options: SAMEORIGIN; x-xss-protection: 1; mode=block"#]].assert_eq(&got.join("\n"));
     }
 }

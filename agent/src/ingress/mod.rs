@@ -383,9 +383,10 @@ impl Ingress {
                 peer
             },
             forwarded_for: &forwarded,
+            trusted,
         };
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let https = at.https || dest.chain.proxied_https(req.headers());
+        let https = at.https || (trusted && dest.chain.proxied_https(req.headers()));
         let mut resp = match dest.chain.request(&mut req, &ctx, &self.state).await {
             Ok(()) => {
                 let upgrade = wants_upgrade(req.headers());
@@ -856,6 +857,7 @@ mod tests {
                 ip
             },
             forwarded_for: &list,
+            trusted: is_trusted,
         };
         forward_headers(&mut req, "a.example", at, &ctx, is_trusted, false);
         let h = req.headers();

@@ -443,5 +443,24 @@ fn targets(slices: &[&EndpointSlice], port_name: &str) -> Vec<(Target, Option<St
     out
 }
 
+/// A table with these frontends (and no endpoints) and local targets, for other modules'
+/// tests.
+#[cfg(test)]
+pub fn with_frontends(frontends: &[SocketAddr], local_targets: &[SocketAddr]) -> Table {
+    let backend = || {
+        Arc::new(Backend {
+            service: "test".into(),
+            tiers: Vec::new(),
+            affinity: None,
+            state: Arc::default(),
+        })
+    };
+    Table {
+        frontends: frontends.iter().map(|a| (*a, backend())).collect(),
+        local_targets: local_targets.iter().copied().collect(),
+        ..Table::default()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -90,3 +90,15 @@ fn aliases_outside_names_and_missing_cluster_names() {
         Resolved::NotFound
     );
 }
+
+#[test]
+fn made_up_pod_names_do_not_resolve_in_process() {
+    let n = names();
+    for host in [
+        "127-0-0-1.default.pod.cluster.local",
+        "10-1-0-1.default.pod.cluster.local.",
+    ] {
+        assert_eq!(n.resolve(host, "default"), Resolved::NotFound, "{host}");
+    }
+    assert_eq!(n.domain(), "cluster.local");
+}
