@@ -142,7 +142,7 @@ impl Images {
             }
         };
         for pod in pods.values() {
-            for c in &pod.spec.containers {
+            for c in pod.spec.all_containers() {
                 if !is_registry_ref(&c.image) {
                     continue;
                 }

@@ -108,7 +108,7 @@ impl Shared {
     /// Drops a removed pod's logs (Kubernetes deletes logs with the pod).
     pub fn forget_log(&self, pod: &Pod) {
         let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
-        for c in &pod.spec.containers {
+        for c in pod.spec.all_containers() {
             if let Some(l) =
                 logs.remove(&Self::log_key(pod.namespace(), &pod.metadata.name, &c.name))
             {
@@ -144,16 +144,11 @@ pub fn pick_container<'p>(pod: &'p Pod, name: Option<&str>) -> Result<&'p Contai
             .map(String::as_str)
     });
     let found = match name {
-        Some(n) => pod.spec.containers.iter().find(|c| c.name == n),
+        Some(n) => pod.spec.all_containers().find(|c| c.name == n),
         None => pod.spec.containers.first(),
     };
     found.ok_or_else(|| {
-        let names: Vec<&str> = pod
-            .spec
-            .containers
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
+        let names: Vec<&str> = pod.spec.all_containers().map(|c| c.name.as_str()).collect();
         format!(
             "container {:?} is not valid for pod {} (containers: {})",
             name.unwrap_or(""),

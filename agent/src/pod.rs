@@ -13,6 +13,7 @@ use flotilla_proto::api::{
     StateTerminated, StateWaiting, condition,
 };
 use flotilla_proto::outbound::Grant;
+use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,8 +34,15 @@ struct Reporter {
     uid: String,
     events: mpsc::UnboundedSender<Event>,
     status: PodStatus,
+    /// The init containers' statuses, which of them are sidecars, and which finished for
+    /// good (a sidecar only when the pod's containers are done).
+    init: Vec<ContainerStatus>,
+    sidecar: Vec<bool>,
+    init_done: Vec<bool>,
+    /// Every init container has succeeded and every sidecar has started, once.
+    initialized: bool,
     containers: Vec<ContainerStatus>,
-    /// Why each container is not ready (a failed readiness probe), for the Ready condition.
+    /// Why each container (init containers first) is not ready, for the Ready condition.
     unready: Vec<Option<String>>,
     /// Where each container serves; the pod's endpoint is the first one.
     endpoints: Vec<Option<String>>,
@@ -46,17 +54,32 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
+fn exited_with(c: &ContainerStatus, ok: bool) -> bool {
+    c.state
+        .terminated
+        .as_ref()
+        .is_some_and(|t| (t.exit_code == 0) == ok)
+}
+
 impl Reporter {
-    /// Kubernetes' pod phase from the containers: Pending until every container has started,
-    /// Succeeded or Failed once all finished for good, Running otherwise.
+    /// The init containers with whether each is a sidecar and finished for good.
+    fn inits(&self) -> impl Iterator<Item = (&ContainerStatus, bool, bool)> {
+        let flags = self.sidecar.iter().zip(&self.init_done);
+        self.init.iter().zip(flags).map(|(c, (s, d))| (c, *s, *d))
+    }
+
+    /// Kubernetes' pod phase from the containers: Failed when an init container failed for
+    /// good, Pending until initialized and every container has started, Succeeded or Failed
+    /// once all containers finished for good (sidecars do not count), Running otherwise.
     fn phase(&self) -> &'static str {
+        if (self.inits()).any(|(c, sidecar, done)| !sidecar && done && exited_with(c, false)) {
+            return "Failed";
+        }
+        if !self.initialized {
+            return "Pending";
+        }
         if self.done.iter().all(|d| *d) {
-            let ok = self.containers.iter().all(|c| {
-                c.state
-                    .terminated
-                    .as_ref()
-                    .is_some_and(|t| t.exit_code == 0)
-            });
+            let ok = self.containers.iter().all(|c| exited_with(c, true));
             return if ok { "Succeeded" } else { "Failed" };
         }
         let started = |c: &ContainerStatus| {
@@ -71,7 +94,9 @@ impl Reporter {
 
     fn send(&mut self) {
         self.status.phase = self.phase().to_string();
-        let ready = self.containers.iter().all(|c| c.ready);
+        let initialized = self.initialized;
+        let sidecars_ready = (self.inits()).all(|(c, sidecar, _)| !sidecar || c.ready);
+        let ready = initialized && sidecars_ready && self.containers.iter().all(|c| c.ready);
         let cond = |t: &str, ok: bool| Condition {
             type_: t.into(),
             status: if ok { "True" } else { "False" }.into(),
@@ -79,11 +104,18 @@ impl Reporter {
         };
         let mut conditions = vec![
             cond("PodScheduled", true),
-            cond("Initialized", true),
+            cond("Initialized", initialized),
             cond("ContainersReady", ready),
             cond("Ready", ready),
         ];
         let why: Vec<&str> = self.unready.iter().flatten().map(String::as_str).collect();
+        let incomplete: Vec<&str> = (self.inits())
+            .filter(|(c, sidecar, done)| match sidecar {
+                true => c.started != Some(true),
+                false => !(*done && exited_with(c, true)),
+            })
+            .map(|(c, ..)| c.name.as_str())
+            .collect();
         // A condition's transition time moves only when its status does (minReadySeconds and
         // rollouts count from it).
         for c in &mut conditions {
@@ -91,6 +123,13 @@ impl Reporter {
                 Some(old) if old.status == c.status => old.last_transition_time.clone(),
                 _ => Some(now()),
             };
+            if c.type_ == "Initialized" && !initialized {
+                c.reason = Some("ContainersNotInitialized".into());
+                c.message = Some(format!(
+                    "containers with incomplete status: [{}]",
+                    incomplete.join(" ")
+                ));
+            }
             if c.type_ == "Ready" && !ready {
                 c.reason = Some("ContainersNotReady".into());
                 c.message = (!why.is_empty()).then(|| why.join("; "));
@@ -98,6 +137,7 @@ impl Reporter {
         }
         self.status.conditions = conditions;
         self.status.endpoint = self.endpoints.iter().flatten().next().cloned();
+        self.status.init_container_statuses = self.init.clone();
         self.status.container_statuses = self.containers.clone();
         let _ = self.events.send(Event::Status {
             uid: self.uid.clone(),
@@ -110,19 +150,37 @@ impl Reporter {
 #[derive(Clone)]
 struct Slot {
     rep: Arc<Mutex<Reporter>>,
+    /// An init container (`i` indexes the init containers), or one of the others.
+    init: bool,
+    sidecar: bool,
     i: usize,
+    /// Its place among all the pod's containers, init containers first.
+    at: usize,
+    /// Whether it runs past its startup probe now; the init container after a sidecar
+    /// waits for this.
+    started: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Slot {
-    fn with<R>(&self, f: impl FnOnce(&mut Reporter, usize) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut Reporter) -> R) -> R {
         let mut rep = self.rep.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut rep, self.i)
+        f(&mut rep)
+    }
+
+    fn status<'r>(&self, r: &'r mut Reporter) -> &'r mut ContainerStatus {
+        match self.init {
+            true => &mut r.init[self.i],
+            false => &mut r.containers[self.i],
+        }
     }
 
     fn waiting(&self, reason: &str, message: Option<String>) {
-        self.with(|r, i| {
-            r.containers[i].ready = false;
-            r.containers[i].state = ContainerState {
+        self.started.send_replace(false);
+        self.with(|r| {
+            let c = self.status(r);
+            c.ready = false;
+            c.started = Some(false);
+            c.state = ContainerState {
                 waiting: Some(StateWaiting {
                     reason: Some(reason.into()),
                     message,
@@ -133,54 +191,69 @@ impl Slot {
         })
     }
 
-    fn running(&self, started: &str, ready: bool) {
-        self.with(|r, i| {
-            r.containers[i].ready = ready;
-            r.containers[i].state = ContainerState {
+    fn running(&self, started_at: &str, ready: bool, started: bool) {
+        self.started.send_replace(started);
+        self.with(|r| {
+            let c = self.status(r);
+            // An init container that runs to completion is ready once it has succeeded, as
+            // in Kubernetes; a sidecar is ready as the others are.
+            c.ready = ready && started && (!self.init || self.sidecar);
+            c.started = Some(started);
+            c.state = ContainerState {
                 running: Some(StateRunning {
-                    started_at: started.into(),
+                    started_at: started_at.into(),
                 }),
                 ..Default::default()
             };
             r.status
                 .start_time
-                .get_or_insert_with(|| started.to_string());
+                .get_or_insert_with(|| started_at.to_string());
             r.send();
         })
     }
 
     /// The container will not run again: its last state stays.
     fn finished(&self, last: ContainerState) {
-        self.with(|r, i| {
-            r.containers[i].ready = false;
-            r.containers[i].state = last;
-            r.done[i] = true;
+        self.started.send_replace(false);
+        self.with(|r| {
+            let c = self.status(r);
+            c.state = last;
+            c.started = Some(false);
+            c.ready = self.init && !self.sidecar && exited_with(c, true);
+            match self.init {
+                true => r.init_done[self.i] = true,
+                false => r.done[self.i] = true,
+            }
             r.send();
         })
     }
 
     /// The container will run again; `last` becomes its `lastState`.
     fn restarting(&self, last: ContainerState) {
-        self.with(|r, i| {
-            r.containers[i].last_state = Some(last);
-            r.containers[i].restart_count += 1;
+        self.with(|r| {
+            let c = self.status(r);
+            c.last_state = Some(last);
+            c.restart_count += 1;
         })
     }
 
     fn set_unready(&self, why: Option<String>) {
-        self.with(|r, i| r.unready[i] = why)
+        self.with(|r| r.unready[self.at] = why)
     }
 
+    /// The pod's endpoint is one of its containers'; init containers have none.
     fn set_endpoint(&self, endpoint: Option<String>) {
-        self.with(|r, i| r.endpoints[i] = endpoint)
+        if !self.init {
+            self.with(|r| r.endpoints[self.i] = endpoint)
+        }
     }
 
     fn set_image_id(&self, id: String) {
-        self.with(|r, i| r.containers[i].image_id = id)
+        self.with(|r| self.status(r).image_id = id)
     }
 
     fn pod_ip(&self) -> Option<std::net::IpAddr> {
-        self.with(|r, _| r.status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()))
+        self.with(|r| r.status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()))
     }
 }
 
@@ -198,7 +271,9 @@ fn terminated(code: i32, reason: &str, started: &str) -> ContainerState {
 
 /// Runs until cancelled (pod removed) or, for pods that do not restart, until done. Every
 /// container is pulled, set up and restarted on its own; a container pod's containers share
-/// one network namespace (so sidecars talk over localhost) and one set of /etc files.
+/// one network namespace (so sidecars talk over localhost) and one set of /etc files. The
+/// init containers run first, one after another, each until it succeeds; one that fails for
+/// good (restartPolicy Never) fails the pod, and the others never start.
 pub async fn run(
     shared: Arc<Shared>,
     pod: Pod,
@@ -207,16 +282,32 @@ pub async fn run(
 ) {
     let uid = pod.metadata.uid.clone();
     let n = pod.spec.containers.len();
+    let inits = pod.spec.init_containers.len();
     if n == 0 {
         return exited(&events, uid);
     }
     let node_ip = shared.cfg.node_ip.to_string();
-    let creating = ContainerState {
+    let waiting = |reason: &str| ContainerState {
         waiting: Some(StateWaiting {
-            reason: Some("ContainerCreating".into()),
+            reason: Some(reason.into()),
             message: None,
         }),
         ..Default::default()
+    };
+    let first = match inits {
+        0 => waiting("ContainerCreating"),
+        _ => waiting("PodInitializing"),
+    };
+    let statuses = |containers: &[Container]| -> Vec<ContainerStatus> {
+        containers
+            .iter()
+            .map(|c| ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                state: first.clone(),
+                ..Default::default()
+            })
+            .collect()
     };
     let rep = Arc::new(Mutex::new(Reporter {
         uid: uid.clone(),
@@ -226,40 +317,42 @@ pub async fn run(
             pod_ip: Some(node_ip.clone()),
             ..Default::default()
         },
-        containers: pod
+        init: statuses(&pod.spec.init_containers),
+        sidecar: pod
             .spec
-            .containers
+            .init_containers
             .iter()
-            .map(|c| ContainerStatus {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                state: creating.clone(),
-                ..Default::default()
-            })
+            .map(Container::is_sidecar)
             .collect(),
-        unready: vec![None; n],
+        init_done: vec![false; inits],
+        initialized: inits == 0,
+        containers: statuses(&pod.spec.containers),
+        unready: vec![None; inits + n],
         endpoints: vec![None; n],
         done: vec![false; n],
     }));
     rep.lock().unwrap_or_else(|p| p.into_inner()).send();
-    let slots: Vec<Slot> = (0..n)
-        .map(|i| Slot {
+    // Init containers first, then the others, in every list below.
+    let slots: Vec<Slot> = (pod.spec.all_containers().enumerate())
+        .map(|(at, c)| Slot {
             rep: rep.clone(),
-            i,
+            init: at < inits,
+            sidecar: at < inits && c.is_sidecar(),
+            i: if at < inits { at } else { at - inits },
+            at,
+            started: Arc::new(tokio::sync::watch::channel(false).0),
         })
         .collect();
     let logs: Vec<PodLog> = pod
         .spec
-        .containers
-        .iter()
+        .all_containers()
         .map(|c| shared.log_for(&pod, &c.name))
         .collect();
     let note_all = |text: &str| logs.iter().for_each(|l| l.note(text));
 
     let pulls = pod
         .spec
-        .containers
-        .iter()
+        .all_containers()
         .enumerate()
         .map(|(i, c)| pull(&shared, &pod, c, &slots[i], &logs[i], &cancel));
     let Some(artifacts) = futures::future::join_all(pulls)
@@ -326,26 +419,85 @@ pub async fn run(
     } else {
         None
     };
-    let runs = pod.spec.containers.iter().enumerate().map(|(i, c)| {
-        let one = One {
-            shared: &shared,
-            pod: &pod,
-            container: c,
-            artifact: &artifacts[i],
-            slot: &slots[i],
-            log: &logs[i],
-            etc: &etc,
-            cancel: &cancel,
-        };
-        run_container(one, &node_ip)
-    });
-    futures::future::join_all(runs).await;
+    let all: Vec<&Container> = pod.spec.all_containers().collect();
+    // Sidecars stop when the pod goes, or once its containers are done for good.
+    let sidecar_stop = cancel.child_token();
+    let mut sidecars: Sidecars = futures::stream::FuturesUnordered::new();
+    let one = |i: usize| One {
+        shared: &shared,
+        pod: &pod,
+        container: all[i],
+        artifact: &artifacts[i],
+        slot: &slots[i],
+        log: &logs[i],
+        etc: &etc,
+        cancel: &cancel,
+    };
+    let mut initialized = true;
+    for (i, c) in pod.spec.init_containers.iter().enumerate() {
+        if c.is_sidecar() {
+            let mut started = slots[i].started.subscribe();
+            let run = run_container(
+                One {
+                    cancel: &sidecar_stop,
+                    ..one(i)
+                },
+                &node_ip,
+            );
+            sidecars.push(Box::pin(async move {
+                run.await;
+            }));
+            // The next init container starts once this one runs past its startup probe.
+            let up = async {
+                tokio::select! {
+                    r = started.wait_for(|s| *s) => r.is_ok(),
+                    _ = cancel.cancelled() => false,
+                }
+            };
+            initialized = beside(up, &mut sidecars).await;
+        } else {
+            initialized = beside(run_container(one(i), &node_ip), &mut sidecars).await;
+            if !initialized && !cancel.is_cancelled() {
+                info!(pod = %pod.metadata.name, container = %c.name, "init container failed; the pod failed");
+            }
+        }
+        if !initialized {
+            break;
+        }
+    }
+    if initialized {
+        {
+            let mut rep = rep.lock().unwrap_or_else(|p| p.into_inner());
+            rep.initialized = true;
+            rep.send();
+        }
+        let runs = (inits..inits + n).map(|i| run_container(one(i), &node_ip));
+        beside(futures::future::join_all(runs), &mut sidecars).await;
+    }
+    sidecar_stop.cancel();
+    while sidecars.next().await.is_some() {}
     if !cancel.is_cancelled() {
         info!(pod = %pod.metadata.name, "pod finished");
         // Stay until the pod is removed, so status and logs remain visible.
         cancel.cancelled().await;
     }
     exited(&events, uid)
+}
+
+/// The sidecars of a pod, running beside whatever runs after them.
+type Sidecars<'a> = futures::stream::FuturesUnordered<
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
+>;
+
+/// Drives `f` to its end while the sidecars run on beside it.
+async fn beside<T>(f: impl std::future::Future<Output = T>, sidecars: &mut Sidecars<'_>) -> T {
+    tokio::pin!(f);
+    loop {
+        tokio::select! {
+            out = &mut f => return out,
+            Some(()) = sidecars.next(), if !sidecars.is_empty() => {}
+        }
+    }
 }
 
 /// What one container's run needs.
@@ -428,8 +580,10 @@ async fn pull(
 }
 
 /// One container from its environment to its last run: restarted by the pod's policy with
-/// back-off, until it finishes for good or the pod is removed.
-async fn run_container(one: One<'_>, node_ip: &str) {
+/// back-off, until it finishes for good or the pod is removed. An init container is run
+/// again only after a failure (restartPolicy Always counts as OnFailure); a sidecar always,
+/// until stopped. True when the last run succeeded.
+async fn run_container(one: One<'_>, node_ip: &str) -> bool {
     let One {
         shared,
         pod,
@@ -450,7 +604,7 @@ async fn run_container(one: One<'_>, node_ip: &str) {
                 event(shared, pod, Warning, "Failed", format!("Error: {e}"));
                 slot.waiting("CreateContainerConfigError", Some(e));
                 if sleep_or_cancel(backoff, cancel).await {
-                    return;
+                    return false;
                 }
                 backoff = (backoff * 2).min(shared.cfg.backoff_max);
             }
@@ -467,7 +621,7 @@ async fn run_container(one: One<'_>, node_ip: &str) {
                 event(shared, pod, Warning, "FailedMount", e.clone());
                 slot.waiting("ContainerCreating", Some(e));
                 if sleep_or_cancel(backoff, cancel).await {
-                    return;
+                    return false;
                 }
                 backoff = (backoff * 2).min(shared.cfg.backoff_max);
             }
@@ -484,27 +638,35 @@ async fn run_container(one: One<'_>, node_ip: &str) {
         // Every run writes a fresh log; the one before stays for `fleet logs --previous`.
         log.new_run();
         let outcome = run_once(one, spec.clone(), &started_at).await;
-        if cancel.is_cancelled() {
-            return;
-        }
+        let stopped = cancel.is_cancelled();
         let (code, reason) = outcome.unwrap_or_else(|e| {
-            event(shared, pod, Warning, "Failed", format!("Error: {e}"));
+            if !stopped {
+                event(shared, pod, Warning, "Failed", format!("Error: {e}"));
+            }
             (128, format!("Error: {e}"))
         });
+        if stopped {
+            // A sidecar stopped because the pod's containers are done keeps its last state.
+            if slot.sidecar {
+                slot.finished(terminated(code, &reason, &started_at));
+            }
+            return false;
+        }
         log.note(&format!(
             "container {} exited with code {code} ({reason})",
             container.name
         ));
         let last = terminated(code, &reason, &started_at);
         let restart = match policy.as_str() {
-            "Always" => true,
-            "OnFailure" => code != 0,
+            _ if slot.sidecar => true,
+            "Always" if !slot.init => true,
+            "Always" | "OnFailure" => code != 0,
             _ => false,
         };
         if !restart {
             info!(pod = %pod.metadata.name, container = %container.name, code, "container finished");
             slot.finished(last);
-            return;
+            return code == 0;
         }
         if started.elapsed() >= BACKOFF_RESET {
             backoff = shared.cfg.backoff_base;
@@ -526,7 +688,7 @@ async fn run_container(one: One<'_>, node_ip: &str) {
         );
         event(shared, pod, Warning, "BackOff", message);
         if sleep_or_cancel(backoff, cancel).await {
-            return;
+            return false;
         }
         backoff = (backoff * 2).min(shared.cfg.backoff_max);
     }
@@ -694,7 +856,7 @@ async fn run_once(
     );
     let mut prober = Prober::new(container, target, tokio::time::Instant::now());
     slot.set_unready(None);
-    slot.running(started_at, prober.ready());
+    slot.running(started_at, prober.ready(), prober.started());
     let mut run = run;
     loop {
         tokio::select! {
@@ -706,8 +868,9 @@ async fn run_once(
                         event(shared, pod, Warning, "Unhealthy", why.clone());
                     }
                     slot.set_unready(why);
-                    slot.running(started_at, ready);
+                    slot.running(started_at, ready, prober.started());
                 }
+                Verdict::Started => slot.running(started_at, prober.ready(), true),
                 Verdict::Restart { reason, message } => {
                     warn!(pod = %pod.metadata.name, %message, "container will be restarted");
                     event(shared, pod, Warning, "Unhealthy", message.clone());
@@ -789,14 +952,25 @@ fn guest_spec(
 }
 
 /// Refuses what the images' runtimes cannot do, before anything starts: a pod's containers
-/// share one runtime (a network namespace is a container pod's), and exec probes need a
-/// container to run in.
+/// share one runtime (a network namespace is a container pod's), exec probes need a
+/// container to run in, and an init container must be able to finish.
 fn runtimes_fit(pod: &Pod, loaded: &[Loaded]) -> Result<(), String> {
     let kind = |l: &Loaded| match l {
         Loaded::Wasm(_) => "a wasm artifact",
         Loaded::Container { .. } => "a container image",
     };
-    let containers = pod.spec.containers.iter().zip(loaded);
+    for (c, l) in pod.spec.init_containers.iter().zip(loaded) {
+        if let Loaded::Wasm(a) = l
+            && a.kind == ArtifactKind::HttpComponent
+            && !c.is_sidecar()
+        {
+            return Err(format!(
+                "init container {}: image {:?} is a wasi:http component, which serves until stopped; an init container must run to completion (a wasi:cli command or a core module) unless it is a sidecar (restartPolicy: Always)",
+                c.name, c.image
+            ));
+        }
+    }
+    let containers = pod.spec.all_containers().zip(loaded);
     if let Some(((a, la), (b, lb))) = containers
         .clone()
         .zip(containers.clone().skip(1))

@@ -37,6 +37,8 @@ use tokio::time::Instant;
 pub enum Verdict {
     /// Readiness changed; the message says why when it turned false.
     Ready(bool, Option<String>),
+    /// The startup probe succeeded (readiness may have changed with it: see `ready`).
+    Started,
     /// Liveness or startup failed: the container must be restarted.
     Restart {
         reason: &'static str,
@@ -105,6 +107,11 @@ impl Prober {
         self.ready
     }
 
+    /// Whether the container is past its startup probe (at once without one).
+    pub fn started(&self) -> bool {
+        self.startup_done
+    }
+
     fn active(&self, t: &Track) -> bool {
         (t.which == Which::Startup) != self.startup_done
     }
@@ -148,11 +155,8 @@ impl Prober {
                             o.next = (self.started + o.probe.initial_delay()).max(now);
                         }
                         let has_readiness = self.tracks.iter().any(|o| o.which == Which::Readiness);
-                        if !has_readiness && !self.ready {
-                            self.ready = true;
-                            return Some(Verdict::Ready(true, None));
-                        }
-                        None
+                        self.ready |= !has_readiness;
+                        Some(Verdict::Started)
                     }
                     Which::Liveness => None,
                     Which::Readiness if !self.ready => {
@@ -377,9 +381,13 @@ mod tests {
             Instant::now(),
         );
         let (s, l) = (index(&p, Which::Startup), index(&p, Which::Liveness));
-        assert!(!p.ready());
+        assert!(!p.ready() && !p.started());
         assert!(p.active(&p.tracks[s]) && !p.active(&p.tracks[l]));
-        assert_eq!(p.record(s, Ok(())), Some(Verdict::Ready(true, None)));
+        assert_eq!(p.record(s, Ok(())), Some(Verdict::Started));
+        assert!(
+            p.ready() && p.started(),
+            "no readiness probe: ready once started"
+        );
         assert!(!p.active(&p.tracks[s]) && p.active(&p.tracks[l]));
         let mut q = Prober::new(
             &container(true, false, false),

@@ -82,6 +82,31 @@ pub fn pod_status(p: &Pod) -> String {
     if p.status.phase == "Unknown" {
         return "Unknown".into();
     }
+    // The first init container not yet done (or sidecar not yet started) tells, as kubectl
+    // prints it.
+    // A sidecar that started once is past, even if it stopped since.
+    let inits = p.spec.init_containers.len();
+    let initialized = flotilla_proto::api::condition(&p.status.conditions, "Initialized")
+        .is_some_and(|c| c.status == "True");
+    for (i, c) in p.status.init_container_statuses.iter().enumerate() {
+        let sidecar = (p.spec.init_containers.iter()).any(|s| s.name == c.name && s.is_sidecar());
+        if sidecar && (initialized || c.started == Some(true)) {
+            continue;
+        }
+        if let Some(t) = &c.state.terminated {
+            if t.exit_code == 0 {
+                continue;
+            }
+            return match &t.reason {
+                Some(r) if !r.is_empty() => format!("Init:{r}"),
+                _ => format!("Init:ExitCode:{}", t.exit_code),
+            };
+        }
+        return match c.state.waiting.as_ref().and_then(|w| w.reason.as_deref()) {
+            Some(r) if !r.is_empty() && r != "PodInitializing" => format!("Init:{r}"),
+            _ => format!("Init:{i}/{inits}"),
+        };
+    }
     for c in &p.status.container_statuses {
         if let Some(r) = c.state.waiting.as_ref().and_then(|w| w.reason.clone()) {
             return r;
@@ -198,15 +223,18 @@ pub fn render_at(
                     }
                 })
                 .map(|p| {
-                    let ready = p
-                        .status
-                        .container_statuses
-                        .iter()
+                    // Sidecars count with the containers, as kubectl counts them.
+                    let sidecars = p.spec.init_containers.iter().filter(|c| c.is_sidecar());
+                    let side_names: Vec<&str> = sidecars.map(|c| c.name.as_str()).collect();
+                    let ready = (p.status.init_container_statuses.iter())
+                        .filter(|c| side_names.contains(&c.name.as_str()))
+                        .chain(&p.status.container_statuses)
                         .filter(|c| c.ready)
                         .count();
+                    let all = p.spec.containers.len() + side_names.len();
                     let mut r = vec![
                         p.metadata.name.clone(),
-                        format!("{ready}/{}", p.spec.containers.len()),
+                        format!("{ready}/{all}"),
                         pod_status(p),
                         p.restarts().to_string(),
                         age_at(now, &p.metadata.creation_timestamp),
@@ -1303,6 +1331,65 @@ mod tests {
             d.contains("Images:       3\n  1.9MiB  127.0.0.1:5000/test/a:v1, "),
             "{d}"
         );
+    }
+
+    #[test]
+    fn pod_status_shows_init_progress_as_kubectl_does() {
+        let pod = |init: &str| {
+            let j = format!(
+                r#"{{"kind":"Pod","metadata":{{"name":"p"}},"spec":{{"initContainers":[{{"name":"a","image":"x"}},{{"name":"b","image":"x"}}],"containers":[{{"name":"c","image":"x"}}]}},"status":{{"phase":"Pending","initContainerStatuses":[{init}],"containerStatuses":[{{"name":"c","ready":false,"restartCount":0,"state":{{"waiting":{{"reason":"PodInitializing"}}}}}}]}}}}"#
+            );
+            let Object::Pod(p) = Object::from_json_str(&j).unwrap() else {
+                unreachable!()
+            };
+            pod_status(&p)
+        };
+        let st = |name: &str, state: &str| {
+            format!(r#"{{"name":"{name}","ready":false,"restartCount":0,"state":{state}}}"#)
+        };
+        let done = st("a", r#"{"terminated":{"exitCode":0,"reason":"Completed"}}"#);
+        let waiting = |r: &str| format!(r#"{{"waiting":{{"reason":"{r}"}}}}"#);
+        let cases = [
+            format!(
+                "{},{}",
+                st("a", &waiting("PodInitializing")),
+                st("b", &waiting("PodInitializing"))
+            ),
+            format!("{done},{}", st("b", r#"{"running":{"startedAt":"t"}}"#)),
+            format!("{done},{}", st("b", &waiting("CrashLoopBackOff"))),
+            format!(
+                "{done},{}",
+                st("b", r#"{"terminated":{"exitCode":3,"reason":"Error"}}"#)
+            ),
+            format!("{done},{}", st("b", r#"{"terminated":{"exitCode":3}}"#)),
+            format!(
+                "{done},{}",
+                st("b", r#"{"terminated":{"exitCode":0,"reason":"Completed"}}"#)
+            ),
+        ];
+        let got: Vec<String> = cases.iter().map(|c| pod(c)).collect();
+        assert_eq!(
+            got,
+            [
+                "Init:0/2",
+                "Init:1/2",
+                "Init:CrashLoopBackOff",
+                "Init:Error",
+                "Init:ExitCode:3",
+                "PodInitializing"
+            ]
+        );
+        // A sidecar that has started is past; one that has not holds the count.
+        let sidecar = |started: bool| {
+            let j = format!(
+                r#"{{"kind":"Pod","metadata":{{"name":"p"}},"spec":{{"initContainers":[{{"name":"s","image":"x","restartPolicy":"Always"}},{{"name":"b","image":"x"}}],"containers":[{{"name":"c","image":"x"}}]}},"status":{{"initContainerStatuses":[{{"name":"s","ready":{started},"restartCount":0,"started":{started},"state":{{"running":{{"startedAt":"t"}}}}}},{{"name":"b","ready":false,"restartCount":0,"state":{{"running":{{"startedAt":"t"}}}}}}]}}}}"#
+            );
+            let Object::Pod(p) = Object::from_json_str(&j).unwrap() else {
+                unreachable!()
+            };
+            pod_status(&p)
+        };
+        assert_eq!([sidecar(false), sidecar(true)], ["Init:0/2", "Init:1/2"]);
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub fn apply(
         RolloutAction::SetImage { images } => {
             for (container, image) in images {
                 let mut found = false;
-                for c in d.spec.template.spec.containers.iter_mut() {
+                let spec = &mut d.spec.template.spec;
+                for c in spec.init_containers.iter_mut().chain(&mut spec.containers) {
                     if container == "*" || &c.name == container {
                         c.image = image.clone();
                         found = true;

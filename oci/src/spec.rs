@@ -870,7 +870,7 @@ fn request_and_limit(container: &Container, name: &str) -> (Option<u64>, Option<
 fn qos(pod: &PodSpec) -> Qos {
     let mut any = false;
     let mut guaranteed = true;
-    for container in &pod.containers {
+    for container in pod.all_containers() {
         for name in ["cpu", "memory"] {
             let (request, limit) = request_and_limit(container, name);
             any |= request.is_some() || limit.is_some();

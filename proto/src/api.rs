@@ -360,6 +360,9 @@ pub struct Pod {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
+    /// Run one after another, each to success, before `containers` start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
     #[serde(default)]
     pub containers: Vec<Container>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -551,21 +554,31 @@ impl PodSpec {
         self.restart_policy.as_deref().unwrap_or("Always")
     }
 
-    /// Sum of container requests: (millicores, bytes). Invalid quantities were rejected at apply.
+    /// The init containers, then the containers: every container the pod runs.
+    pub fn all_containers(&self) -> impl Iterator<Item = &Container> + Clone + '_ {
+        self.init_containers.iter().chain(&self.containers)
+    }
+
+    /// What the pod asks of a node, (millicores, bytes), as Kubernetes counts it. Init
+    /// containers run one at a time, each beside the sidecars started before it; sidecars
+    /// then run on beside the containers. So the pod asks for the containers' and sidecars'
+    /// sum, or the most any init container needs with its sidecars, whichever is more.
+    /// Invalid quantities were rejected at apply.
     pub fn requests(&self) -> (u64, u64) {
-        self.containers.iter().fold((0, 0), |(c, m), k| {
-            let cpu = k
-                .resources
-                .requests
-                .get("cpu")
-                .and_then(|q| q.millicores().ok());
-            let mem = k
-                .resources
-                .requests
-                .get("memory")
-                .and_then(|q| q.bytes().ok());
-            (c + cpu.unwrap_or(0), m + mem.unwrap_or(0))
-        })
+        let add = |(a, b): (u64, u64), (c, d): (u64, u64)| (a + c, b + d);
+        let max = |(a, b): (u64, u64), (c, d): (u64, u64)| (a.max(c), b.max(d));
+        let mut sidecars = (0, 0);
+        let mut init = (0, 0);
+        for c in &self.init_containers {
+            if c.is_sidecar() {
+                sidecars = add(sidecars, c.requests());
+                init = max(init, sidecars);
+            } else {
+                init = max(init, add(c.requests(), sidecars));
+            }
+        }
+        let containers = self.containers.iter().map(Container::requests);
+        max(init, containers.fold(sidecars, add))
     }
 
     /// The claims the pod's volumes name (in the pod's namespace).
@@ -579,6 +592,23 @@ impl PodSpec {
         self.containers
             .iter()
             .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port))
+    }
+}
+
+impl Container {
+    /// An init container with `restartPolicy: Always`: it starts in its turn among the init
+    /// containers and then runs (restarted whatever it exits with) beside the containers.
+    pub fn is_sidecar(&self) -> bool {
+        self.restart_policy.as_deref() == Some("Always")
+    }
+
+    /// The container's requests: (millicores, bytes), 0 where unset.
+    pub fn requests(&self) -> (u64, u64) {
+        let get = |name: &str| self.resources.requests.get(name);
+        (
+            get("cpu").and_then(|q| q.millicores().ok()).unwrap_or(0),
+            get("memory").and_then(|q| q.bytes().ok()).unwrap_or(0),
+        )
     }
 }
 
@@ -617,6 +647,9 @@ pub struct Container {
     /// Containers only (runc); WASI pods, which wasmtime sandboxes, have no use for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+    /// Init containers only: `Always` makes it a sidecar ([`Container::is_sidecar`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
 }
 
 /// A container's security settings (Kubernetes' `SecurityContext`); they override the pod's.
@@ -913,6 +946,8 @@ pub struct PodStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_container_statuses: Vec<ContainerStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub container_statuses: Vec<ContainerStatus>,
     /// Where the agent serves the pod (`address:port`); a Flotilla addition for wasi:http pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -961,6 +996,9 @@ pub struct ContainerStatus {
     pub name: String,
     pub ready: bool,
     pub restart_count: i32,
+    /// Running and past its startup probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
     #[serde(default)]
     pub state: ContainerState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1076,8 +1114,9 @@ impl Pod {
 
     pub fn restarts(&self) -> i32 {
         self.status
-            .container_statuses
+            .init_container_statuses
             .iter()
+            .chain(&self.status.container_statuses)
             .map(|c| c.restart_count)
             .sum()
     }

@@ -944,15 +944,25 @@ fn check_seccomp(at: &str, p: &crate::api::SeccompProfile) -> Result<(), String>
     }
 }
 
+/// A pod's containers with the field that lists them and their index there.
+fn listed(
+    spec: &crate::api::PodSpec,
+) -> impl Iterator<Item = (&'static str, usize, &crate::api::Container)> {
+    let init = spec.init_containers.iter().enumerate();
+    let app = spec.containers.iter().enumerate();
+    init.map(|(i, c)| ("initContainers", i, c))
+        .chain(app.map(|(i, c)| ("containers", i, c)))
+}
+
 fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String> {
     if spec.containers.is_empty() {
         return Err(format!("{at}.containers must have at least one container"));
     }
     let mut names = std::collections::BTreeSet::new();
-    for (i, c) in spec.containers.iter().enumerate() {
+    for (field, i, c) in listed(spec) {
         if !names.insert(c.name.as_str()) {
             return Err(format!(
-                "{at}.containers[{i}].name: Duplicate value: {:?}",
+                "{at}.{field}[{i}].name: Duplicate value: {:?}",
                 c.name
             ));
         }
@@ -988,12 +998,30 @@ fn validate_pod_spec(at: &str, spec: &crate::api::PodSpec) -> Result<(), String>
             check_label_name(&format!("{at}.{field}"), v)?;
         }
     }
-    let mut names = BTreeSet::new();
-    for (i, c) in spec.containers.iter().enumerate() {
-        let at = format!("{at}.containers[{i}]");
+    for (field, i, c) in listed(spec) {
+        let at = format!("{at}.{field}[{i}]");
         check_name(&format!("{at}.name"), &c.name)?;
-        if !names.insert(&c.name) {
-            return Err(format!("{at}.name: duplicate container name {:?}", c.name));
+        if let Some(p) = &c.restart_policy {
+            if field == "containers" {
+                return Err(format!(
+                    "{at}.restartPolicy: may not be set for non-init containers"
+                ));
+            }
+            if p != "Always" {
+                return Err(format!("{at}.restartPolicy must be Always, got {p:?}"));
+            }
+        }
+        // A sidecar may probe; an init container that runs to completion may not.
+        if field == "initContainers" && !c.is_sidecar() {
+            for (probe, set) in [
+                ("livenessProbe", &c.liveness_probe),
+                ("readinessProbe", &c.readiness_probe),
+                ("startupProbe", &c.startup_probe),
+            ] {
+                if set.is_some() {
+                    return Err(format!("{at}.{probe}: may not be set for init containers"));
+                }
+            }
         }
         if c.image.is_empty() {
             return Err(format!("{at}.image is required"));
@@ -1262,10 +1290,10 @@ fn validate_volumes(at: &str, spec: &crate::api::PodSpec) -> Result<(), String> 
             }
         }
     }
-    for (i, c) in spec.containers.iter().enumerate() {
+    for (field, i, c) in listed(spec) {
         let mut paths = BTreeSet::new();
         for (j, m) in c.volume_mounts.iter().enumerate() {
-            let at = format!("{at}.containers[{i}].volumeMounts[{j}]");
+            let at = format!("{at}.{field}[{i}].volumeMounts[{j}]");
             if !names.contains(m.name.as_str()) {
                 return Err(format!(
                     "{at}.name: no volume named {:?} in the pod",
@@ -1401,6 +1429,71 @@ spec:
             document 6 (pod p): spec.containers[0].securityContext.seccompProfile.type Localhost is not supported (use RuntimeDefault, the agent's allow-list)
             document 7 (pod p): spec.securityContext.seccompProfile.type must be RuntimeDefault, Unconfined or Localhost, got "Strict"
             document 8 (pod p): spec.imagePullSecrets[0].name must consist of lowercase letters, digits, '-' or '.', and start and end with a letter or digit, got "Bad_Name""#]].assert_eq(&errors(&text));
+    }
+
+    #[test]
+    fn init_containers_are_checked_like_containers_and_may_not_probe() {
+        let pod = |name: &str, init: &str, container: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  initContainers: [{{name: setup, image: r.io/x{init}}}]\n  containers: [{{name: c, image: r.io/y{container}}}]\n---\n"
+            )
+        };
+        let text = [
+            pod("ok", ", command: [sh, -c, 'echo hi']", ""),
+            pod("p1", ", imagePullPolicy: Sometimes", ""),
+            pod("p2", ", readinessProbe: {tcpSocket: {port: 80}}", ""),
+            pod(
+                "p3",
+                ", restartPolicy: Always, readinessProbe: {tcpSocket: {port: 80}}",
+                "",
+            ),
+            pod("p4", ", restartPolicy: OnFailure", ""),
+            pod("p5", "", ", restartPolicy: Always"),
+            pod("p6", "", ", name: setup"),
+            pod("p7", ", volumeMounts: [{name: nope, mountPath: /d}]", ""),
+            pod("p8", ", resources: {requests: {cpu: fast}}", ""),
+        ]
+        .concat();
+        expect![[r#"
+            document 2 (pod p1): spec.initContainers[0].imagePullPolicy must be Always, IfNotPresent or Never, got "Sometimes"
+            document 3 (pod p2): spec.initContainers[0].readinessProbe: may not be set for init containers
+            document 5 (pod p4): spec.initContainers[0].restartPolicy must be Always, got "OnFailure"
+            document 6 (pod p5): spec.containers[0].restartPolicy: may not be set for non-init containers
+            document 7 (pod p6): spec.containers[0].name: Duplicate value: "setup"
+            document 8 (pod p7): spec.initContainers[0].volumeMounts[0].name: no volume named "nope" in the pod
+            document 9 (pod p8): spec.initContainers[0].resources.requests.cpu: invalid quantity "fast""#]].assert_eq(&errors(&text));
+    }
+
+    #[test]
+    fn init_containers_count_once_in_the_pod_requests() {
+        let spec: crate::api::PodSpec = serde_json::from_value(serde_json::json!({
+            "initContainers": [
+                {"name": "a", "image": "x", "resources": {"requests": {"cpu": "2", "memory": "64Mi"}}},
+                {"name": "b", "image": "x", "resources": {"requests": {"memory": "1Gi"}}},
+            ],
+            "containers": [
+                {"name": "c", "image": "x", "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}}},
+                {"name": "d", "image": "x", "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}},
+            ],
+        }))
+        .unwrap();
+        // cpu: the largest init container's 2 cores beat the 750m sum; memory: 1Gi beats 512Mi.
+        assert_eq!(spec.requests(), (2000, 1 << 30));
+        let names: Vec<&str> = spec.all_containers().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        // A sidecar started first runs beside the init containers after it and beside the
+        // containers: cpu 2 + 1 beats 750m + 1; memory 1Gi + 128Mi beats 512Mi + 128Mi.
+        let mut with_sidecar = spec.clone();
+        let mut side = spec.init_containers[0].clone();
+        side.name = "side".into();
+        side.restart_policy = Some("Always".into());
+        side.resources.requests =
+            serde_json::from_value(serde_json::json!({"cpu": "1", "memory": "128Mi"})).unwrap();
+        with_sidecar.init_containers.insert(0, side);
+        assert_eq!(with_sidecar.requests(), (3000, (1 << 30) + (128 << 20)));
+        // Started last, it only adds to the containers' sum: 2 cores still win for cpu.
+        with_sidecar.init_containers.rotate_left(1);
+        assert_eq!(with_sidecar.requests(), (2000, 1 << 30));
     }
 
     #[test]

@@ -80,14 +80,23 @@ pub fn violations(level: Level, spec: &PodSpec) -> Vec<String> {
     {
         v.push("spec.securityContext.seccompProfile.type: Unconfined is not allowed".into());
     }
+    for c in &spec.init_containers {
+        container_violations(level, spec, "initContainers", c, &mut v);
+    }
     for c in &spec.containers {
-        container_violations(level, spec, c, &mut v);
+        container_violations(level, spec, "containers", c, &mut v);
     }
     v
 }
 
-fn container_violations(level: Level, spec: &PodSpec, c: &Container, v: &mut Vec<String>) {
-    let at = format!("spec.containers[{}].securityContext", c.name);
+fn container_violations(
+    level: Level,
+    spec: &PodSpec,
+    field: &str,
+    c: &Container,
+    v: &mut Vec<String>,
+) {
+    let at = format!("spec.{field}[{}].securityContext", c.name);
     let sc = c.security_context.clone().unwrap_or_default();
     let pod_sc = spec.security_context.clone().unwrap_or_default();
     if sc.privileged == Some(true) {
@@ -213,6 +222,20 @@ mod tests {
             ..Default::default()
         };
         assert!(violations(Level::Restricted, &spec(ok)).is_empty());
+        // Init containers are held to the same rules as the others.
+        let mut init = spec(SecurityContext::default());
+        init.init_containers = spec(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        })
+        .containers;
+        init.init_containers[0].name = "setup".into();
+        assert_eq!(
+            violations(Level::Baseline, &init),
+            [
+                "spec.initContainers[setup].securityContext.privileged: privileged containers are not allowed"
+            ]
+        );
         assert!(Level::parse(Some("strict")).is_err());
         assert_eq!(Level::parse(None).unwrap(), Level::Baseline);
     }

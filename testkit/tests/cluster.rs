@@ -444,6 +444,193 @@ spec:
     cluster.shutdown().await;
 }
 
+/// Init containers run one after another before the others; one that fails for good fails
+/// the pod, and one that could never finish is refused unless it is a sidecar, which serves
+/// beside the pod's containers and stops when they are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_init_containers_run_first_and_a_failed_one_fails_the_pod() {
+    let cluster = Cluster::builder().agents(1).start().await;
+    for example in ["batch", "crash", "hello"] {
+        cluster.push_example(example).await;
+    }
+    cluster
+        .apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: prepared}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: first, image: "batch:latest", env: [{name: COUNT, value: "1"}]}
+  - {name: second, image: "batch:latest", env: [{name: COUNT, value: "2"}]}
+  containers:
+  - {name: main, image: "batch:latest", env: [{name: COUNT, value: "3"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: blocked}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: setup, image: "crash:latest"}
+  containers:
+  - {name: main, image: "batch:latest"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: endless}
+spec:
+  initContainers:
+  - {name: server, image: "hello:latest"}
+  containers:
+  - {name: main, image: "batch:latest"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: assisted}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: server
+    image: "hello:latest"
+    restartPolicy: Always
+    startupProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+  - {name: after, image: "batch:latest", env: [{name: COUNT, value: "1"}]}
+  containers:
+  - {name: main, image: "batch:latest", env: [{name: COUNT, value: "1"}]}
+"#,
+        )
+        .await
+        .unwrap();
+    let prepared = cluster
+        .wait_pod("prepared", "to succeed", |p| p.status.phase == "Succeeded")
+        .await;
+    let inits: Vec<(&str, bool, Option<i32>)> = prepared
+        .status
+        .init_container_statuses
+        .iter()
+        .map(|s| {
+            let code = s.state.terminated.as_ref().map(|t| t.exit_code);
+            (s.name.as_str(), s.ready, code)
+        })
+        .collect();
+    assert_eq!(inits, [("first", true, Some(0)), ("second", true, Some(0))]);
+    // Each ran before the next started.
+    let started = |s: &flotilla_proto::api::ContainerStatus| {
+        let t = s.state.terminated.as_ref().unwrap();
+        (
+            t.started_at.clone().unwrap(),
+            t.finished_at.clone().unwrap(),
+        )
+    };
+    let (first, second) = (
+        started(&prepared.status.init_container_statuses[0]),
+        started(&prepared.status.init_container_statuses[1]),
+    );
+    let main = started(&prepared.status.container_statuses[0]);
+    assert!(
+        first.1 <= second.0 && second.1 <= main.0,
+        "{first:?} {second:?} {main:?}"
+    );
+    let initialized = flotilla_proto::api::condition(&prepared.status.conditions, "Initialized");
+    assert_eq!(initialized.map(|c| c.status.as_str()), Some("True"));
+    let c = cluster.fleet().await;
+    for (container, expect) in [
+        ("first", "tick 1/1"),
+        ("second", "tick 2/2"),
+        ("main", "tick 3/3"),
+    ] {
+        let mut out = Vec::new();
+        let req = flotilla_proto::wire::LogsRequest {
+            namespace: "default".into(),
+            name: "prepared".into(),
+            container: Some(container.into()),
+            tail: None,
+            follow: false,
+            previous: false,
+        };
+        c.container_logs(req, &mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains(expect), "logs -c {container}: {text}");
+    }
+    c.close().await;
+
+    let blocked = cluster
+        .wait_pod("blocked", "to fail", |p| p.status.phase == "Failed")
+        .await;
+    assert_eq!(flotilla_testkit_status(&blocked), "Init:Error");
+    let setup = &blocked.status.init_container_statuses[0];
+    assert_eq!(
+        setup.state.terminated.as_ref().map(|t| t.exit_code),
+        Some(1)
+    );
+    let main = &blocked.status.container_statuses[0];
+    let reason = main
+        .state
+        .waiting
+        .as_ref()
+        .and_then(|w| w.reason.as_deref());
+    assert_eq!(
+        reason,
+        Some("PodInitializing"),
+        "the main container never started"
+    );
+    let initialized = flotilla_proto::api::condition(&blocked.status.conditions, "Initialized");
+    assert_eq!(
+        initialized.map(|c| (c.status.as_str(), c.message.as_deref())),
+        Some(("False", Some("containers with incomplete status: [setup]")))
+    );
+
+    let endless = cluster
+        .wait_pod("endless", "to be refused", |p| {
+            flotilla_testkit_status(p) == "Init:CreateContainerConfigError"
+        })
+        .await;
+    let message = endless.status.init_container_statuses[0]
+        .state
+        .waiting
+        .as_ref()
+        .and_then(|w| w.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("init container server: image \"hello:latest\" is a wasi:http component"),
+        "{message}"
+    );
+
+    // The sidecar started (its startup probe passed) before `after` ran, and was stopped
+    // once `main` was done; the pod's phase is main's.
+    let assisted = cluster
+        .wait_pod("assisted", "to succeed with its sidecar stopped", |p| {
+            p.status.phase == "Succeeded"
+                && p.status.init_container_statuses[0]
+                    .state
+                    .terminated
+                    .is_some()
+        })
+        .await;
+    let server = &assisted.status.init_container_statuses[0];
+    let after = &assisted.status.init_container_statuses[1];
+    let served = server.state.terminated.as_ref().unwrap();
+    let after_run = after.state.terminated.as_ref().unwrap();
+    assert!(
+        served.started_at <= after_run.started_at,
+        "{served:?} {after_run:?}"
+    );
+    let main = assisted.status.container_statuses[0]
+        .state
+        .terminated
+        .as_ref()
+        .unwrap();
+    assert!(
+        main.finished_at <= served.finished_at,
+        "{main:?} {served:?}"
+    );
+    assert_eq!((main.exit_code, server.restart_count), (0, 0));
+    assert_eq!(flotilla_testkit_status(&assisted), "Completed");
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifests_are_rejected_and_nothing_is_stored() {
     let cluster = Cluster::builder().agents(0).start().await;

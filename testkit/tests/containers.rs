@@ -765,6 +765,262 @@ spec:
     cluster.shutdown().await;
 }
 
+/// Init containers prepare a container pod in order: they share its volumes and network,
+/// one that fails is run again (restartPolicy Always counts as OnFailure), and under
+/// restartPolicy Never a failed one fails the pod before the others start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_prepare_the_pod_in_order() {
+    require_container_tools("container");
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    let sh = busybox_image(&["sh"], serde_json::json!({})).unwrap();
+    registry.push("test/init:v1", &sh).await.unwrap();
+    let cluster = Cluster::builder().agents(1).registry(&host).start().await;
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: staged}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: work, emptyDir: {{}}}}]
+  initContainers:
+  - name: fetch
+    image: {host}/test/init:v1
+    volumeMounts: [{{name: work, mountPath: /work}}]
+    command: [sh, -c, 'echo fetch-ran; echo one > /work/order; hostname > /work/host']
+  - name: flaky
+    image: {host}/test/init:v1
+    volumeMounts: [{{name: work, mountPath: /work}}]
+    command: [sh, -c, 'if [ -f /work/tried ]; then echo two >> /work/order; else touch /work/tried; echo failing-once; exit 1; fi']
+  containers:
+  - name: web
+    image: {host}/test/init:v1
+    volumeMounts: [{{name: work, mountPath: /work}}]
+    command: [sh, -c, 'echo three >> /work/order; exec sleep 300']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: doomed}}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {{name: check, image: "{host}/test/init:v1", command: [sh, -c, 'echo not-ready; exit 7']}}
+  containers:
+  - {{name: main, image: "{host}/test/init:v1", command: [sh, -c, 'echo should-not-run']}}
+"#
+        ))
+        .await
+        .unwrap();
+    let staged = cluster
+        .wait_pod("staged", "to run", |p| {
+            p.status.phase == "Running" && p.status.container_statuses[0].state.running.is_some()
+        })
+        .await;
+    let inits: Vec<(&str, i32, Option<i32>)> = staged
+        .status
+        .init_container_statuses
+        .iter()
+        .map(|s| {
+            let code = s.state.terminated.as_ref().map(|t| t.exit_code);
+            (s.name.as_str(), s.restart_count, code)
+        })
+        .collect();
+    assert_eq!(inits, [("fetch", 0, Some(0)), ("flaky", 1, Some(0))]);
+    let flaky_last = staged.status.init_container_statuses[1]
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| t.exit_code);
+    assert_eq!(flaky_last, Some(1));
+    assert_eq!(staged.restarts(), 1, "init restarts count in the pod's");
+    // The volume carries what the init containers did, in order; they ran in the pod's
+    // network namespace (its hostname is the pod's).
+    let (rc, order, _) = tokio::task::block_in_place(|| {
+        cluster.fleet_cli(
+            &["exec", "staged", "--", "cat", "/work/order", "/work/host"],
+            None,
+        )
+    });
+    assert_eq!((rc, order.as_str()), (0, "one\ntwo\nthree\nstaged\n"));
+    let fetch = logs_of(&cluster, "staged", Some("fetch"), false)
+        .await
+        .unwrap();
+    assert!(fetch.contains("fetch-ran"), "{fetch}");
+    let flaky = logs_of(&cluster, "staged", Some("flaky"), true)
+        .await
+        .unwrap();
+    assert!(flaky.contains("failing-once"), "{flaky}");
+    // The app container is the default one for logs and exec.
+    let (rc, _, _) =
+        tokio::task::block_in_place(|| cluster.fleet_cli(&["exec", "staged", "--", "true"], None));
+    assert_eq!(rc, 0);
+
+    let doomed = cluster
+        .wait_pod("doomed", "to fail", |p| p.status.phase == "Failed")
+        .await;
+    assert_eq!(fleet::output::pod_status(&doomed), "Init:Error");
+    let check = &doomed.status.init_container_statuses[0];
+    assert_eq!(
+        check.state.terminated.as_ref().map(|t| t.exit_code),
+        Some(7)
+    );
+    assert_eq!(
+        waiting(&doomed).map(|(r, _)| r).as_deref(),
+        Some("PodInitializing"),
+        "the main container never started"
+    );
+    let main = logs_of(&cluster, "doomed", Some("main"), false)
+        .await
+        .unwrap_or_default();
+    assert!(!main.contains("should-not-run"), "{main}");
+
+    // Deleting the pods leaves no container, mount or network behind.
+    let c = cluster.fleet().await;
+    for name in ["staged", "doomed"] {
+        c.delete(flotilla_proto::Kind::Pod, "default", name)
+            .await
+            .unwrap();
+    }
+    c.close().await;
+    eventually("the init pods cleaned up", || async {
+        let l = leftovers(&cluster, 0);
+        (cluster.pods().await.is_empty() && l.0.is_empty() && l.1.is_empty() && l.2.is_empty())
+            .then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+/// Sidecars (init containers with restartPolicy Always) start in their turn, before the init
+/// containers after them, run beside the containers, are restarted whatever the pod's
+/// policy, and are stopped once a Job-like pod's containers are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_start_first_and_stop_when_the_pod_is_done() {
+    require_container_tools("container");
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    let sh = busybox_image(&["sh"], serde_json::json!({})).unwrap();
+    registry.push("test/side:v1", &sh).await.unwrap();
+    let cluster = Cluster::builder().agents(1).registry(&host).start().await;
+    // `after` and `main` reach the sidecar over the pod's loopback; under restartPolicy
+    // Never, `after` failing (the sidecar not yet serving) would fail the pod.
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: batch}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: www, emptyDir: {{}}}}]
+  initContainers:
+  - name: proxy
+    image: {host}/test/side:v1
+    restartPolicy: Always
+    volumeMounts: [{{name: www, mountPath: /www}}]
+    command: [sh, -c, 'echo side-up > /www/index.html; exec httpd -f -p 8081 -h /www']
+    startupProbe: {{tcpSocket: {{port: 8081}}, periodSeconds: 1}}
+  - name: after
+    image: {host}/test/side:v1
+    command: [wget, -qO-, 'http://127.0.0.1:8081/']
+  containers:
+  - name: main
+    image: {host}/test/side:v1
+    command: [sh, -c, 'wget -qO- http://127.0.0.1:8081/ && sleep 1']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: served}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: blinker
+    image: {host}/test/side:v1
+    restartPolicy: Always
+    command: [sh, -c, 'echo blink; sleep 1; exit 5']
+  containers:
+  - {{name: main, image: "{host}/test/side:v1", command: [sleep, "300"]}}
+"#
+        ))
+        .await
+        .unwrap();
+    let batch = cluster
+        .wait_pod("batch", "to succeed with its sidecar stopped", |p| {
+            p.status.phase == "Succeeded"
+                && p.status.init_container_statuses[0]
+                    .state
+                    .terminated
+                    .is_some()
+        })
+        .await;
+    let proxy = &batch.status.init_container_statuses[0];
+    let after = &batch.status.init_container_statuses[1];
+    assert_eq!((proxy.restart_count, after.restart_count), (0, 0));
+    assert_eq!(
+        after.state.terminated.as_ref().map(|t| t.exit_code),
+        Some(0)
+    );
+    let main = batch.status.container_statuses[0]
+        .state
+        .terminated
+        .as_ref()
+        .unwrap();
+    let stopped = proxy.state.terminated.as_ref().unwrap();
+    assert_eq!(main.exit_code, 0);
+    assert!(
+        main.finished_at <= stopped.finished_at,
+        "{main:?} {stopped:?}"
+    );
+    for (container, expected) in [("after", "side-up"), ("main", "side-up")] {
+        let log = logs_of(&cluster, "batch", Some(container), false)
+            .await
+            .unwrap();
+        assert!(log.contains(expected), "{container}: {log}");
+    }
+    assert_eq!(fleet::output::pod_status(&batch), "Completed");
+
+    // The sidecar is restarted though the pod's policy is Never; the pod runs on, and
+    // kubectl's READY column counts it.
+    let served = cluster
+        .wait_pod("served", "its sidecar restarted", |p| {
+            p.status.init_container_statuses[0].restart_count >= 1
+                && p.status.container_statuses[0].state.running.is_some()
+        })
+        .await;
+    assert_eq!(served.status.phase, "Running");
+    let last = served.status.init_container_statuses[0]
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| t.exit_code);
+    assert_eq!(last, Some(5));
+    let (rc, table, _) =
+        tokio::task::block_in_place(|| cluster.fleet_cli(&["get", "pods", "served"], None));
+    assert_eq!(rc, 0);
+    let row = table.lines().nth(1).unwrap_or_default().to_string();
+    let ready = row.split_whitespace().nth(1).unwrap_or_default();
+    assert!(ready.ends_with("/2"), "the sidecar counts: {table}");
+
+    let c = cluster.fleet().await;
+    for name in ["batch", "served"] {
+        c.delete(flotilla_proto::Kind::Pod, "default", name)
+            .await
+            .unwrap();
+    }
+    c.close().await;
+    eventually("the sidecar pods cleaned up", || async {
+        let l = leftovers(&cluster, 0);
+        (cluster.pods().await.is_empty() && l.0.is_empty() && l.1.is_empty() && l.2.is_empty())
+            .then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
 /// A container pod finds a service by its short name through the node DNS (resolv.conf with
 /// the namespace's search path and ndots:5), and calls the backend pod it names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

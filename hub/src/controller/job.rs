@@ -36,11 +36,13 @@ fn keys_of(e: &StoreEvent) -> Vec<ObjectKey> {
     }
 }
 
-/// When a finished pod finished (its container's termination time).
+/// When a finished pod finished (its containers' last termination time; a pod whose init
+/// container failed has only that one).
 fn finished_at(p: &Pod) -> Option<SystemTime> {
     p.status
-        .container_statuses
+        .init_container_statuses
         .iter()
+        .chain(&p.status.container_statuses)
         .filter_map(|c| c.state.terminated.as_ref())
         .filter_map(|t| parse_time(t.finished_at.as_deref()))
         .max()
