@@ -837,13 +837,18 @@ spec:
     assert_eq!(staged.restarts(), 1, "init restarts count in the pod's");
     // The volume carries what the init containers did, in order; they ran in the pod's
     // network namespace (its hostname is the pod's).
-    let (rc, order, _) = tokio::task::block_in_place(|| {
-        cluster.fleet_cli(
-            &["exec", "staged", "--", "cat", "/work/order", "/work/host"],
-            None,
-        )
-    });
-    assert_eq!((rc, order.as_str()), (0, "one\ntwo\nthree\nstaged\n"));
+    // Running is reported as runc starts the container, so its line may come a moment later.
+    let order = eventually("the main container's line in /work/order", || async {
+        let (rc, order, _) = tokio::task::block_in_place(|| {
+            cluster.fleet_cli(
+                &["exec", "staged", "--", "cat", "/work/order", "/work/host"],
+                None,
+            )
+        });
+        (rc == 0 && order.contains("three")).then_some(order)
+    })
+    .await;
+    assert_eq!(order, "one\ntwo\nthree\nstaged\n");
     let fetch = logs_of(&cluster, "staged", Some("fetch"), false)
         .await
         .unwrap();
@@ -987,8 +992,10 @@ spec:
     // kubectl's READY column counts it.
     let served = cluster
         .wait_pod("served", "its sidecar restarted", |p| {
-            p.status.init_container_statuses[0].restart_count >= 1
-                && p.status.container_statuses[0].state.running.is_some()
+            let side = p.status.init_container_statuses.first();
+            let main = p.status.container_statuses.first();
+            side.is_some_and(|s| s.restart_count >= 1)
+                && main.is_some_and(|m| m.state.running.is_some())
         })
         .await;
     assert_eq!(served.status.phase, "Running");
