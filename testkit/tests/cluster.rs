@@ -347,6 +347,21 @@ spec:
     cluster.shutdown().await;
 }
 
+/// `fleet logs POD [-c CONTAINER]`, the current run's whole log.
+async fn container_log(c: &fleet::Client, pod: &str, container: Option<&str>) -> String {
+    let mut out = Vec::new();
+    let req = flotilla_proto::wire::LogsRequest {
+        namespace: "default".into(),
+        name: pod.into(),
+        container: container.map(str::to_string),
+        tail: None,
+        follow: false,
+        previous: false,
+    };
+    c.container_logs(req, &mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn flotilla_testkit_status(p: &Pod) -> String {
     fleet::output::pod_status(p)
 }
@@ -424,17 +439,7 @@ spec:
         (Some("two"), "tick 2/2", "tick 1/1"),
     ];
     for (container, expect, absent) in cases {
-        let mut out = Vec::new();
-        let req = flotilla_proto::wire::LogsRequest {
-            namespace: "default".into(),
-            name: "pair".into(),
-            container: container.map(str::to_string),
-            tail: None,
-            follow: false,
-            previous: false,
-        };
-        c.container_logs(req, &mut out).await.unwrap();
-        let text = String::from_utf8_lossy(&out);
+        let text = container_log(&c, "pair", container).await;
         assert!(
             text.contains(expect) && !text.contains(absent),
             "logs -c {container:?}: {text}"
@@ -541,17 +546,7 @@ spec:
         ("second", "tick 2/2"),
         ("main", "tick 3/3"),
     ] {
-        let mut out = Vec::new();
-        let req = flotilla_proto::wire::LogsRequest {
-            namespace: "default".into(),
-            name: "prepared".into(),
-            container: Some(container.into()),
-            tail: None,
-            follow: false,
-            previous: false,
-        };
-        c.container_logs(req, &mut out).await.unwrap();
-        let text = String::from_utf8_lossy(&out);
+        let text = container_log(&c, "prepared", Some(container)).await;
         assert!(text.contains(expect), "logs -c {container}: {text}");
     }
     c.close().await;

@@ -81,6 +81,23 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Deletes the pods and waits until agent 0 holds no pod, container, mount or network.
+async fn delete_leaving_nothing(cluster: &Cluster, names: &[&str], what: &str) {
+    let c = cluster.fleet().await;
+    for name in names {
+        c.delete(flotilla_proto::Kind::Pod, "default", name)
+            .await
+            .unwrap();
+    }
+    c.close().await;
+    eventually(what, || async {
+        let l = leftovers(cluster, 0);
+        (cluster.pods().await.is_empty() && l.0.is_empty() && l.1.is_empty() && l.2.is_empty())
+            .then_some(())
+    })
+    .await;
+}
+
 /// What runc, the kernel's mount table and `ip netns` still hold for this agent.
 fn leftovers(cluster: &Cluster, i: usize) -> (String, Vec<String>, Vec<String>) {
     let data = cluster.agent_config(i).data_dir.clone();
@@ -199,19 +216,7 @@ spec:
     assert_ne!(done.status.pod_ip, web_pod.status.pod_ip);
 
     // Deleting the pods leaves no container, mount or network behind.
-    let c = cluster.fleet().await;
-    for name in ["web", "client"] {
-        c.delete(flotilla_proto::Kind::Pod, "default", name)
-            .await
-            .unwrap();
-    }
-    c.close().await;
-    eventually("container pods cleaned up", || async {
-        let l = leftovers(&cluster, 0);
-        (cluster.pods().await.is_empty() && l.0.is_empty() && l.1.is_empty() && l.2.is_empty())
-            .then_some(())
-    })
-    .await;
+    delete_leaving_nothing(&cluster, &["web", "client"], "container pods cleaned up").await;
     assert_ne!(
         curl(&format!("http://{node_ip}:{host_port}/")).0,
         200,
@@ -751,17 +756,7 @@ spec:
     assert_eq!((rc, stdout.as_str()), (0, "from-web\n"));
 
     // Deleting the pod removes both containers and the shared network.
-    let c = cluster.fleet().await;
-    c.delete(flotilla_proto::Kind::Pod, "default", "duo")
-        .await
-        .unwrap();
-    c.close().await;
-    eventually("both containers cleaned up", || async {
-        let l = leftovers(&cluster, 0);
-        (cluster.pods().await.is_empty() && l.0.is_empty() && l.1.is_empty() && l.2.is_empty())
-            .then_some(())
-    })
-    .await;
+    delete_leaving_nothing(&cluster, &["duo"], "both containers cleaned up").await;
     cluster.shutdown().await;
 }
 
@@ -882,19 +877,7 @@ spec:
     assert!(!main.contains("should-not-run"), "{main}");
 
     // Deleting the pods leaves no container, mount or network behind.
-    let c = cluster.fleet().await;
-    for name in ["staged", "doomed"] {
-        c.delete(flotilla_proto::Kind::Pod, "default", name)
-            .await
-            .unwrap();
-    }
-    c.close().await;
-    eventually("the init pods cleaned up", || async {
-        let l = leftovers(&cluster, 0);
-        (cluster.pods().await.is_empty() && l.0.is_empty() && l.1.is_empty() && l.2.is_empty())
-            .then_some(())
-    })
-    .await;
+    delete_leaving_nothing(&cluster, &["staged", "doomed"], "the init pods cleaned up").await;
     cluster.shutdown().await;
 }
 
@@ -1012,18 +995,11 @@ spec:
     let ready = row.split_whitespace().nth(1).unwrap_or_default();
     assert!(ready.ends_with("/2"), "the sidecar counts: {table}");
 
-    let c = cluster.fleet().await;
-    for name in ["batch", "served"] {
-        c.delete(flotilla_proto::Kind::Pod, "default", name)
-            .await
-            .unwrap();
-    }
-    c.close().await;
-    eventually("the sidecar pods cleaned up", || async {
-        let l = leftovers(&cluster, 0);
-        (cluster.pods().await.is_empty() && l.0.is_empty() && l.1.is_empty() && l.2.is_empty())
-            .then_some(())
-    })
+    delete_leaving_nothing(
+        &cluster,
+        &["batch", "served"],
+        "the sidecar pods cleaned up",
+    )
     .await;
     cluster.shutdown().await;
 }
