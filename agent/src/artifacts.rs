@@ -37,13 +37,18 @@ fn sha256(bytes: &[u8]) -> String {
 /// Resolves, fetches and compiles `image`; the compiled artifact is shared by all pods using it.
 pub async fn load(shared: &Shared, image: &str) -> Result<Artifact, PullError> {
     let digest = resolve(shared, image).await?;
-    if let Some(a) = shared
-        .artifacts
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&digest)
-    {
-        return Ok(a.clone());
+    let known = || {
+        let artifacts = shared.artifacts.lock().unwrap_or_else(|p| p.into_inner());
+        artifacts.get(&digest).cloned()
+    };
+    if let Some(a) = known() {
+        return Ok(a);
+    }
+    // Pods that start together with one image fetch and compile it once.
+    let lock = shared.images.lock(&digest);
+    let _held = lock.lock().await;
+    if let Some(a) = known() {
+        return Ok(a);
     }
     let bytes = fetch(shared, &digest).await?;
     let runtime = shared.runtime.clone();
@@ -135,11 +140,10 @@ async fn fetch(shared: &Shared, digest: &str) -> Result<Vec<u8>, PullError> {
             actual,
         });
     }
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    let tmp = path.with_extension("tmp");
-    tokio::fs::write(&tmp, &bytes).await?;
-    tokio::fs::rename(&tmp, &path).await?;
-    Ok(bytes)
+    tokio::task::spawn_blocking(move || {
+        crate::files::write_atomic(&path, &[&bytes], 0o600)?;
+        Ok::<_, PullError>(bytes)
+    })
+    .await
+    .map_err(|e| PullError::Load(e.to_string()))?
 }

@@ -195,7 +195,8 @@ impl Images {
         out
     }
 
-    fn lock(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock that one unpack or load of `digest` at a time holds.
+    pub(crate) fn lock(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod envsource;
 pub mod events;
 pub mod exec;
+pub mod files;
 pub mod identity;
 pub mod images;
 pub mod ingress;

@@ -82,6 +82,8 @@ pub struct PodNetwork {
     state: PathBuf,
     /// The range in use, for those who follow it (the node DNS serves pods on its gateway).
     changes: tokio::sync::watch::Sender<Option<String>>,
+    /// The range the node-wide masquerade is set up for.
+    masquerading: tokio::sync::Mutex<Option<String>>,
 }
 
 /// The bridge's address in a pod CIDR: the first host, as host-local IPAM makes it.
@@ -139,6 +141,7 @@ impl PodNetwork {
             fixed: fixed.is_some(),
             deferred: Mutex::new(None),
             state,
+            masquerading: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -188,7 +191,7 @@ impl PodNetwork {
         }
         let saved = self.state.join(SAVED_CIDR);
         let written = match &new {
-            Some(n) => write_atomic(&saved, n.as_bytes()),
+            Some(n) => crate::files::write_atomic(&saved, &[n.as_bytes()], 0o600),
             None => std::fs::remove_file(&saved),
         };
         if let Err(e) = written {
@@ -208,8 +211,10 @@ impl PodNetwork {
         Path::new("/run/netns").join(Self::netns_name(uid))
     }
 
-    /// The plugin chain for this node; `ports` go to portmap's runtime config.
-    fn chain(&self, subnet: &str, ports: &[PortMapping]) -> Vec<(String, Value)> {
+    /// The plugin chain for this node; `ports` go to portmap's runtime config. `pod_masq` is
+    /// for pods attached by agents that had the bridge plugin masquerade each pod (their DEL
+    /// removes its per-pod chain); the node-wide [`Self::masquerade`] does that job now.
+    fn chain(&self, subnet: &str, ports: &[PortMapping], pod_masq: bool) -> Vec<(String, Value)> {
         let mappings: Vec<Value> = ports
             .iter()
             .map(|p| {
@@ -230,7 +235,7 @@ impl PodNetwork {
                 "type": "bridge",
                 "bridge": self.bridge,
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": pod_masq,
                 "hairpinMode": true,
                 // The bridge's gateway address follows the pod CIDR when that changes (or
                 // when a bridge of an earlier run is found).
@@ -267,7 +272,7 @@ impl PodNetwork {
         if self.record_path(uid).exists() || Self::netns_path(uid).exists() {
             self.detach(uid).await;
         }
-        let record = |subnet: &str| json!({"subnet": subnet, "ports": ports.iter().map(|p| json!([p.host_port, p.container_port, p.protocol, p.host_ip.map(|i| i.to_string())])).collect::<Vec<_>>()});
+        let record = |subnet: &str| json!({"subnet": subnet, "masquerade": "node", "ports": ports.iter().map(|p| json!([p.host_port, p.container_port, p.protocol, p.host_ip.map(|i| i.to_string())])).collect::<Vec<_>>()});
         // The range is picked and the pod recorded under the lock `assign` takes, so the
         // range cannot change under a pod being attached.
         let subnet = {
@@ -280,29 +285,29 @@ impl PodNetwork {
         };
         let name = Self::netns_name(uid);
         let netns = Self::netns_path(uid);
-        let chain = self.chain(&subnet, ports);
+        let chain = self.chain(&subnet, ports, false);
         if let Err(e) = run("ip", &["netns", "add", &name]).await {
             let _ = std::fs::remove_file(self.record_path(uid));
             return Err(e);
         }
         let attached = async {
-            self.exec(
-                "loopback",
-                "ADD",
-                uid,
-                &netns,
-                "lo",
-                &json!({"type": "loopback"}),
-                None,
-            )
-            .await?;
-            let mut prev: Option<Value> = None;
-            for (plugin, conf) in &chain {
-                let result = self
-                    .exec(plugin, "ADD", uid, &netns, "eth0", conf, prev.as_ref())
-                    .await?;
-                prev = Some(result);
-            }
+            self.masquerade(&subnet).await?;
+            // `lo` and `eth0` are set up side by side: neither plugin touches the other's.
+            let lo = json!({"type": "loopback"});
+            let lo = self.exec("loopback", "ADD", uid, &netns, "lo", &lo, None);
+            let eth0 = async {
+                let mut prev: Option<Value> = None;
+                for (plugin, conf) in &chain {
+                    let result = self
+                        .exec(plugin, "ADD", uid, &netns, "eth0", conf, prev.as_ref())
+                        .await?;
+                    prev = Some(result);
+                }
+                Ok::<_, NetworkError>(prev)
+            };
+            let (lo, prev) = tokio::join!(lo, eth0);
+            lo?;
+            let prev = prev?;
             let result = prev.unwrap_or(Value::Null);
             let ip = result["ips"][0]["address"]
                 .as_str()
@@ -326,6 +331,59 @@ impl PodNetwork {
                 Err(e)
             }
         }
+    }
+
+    /// Sets up the node's masquerade for `subnet` once (again when the range changes): pods
+    /// reach beyond the node from its address, as the bridge plugin's `ipMasq` would have it,
+    /// but with one chain for the node rather than one added (nine iptables runs) and removed
+    /// on every pod start and stop. Left in place when the agent stops, so running pods keep
+    /// their way out; an agent that starts again finds and reuses it.
+    async fn masquerade(&self, subnet: &str) -> Result<(), NetworkError> {
+        let mut done = self.masquerading.lock().await;
+        if done.as_deref() == Some(subnet) {
+            return Ok(());
+        }
+        let iptables = if subnet.contains(':') {
+            "ip6tables"
+        } else {
+            "iptables"
+        };
+        let multicast = if subnet.contains(':') {
+            "ff00::/8"
+        } else {
+            "224.0.0.0/4"
+        };
+        let chain = format!("FLT-MASQ-{}", self.bridge);
+        let nat = |args: Vec<&str>| {
+            let all: Vec<String> = ["-w", "-t", "nat"]
+                .into_iter()
+                .chain(args)
+                .map(str::to_string)
+                .collect();
+            async move {
+                let all: Vec<&str> = all.iter().map(String::as_str).collect();
+                run(iptables, &all).await
+            }
+        };
+        // The chain may be there from an earlier run.
+        let _ = nat(vec!["-N", &chain]).await;
+        nat(vec!["-F", &chain]).await?;
+        nat(vec!["-A", &chain, "-d", subnet, "-j", "RETURN"]).await?;
+        nat(vec!["-A", &chain, "-d", multicast, "-j", "RETURN"]).await?;
+        nat(vec!["-A", &chain, "-j", "MASQUERADE"]).await?;
+        if let Some(old) = done.take() {
+            while nat(vec!["-D", "POSTROUTING", "-s", &old, "-j", &chain])
+                .await
+                .is_ok()
+            {}
+        }
+        let jump = |op| vec![op, "POSTROUTING", "-s", subnet, "-j", &chain];
+        if nat(jump("-C")).await.is_err() {
+            nat(jump("-A")).await?;
+        }
+        info!(subnet, chain, "pods masquerade behind the node's address");
+        *done = Some(subnet.to_string());
+        Ok(())
     }
 
     fn record_path(&self, uid: &str) -> PathBuf {
@@ -359,7 +417,8 @@ impl PodNetwork {
                 })
             })
             .collect();
-        for (plugin, conf) in self.chain(&subnet, &ports).iter().rev() {
+        let pod_masq = record["masquerade"].as_str() != Some("node");
+        for (plugin, conf) in self.chain(&subnet, &ports, pod_masq).iter().rev() {
             if let Err(e) = self
                 .exec(plugin, "DEL", uid, &netns, "eth0", conf, None)
                 .await
@@ -463,13 +522,6 @@ impl PodNetwork {
 /// The hub-assigned range, in the network state dir.
 const SAVED_CIDR: &str = "pod-cidr";
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 pub(crate) async fn run(cmd: &str, args: &[&str]) -> Result<(), NetworkError> {
     let out = Command::new(cmd)
         .args(args)
@@ -503,16 +555,20 @@ mod tests {
             deferred: Mutex::new(None),
             state: "/s".into(),
             changes: tokio::sync::watch::channel(None).0,
+            masquerading: tokio::sync::Mutex::new(None),
         };
         let names = |c: Vec<(String, Value)>| c.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-        assert_eq!(names(net.chain("10.88.0.0/24", &[])), ["bridge"]);
+        assert_eq!(names(net.chain("10.88.0.0/24", &[], false)), ["bridge"]);
+        // The node masquerades for its pods; only pods of older agents have their own chain.
+        assert_eq!(net.chain("10.88.0.0/24", &[], false)[0].1["ipMasq"], false);
+        assert_eq!(net.chain("10.88.0.0/24", &[], true)[0].1["ipMasq"], true);
         let ports = [PortMapping {
             host_port: 8080,
             container_port: 80,
             protocol: "TCP".into(),
             host_ip: None,
         }];
-        let chain = net.chain("10.88.0.0/24", &ports);
+        let chain = net.chain("10.88.0.0/24", &ports, false);
         assert_eq!(
             chain[1].1["runtimeConfig"]["portMappings"],
             json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])

@@ -191,6 +191,13 @@ impl Slot {
         })
     }
 
+    /// Waiting as before anything went wrong: for its pod's init containers to finish or to
+    /// be created.
+    fn pending(&self) {
+        let inits = self.with(|r| r.init.len());
+        self.waiting(pending_reason(inits), None);
+    }
+
     fn running(&self, started_at: &str, ready: bool, started: bool) {
         self.started.send_replace(started);
         self.with(|r| {
@@ -294,10 +301,7 @@ pub async fn run(
         }),
         ..Default::default()
     };
-    let first = match inits {
-        0 => waiting("ContainerCreating"),
-        _ => waiting("PodInitializing"),
-    };
+    let first = waiting(pending_reason(inits));
     let statuses = |containers: &[Container]| -> Vec<ContainerStatus> {
         containers
             .iter()
@@ -420,8 +424,9 @@ pub async fn run(
         None
     };
     let all: Vec<&Container> = pod.spec.all_containers().collect();
-    // Sidecars stop when the pod goes, or once its containers are done for good.
-    let sidecar_stop = cancel.child_token();
+    // Sidecars stop once the containers are done: for good, or stopped because the pod goes
+    // (then after them, as in Kubernetes).
+    let sidecar_stop = CancellationToken::new();
     let mut sidecars: Sidecars = futures::stream::FuturesUnordered::new();
     let one = |i: usize| One {
         shared: &shared,
@@ -500,6 +505,14 @@ async fn beside<T>(f: impl std::future::Future<Output = T>, sidecars: &mut Sidec
     }
 }
 
+/// Why a container of a pod with `inits` init containers waits before it is started.
+fn pending_reason(inits: usize) -> &'static str {
+    match inits {
+        0 => "ContainerCreating",
+        _ => "PodInitializing",
+    }
+}
+
 /// What one container's run needs.
 #[derive(Clone, Copy)]
 struct One<'a> {
@@ -526,6 +539,7 @@ async fn pull(
 ) -> Option<Loaded> {
     let image = &container.image;
     let mut backoff = shared.cfg.backoff_base;
+    let mut failed = false;
     loop {
         event(
             shared,
@@ -545,6 +559,9 @@ async fn pull(
                 };
                 event(shared, pod, Normal, "Pulled", message);
                 slot.set_image_id(a.digest());
+                if failed {
+                    slot.pending();
+                }
                 return Some(a);
             }
             Err(e) => {
@@ -560,6 +577,7 @@ async fn pull(
                     format!("Error: {}", e.reason),
                 );
                 slot.waiting(e.reason, Some(e.to_string()));
+                failed = true;
                 if sleep_or_cancel(backoff, cancel).await {
                     return None;
                 }
@@ -671,7 +689,7 @@ async fn run_container(one: One<'_>, node_ip: &str) -> bool {
         if started.elapsed() >= BACKOFF_RESET {
             backoff = shared.cfg.backoff_base;
         }
-        slot.restarting(last);
+        slot.restarting(last.clone());
         let msg = format!(
             "back-off {} restarting failed container={} pod={}",
             humantime::format_duration(backoff),
@@ -688,6 +706,10 @@ async fn run_container(one: One<'_>, node_ip: &str) -> bool {
         );
         event(shared, pod, Warning, "BackOff", message);
         if sleep_or_cancel(backoff, cancel).await {
+            // A sidecar stopped while it waited to restart ends in its last run's state.
+            if slot.sidecar {
+                slot.finished(last);
+            }
             return false;
         }
         backoff = (backoff * 2).min(shared.cfg.backoff_max);
@@ -1037,8 +1059,7 @@ async fn attach_network(
     let net = shared.network.as_ref().map_err(|e| e.clone())?;
     let ports: Vec<crate::network::PortMapping> = pod
         .spec
-        .containers
-        .iter()
+        .all_containers()
         .flat_map(|c| &c.ports)
         .filter_map(|p| {
             Some(crate::network::PortMapping {

@@ -92,7 +92,11 @@ pub async fn run(
                                         matches!(s.phase.as_str(), "Succeeded" | "Failed")
                                     })
                                 });
-                                for c in w.pod.spec.containers.iter().filter(|_| !finished) {
+                                // The containers, then the sidecars (which stop after them).
+                                let sidecars =
+                                    w.pod.spec.init_containers.iter().filter(|c| c.is_sidecar());
+                                let running = w.pod.spec.containers.iter().chain(sidecars);
+                                for c in running.filter(|_| !finished) {
                                     shared.events.push(
                                         &w.pod,
                                         EventType::Normal,

@@ -284,9 +284,7 @@ async fn project(shared: &Shared, pod: &Pod, v: &Volume, dir: &Path) -> Result<(
         if let Some(parent) = target.parent() {
             create_volume_dir(parent, READABLE).map_err(failed)?;
         }
-        let tmp = dir.join(format!(".{}.tmp", path.replace('/', "_")));
-        std::fs::write(&tmp, bytes).map_err(failed)?;
-        std::fs::rename(&tmp, &target).map_err(failed)?;
+        crate::files::write_atomic(&target, &[bytes], 0o644).map_err(failed)?;
     }
     let wanted: BTreeSet<PathBuf> = files.keys().map(|p| dir.join(p)).collect();
     remove_unlisted(dir, &wanted);

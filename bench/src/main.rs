@@ -368,6 +368,18 @@ ports: [{{name: http, port: {port}, protocol: TCP}}]
     )
 }
 
+/// Waits up to `secs` for `url` to answer 2xx from network namespace `netns`.
+async fn wait_answers(netns: &str, url: &str, secs: u64) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while !answers(netns, url) {
+        if start.elapsed() > std::time::Duration::from_secs(secs) {
+            anyhow::bail!("{url} does not answer from {netns}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Whether `url` answers 2xx from network namespace `netns`.
 fn answers(netns: &str, url: &str) -> bool {
     Command::new("ip")
@@ -414,8 +426,9 @@ fn nginx_in(netns: &str, prefix: &std::path::Path, servers: &str) -> anyhow::Res
     })
 }
 
-fn peer_wasmtime() -> Option<PathBuf> {
-    let p = root().join("target/bench-tools/bin/wasmtime");
+/// A peer tool that scripts/bench installs under target/bench-tools/bin.
+fn peer_tool(name: &str) -> Option<PathBuf> {
+    let p = root().join("target/bench-tools/bin").join(name);
     p.exists().then_some(p)
 }
 
@@ -552,7 +565,7 @@ async fn main() -> anyhow::Result<()> {
         "  flotilla-agent (instance per request):    {frps:>7.0} req/s   p99 {fp99:>8}   CPU/request {:.1} us",
         fresh * 1e6
     );
-    match peer_wasmtime() {
+    match peer_tool("wasmtime") {
         Some(w) => {
             let peer = Proc {
                 child: Command::new(w)

@@ -4,14 +4,12 @@
 //! (pod to pod on a flat network) and through a Service's cluster IP, which node a's agent
 //! proxies over the mesh link (QUIC, mutual TLS) to node b's agent. Printed: requests/s, p99,
 //! and CPU per request of the agents, with the ratio to the direct path.
-use crate::{
-    Proc, answers, cpu_time, pin_to, start_agent_in, start_hub_at, wait_nodes_ready, wrk_in,
-};
+use crate::{Proc, cpu_time, pin_to, start_agent_in, start_hub_at, wait_nodes_ready, wrk_in};
 use anyhow::{Context as _, bail};
 use flotilla_proto::api::{Kind, Object};
 use flotilla_testkit::netns::Net;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SECS: u32 = 10;
 const BACKEND_PORT: u16 = 8080;
@@ -54,13 +52,7 @@ async fn bench(net: &Net) -> anyhow::Result<()> {
     let direct = format!("http://{backend_ip}:{BACKEND_PORT}/");
     let through = format!("http://{vip}/");
     let client_ns = net.agent_ns(0).name().to_string();
-    let start = Instant::now();
-    while !answers(&client_ns, &through) {
-        if start.elapsed() > Duration::from_secs(20) {
-            bail!("{through} does not answer from node a");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wait_answers(&client_ns, &through, 20).await?;
     // Everything but wrk on core 0.
     let pids: Vec<u32> = agents.iter().map(Proc::pid).collect();
     for pid in &pids {

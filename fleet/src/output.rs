@@ -82,15 +82,15 @@ pub fn pod_status(p: &Pod) -> String {
     if p.status.phase == "Unknown" {
         return "Unknown".into();
     }
-    // The first init container not yet done (or sidecar not yet started) tells, as kubectl
-    // prints it.
-    // A sidecar that started once is past, even if it stopped since.
+    // The first init container not yet done (or sidecar not running past its startup probe)
+    // tells, as kubectl prints it: a sidecar waiting to restart shows even once the pod is
+    // initialized. One stopped for good with the pod is past (kubectl would print its exit).
     let inits = p.spec.init_containers.len();
-    let initialized = flotilla_proto::api::condition(&p.status.conditions, "Initialized")
-        .is_some_and(|c| c.status == "True");
+    let initialized = pod_initialized(p);
     for (i, c) in p.status.init_container_statuses.iter().enumerate() {
-        let sidecar = (p.spec.init_containers.iter()).any(|s| s.name == c.name && s.is_sidecar());
-        if sidecar && (initialized || c.started == Some(true)) {
+        if is_sidecar(p, &c.name)
+            && (c.started == Some(true) || (initialized && c.state.waiting.is_none()))
+        {
             continue;
         }
         if let Some(t) = &c.state.terminated {
@@ -128,6 +128,28 @@ pub fn pod_status(p: &Pod) -> String {
     } else {
         p.status.phase.clone()
     }
+}
+
+fn pod_initialized(p: &Pod) -> bool {
+    flotilla_proto::api::condition(&p.status.conditions, "Initialized")
+        .is_some_and(|c| c.status == "True")
+}
+
+fn is_sidecar(p: &Pod, container: &str) -> bool {
+    (p.spec.init_containers.iter()).any(|s| s.name == container && s.is_sidecar())
+}
+
+/// kubectl's RESTARTS: the init containers' while the pod initializes, then the sidecars'
+/// and the containers'.
+fn restarts_shown(p: &Pod) -> i32 {
+    let inits = p.status.init_container_statuses.iter();
+    if !pod_initialized(p) {
+        return inits.map(|c| c.restart_count).sum();
+    }
+    let sidecars = inits.filter(|c| is_sidecar(p, &c.name));
+    (sidecars.chain(&p.status.container_statuses))
+        .map(|c| c.restart_count)
+        .sum()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -236,7 +258,7 @@ pub fn render_at(
                         p.metadata.name.clone(),
                         format!("{ready}/{all}"),
                         pod_status(p),
-                        p.restarts().to_string(),
+                        restarts_shown(p).to_string(),
                         age_at(now, &p.metadata.creation_timestamp),
                     ];
                     if wide {
@@ -1390,6 +1412,53 @@ mod tests {
             pod_status(&p)
         };
         assert_eq!([sidecar(false), sidecar(true)], ["Init:0/2", "Init:1/2"]);
+    }
+
+    #[test]
+    fn initialized_pods_show_sidecar_trouble_and_count_restarts_as_kubectl_does() {
+        // An initialized pod with a sidecar `s` (state given) beside container `c`.
+        let pod = |side: serde_json::Value, c: serde_json::Value, initialized: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {"initContainers": [
+                    {"name": "once", "image": "x"},
+                    {"name": "s", "image": "x", "restartPolicy": "Always"}],
+                    "containers": [{"name": "c", "image": "x"}]},
+                "status": {"phase": "Running",
+                    "conditions": [{"type": "Initialized", "status": initialized}],
+                    "initContainerStatuses": [
+                        {"name": "once", "ready": false, "restartCount": 2,
+                         "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                        side],
+                    "containerStatuses": [c]}
+            }))
+            .unwrap()
+        };
+        let running = serde_json::json!({"name": "c", "ready": true, "restartCount": 1,
+            "state": {"running": {"startedAt": "t"}}});
+        let crashing = serde_json::json!({"name": "s", "ready": false, "restartCount": 4, "started": false,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}}});
+        let p = pod(crashing, running.clone(), "True");
+        assert_eq!(pod_status(&p), "Init:CrashLoopBackOff");
+        assert_eq!(restarts_shown(&p), 5, "the sidecar's and the container's");
+        assert_eq!(p.restarts(), 7, "controllers count every restart");
+        let serving = serde_json::json!({"name": "s", "ready": false, "restartCount": 0, "started": true,
+            "state": {"running": {"startedAt": "t"}}});
+        assert_eq!(
+            pod_status(&pod(serving.clone(), running, "True")),
+            "Running"
+        );
+        let stopped = serde_json::json!({"name": "s", "ready": false, "restartCount": 0, "started": false,
+            "state": {"terminated": {"exitCode": 143, "reason": "Error"}}});
+        let done = serde_json::json!({"name": "c", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}});
+        assert_eq!(pod_status(&pod(stopped, done.clone(), "True")), "Completed");
+        let p = pod(serving, done, "False");
+        assert_eq!(
+            restarts_shown(&p),
+            2,
+            "the init containers' while initializing"
+        );
     }
 
     #[test]

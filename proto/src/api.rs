@@ -589,8 +589,7 @@ impl PodSpec {
     }
 
     pub fn host_ports(&self) -> impl Iterator<Item = i32> + '_ {
-        self.containers
-            .iter()
+        self.all_containers()
             .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port))
     }
 }
@@ -1067,7 +1066,7 @@ impl Pod {
     /// The ConfigMaps and Secrets (kind, name) the pod's containers read, in its namespace.
     pub fn config_refs(&self) -> std::collections::BTreeSet<(Kind, String)> {
         let mut refs = std::collections::BTreeSet::new();
-        for c in &self.spec.containers {
+        for c in self.spec.all_containers() {
             for e in c.env.iter().filter_map(|e| e.value_from.as_ref()) {
                 if let Some(r) = &e.config_map_key_ref {
                     refs.insert((Kind::ConfigMap, r.name.clone()));

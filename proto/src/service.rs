@@ -272,9 +272,11 @@ pub fn target_port(port: &ServicePort, pod: &crate::api::PodSpec) -> Option<u16>
     match &port.target_port {
         None => u16::try_from(port.port).ok(),
         Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+        // The containers' ports, then the sidecars', as Kubernetes looks them up.
         Some(IntOrString::String(name)) => pod
             .containers
             .iter()
+            .chain(pod.init_containers.iter().filter(|c| c.is_sidecar()))
             .flat_map(|c| &c.ports)
             .find(|cp| {
                 cp.name.as_deref() == Some(name.as_str())
@@ -497,7 +499,12 @@ mod tests {
             "containers": [{"name": "c", "image": "i", "ports": [
                 {"name": "http", "containerPort": 8080},
                 {"name": "dns", "containerPort": 5353, "protocol": "UDP"},
-            ]}]
+            ]}],
+            "initContainers": [
+                {"name": "proxy", "image": "i", "restartPolicy": "Always",
+                 "ports": [{"name": "proxy", "containerPort": 15001}]},
+                {"name": "setup", "image": "i", "ports": [{"name": "setup", "containerPort": 9}]},
+            ]
         }))
         .unwrap();
         let port = |target: Option<IntOrString>, protocol: &str| ServicePort {
@@ -516,5 +523,8 @@ mod tests {
         assert_eq!(target_port(&port(named("dns"), "UDP"), &pod), Some(5353));
         assert_eq!(target_port(&port(named("dns"), "TCP"), &pod), None);
         assert_eq!(target_port(&port(named("nope"), "TCP"), &pod), None);
+        // A sidecar serves beside the containers; a plain init container is gone by then.
+        assert_eq!(target_port(&port(named("proxy"), "TCP"), &pod), Some(15001));
+        assert_eq!(target_port(&port(named("setup"), "TCP"), &pod), None);
     }
 }

@@ -462,12 +462,20 @@ async fn wasi_init_containers_run_first_and_a_failed_one_fails_the_pod() {
         .apply(
             r#"
 apiVersion: v1
+kind: ConfigMap
+metadata: {name: counts}
+data: {first: "1"}
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: prepared}
 spec:
   restartPolicy: Never
   initContainers:
-  - {name: first, image: "batch:latest", env: [{name: COUNT, value: "1"}]}
+  # Read only by an init container, the ConfigMap still reaches the node.
+  - name: first
+    image: "batch:latest"
+    env: [{name: COUNT, valueFrom: {configMapKeyRef: {name: counts, key: first}}}]
   - {name: second, image: "batch:latest", env: [{name: COUNT, value: "2"}]}
   containers:
   - {name: main, image: "batch:latest", env: [{name: COUNT, value: "3"}]}

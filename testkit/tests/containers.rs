@@ -128,6 +128,59 @@ fn leftovers(cluster: &Cluster, i: usize) -> (String, Vec<String>, Vec<String>) 
     )
 }
 
+/// A network namespace beyond the node, joined to it by a veth pair (private addresses that
+/// exist only on that link), with a listener that answers one HTTP call with the caller's
+/// address. Deleted (with the veth) on drop.
+struct Outside {
+    _ns: flotilla_testkit::netns::Netns,
+}
+
+impl Outside {
+    const NEAR: &str = "10.99.7.1";
+    const FAR: &str = "10.99.7.2";
+
+    fn start() -> Outside {
+        let tag = std::process::id() % 100_000;
+        let ns = flotilla_testkit::netns::Netns::create(&format!("flt-out-{tag}")).unwrap();
+        let (near, far) = (format!("fo{tag}n"), format!("fo{tag}f"));
+        let host_ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        };
+        host_ip(&["link", "add", &near, "type", "veth", "peer", "name", &far]);
+        host_ip(&["link", "set", &far, "netns", ns.name()]);
+        host_ip(&["addr", "add", &format!("{}/24", Self::NEAR), "dev", &near]);
+        host_ip(&["link", "set", &near, "up"]);
+        ns.ip(&["addr", "add", &format!("{}/24", Self::FAR), "dev", &far])
+            .unwrap();
+        ns.ip(&["link", "set", &far, "up"]).unwrap();
+        let path = format!("/run/netns/{}", ns.name());
+        let (bound, listening) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            use std::os::fd::AsFd as _;
+            let file = std::fs::File::open(path).unwrap();
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let listener = std::net::TcpListener::bind((Self::FAR, 9999)).unwrap();
+            bound.send(()).unwrap();
+            let (mut s, peer) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request);
+            let body = format!("caller {}\n", peer.ip());
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        listening.recv().unwrap();
+        Outside { _ns: ns }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_serves_on_its_pod_ip_and_host_port() {
     require_container_tools("container");
@@ -181,6 +234,11 @@ spec:
         "hostPort"
     );
 
+    // Beyond the node: a listener in a namespace of its own behind a veth, whose side has
+    // no route back to the pods. It answers only if the pod's call left masqueraded as the
+    // node (the near end's address), and says which address it saw.
+    let outside = Outside::start();
+
     // A second pod, by digest, reaches the first across the bridge; its env, args, user and
     // working directory take effect.
     cluster
@@ -196,23 +254,28 @@ spec:
   - name: client
     image: {host}/test/web@{digest}
     command: [sh, -c]
-    args: ['echo uid=$(id -u) cwd=$(pwd) env=$GREETING/$FROM_IMAGE host=$(hostname); wget -qO- http://{ip}:8080/']
+    args: ['echo uid=$(id -u) cwd=$(pwd) env=$GREETING/$FROM_IMAGE host=$(hostname); wget -qO- http://{ip}:8080/; timeout 5 wget -qO- http://{far}:9999/']
     workingDir: /tmp
     env: [{{name: GREETING, value: hi}}]
     securityContext: {{runAsUser: 1234}}
-"#
+"#,
+            far = Outside::FAR
         ))
         .await
         .unwrap();
     let done = cluster
-        .wait_pod("client", "Succeeded", |p| p.status.phase == "Succeeded")
+        .wait_pod("client", "to finish", |p| p.is_terminal())
         .await;
     let out = logs(&cluster, "client").await;
+    assert_eq!(done.status.phase, "Succeeded", "{out}");
     assert!(
         out.contains("uid=1234 cwd=/tmp env=hi/yes host=client"),
         "env, user, workingDir, hostname: {out}"
     );
     assert!(out.contains("hello from a container"), "pod to pod: {out}");
+    let seen = format!("caller {}", Outside::NEAR);
+    assert!(out.contains(&seen), "outbound NAT, as the node: {out}");
+    drop(outside);
     assert_ne!(done.status.pod_ip, web_pod.status.pod_ip);
 
     // Deleting the pods leaves no container, mount or network behind.
@@ -994,6 +1057,60 @@ spec:
     let row = table.lines().nth(1).unwrap_or_default().to_string();
     let ready = row.split_whitespace().nth(1).unwrap_or_default();
     assert!(ready.ends_with("/2"), "the sidecar counts: {table}");
+
+    // A deleted pod's sidecars are stopped after its containers have exited, as in
+    // Kubernetes: each writes to a host directory when it starts and when it is stopped.
+    let out = cluster.dir.path().join("drain");
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: drain
+  annotations: {{flotilla.io/allowed-host-paths: "{out}"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: draining, namespace: drain}}
+spec:
+  terminationGracePeriodSeconds: 5
+  volumes: [{{name: out, hostPath: {{path: "{out}", type: DirectoryOrCreate}}}}]
+  initContainers:
+  - name: side
+    image: {host}/test/side:v1
+    restartPolicy: Always
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    command: [sh, -c, 'trap "echo side-stop >> /out/order; exit 0" TERM; echo side-up >> /out/order; while true; do sleep 0.2; done']
+  containers:
+  - name: main
+    image: {host}/test/side:v1
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    command: [sh, -c, 'trap "sleep 1; echo main-stop >> /out/order; exit 0" TERM; echo main-up >> /out/order; while true; do sleep 0.2; done']
+"#,
+            out = out.display()
+        ))
+        .await
+        .unwrap();
+    let order = out.join("order");
+    let read = || std::fs::read_to_string(&order).unwrap_or_default();
+    eventually("both containers of the draining pod up", || async {
+        read().contains("main-up").then_some(())
+    })
+    .await;
+    let c = cluster.fleet().await;
+    c.delete(flotilla_proto::Kind::Pod, "drain", "draining")
+        .await
+        .unwrap();
+    c.close().await;
+    eventually("the draining pod's sidecar stopped", || async {
+        read().contains("side-stop").then_some(())
+    })
+    .await;
+    assert_eq!(
+        read().lines().collect::<Vec<_>>(),
+        ["side-up", "main-up", "main-stop", "side-stop"]
+    );
 
     delete_leaving_nothing(
         &cluster,

@@ -15,11 +15,10 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -853,30 +852,8 @@ fn release_compiler_heap() {}
 /// Writes a cache file atomically: a reader sees either nothing or the whole
 /// file, even if the agent dies mid-write or two loads race.
 fn write_cache_file(path: &Path, payload: &[u8]) -> io::Result<()> {
-    static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(
-        ".{file_name}.tmp-{}-{}",
-        std::process::id(),
-        NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(CACHE_MAGIC)?;
-        file.write_all(&Sha256::digest(payload))?;
-        file.write_all(payload)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    let digest = Sha256::digest(payload);
+    crate::files::write_atomic(path, &[CACHE_MAGIC, &digest, payload], 0o600)
 }
 
 fn component_kind(engine: &Engine, component: &Component) -> Option<ArtifactKind> {
