@@ -4,6 +4,14 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+/// How the names of files on their way in begin.
+const TEMPORARY: &str = ".tmp-";
+
+/// Whether `path` is a [`write_atomic`] file on its way in.
+pub fn is_temporary(path: &Path) -> bool {
+    (path.file_name().and_then(|n| n.to_str())).is_some_and(|n| n.starts_with(TEMPORARY))
+}
+
 /// Writes `parts` one after another to `path`: into a uniquely named file beside it, synced,
 /// then renamed over `path`. A reader sees the old file or the whole new one, even if the
 /// agent dies mid-write; two writers that race both succeed and the last rename wins.
@@ -14,9 +22,12 @@ pub fn write_atomic(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
     };
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(TEMPORARY)
         .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(dir)?;
+    // Exactly `mode`, whatever the umask.
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
     for part in parts {
         file.write_all(part)?;
     }

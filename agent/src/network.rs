@@ -371,12 +371,21 @@ impl PodNetwork {
         nat(vec!["-A", &chain, "-d", subnet, "-j", "RETURN"]).await?;
         nat(vec!["-A", &chain, "-d", multicast, "-j", "RETURN"]).await?;
         nat(vec!["-A", &chain, "-j", "MASQUERADE"]).await?;
-        if let Some(old) = done.take() {
-            while nat(vec!["-D", "POSTROUTING", "-s", &old, "-j", &chain])
-                .await
-                .is_ok()
-            {}
+        // Jumps to the chain for other ranges (an earlier range, or an earlier run's) go.
+        let listed = Command::new(iptables)
+            .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
+            .output()
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for rule in listed.lines() {
+            let words: Vec<&str> = rule.split_whitespace().collect();
+            let ours = words.ends_with(&["-j", chain.as_str()]) && words.first() == Some(&"-A");
+            if ours && !words.windows(2).any(|w| w == ["-s", subnet]) {
+                let _ = nat([&["-D"][..], &words[1..]].concat()).await;
+            }
         }
+        done.take();
         let jump = |op| vec![op, "POSTROUTING", "-s", subnet, "-j", &chain];
         if nat(jump("-C")).await.is_err() {
             nat(jump("-A")).await?;

@@ -389,6 +389,7 @@ pub async fn run(
     // (and its address).
     let mut backoff = shared.cfg.backoff_base;
     let mut etc = Vec::new();
+    let mut attach_failed = false;
     let _network = if artifacts
         .iter()
         .any(|a| matches!(a, Loaded::Container { .. }))
@@ -404,6 +405,9 @@ pub async fn run(
                             warn!(pod = %pod.metadata.name, error = %e, "cannot write the pod's /etc files")
                         }
                     }
+                    if attach_failed {
+                        slots.iter().for_each(Slot::pending);
+                    }
                     break Some(guard);
                 }
                 Err(e) => {
@@ -413,6 +417,7 @@ pub async fn run(
                     for s in &slots {
                         s.waiting("ContainerCreating", Some(e.clone()));
                     }
+                    attach_failed = true;
                     if sleep_or_cancel(backoff, &cancel).await {
                         return exited(&events, uid);
                     }
@@ -1059,7 +1064,7 @@ async fn attach_network(
     let net = shared.network.as_ref().map_err(|e| e.clone())?;
     let ports: Vec<crate::network::PortMapping> = pod
         .spec
-        .all_containers()
+        .serving_containers()
         .flat_map(|c| &c.ports)
         .filter_map(|p| {
             Some(crate::network::PortMapping {

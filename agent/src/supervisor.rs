@@ -93,9 +93,7 @@ pub async fn run(
                                     })
                                 });
                                 // The containers, then the sidecars (which stop after them).
-                                let sidecars =
-                                    w.pod.spec.init_containers.iter().filter(|c| c.is_sidecar());
-                                let running = w.pod.spec.containers.iter().chain(sidecars);
+                                let running = w.pod.spec.serving_containers();
                                 for c in running.filter(|_| !finished) {
                                     shared.events.push(
                                         &w.pod,

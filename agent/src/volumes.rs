@@ -300,7 +300,8 @@ fn remove_unlisted(dir: &Path, wanted: &BTreeSet<PathBuf>) {
         if path.is_dir() {
             remove_unlisted(&path, wanted);
             let _ = std::fs::remove_dir(&path); // only succeeds when empty
-        } else if !wanted.contains(&path) {
+        } else if !wanted.contains(&path) && !crate::files::is_temporary(&path) {
+            // Another writer's file on its way in is not ours to remove.
             let _ = std::fs::remove_file(&path);
         }
     }

@@ -466,12 +466,9 @@ const STAGES: [(&str, &str); 7] = [
     ("netns recorded", "the rest of `ip netns add`"),
     (
         "IP allocated",
-        "CNI loopback; bridge plugin: bridge, veth, then host-local",
+        "CNI loopback beside the bridge plugin: bridge, veth, then host-local",
     ),
-    (
-        "pod's /etc written",
-        "bridge plugin: addresses, routes, ipMasq iptables",
-    ),
+    ("pod's /etc written", "bridge plugin: addresses, routes"),
     (
         "bundle dir created",
         "hosts, hostname, resolv.conf; to a blocking thread",

@@ -78,78 +78,78 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The STATUS column of `get pods`: a waiting/terminated reason wins over the phase.
 pub fn pod_status(p: &Pod) -> String {
-    // A pod of a silent node: what its container last did is not known any more.
-    if p.status.phase == "Unknown" {
-        return "Unknown".into();
-    }
-    // The first init container not yet done (or sidecar not running past its startup probe)
-    // tells, as kubectl prints it: a sidecar waiting to restart shows even once the pod is
-    // initialized. One stopped for good with the pod is past (kubectl would print its exit).
+    pod_columns(p).0
+}
+
+/// The STATUS and RESTARTS columns of `get pods`, worked out as kubectl's printer does. The
+/// first init container not done (or sidecar not running past its startup probe) tells, and
+/// its restarts and those before it count, while the pod initializes; after that (and once
+/// the Initialized condition holds, so a sidecar waiting to restart still shows) the
+/// containers' reasons win, and the sidecars' and containers' restarts count.
+fn pod_columns(p: &Pod) -> (String, i32) {
+    let unscheduled = p.spec.node_name.is_none()
+        && (p.status.conditions.iter()).any(|c| c.type_ == "PodScheduled" && c.status == "False");
+    let mut reason = match p.status.phase.as_str() {
+        "" => "Pending".to_string(),
+        _ if unscheduled => "Pending".to_string(),
+        phase => phase.to_string(),
+    };
     let inits = p.spec.init_containers.len();
-    let initialized = pod_initialized(p);
+    let (mut restarts, mut sidecar_restarts) = (0, 0);
+    let mut initializing = false;
     for (i, c) in p.status.init_container_statuses.iter().enumerate() {
-        if is_sidecar(p, &c.name)
-            && (c.started == Some(true) || (initialized && c.state.waiting.is_none()))
-        {
-            continue;
+        restarts += c.restart_count;
+        let sidecar = (p.spec.init_containers.iter()).any(|s| s.name == c.name && s.is_sidecar());
+        if sidecar {
+            sidecar_restarts += c.restart_count;
         }
-        if let Some(t) = &c.state.terminated {
-            if t.exit_code == 0 {
-                continue;
-            }
-            return match &t.reason {
+        reason = match &c.state.terminated {
+            Some(t) if t.exit_code == 0 => continue,
+            _ if sidecar && c.started == Some(true) => continue,
+            Some(t) => match &t.reason {
                 Some(r) if !r.is_empty() => format!("Init:{r}"),
                 _ => format!("Init:ExitCode:{}", t.exit_code),
+            },
+            None => match c.state.waiting.as_ref().and_then(|w| w.reason.as_deref()) {
+                Some(r) if !r.is_empty() && r != "PodInitializing" => format!("Init:{r}"),
+                _ => format!("Init:{i}/{inits}"),
+            },
+        };
+        initializing = true;
+        break;
+    }
+    let initialized = flotilla_proto::api::condition(&p.status.conditions, "Initialized")
+        .is_some_and(|c| c.status == "True");
+    if !initializing || initialized {
+        restarts = sidecar_restarts;
+        let mut running = false;
+        // The first container with a reason gives it.
+        for c in p.status.container_statuses.iter().rev() {
+            restarts += c.restart_count;
+            let waiting = c.state.waiting.as_ref().and_then(|w| w.reason.clone());
+            if let Some(r) = waiting.filter(|r| !r.is_empty()) {
+                reason = r;
+            } else if let Some(t) = &c.state.terminated {
+                reason = match &t.reason {
+                    Some(r) if !r.is_empty() => r.clone(),
+                    _ => format!("ExitCode:{}", t.exit_code),
+                };
+            } else if c.ready && c.state.running.is_some() {
+                running = true;
+            }
+        }
+        if reason == "Completed" && running {
+            reason = match p.is_ready() {
+                true => "Running".into(),
+                false => "NotReady".into(),
             };
         }
-        return match c.state.waiting.as_ref().and_then(|w| w.reason.as_deref()) {
-            Some(r) if !r.is_empty() && r != "PodInitializing" => format!("Init:{r}"),
-            _ => format!("Init:{i}/{inits}"),
-        };
     }
-    for c in &p.status.container_statuses {
-        if let Some(r) = c.state.waiting.as_ref().and_then(|w| w.reason.clone()) {
-            return r;
-        }
-        if let Some(r) = c.state.terminated.as_ref().and_then(|t| t.reason.clone()) {
-            return r;
-        }
+    // A pod of a silent node: what its containers last did is not known any more.
+    if p.status.phase == "Unknown" {
+        reason = "Unknown".into();
     }
-    if p.spec.node_name.is_none()
-        && p.status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "PodScheduled" && c.status == "False")
-    {
-        return "Pending".into();
-    }
-    if p.status.phase.is_empty() {
-        "Pending".into()
-    } else {
-        p.status.phase.clone()
-    }
-}
-
-fn pod_initialized(p: &Pod) -> bool {
-    flotilla_proto::api::condition(&p.status.conditions, "Initialized")
-        .is_some_and(|c| c.status == "True")
-}
-
-fn is_sidecar(p: &Pod, container: &str) -> bool {
-    (p.spec.init_containers.iter()).any(|s| s.name == container && s.is_sidecar())
-}
-
-/// kubectl's RESTARTS: the init containers' while the pod initializes, then the sidecars'
-/// and the containers'.
-fn restarts_shown(p: &Pod) -> i32 {
-    let inits = p.status.init_container_statuses.iter();
-    if !pod_initialized(p) {
-        return inits.map(|c| c.restart_count).sum();
-    }
-    let sidecars = inits.filter(|c| is_sidecar(p, &c.name));
-    (sidecars.chain(&p.status.container_statuses))
-        .map(|c| c.restart_count)
-        .sum()
+    (reason, restarts)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -258,7 +258,7 @@ pub fn render_at(
                         p.metadata.name.clone(),
                         format!("{ready}/{all}"),
                         pod_status(p),
-                        restarts_shown(p).to_string(),
+                        pod_columns(p).1.to_string(),
                         age_at(now, &p.metadata.creation_timestamp),
                     ];
                     if wide {
@@ -1438,9 +1438,12 @@ mod tests {
             "state": {"running": {"startedAt": "t"}}});
         let crashing = serde_json::json!({"name": "s", "ready": false, "restartCount": 4, "started": false,
             "state": {"waiting": {"reason": "CrashLoopBackOff"}}});
-        let p = pod(crashing, running.clone(), "True");
-        assert_eq!(pod_status(&p), "Init:CrashLoopBackOff");
-        assert_eq!(restarts_shown(&p), 5, "the sidecar's and the container's");
+        let p = pod(crashing.clone(), running.clone(), "True");
+        assert_eq!(
+            pod_columns(&p),
+            ("Init:CrashLoopBackOff".into(), 5),
+            "the sidecar's and the container's restarts"
+        );
         assert_eq!(p.restarts(), 7, "controllers count every restart");
         let serving = serde_json::json!({"name": "s", "ready": false, "restartCount": 0, "started": true,
             "state": {"running": {"startedAt": "t"}}});
@@ -1453,11 +1456,15 @@ mod tests {
         let done = serde_json::json!({"name": "c", "ready": false, "restartCount": 0,
             "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}});
         assert_eq!(pod_status(&pod(stopped, done.clone(), "True")), "Completed");
-        let p = pod(serving, done, "False");
         assert_eq!(
-            restarts_shown(&p),
-            2,
-            "the init containers' while initializing"
+            pod_status(&pod(serving, done.clone(), "False")),
+            "Completed"
+        );
+        let p = pod(crashing, done, "False");
+        assert_eq!(
+            pod_columns(&p),
+            ("Init:CrashLoopBackOff".into(), 6),
+            "the init containers' restarts while initializing"
         );
     }
 

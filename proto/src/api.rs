@@ -559,6 +559,13 @@ impl PodSpec {
         self.init_containers.iter().chain(&self.containers)
     }
 
+    /// The containers, then the sidecars: what runs for the pod's whole life (their ports
+    /// are the pod's, as Kubernetes looks up hostPorts and named ports).
+    pub fn serving_containers(&self) -> impl Iterator<Item = &Container> + Clone + '_ {
+        let sidecars = self.init_containers.iter().filter(|c| c.is_sidecar());
+        self.containers.iter().chain(sidecars)
+    }
+
     /// What the pod asks of a node, (millicores, bytes), as Kubernetes counts it. Init
     /// containers run one at a time, each beside the sidecars started before it; sidecars
     /// then run on beside the containers. So the pod asks for the containers' and sidecars'
@@ -589,7 +596,7 @@ impl PodSpec {
     }
 
     pub fn host_ports(&self) -> impl Iterator<Item = i32> + '_ {
-        self.all_containers()
+        self.serving_containers()
             .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port))
     }
 }

@@ -272,11 +272,8 @@ pub fn target_port(port: &ServicePort, pod: &crate::api::PodSpec) -> Option<u16>
     match &port.target_port {
         None => u16::try_from(port.port).ok(),
         Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
-        // The containers' ports, then the sidecars', as Kubernetes looks them up.
         Some(IntOrString::String(name)) => pod
-            .containers
-            .iter()
-            .chain(pod.init_containers.iter().filter(|c| c.is_sidecar()))
+            .serving_containers()
             .flat_map(|c| &c.ports)
             .find(|cp| {
                 cp.name.as_deref() == Some(name.as_str())

@@ -178,12 +178,36 @@ pub struct Cluster {
 }
 
 /// Deletes a network interface if it exists (the bridges container tests create).
+/// Removes an agent's bridge and the node masquerade chain the agent made for it (agents
+/// leave both in place when they stop, as they would on a real node).
 fn remove_link(name: &str) {
     if std::path::Path::new("/sys/class/net").join(name).exists() {
         let _ = std::process::Command::new("ip")
             .args(["link", "del", name])
             .status();
     }
+    let chain = format!("FLT-MASQ-{name}");
+    let iptables = |args: &[&str]| {
+        std::process::Command::new("iptables")
+            .args(["-w", "-t", "nat"])
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let Some(rules) = iptables(&["-S", "POSTROUTING"]) else {
+        return;
+    };
+    for rule in rules
+        .lines()
+        .filter(|r| r.ends_with(&format!("-j {chain}")))
+    {
+        let words: Vec<&str> = rule.split_whitespace().skip(1).collect();
+        iptables(&[&["-D"][..], &words].concat());
+    }
+    iptables(&["-F", &chain]);
+    iptables(&["-X", &chain]);
 }
 
 /// The loopback address agent `i` serves workloads on.

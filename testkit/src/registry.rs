@@ -329,7 +329,7 @@ impl Layer {
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "id", "ls", "touch", "mkdir", "sleep", "wget", "httpd", "hostname",
     "grep", "head", "ps", "mount", "dd", "env", "pwd", "true", "false", "nc", "kill", "seq",
-    "tail", "ip", "ifconfig", "yes", "rm", "unshare", "whoami", "test",
+    "tail", "ip", "ifconfig", "yes", "rm", "unshare", "whoami", "test", "timeout",
 ];
 
 /// A layer with a static busybox as `/bin/busybox`, its applets, and /etc/passwd with `root`
