@@ -354,41 +354,29 @@ impl PodNetwork {
             "224.0.0.0/4"
         };
         let chain = format!("FLT-MASQ-{}", self.bridge);
-        let nat = |args: Vec<&str>| {
-            let all: Vec<String> = ["-w", "-t", "nat"]
-                .into_iter()
-                .chain(args)
-                .map(str::to_string)
-                .collect();
-            async move {
-                let all: Vec<&str> = all.iter().map(String::as_str).collect();
-                run(iptables, &all).await
-            }
-        };
+        async fn nat(iptables: &str, args: &[&str]) -> Result<String, NetworkError> {
+            run(iptables, &[&["-w", "-t", "nat"][..], args].concat()).await
+        }
         // The chain may be there from an earlier run.
-        let _ = nat(vec!["-N", &chain]).await;
-        nat(vec!["-F", &chain]).await?;
-        nat(vec!["-A", &chain, "-d", subnet, "-j", "RETURN"]).await?;
-        nat(vec!["-A", &chain, "-d", multicast, "-j", "RETURN"]).await?;
-        nat(vec!["-A", &chain, "-j", "MASQUERADE"]).await?;
+        let _ = nat(iptables, &["-N", &chain]).await;
+        nat(iptables, &["-F", &chain]).await?;
+        nat(iptables, &["-A", &chain, "-d", subnet, "-j", "RETURN"]).await?;
+        nat(iptables, &["-A", &chain, "-d", multicast, "-j", "RETURN"]).await?;
+        nat(iptables, &["-A", &chain, "-j", "MASQUERADE"]).await?;
         // Jumps to the chain for other ranges (an earlier range, or an earlier run's) go.
-        let listed = Command::new(iptables)
-            .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
-            .output()
+        let listed = nat(iptables, &["-S", "POSTROUTING"])
             .await
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         for rule in listed.lines() {
             let words: Vec<&str> = rule.split_whitespace().collect();
             let ours = words.ends_with(&["-j", chain.as_str()]) && words.first() == Some(&"-A");
             if ours && !words.windows(2).any(|w| w == ["-s", subnet]) {
-                let _ = nat([&["-D"][..], &words[1..]].concat()).await;
+                let _ = nat(iptables, &[&["-D"][..], &words[1..]].concat()).await;
             }
         }
-        done.take();
-        let jump = |op| vec![op, "POSTROUTING", "-s", subnet, "-j", &chain];
-        if nat(jump("-C")).await.is_err() {
-            nat(jump("-A")).await?;
+        let jump = |op| [op, "POSTROUTING", "-s", subnet, "-j", &chain];
+        if nat(iptables, &jump("-C")).await.is_err() {
+            nat(iptables, &jump("-A")).await?;
         }
         info!(subnet, chain, "pods masquerade behind the node's address");
         *done = Some(subnet.to_string());
@@ -531,7 +519,8 @@ impl PodNetwork {
 /// The hub-assigned range, in the network state dir.
 const SAVED_CIDR: &str = "pod-cidr";
 
-pub(crate) async fn run(cmd: &str, args: &[&str]) -> Result<(), NetworkError> {
+/// Runs `cmd` to success; its standard output.
+pub(crate) async fn run(cmd: &str, args: &[&str]) -> Result<String, NetworkError> {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -541,7 +530,7 @@ pub(crate) async fn run(cmd: &str, args: &[&str]) -> Result<(), NetworkError> {
             message: e.to_string(),
         })?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(NetworkError::Setup {
             what: format!("{cmd} {}", args.join(" ")),

@@ -203,7 +203,7 @@ async fn route(op: &str, ip: IpAddr) -> bool {
         ROUTE_PROTO,
     ];
     match crate::network::run("ip", &args).await {
-        Ok(()) => true,
+        Ok(_) => true,
         Err(e) => {
             warn!(error = %e, "cluster IP route");
             false
