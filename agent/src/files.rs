@@ -36,6 +36,21 @@ pub fn write_atomic(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes the [`write_atomic`] temporaries a crash left in `dir` (not below it): only for
+/// a directory nothing writes to yet. Returns how many went.
+pub fn remove_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for path in entries.flatten().map(|e| e.path()) {
+        if is_temporary(&path) && path.is_file() && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +75,26 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["blob"], "no temporary files left");
+    }
+
+    #[test]
+    fn what_a_crash_left_half_written_goes_and_the_rest_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomic(&dir.path().join("whole"), &[b"ok"], 0o600).unwrap();
+        // A writer killed before its rename leaves its temporary.
+        let left = tempfile::Builder::new()
+            .prefix(TEMPORARY)
+            .tempfile_in(dir.path())
+            .unwrap();
+        left.keep().unwrap();
+        std::fs::create_dir(dir.path().join(".tmp-dir")).unwrap();
+        assert_eq!(remove_temporaries(dir.path()), 1);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".tmp-dir", "whole"]);
+        assert_eq!(remove_temporaries(&dir.path().join("absent")), 0);
     }
 }

@@ -228,6 +228,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
             .context("failed to load the cache sealing key")?;
     let cache = cache::Cache::open(&cfg.data_dir.join("agent.redb"), &cache_key)
         .context("failed to open the agent cache")?;
+    // Files a crash left half written go before anything writes there again.
+    for dir in ["blobs", "compiled", "net"] {
+        let removed = files::remove_temporaries(&cfg.data_dir.join(dir));
+        if removed > 0 {
+            tracing::info!(
+                dir,
+                removed,
+                "removed files a previous run left half written"
+            );
+        }
+    }
     let runtime = runtime::wasm::WasmRuntime::new(runtime::wasm::RuntimeConfig {
         cache_dir: cfg.data_dir.join("compiled"),
         node_memory_bytes: cfg.memory_bytes.unwrap_or_else(node::total_memory),

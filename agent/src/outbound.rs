@@ -148,7 +148,11 @@ impl Outbound {
             .next()
             .is_some();
         let this_node = ip == self.node_ip || ip.is_loopback() || ip.is_unspecified() || cluster_ip;
-        if this_node && !table.frontends.contains_key(&addr) && !table.local_targets.contains(&addr)
+        if this_node
+            && !table.frontends.contains_key(&addr)
+            && !table
+                .local_targets
+                .contains(&flotilla_proto::wire::MeshTarget::tcp(addr))
         {
             return Err(Refusal::NodePort(addr));
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 const SERVICES: usize = 1000;
 const NAMESPACES: usize = 10;
-const DNSPERF_SECONDS: &str = "10";
+pub(crate) const DNSPERF_SECONDS: &str = "10";
 
 /// One A query over UDP: the addresses answered (empty on NXDOMAIN, timeout or garbage).
 async fn query_a(sock: &tokio::net::UdpSocket, server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
@@ -57,18 +57,35 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Runs dnsperf against `port` and returns (queries/s, the line with the latency).
+/// Runs dnsperf against `port` on loopback, on core 0, and returns (queries/s, the line with
+/// the latency).
 fn dnsperf(port: u16, queries: &std::path::Path) -> anyhow::Result<(f64, String)> {
-    let out = Command::new("taskset")
+    dnsperf_at(None, 0, SocketAddr::from(([127, 0, 0, 1], port)), queries)
+}
+
+/// Runs dnsperf in network namespace `netns` (None: this one) on core `core` against
+/// `server`: (queries/s, the line with the latency and losses).
+pub fn dnsperf_at(
+    netns: Option<&str>,
+    core: u32,
+    server: SocketAddr,
+    queries: &std::path::Path,
+) -> anyhow::Result<(f64, String)> {
+    let mut cmd = Command::new("taskset");
+    if let Some(ns) = netns {
+        cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "taskset"]);
+    }
+    let out = cmd
         .args([
-            "-c",
-            "0",
-            "dnsperf",
-            "-s",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-d",
+            "-c".to_string(),
+            core.to_string(),
+            "dnsperf".into(),
+            "-s".into(),
+            server.ip().to_string(),
+            "-p".into(),
+            server.port().to_string(),
+            "-d".into(),
         ])
         .arg(queries)
         .args(["-l", DNSPERF_SECONDS, "-c", "4", "-q", "200", "-T", "1"])

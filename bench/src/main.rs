@@ -350,20 +350,34 @@ fn wrk_in(netns: Option<&str>, url: &str, secs: u32) -> anyhow::Result<(u64, f64
 /// Service `bench` (port 80) with one Ready endpoint, `ip:port` on `node`, in a slice of
 /// its own (no pods: the backend is a process the benchmark runs).
 fn bench_service(ip: std::net::IpAddr, node: &str, port: u16) -> String {
+    service_to("bench", "http", 80, "TCP", ip, node, port)
+}
+
+/// Service `name` (port `service_port`/`protocol`, named `port_name`) without a selector,
+/// and its slice: the one endpoint `ip:port` on `node`.
+fn service_to(
+    name: &str,
+    port_name: &str,
+    service_port: u16,
+    protocol: &str,
+    ip: std::net::IpAddr,
+    node: &str,
+    port: u16,
+) -> String {
     format!(
         r#"
 apiVersion: v1
 kind: Service
-metadata: {{name: bench}}
+metadata: {{name: {name}}}
 spec:
-  ports: [{{name: http, port: 80, targetPort: {port}}}]
+  ports: [{{name: {port_name}, port: {service_port}, protocol: {protocol}, targetPort: {port}}}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {{name: bench-1, labels: {{kubernetes.io/service-name: bench}}}}
+metadata: {{name: {name}-1, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: IPv4
 endpoints: [{{addresses: ["{ip}"], nodeName: {node}, conditions: {{ready: true}}}}]
-ports: [{{name: http, port: {port}, protocol: TCP}}]
+ports: [{{name: {port_name}, port: {port}, protocol: {protocol}}}]
 "#
     )
 }

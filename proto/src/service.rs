@@ -189,11 +189,6 @@ fn validate_ports(svc: &Service) -> Result<(), String> {
                 "{at}.protocol: Unsupported value: {protocol:?}: supported values: \"TCP\", \"UDP\""
             ));
         }
-        if protocol == "UDP" && s.type_str() != "ExternalName" && !s.is_headless() {
-            return Err(format!(
-                "{at}.protocol: Unsupported value: \"UDP\": UDP traffic through cluster IPs and node ports is not supported yet (headless services may use UDP)"
-            ));
-        }
         if !seen.insert((p.port, protocol)) {
             return Err(format!(
                 "{at}: Duplicate value: port {} {protocol} is listed twice",
@@ -435,7 +430,8 @@ mod tests {
             "  ports: [{port: 80}]\n  ipFamilyPolicy: RequireDualStack",
             "  type: ExternalName",
             "  ports: [{port: 80}]\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}",
-            "  ports: [{port: 53, protocol: UDP}]",
+            "  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53}]",
+            "  type: NodePort\n  ports: [{port: 53, protocol: UDP}]",
             "  clusterIP: None\n  ports: [{port: 53, protocol: UDP}]",
         ];
         let got: Vec<String> = cases.iter().map(|c| errors(&svc(c))).collect();
@@ -461,7 +457,8 @@ mod tests {
             document 1 (service web): spec.ipFamilyPolicy: Invalid value: "RequireDualStack": this cluster is single-stack IPv4
             document 1 (service web): spec.externalName: Required value: for type ExternalName
             document 1 (service web): spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0: must be greater than 0 and less than or equal to 86400
-            document 1 (service web): spec.ports[0].protocol: Unsupported value: "UDP": UDP traffic through cluster IPs and node ports is not supported yet (headless services may use UDP)
+            ok
+            ok
             ok
         "#]]
         .assert_eq(&(got.join("\n") + "\n"));

@@ -153,7 +153,7 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RelayRequest {
     pub node: String,
-    pub target: std::net::SocketAddr,
+    pub target: MeshTarget,
 }
 
 /// What a node hears on its `WatchDiscovery` stream.
@@ -458,13 +458,56 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CodecError> {
 }
 
 /// The first frame of a mesh stream: the endpoint on the receiving node that the caller wants
-/// a TCP connection to. Only endpoints of services on that node are let through.
+/// a connection to. Only endpoints of services on that node are let through.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MeshOpen {
-    pub target: std::net::SocketAddr,
+    pub target: MeshTarget,
 }
 
-/// The answer to [`MeshOpen`]; after `Connected` the stream carries the connection's bytes.
+/// A TCP or UDP endpoint. The TCP variants encode exactly as a bare `SocketAddr` does
+/// (postcard writes its variant, V4 = 0 and V6 = 1, then the address), which is what the
+/// `target` of agents from before UDP was: their streams still open, and they refuse a UDP
+/// one as unreadable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MeshTarget {
+    TcpV4(std::net::SocketAddrV4),
+    TcpV6(std::net::SocketAddrV6),
+    Udp(std::net::SocketAddr),
+}
+
+impl MeshTarget {
+    pub fn tcp(addr: std::net::SocketAddr) -> MeshTarget {
+        match addr {
+            std::net::SocketAddr::V4(a) => MeshTarget::TcpV4(a),
+            std::net::SocketAddr::V6(a) => MeshTarget::TcpV6(a),
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        match *self {
+            MeshTarget::TcpV4(a) => a.into(),
+            MeshTarget::TcpV6(a) => a.into(),
+            MeshTarget::Udp(a) => a,
+        }
+    }
+
+    pub fn is_udp(&self) -> bool {
+        matches!(self, MeshTarget::Udp(_))
+    }
+}
+
+/// `10.42.1.7:8080`, or `udp 10.42.1.7:53`.
+impl std::fmt::Display for MeshTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_udp() {
+            write!(f, "udp ")?;
+        }
+        write!(f, "{}", self.addr())
+    }
+}
+
+/// The answer to [`MeshOpen`]; after `Connected` the stream carries the connection's bytes
+/// (for UDP, each datagram as a big-endian u16 length and its bytes).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MeshOpened {
     Connected,
@@ -509,23 +552,31 @@ mod tests {
         .unwrap();
         expect!["0000001b11010764656661756c740177017501074261636b4f6666016d0174"]
             .assert_eq(&hex::encode(report));
-        let open = encode(&MeshOpen {
-            target: "10.42.1.7:8080".parse().unwrap(),
+        let tcp = || MeshTarget::tcp("10.42.1.7:8080".parse().unwrap());
+        let open = encode(&MeshOpen { target: tcp() }).unwrap();
+        expect!["00000007000a2a0107903f"].assert_eq(&hex::encode(open));
+        // What agents from before UDP sent, a bare address, reads the same.
+        let old: std::net::SocketAddr = "10.42.1.7:8080".parse().unwrap();
+        assert_eq!(encode(&old).unwrap(), encode(&tcp()).unwrap());
+        let v6: std::net::SocketAddr = "[fd00::7]:8080".parse().unwrap();
+        assert_eq!(
+            decode::<MeshTarget>(&postcard::to_stdvec(&v6).unwrap()).unwrap(),
+            MeshTarget::tcp(v6)
+        );
+        let udp = encode(&MeshOpen {
+            target: MeshTarget::Udp("10.42.1.7:53".parse().unwrap()),
         })
         .unwrap();
-        expect!["00000007000a2a0107903f"].assert_eq(&hex::encode(open));
+        expect!["0000000702000a2a010735"].assert_eq(&hex::encode(udp));
         let refused = encode(&MeshOpened::Refused { reason: "r".into() }).unwrap();
         expect!["00000003010172"].assert_eq(&hex::encode(refused));
         let relay = encode(&Request::Relay(RelayRequest {
             node: "b".into(),
-            target: "10.42.1.7:8080".parse().unwrap(),
+            target: tcp(),
         }))
         .unwrap();
         expect!["0000000a160162000a2a0107903f"].assert_eq(&hex::encode(relay));
-        let opened = encode(&AgentRequest::MeshOpen(MeshOpen {
-            target: "10.42.1.7:8080".parse().unwrap(),
-        }))
-        .unwrap();
+        let opened = encode(&AgentRequest::MeshOpen(MeshOpen { target: tcp() })).unwrap();
         expect!["0000000803000a2a0107903f"].assert_eq(&hex::encode(opened));
         let delete = encode(&Request::DeleteWith {
             kind: crate::Kind::Deployment,

@@ -6,13 +6,19 @@
 //! the caller's node is preferred, node ports answer on every node, removing a backend takes
 //! it out of rotation, and traffic keeps flowing with the hub stopped. A WASI pod calls a
 //! service by name only when its `flotilla.io/outbound-http` grant names it, also without
-//! the hub. Needs root, iproute2 and curl (CI has them).
+//! the hub. UDP services: flows are balanced, a flow keeps its endpoint, answers come from the
+//! cluster IP, and the mesh link (or the hub) carries them. Needs root, iproute2 and curl (CI
+//! has them).
 use flotilla_proto::Object;
 use flotilla_proto::api::Service;
-use flotilla_proto::wire::{MeshOpened, RelayRequest, Request};
+use flotilla_proto::wire::{MeshOpened, MeshTarget, RelayRequest, Request};
 use flotilla_testkit::netns::Net;
 use flotilla_testkit::{Cluster, eventually};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 fn backend(name: &str, node: &str, readiness: &str) -> String {
     format!(
@@ -218,7 +224,7 @@ fn service_traffic_is_balanced_across_nodes_over_the_mesh() {
         let ask = |target: &str| {
             Request::Relay(RelayRequest {
                 node: "node-1".into(),
-                target: target.parse().unwrap(),
+                target: MeshTarget::tcp(target.parse().unwrap()),
             })
         };
         let (_s, _r, answer): (_, _, MeshOpened) =
@@ -437,4 +443,205 @@ fn wasi_pods_call_services_by_name_only_when_granted() {
         assert_eq!(code, "200", "without the hub: {body}");
         cluster.shutdown().await;
     });
+}
+
+/// A UDP socket in agent `i`'s namespace, at `port` of its address (0: any).
+fn udp_socket(net: &Net, i: usize, port: u16) -> std::net::UdpSocket {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            net.agent_ns(i)
+                .enter()
+                .expect("enter the agent's namespace");
+            std::net::UdpSocket::bind((Net::agent_ip(i), port)).expect("bind")
+        })
+        .join()
+        .expect("socket thread")
+    })
+}
+
+/// Answers every datagram on `socket` with `<name> got <it>` until `stop`.
+fn echo(socket: std::net::UdpSocket, name: &'static str, stop: Arc<AtomicBool>) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let got = String::from_utf8_lossy(&buf[..n]);
+                let _ = socket.send_to(format!("{name} got {got}").as_bytes(), from);
+            }
+        }
+    });
+}
+
+/// A client socket in node-0's namespace.
+fn client(net: &Net) -> tokio::net::UdpSocket {
+    let s = udp_socket(net, 0, 0);
+    s.set_nonblocking(true).unwrap();
+    tokio::net::UdpSocket::from_std(s).unwrap()
+}
+
+/// Sends `msg` to `to` and waits up to 2 s for an answer: what it said and where it came from.
+async fn ask(
+    sock: &tokio::net::UdpSocket,
+    to: SocketAddr,
+    msg: &str,
+) -> Option<(String, SocketAddr)> {
+    sock.send_to(msg.as_bytes(), to).await.ok()?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}
+
+/// Which node answered `msg`, and from where, on a fresh flow (retrying a few times: a flow
+/// that needs the hub's relay takes a while to open).
+async fn fresh_flow(net: &Net, to: SocketAddr, msg: &str) -> (String, SocketAddr) {
+    let sock = client(net);
+    eventually(&format!("an answer to {msg} from {to}"), || async {
+        let (said, from) = ask(&sock, to, msg).await?;
+        let node = said.strip_suffix(&format!(" got {msg}"))?.to_string();
+        Some((node, from))
+    })
+    .await
+}
+
+/// An echo Service without a selector, and its slice: endpoints on node-1 and node-2
+/// (node-2's readiness as given).
+fn echo_service(node_2_ready: bool) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  type: NodePort
+  ports: [{{name: echo, port: 53, protocol: UDP, targetPort: 5300}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-1
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{{name: echo, port: 5300, protocol: UDP}}]
+endpoints:
+- {{addresses: ["{}"], nodeName: node-1, conditions: {{ready: true}}}}
+- {{addresses: ["{}"], nodeName: node-2, conditions: {{ready: {node_2_ready}}}}}
+"#,
+        Net::agent_ip(1),
+        Net::agent_ip(2)
+    )
+}
+
+#[test]
+fn udp_service_traffic_goes_over_the_mesh_flow_by_flow() {
+    flotilla_testkit::init_tracing();
+    let net = Net::create(3).expect("network namespaces (needs root and iproute2)");
+    let stop = Arc::new(AtomicBool::new(false));
+    for (i, name) in [(1, "node-1"), (2, "node-2")] {
+        echo(udp_socket(&net, i, 5300), name, stop.clone());
+    }
+    net.block_on(async {
+        let cluster = Cluster::builder().agents(3).on(&net).start().await;
+        cluster.wait_nodes_ready(3).await;
+        cluster
+            .apply(&echo_service(true))
+            .await
+            .expect("apply the echo service");
+        let svc = service(&cluster, "echo").await;
+        let ip = svc.spec.cluster_ip.clone().expect("a cluster IP");
+        let vip: SocketAddr = format!("{ip}:53").parse().unwrap();
+        let node_port = svc.spec.ports[0].node_port.expect("a node port");
+
+        // Both endpoints are on other nodes, behind a firewall that keeps node-0 from
+        // their ports: only the mesh link gets there. Answers come from the cluster IP.
+        for i in [1, 2] {
+            drop_on(&net, i, "-I", "udp", "5300");
+        }
+        let echo_1 = SocketAddr::new(Net::agent_ip(1), 5300);
+        assert_eq!(
+            ask(&client(&net), echo_1, "direct").await,
+            None,
+            "{echo_1} directly"
+        );
+        let (_, from) = fresh_flow(&net, vip, "first").await;
+        assert_eq!(from, vip, "the answer's source");
+        // New flows alternate between the endpoints; a flow stays with its endpoint.
+        let mut by: BTreeMap<String, usize> = BTreeMap::new();
+        for n in 0..4 {
+            *by.entry(fresh_flow(&net, vip, &format!("f{n}")).await.0)
+                .or_default() += 1;
+        }
+        assert_eq!(
+            (by.get("node-1"), by.get("node-2")),
+            (Some(&2), Some(&2)),
+            "flows: {by:?}"
+        );
+        let sock = client(&net);
+        let mut answered = Vec::new();
+        for n in 0..4 {
+            let (said, _) = ask(&sock, vip, &format!("d{n}")).await.expect("an answer");
+            answered.push(said.split(' ').next().unwrap().to_string());
+        }
+        answered.dedup();
+        assert_eq!(answered.len(), 1, "one flow, one endpoint: {answered:?}");
+
+        // The node port answers on every node.
+        for target in 0..3 {
+            let at = SocketAddr::new(Net::agent_ip(target), node_port as u16);
+            fresh_flow(&net, at, "np").await;
+        }
+
+        // With node-0's packets kept from the other nodes' mesh links, the hub relays.
+        for i in [1, 2] {
+            let port = cluster.agent(i).shared.mesh_port.expect("a mesh port");
+            drop_on(&net, i, "-I", "udp", &port.to_string());
+        }
+        let (node, from) = fresh_flow(&net, vip, "relayed").await;
+        assert!(node.starts_with("node-"), "{node}");
+        assert_eq!(from, vip);
+
+        // A node asks for UDP endpoints as UDP only.
+        let (ep, conn) = cluster.node_connection(0).await;
+        for (target, want) in [
+            (MeshTarget::Udp(echo_1), MeshOpened::Connected),
+            (
+                MeshTarget::tcp(echo_1),
+                MeshOpened::Refused {
+                    reason: format!("{echo_1} is not an endpoint on this node"),
+                },
+            ),
+        ] {
+            let req = Request::Relay(RelayRequest {
+                node: "node-1".into(),
+                target,
+            });
+            let (_s, _r, answer): (_, _, MeshOpened) = flotilla_transport::request(&conn, &req)
+                .await
+                .expect("relay");
+            assert_eq!(answer, want, "{target}");
+        }
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+
+        // An endpoint that turns unready gets no new flows.
+        cluster
+            .apply(&echo_service(false))
+            .await
+            .expect("node-2's endpoint unready");
+        eventually("node-2's endpoint out of rotation", || async {
+            let mut nodes = Vec::new();
+            for n in 0..4 {
+                nodes.push(fresh_flow(&net, vip, &format!("u{n}")).await.0);
+            }
+            nodes.iter().all(|n| n == "node-1").then_some(())
+        })
+        .await;
+        cluster.shutdown().await;
+    });
+    stop.store(true, Ordering::Relaxed);
 }

@@ -1,10 +1,11 @@
 //! The agent-to-agent link: QUIC with mutual TLS, both sides presenting node certificates
 //! from the hub's CA. A stream opened on it asks the receiving node for a TCP connection to
-//! one of its own endpoints ([`MeshOpen`]), then carries that connection's bytes.
+//! (or a UDP flow with) one of its own endpoints ([`MeshOpen`]), then carries that
+//! connection's bytes (or the flow's datagrams, [`super::udp`]).
 use super::table::Table;
 use crate::identity::Identity;
 use anyhow::Context as _;
-use flotilla_proto::wire::{MeshOpen, MeshOpened};
+use flotilla_proto::wire::{MeshOpen, MeshOpened, MeshTarget};
 use flotilla_transport::{recv_frame, send_frame};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ pub enum Dial {
 /// (a link that died without a word) is `Unreachable`, a refusal `Refused`.
 pub async fn opened<E: Into<anyhow::Error>>(
     node: &str,
-    target: SocketAddr,
+    target: MeshTarget,
     answer: impl std::future::Future<Output = Result<Option<MeshOpened>, E>>,
 ) -> Result<(), Dial> {
     // The peer's own connect attempt is bounded by CONNECT_TIMEOUT.
@@ -97,7 +98,7 @@ impl Link {
         &self,
         node: &str,
         addr: SocketAddr,
-        target: SocketAddr,
+        target: MeshTarget,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), Dial> {
         if self.lost_until(node).is_some_and(|t| t > Instant::now()) {
             return Err(Dial::Unreachable(anyhow::anyhow!(
@@ -244,6 +245,12 @@ async fn serve_stream(
     }
 }
 
+/// What a mesh stream was connected to.
+enum Reached {
+    Tcp(TcpStream),
+    Udp(tokio::net::UdpSocket),
+}
+
 /// Connects the endpoint a peer (or the hub, relaying) asks for, if it is one of this
 /// node's, and carries the connection's bytes on the stream.
 pub async fn answer(
@@ -254,24 +261,35 @@ pub async fn answer(
     peer: &str,
 ) {
     let refuse = |reason: String| MeshOpened::Refused { reason };
-    let allowed = table.borrow().local_targets.contains(&open.target);
+    let target = open.target;
+    let allowed = table.borrow().local_targets.contains(&target);
     let reply = if !allowed {
-        warn!(peer, target = %open.target, "refused a mesh stream to an address that is no endpoint here");
-        Err(refuse(format!(
-            "{} is not an endpoint on this node",
-            open.target
-        )))
+        warn!(peer, %target, "refused a mesh stream to an address that is no endpoint here");
+        Err(refuse(format!("{target} is not an endpoint on this node")))
+    } else if target.is_udp() {
+        super::udp::connect(target.addr())
+            .map(Reached::Udp)
+            .map_err(|e| refuse(format!("{target}: {e}")))
     } else {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(open.target)).await {
-            Ok(Ok(tcp)) => Ok(tcp),
-            Ok(Err(e)) => Err(refuse(format!("connect {}: {e}", open.target))),
-            Err(_) => Err(refuse(format!("connect {}: timed out", open.target))),
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr())).await {
+            Ok(Ok(tcp)) => Ok(Reached::Tcp(tcp)),
+            Ok(Err(e)) => Err(refuse(format!("connect {target}: {e}"))),
+            Err(_) => Err(refuse(format!("connect {target}: timed out"))),
         }
     };
     match reply {
-        Ok(tcp) => {
-            if send_frame(&mut send, &MeshOpened::Connected).await.is_ok() {
-                super::splice(tcp, super::mesh_stream(send, recv)).await;
+        Ok(reached) => {
+            if send_frame(&mut send, &MeshOpened::Connected).await.is_err() {
+                return;
+            }
+            match reached {
+                Reached::Tcp(tcp) => super::splice(tcp, super::mesh_stream(send, recv)).await,
+                Reached::Udp(socket) => {
+                    let flow = super::udp::Datagrams::Socket(socket);
+                    if let Err(e) = super::udp::pump(super::udp::framed(send, recv), flow).await {
+                        debug!(peer, %target, error = %e, "UDP flow ended with an error");
+                    }
+                }
             }
         }
         Err(r) => {

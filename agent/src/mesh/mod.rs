@@ -1,27 +1,30 @@
-//! The mesh: service traffic on every node, by an agent-side TCP proxy.
+//! The mesh: service traffic on every node, by an agent-side proxy.
 //!
-//! Each ClusterIP (and NodePort) service port is a listener: on the cluster IP (made an
-//! address of this host by a `local` route of ours, marked `proto 250`, so pods' packets to
-//! it are delivered here) and on the node IP at the node port. A new connection goes to a
-//! Ready endpoint: on this node when there is one, then in this node's zone, then anywhere
-//! (round robin, or sticky per client with sessionAffinity ClientIP). Endpoints on this
-//! node are dialled directly; those on other nodes through their agent over the mesh link
-//! ([`link`]), so no overlay network is needed and nothing crosses between nodes in the
-//! clear. A connect failure tries the next endpoint.
+//! Each ClusterIP (and NodePort) service port is a listener (a UDP socket for UDP ports,
+//! [`udp`]): on the cluster IP (made an address of this host by a `local` route of ours,
+//! marked `proto 250`, so pods' packets to it are delivered here) and on the node IP at the
+//! node port. A new connection (or UDP flow) goes to a Ready endpoint: on this node when
+//! there is one, then in this node's zone, then anywhere (round robin, or sticky per client
+//! with sessionAffinity ClientIP). Endpoints on this node are dialled directly; those on
+//! other nodes through their agent over the mesh link ([`link`]), so no overlay network is
+//! needed and nothing crosses between nodes in the clear. A connect failure tries the next
+//! endpoint.
 //!
 //! The table follows the node's cached copy of Services, EndpointSlices and Nodes, so
 //! traffic keeps flowing to the endpoints the node knows while the hub is away.
 pub mod link;
 pub mod table;
+pub mod udp;
 
 use crate::Shared;
+use flotilla_proto::wire::MeshTarget;
 use link::Link;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
-use table::{Table, Target};
-use tokio::net::{TcpListener, TcpStream};
+use table::{Backend, Table, Target};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -73,7 +76,7 @@ pub async fn start(
     Ok(())
 }
 
-fn unspecified(like: IpAddr) -> IpAddr {
+pub(crate) fn unspecified(like: IpAddr) -> IpAddr {
     match like {
         IpAddr::V4(_) => IpAddr::from([0, 0, 0, 0]),
         IpAddr::V6(_) => IpAddr::from([0u16; 8]),
@@ -90,7 +93,7 @@ async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken) {
         flush_routes().await;
     }
     let mut objects = shared.discovery.subscribe();
-    let mut listeners: BTreeMap<SocketAddr, CancellationToken> = BTreeMap::new();
+    let mut listeners = Listeners::default();
     let mut routes: BTreeSet<IpAddr> = BTreeSet::new();
     loop {
         let table = {
@@ -121,7 +124,7 @@ async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken) {
             changed = objects.changed() => if changed.is_err() { break },
         }
     }
-    for (_, stop) in listeners {
+    for (_, stop) in listeners.tcp.into_iter().chain(listeners.udp) {
         stop.cancel();
     }
     for ip in routes {
@@ -129,12 +132,37 @@ async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken) {
     }
 }
 
+/// The frontends being served, each stopped by its token.
+#[derive(Default)]
+struct Listeners {
+    tcp: BTreeMap<SocketAddr, CancellationToken>,
+    udp: BTreeMap<SocketAddr, CancellationToken>,
+}
+
+/// Stops the listeners of frontends no longer in `want`; the frontends not yet listened on.
+fn unserved(
+    listeners: &mut BTreeMap<SocketAddr, CancellationToken>,
+    want: &BTreeMap<SocketAddr, Arc<Backend>>,
+) -> Vec<SocketAddr> {
+    listeners.retain(|addr, stop| {
+        let keep = want.contains_key(addr);
+        if !keep {
+            stop.cancel();
+        }
+        keep
+    });
+    want.keys()
+        .filter(|a| !listeners.contains_key(a))
+        .copied()
+        .collect()
+}
+
 async fn reconcile(
     shared: &Arc<Shared>,
     link: &Arc<Link>,
     table: &Table,
     table_rx: &watch::Receiver<Arc<Table>>,
-    listeners: &mut BTreeMap<SocketAddr, CancellationToken>,
+    listeners: &mut Listeners,
     routes: &mut BTreeSet<IpAddr>,
     cancel: &CancellationToken,
 ) {
@@ -142,16 +170,12 @@ async fn reconcile(
     let want: BTreeSet<IpAddr> = table
         .frontends
         .keys()
+        .chain(table.udp_frontends.keys())
         .map(SocketAddr::ip)
         .filter(|ip| *ip != node_ip)
         .collect();
-    listeners.retain(|addr, stop| {
-        let keep = table.frontends.contains_key(addr);
-        if !keep {
-            stop.cancel();
-        }
-        keep
-    });
+    let tcp = unserved(&mut listeners.tcp, &table.frontends);
+    let udp = unserved(&mut listeners.udp, &table.udp_frontends);
     for ip in routes.difference(&want).copied().collect::<Vec<_>>() {
         route("del", ip).await;
         routes.remove(&ip);
@@ -161,28 +185,41 @@ async fn reconcile(
             routes.insert(ip);
         }
     }
-    for addr in table.frontends.keys() {
-        if listeners.contains_key(addr) {
-            continue;
-        }
-        debug!(%addr, service = table.frontends[addr].service, "service listener");
+    let refused = |addr: SocketAddr, backend: &Backend, e: std::io::Error| warn!(%addr, service = backend.service, error = %e, "cannot accept service traffic here");
+    for addr in tcp {
+        debug!(%addr, service = table.frontends[&addr].service, "service listener");
         match TcpListener::bind(addr).await {
             Ok(l) => {
                 let stop = cancel.child_token();
-                listeners.insert(*addr, stop.clone());
+                listeners.tcp.insert(addr, stop.clone());
                 shared.tracker.spawn(accept(
                     l,
-                    *addr,
+                    addr,
                     shared.clone(),
                     link.clone(),
                     table_rx.clone(),
                     stop,
                 ));
             }
-            Err(e) => {
-                let service = &table.frontends[addr].service;
-                warn!(%addr, service, error = %e, "cannot accept service traffic here")
+            Err(e) => refused(addr, &table.frontends[&addr], e),
+        }
+    }
+    for addr in udp {
+        debug!(%addr, service = table.udp_frontends[&addr].service, "UDP service socket");
+        match UdpSocket::bind(addr).await {
+            Ok(socket) => {
+                let stop = cancel.child_token();
+                listeners.udp.insert(addr, stop.clone());
+                shared.tracker.spawn(serve_udp(
+                    socket,
+                    addr,
+                    shared.clone(),
+                    link.clone(),
+                    table_rx.clone(),
+                    stop,
+                ));
             }
+            Err(e) => refused(addr, &table.udp_frontends[&addr], e),
         }
     }
 }
@@ -255,6 +292,39 @@ async fn accept(
     }
 }
 
+/// Serves a UDP frontend: each new flow goes to an endpoint picked as for a connection.
+async fn serve_udp(
+    socket: UdpSocket,
+    frontend: SocketAddr,
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    table: watch::Receiver<Arc<Table>>,
+    stop: CancellationToken,
+) {
+    udp::serve(socket, stop, |client, side| {
+        let peers = table.borrow().clone();
+        let backend = peers.udp_frontends.get(&frontend)?.clone();
+        let (shared, link) = (shared.clone(), link.clone());
+        Some(async move {
+            let pick = Pick {
+                client: client.ip(),
+                how: table::Balancing::RoundRobin,
+                avoid: &[],
+            };
+            let dialled = attempts(&backend, pick, |t| {
+                let (shared, link, peers) = (&shared, &link, &peers);
+                async move { dial_udp(shared, link, peers, &t).await }
+            })
+            .await;
+            match dialled {
+                Some((t, up)) => udp::report(&backend, &t, udp::pump(side, up).await),
+                None => debug!(service = backend.service, %client, "no endpoint took the flow"),
+            }
+        })
+    })
+    .await
+}
+
 /// What [`connect`] got: a connection the caller already held to the endpoint, or a new one.
 pub enum Conn<T> {
     Held(T),
@@ -283,14 +353,33 @@ pub async fn connect<T>(
     pick: Pick<'_>,
     mut reuse: impl FnMut(&Target) -> Option<T>,
 ) -> Option<(Target, Conn<T>)> {
+    attempts(backend, pick, |t| {
+        let held = reuse(&t);
+        async move {
+            match held {
+                Some(held) => Ok(Conn::Held(held)),
+                None => dial(shared, link, table, &t).await.map(Conn::New),
+            }
+        }
+    })
+    .await
+}
+
+/// Picks an endpoint and `dial`s it, the next one on a failure ([`ATTEMPTS`] in all), each
+/// failure counted against the endpoint's passive health.
+async fn attempts<U, F>(
+    backend: &Backend,
+    pick: Pick<'_>,
+    mut dial: impl FnMut(Target) -> F,
+) -> Option<(Target, U)>
+where
+    F: std::future::Future<Output = anyhow::Result<U>>,
+{
     let mut failed: Vec<Target> = pick.avoid.to_vec();
     for _ in 0..ATTEMPTS {
         let t = backend.pick(pick.client, &failed, Instant::now(), pick.how)?;
-        if let Some(held) = reuse(&t) {
-            return Some((t, Conn::Held(held)));
-        }
-        match dial(shared, link, table, &t).await {
-            Ok(up) => return Some((t, Conn::New(up))),
+        match dial(t.clone()).await {
+            Ok(up) => return Some((t, up)),
             Err(e) => {
                 debug!(service = backend.service, endpoint = %t.addr, error = %e, "endpoint unreachable; trying the next");
                 backend.report(&t, false, Instant::now());
@@ -325,19 +414,11 @@ pub async fn next_connection(
 /// or on a node without a mesh link), otherwise through its node's agent, and through the
 /// hub when that agent's link does not answer.
 async fn dial(shared: &Shared, link: &Link, table: &Table, t: &Target) -> anyhow::Result<Upstream> {
-    let peer = t
-        .node
-        .as_deref()
-        .and_then(|n| table.peers.get(n).map(|addr| (n, *addr)));
-    match peer {
-        Some((node, addr)) => match link.open(node, addr, t.addr).await {
-            Ok((send, recv)) => Ok(mesh_stream(send, recv)),
-            Err(link::Dial::Refused(e)) => Err(e),
-            Err(link::Dial::Unreachable(e)) => {
-                debug!(node, error = %e, "no direct mesh link; relaying through the hub");
-                relay(shared, node, t.addr).await
-            }
-        },
+    match peer(table, t) {
+        Some((node, addr)) => {
+            let (send, recv) = open(shared, link, node, addr, MeshTarget::tcp(t.addr)).await?;
+            Ok(mesh_stream(send, recv))
+        }
         None => {
             let tcp = tokio::time::timeout(link::CONNECT_TIMEOUT, TcpStream::connect(t.addr))
                 .await
@@ -348,8 +429,54 @@ async fn dial(shared: &Shared, link: &Link, table: &Table, t: &Target) -> anyhow
     }
 }
 
+/// The UDP side of a flow to an endpoint, reached as [`dial`] reaches one.
+async fn dial_udp(
+    shared: &Shared,
+    link: &Link,
+    table: &Table,
+    t: &Target,
+) -> anyhow::Result<udp::Datagrams> {
+    match peer(table, t) {
+        Some((node, addr)) => {
+            let (send, recv) = open(shared, link, node, addr, MeshTarget::Udp(t.addr)).await?;
+            Ok(udp::framed(send, recv))
+        }
+        None => Ok(udp::Datagrams::Socket(udp::connect(t.addr)?)),
+    }
+}
+
+/// The node an endpoint lives on and where its mesh link answers, unless it is this node
+/// (or outside the cluster, or a node without a mesh link).
+fn peer<'a>(table: &Table, t: &'a Target) -> Option<(&'a str, SocketAddr)> {
+    let node = t.node.as_deref()?;
+    table.peers.get(node).map(|addr| (node, *addr))
+}
+
+/// A mesh stream to `target` on `node`: over the link, or through the hub when the link
+/// does not answer.
+async fn open(
+    shared: &Shared,
+    link: &Link,
+    node: &str,
+    addr: SocketAddr,
+    target: MeshTarget,
+) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+    match link.open(node, addr, target).await {
+        Ok(s) => Ok(s),
+        Err(link::Dial::Refused(e)) => Err(e),
+        Err(link::Dial::Unreachable(e)) => {
+            debug!(node, error = %e, "no direct mesh link; relaying through the hub");
+            relay(shared, node, target).await
+        }
+    }
+}
+
 /// A stream to `target` on `node` through the hub (`Request::Relay`).
-async fn relay(shared: &Shared, node: &str, target: SocketAddr) -> anyhow::Result<Upstream> {
+async fn relay(
+    shared: &Shared,
+    node: &str,
+    target: MeshTarget,
+) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
     use flotilla_proto::wire::{MeshOpened, RelayRequest, Request};
     let hub = shared.hub.borrow().clone();
     let hub = hub.ok_or_else(|| {
@@ -368,7 +495,7 @@ async fn relay(shared: &Shared, node: &str, target: SocketAddr) -> anyhow::Resul
     )
     .await
     .map_err(anyhow::Error::from)?;
-    Ok(mesh_stream(send, recv))
+    Ok((send, recv))
 }
 
 /// Carries bytes both ways until both sides are done.

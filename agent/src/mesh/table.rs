@@ -7,6 +7,7 @@ use crate::discovery::Objects;
 use flotilla_proto::Object;
 pub use flotilla_proto::api::ZONE_LABEL;
 use flotilla_proto::api::{EndpointSlice, SERVICE_NAME_LABEL, Service, ServiceBackendPort};
+use flotilla_proto::wire::MeshTarget;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,16 +19,19 @@ const DEFAULT_AFFINITY: Duration = Duration::from_secs(10_800);
 
 #[derive(Default)]
 pub struct Table {
-    /// Where connections are accepted (cluster IP and port, node IP and node port), and what
-    /// they are balanced over.
+    /// Where TCP connections are accepted (cluster IP and port, node IP and node port), and
+    /// what they are balanced over.
     pub frontends: BTreeMap<SocketAddr, Arc<Backend>>,
-    /// Every TCP port of every Service with endpoints of its own (headless ones too), by
-    /// namespace and name: what the ingress routes to.
+    /// The same for UDP ports: where datagrams are accepted.
+    pub udp_frontends: BTreeMap<SocketAddr, Arc<Backend>>,
+    /// Every port of every Service with endpoints of its own (headless ones too), by
+    /// namespace and name: what the ingress routes to (TCP ones).
     pub services: BTreeMap<(String, String), Vec<PortBackend>>,
     /// Other nodes' mesh links, by node name.
     pub peers: BTreeMap<String, SocketAddr>,
-    /// Endpoints on this node: all that other nodes may ask this node's mesh link for.
-    pub local_targets: BTreeSet<SocketAddr>,
+    /// Endpoints on this node, TCP and UDP: all that other nodes may ask this node's mesh
+    /// link for.
+    pub local_targets: BTreeSet<MeshTarget>,
     /// Whether this node is a gateway: it serves LoadBalancer ports and the ingress.
     pub gateway: bool,
 }
@@ -37,6 +41,7 @@ pub struct Table {
 pub struct PortBackend {
     pub name: Option<String>,
     pub port: u16,
+    pub udp: bool,
     pub backend: Arc<Backend>,
 }
 
@@ -51,7 +56,7 @@ impl Table {
         let ports = self.services.get(&(ns.to_string(), name.to_string()))?;
         ports
             .iter()
-            .find(|p| port.matches(p.name.as_deref(), i32::from(p.port)))
+            .find(|p| !p.udp && port.matches(p.name.as_deref(), i32::from(p.port)))
             .map(|p| &p.backend)
     }
 }
@@ -287,10 +292,15 @@ pub fn build(objects: &Objects, me: &Me, prev: &Table) -> Table {
                 continue;
             }
             for ip in e.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-                for p in s.ports.iter().filter_map(|p| p.port) {
-                    if let Ok(port) = u16::try_from(p) {
-                        table.local_targets.insert(SocketAddr::new(ip, port));
-                    }
+                for p in &s.ports {
+                    let Some(port) = p.port.and_then(|p| u16::try_from(p).ok()) else {
+                        continue;
+                    };
+                    let addr = SocketAddr::new(ip, port);
+                    table.local_targets.insert(match p.protocol.as_deref() {
+                        Some("UDP") => MeshTarget::Udp(addr),
+                        _ => MeshTarget::tcp(addr),
+                    });
                 }
             }
         }
@@ -307,21 +317,27 @@ pub fn build(objects: &Objects, me: &Me, prev: &Table) -> Table {
         let prev_ports = prev.services.get(&key);
         let ports: Vec<PortBackend> = port_backends(svc, ns, slices_of, me, zone.as_deref())
             .into_iter()
-            .map(|(port, name, backend)| {
+            .map(|(port, name, udp, backend)| {
                 let state = prev_ports
-                    .and_then(|ps| ps.iter().find(|p| p.port == port))
+                    .and_then(|ps| ps.iter().find(|p| p.port == port && p.udp == udp))
                     .map(|p| p.backend.state.clone())
                     .unwrap_or_default();
                 PortBackend {
                     name,
                     port,
+                    udp,
                     backend: Arc::new(Backend { state, ..backend }),
                 }
             })
             .collect();
         for p in &ports {
-            for addr in frontends(svc, p.port, me, gateway) {
-                table.frontends.insert(addr, p.backend.clone());
+            let into = if p.udp {
+                &mut table.udp_frontends
+            } else {
+                &mut table.frontends
+            };
+            for addr in frontends(svc, p.port, p.udp, me, gateway) {
+                into.insert(addr, p.backend.clone());
             }
         }
         if !ports.is_empty() {
@@ -331,15 +347,15 @@ pub fn build(objects: &Objects, me: &Me, prev: &Table) -> Table {
     table
 }
 
-/// The endpoints of each TCP port of a service, tiered for this node (none for
-/// ExternalName services, which have no endpoints of their own).
+/// The endpoints of each port of a service (and whether it is UDP), tiered for this node
+/// (none for ExternalName services, which have no endpoints of their own).
 fn port_backends(
     svc: &Service,
     ns: &str,
     slices: &[&EndpointSlice],
     me: &Me,
     zone: Option<&str>,
-) -> Vec<(u16, Option<String>, Backend)> {
+) -> Vec<(u16, Option<String>, bool, Backend)> {
     let spec = &svc.spec;
     if spec.type_str() == "ExternalName" {
         return Vec::new();
@@ -354,9 +370,11 @@ fn port_backends(
     });
     let mut out = Vec::new();
     for p in &spec.ports {
-        if p.protocol_str() != "TCP" {
-            continue;
-        }
+        let udp = match p.protocol_str() {
+            "TCP" => false,
+            "UDP" => true,
+            _ => continue,
+        };
         let Ok(port) = u16::try_from(p.port) else {
             continue;
         };
@@ -373,20 +391,24 @@ fn port_backends(
             tiers[tier].push(t);
         }
         let backend = Backend {
-            service: format!("{ns}/{}:{port}", svc.metadata.name),
+            service: format!(
+                "{ns}/{}:{port}{}",
+                svc.metadata.name,
+                if udp { "/UDP" } else { "" }
+            ),
             tiers: tiers.into_iter().filter(|t| !t.is_empty()).collect(),
             affinity,
             state: Default::default(),
         };
-        out.push((port, p.name.clone(), backend));
+        out.push((port, p.name.clone(), udp, backend));
     }
     out
 }
 
-/// Where a service port accepts connections on this node: on each cluster IP, on the node IP
-/// at its node port, and for a LoadBalancer service on a gateway node, at the port itself.
-/// Headless services have none.
-fn frontends(svc: &Service, port: u16, me: &Me, gateway: bool) -> Vec<SocketAddr> {
+/// Where a service port (TCP, or UDP when `udp`) accepts traffic on this node: on each
+/// cluster IP, on the node IP at its node port, and for a LoadBalancer service on a gateway
+/// node, at the port itself. Headless services have none.
+fn frontends(svc: &Service, port: u16, udp: bool, me: &Me, gateway: bool) -> Vec<SocketAddr> {
     let spec = &svc.spec;
     if spec.is_headless() {
         return Vec::new();
@@ -397,7 +419,12 @@ fn frontends(svc: &Service, port: u16, me: &Me, gateway: bool) -> Vec<SocketAddr
         .filter_map(|ip| ip.parse().ok())
         .map(|ip| SocketAddr::new(ip, port))
         .collect();
-    let Some(p) = spec.ports.iter().find(|p| p.port == i32::from(port)) else {
+    let protocol = if udp { "UDP" } else { "TCP" };
+    let Some(p) = spec
+        .ports
+        .iter()
+        .find(|p| p.port == i32::from(port) && p.protocol_str() == protocol)
+    else {
         return out;
     };
     if spec.wants_node_ports()
@@ -457,7 +484,7 @@ pub fn with_frontends(frontends: &[SocketAddr], local_targets: &[SocketAddr]) ->
     };
     Table {
         frontends: frontends.iter().map(|a| (*a, backend())).collect(),
-        local_targets: local_targets.iter().copied().collect(),
+        local_targets: local_targets.iter().copied().map(MeshTarget::tcp).collect(),
         ..Table::default()
     }
 }

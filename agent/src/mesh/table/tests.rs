@@ -83,7 +83,7 @@ fn addrs(tiers: &[Vec<Target>]) -> Vec<Vec<String>> {
 }
 
 #[test]
-fn frontends_are_cluster_ip_ports_and_node_ports_of_tcp_services() {
+fn frontends_are_cluster_ip_ports_and_node_ports_by_protocol() {
     let all = objects(vec![
         web(),
         service(
@@ -102,9 +102,71 @@ fn frontends_are_cluster_ip_ports_and_node_ports_of_tcp_services() {
     let t = build(&all, &me(), &Table::default());
     let got: Vec<String> = t.frontends.keys().map(|a| a.to_string()).collect();
     assert_eq!(got, ["10.43.0.10:80", "192.168.1.10:30080"]);
+    let udp: Vec<String> = t.udp_frontends.keys().map(|a| a.to_string()).collect();
+    assert_eq!(udp, ["10.43.0.53:53"]);
     assert!(
         t.frontends.values().all(|b| b.is_empty()),
         "no slices, no endpoints"
+    );
+}
+
+/// A DNS service serves port 53 over both protocols, each with its own node port and
+/// endpoints; the ingress sees only the TCP one.
+#[test]
+fn udp_and_tcp_ports_of_one_number_are_apart() {
+    let dns = service(
+        "dns",
+        serde_json::json!({
+            "type": "NodePort", "clusterIP": "10.43.0.53",
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353, "nodePort": 30053},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 5354, "nodePort": 30054},
+            ],
+        }),
+    );
+    let slice = obj(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "dns-abc", "namespace": "default",
+                     "labels": {SERVICE_NAME_LABEL: "dns"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.42.0.5"], "nodeName": "a", "conditions": {"ready": true}}],
+        "ports": [
+            {"name": "dns", "port": 5353, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 5354, "protocol": "TCP"},
+        ],
+    }));
+    let t = build(&objects(vec![dns, slice]), &me(), &Table::default());
+    let listed = |m: &BTreeMap<SocketAddr, Arc<Backend>>| -> Vec<String> {
+        m.iter()
+            .map(|(a, b)| format!("{a} -> {:?} {}", addrs(&b.tiers), b.service))
+            .collect()
+    };
+    assert_eq!(
+        listed(&t.udp_frontends),
+        [
+            r#"10.43.0.53:53 -> [["10.42.0.5:5353"]] default/dns:53/UDP"#,
+            r#"192.168.1.10:30053 -> [["10.42.0.5:5353"]] default/dns:53/UDP"#,
+        ]
+    );
+    assert_eq!(
+        listed(&t.frontends),
+        [
+            r#"10.43.0.53:53 -> [["10.42.0.5:5354"]] default/dns:53"#,
+            r#"192.168.1.10:30054 -> [["10.42.0.5:5354"]] default/dns:53"#,
+        ]
+    );
+    let local: Vec<String> = t.local_targets.iter().map(|a| a.to_string()).collect();
+    assert_eq!(local, ["10.42.0.5:5354", "udp 10.42.0.5:5353"]);
+    let by_number = ServiceBackendPort {
+        number: Some(53),
+        ..Default::default()
+    };
+    let b = t
+        .service_port("default", "dns", &by_number)
+        .expect("port 53");
+    assert_eq!(
+        b.service, "default/dns:53",
+        "the ingress takes the TCP port"
     );
 }
 
