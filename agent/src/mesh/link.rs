@@ -22,12 +22,19 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a node whose mesh link did not answer is reached through the hub instead.
 pub const RETRY_DIRECT: Duration = Duration::from_secs(30);
 
+/// UDP flows this node keeps on mesh streams at once (each holds a stream for as long as
+/// it lasts), well under a connection's 1,024 streams, so TCP traffic and the hub link's
+/// own requests always find room.
+pub const MAX_UDP_FLOWS: usize = 256;
+
 pub struct Link {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     conns: Mutex<HashMap<String, quinn::Connection>>,
     /// Nodes that did not answer, until when they are not dialled again.
     lost: Mutex<HashMap<String, Instant>>,
+    /// Permits for UDP flows on mesh streams ([`MAX_UDP_FLOWS`]).
+    udp_flows: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a stream to a peer's endpoint was not had.
@@ -84,7 +91,14 @@ impl Link {
             client: flotilla_transport::mesh_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem)?,
             conns: Mutex::new(HashMap::new()),
             lost: Mutex::new(HashMap::new()),
+            udp_flows: Arc::new(tokio::sync::Semaphore::new(MAX_UDP_FLOWS)),
         })
+    }
+
+    /// A permit for one more UDP flow over a mesh stream (direct or relayed), if the node
+    /// has fewer than [`MAX_UDP_FLOWS`].
+    pub fn udp_flow(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.udp_flows.clone().try_acquire_owned().ok()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -118,7 +132,10 @@ impl Link {
             })
         };
         let result = async {
-            let (mut send, mut recv) = stream.await.map_err(Dial::Unreachable)?;
+            let (mut send, mut recv) = tokio::time::timeout(CONNECT_TIMEOUT, stream)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("node {node}: no stream in time")))
+                .map_err(Dial::Unreachable)?;
             send_frame(&mut send, &MeshOpen { target })
                 .await
                 .map_err(|e| Dial::Unreachable(e.into()))?;
@@ -286,7 +303,8 @@ pub async fn answer(
                 Reached::Tcp(tcp) => super::splice(tcp, super::mesh_stream(send, recv)).await,
                 Reached::Udp(socket) => {
                     let flow = super::udp::Datagrams::Socket(socket);
-                    if let Err(e) = super::udp::pump(super::udp::framed(send, recv), flow).await {
+                    let stream = super::udp::framed(send, recv, None);
+                    if let Err(e) = super::udp::pump(stream, flow).await {
                         debug!(peer, %target, error = %e, "UDP flow ended with an error");
                     }
                 }

@@ -438,8 +438,11 @@ async fn dial_udp(
 ) -> anyhow::Result<udp::Datagrams> {
     match peer(table, t) {
         Some((node, addr)) => {
+            let permit = link.udp_flow().ok_or_else(|| {
+                anyhow::anyhow!("{} UDP flows already cross the mesh", link::MAX_UDP_FLOWS)
+            })?;
             let (send, recv) = open(shared, link, node, addr, MeshTarget::Udp(t.addr)).await?;
-            Ok(udp::framed(send, recv))
+            Ok(udp::framed(send, recv, Some(permit)))
         }
         None => Ok(udp::Datagrams::Socket(udp::connect(t.addr)?)),
     }

@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Duration;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// A flow ends after this long without a datagram either way (conntrack's UDP timeout).
 pub const IDLE: Duration = Duration::from_secs(30);
@@ -28,7 +28,12 @@ const MAX_FLOWS: usize = 1024;
 
 /// Datagrams held for a flow whose endpoint is still being reached; more are dropped, as a
 /// full socket buffer would drop them.
-const QUEUE: usize = 64;
+const QUEUE: usize = 16;
+
+/// How long a side may take to accept a datagram (a mesh stream whose far side reads
+/// nothing) before the datagram is dropped and the flow reads on, so two sides that both
+/// wait to send never wait on each other.
+const SEND_WAIT: Duration = Duration::from_millis(200);
 
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -41,8 +46,8 @@ pub enum Datagrams {
     /// A socket connected to the endpoint.
     Socket(UdpSocket),
     /// A mesh (or relayed) stream to the endpoint's node: a big-endian u16 length, then the
-    /// datagram, each way.
-    Stream(Box<MeshFramed>),
+    /// datagram, each way; with the permit that counts it against the node's mesh flows.
+    Stream(Box<MeshFramed>, Option<OwnedSemaphorePermit>),
     /// A client's share of a frontend socket: what the frontend received from it, and the
     /// socket that answers it.
     Client {
@@ -52,13 +57,18 @@ pub enum Datagrams {
     },
 }
 
-/// The datagram side of a mesh stream.
-pub fn framed(send: quinn::SendStream, recv: quinn::RecvStream) -> Datagrams {
+/// The datagram side of a mesh stream (holding `permit` while the flow lasts).
+pub fn framed(
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Datagrams {
     let codec = LengthDelimitedCodec::builder()
         .length_field_type::<u16>()
         .max_frame_length(MAX_DATAGRAM)
         .new_codec();
-    Datagrams::Stream(Box::new(Framed::new(tokio::io::join(recv, send), codec)))
+    let framed = Framed::new(tokio::io::join(recv, send), codec);
+    Datagrams::Stream(Box::new(framed), permit)
 }
 
 /// A socket connected to `target`, from an address of this host's choosing.
@@ -104,14 +114,14 @@ impl Datagrams {
     async fn recv(&mut self) -> io::Result<Option<Bytes>> {
         match self {
             Datagrams::Socket(s) => Ok(Some(recv_from(s, true).await?.0)),
-            Datagrams::Stream(f) => f.next().await.transpose().map(|d| d.map(Bytes::from)),
+            Datagrams::Stream(f, _) => f.next().await.transpose().map(|d| d.map(Bytes::from)),
             Datagrams::Client { rx, .. } => Ok(rx.recv().await),
         }
     }
 
     /// Tells a stream's far side that the flow is over.
     fn finish(&mut self) {
-        if let Datagrams::Stream(f) = self {
+        if let Datagrams::Stream(f, _) = self {
             let _ = f.get_mut().writer_mut().finish();
         }
     }
@@ -119,7 +129,7 @@ impl Datagrams {
     async fn send(&mut self, d: Bytes) -> io::Result<()> {
         match self {
             Datagrams::Socket(s) => s.send(&d).await.map(drop),
-            Datagrams::Stream(f) => f.send(d).await,
+            Datagrams::Stream(f, _) => f.send(d).await,
             Datagrams::Client { socket, client, .. } => socket.send_to(&d, *client).await.map(drop),
         }
     }
@@ -133,7 +143,7 @@ pub async fn pump(mut client: Datagrams, mut endpoint: Datagrams) -> io::Result<
     loop {
         tokio::select! {
             d = client.recv() => match d {
-                Ok(Some(d)) => endpoint.send(d).await?,
+                Ok(Some(d)) => offer(&mut endpoint, d).await?,
                 Ok(None) => break,
                 Err(e) => {
                     debug!(error = %e, "UDP flow's client side failed");
@@ -142,7 +152,7 @@ pub async fn pump(mut client: Datagrams, mut endpoint: Datagrams) -> io::Result<
             },
             d = endpoint.recv() => match d? {
                 Some(d) => {
-                    if let Err(e) = client.send(d).await {
+                    if let Err(e) = offer(&mut client, d).await {
                         debug!(error = %e, "UDP flow's answer not delivered");
                     }
                 }
@@ -155,6 +165,13 @@ pub async fn pump(mut client: Datagrams, mut endpoint: Datagrams) -> io::Result<
     client.finish();
     endpoint.finish();
     Ok(())
+}
+
+/// Sends `d`, unless `side` does not take it within [`SEND_WAIT`]: then it is dropped.
+async fn offer(side: &mut Datagrams, d: Bytes) -> io::Result<()> {
+    tokio::time::timeout(SEND_WAIT, side.send(d))
+        .await
+        .unwrap_or(Ok(()))
 }
 
 /// A flow's way in: the frontend's queue to it, and when it last carried a datagram.
@@ -179,7 +196,8 @@ where
                 Ok((d, Some(client))) => (d, client),
                 Ok((_, None)) => continue,
                 Err(e) => {
-                    debug!(error = %e, "UDP frontend receive failed");
+                    warn!(error = %e, "UDP frontend receive failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
