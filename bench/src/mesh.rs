@@ -44,14 +44,7 @@ async fn bench(net: &Net) -> anyhow::Result<()> {
     let backend_ip = Net::agent_ip(1);
     let nginx = nginx(net.agent_ns(1).name(), dir.path(), backend_ip.to_string())?;
     let yaml = crate::bench_service(backend_ip, "b", BACKEND_PORT);
-    client.apply_text(&yaml).await?;
-    let svc = client
-        .get(Kind::Service, Some("default"), Some("bench"))
-        .await?;
-    let Some(Object::Service(svc)) = svc.into_iter().next() else {
-        bail!("service bench was not stored");
-    };
-    let vip = svc.spec.cluster_ip.context("no cluster IP")?;
+    let vip = apply_service(&client, &yaml, "bench").await?;
     let direct = format!("http://{backend_ip}:{BACKEND_PORT}/");
     let through = format!("http://{vip}/");
     let client_ns = net.agent_ns(0).name().to_string();
@@ -125,14 +118,7 @@ async fn udp(
         name: "unbound",
     };
     let yaml = crate::service_to("bench-dns", "dns", 53, "UDP", backend_ip, "b", DNS_PORT);
-    client.apply_text(&yaml).await?;
-    let svc = client
-        .get(Kind::Service, Some("default"), Some("bench-dns"))
-        .await?;
-    let Some(Object::Service(svc)) = svc.into_iter().next() else {
-        bail!("service bench-dns was not stored");
-    };
-    let vip: std::net::IpAddr = svc.spec.cluster_ip.context("no cluster IP")?.parse()?;
+    let vip: std::net::IpAddr = apply_service(client, &yaml, "bench-dns").await?.parse()?;
     let queries = dir.join("queries.txt");
     std::fs::write(&queries, "web.bench.test A\n")?;
     let ns = net.agent_ns(0).name();
@@ -166,6 +152,18 @@ async fn udp(
         println!("  service / direct: {:.2}x the queries/s", mesh / direct);
     }
     Ok(())
+}
+
+/// Applies `yaml` and returns the cluster IP of the Service `name` it holds.
+async fn apply_service(client: &fleet::Client, yaml: &str, name: &str) -> anyhow::Result<String> {
+    client.apply_text(yaml).await?;
+    let svc = client
+        .get(Kind::Service, Some("default"), Some(name))
+        .await?;
+    let Some(Object::Service(svc)) = svc.into_iter().next() else {
+        bail!("service {name} was not stored");
+    };
+    svc.spec.cluster_ip.context("no cluster IP")
 }
 
 /// Waits up to 20 s for `server` to answer from namespace `netns` (dig).
