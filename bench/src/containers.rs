@@ -1,5 +1,5 @@
 //! Container benchmarks, side by side with the plain tools that do the same job. Both need
-//! root, runc, the CNI plugins, Debian's docker-registry and busybox-static; `pull` also
+//! root, runc, iptables, Debian's docker-registry and busybox-static; `pull` also
 //! skopeo and umoci (scripts/setup installs them all).
 //!
 //! - `container-start`: a real hub and agent (processes), a busybox image from a loopback
@@ -303,7 +303,6 @@ impl Node {
         vec![
             dir("/run/netns".into(), &[]),
             dir(self.data.join("net"), &[]),
-            dir(self.data.join("net/ipam").join(BRIDGE), &[]),
             dir(self.data.join("pods"), &["etc"]),
             dir(self.data.join("containers"), &["config.json", MARKER]),
         ]
@@ -458,17 +457,16 @@ struct Start {
 }
 
 /// What ends each stage of a start, as the host sees it, and what happens in it.
-const STAGES: [(&str, &str); 7] = [
+const STAGES: [(&str, &str); 6] = [
     (
-        "pod's netns exists",
-        "hub binds and sends the pod; agent starts it, image cached",
+        "pod's network recorded",
+        "hub binds and sends the pod; agent starts it (image cached), leases its address",
     ),
-    ("netns recorded", "the rest of `ip netns add`"),
+    ("pod's netns exists", "the namespace's file is created"),
     (
-        "IP allocated",
-        "CNI loopback beside the bridge plugin: bridge, veth, then host-local",
+        "pod's /etc written",
+        "netlink: namespace bound, lo, veth to the bridge, eth0's address and route",
     ),
-    ("pod's /etc written", "bridge plugin: addresses, routes"),
     (
         "bundle dir created",
         "hosts, hostname, resolv.conf; to a blocking thread",
@@ -494,7 +492,6 @@ async fn start_pod(
     node.client.apply_text(&yaml).await?;
     let t0 = Instant::now();
     let mut uid: Option<String> = None;
-    let mut ip: Option<String> = None;
     let mut running: Option<Instant> = None;
     let mut last = String::new();
     loop {
@@ -505,7 +502,6 @@ async fn start_pod(
             match p.status.phase.as_str() {
                 "Running" => {
                     running = Some(Instant::now());
-                    ip = p.status.pod_ip.clone();
                 }
                 "Failed" | "Succeeded" => bail!("pod {name} ended: {}", describe(&p)),
                 _ => last = describe(&p),
@@ -516,10 +512,8 @@ async fn start_pod(
         {
             let net = node.data.join("net");
             let paths = [
-                Some(Node::netns(uid)),
                 Some(net.join(format!("{uid}.json"))),
-                // host-local's lease: a file named by the address.
-                ip.as_ref().map(|ip| net.join("ipam").join(BRIDGE).join(ip)),
+                Some(Node::netns(uid)),
                 Some(node.data.join("pods").join(uid).join("etc")),
                 Some(node.bundle(uid)),
                 Some(node.bundle(uid).join("config.json")),
@@ -746,7 +740,7 @@ fn loadavg() -> String {
 pub async fn container_start() -> anyhow::Result<()> {
     prerequisites(&[
         RUNC,
-        "/usr/lib/cni/bridge",
+        "/usr/sbin/iptables",
         "/usr/bin/docker-registry",
         "/usr/bin/busybox",
     ])?;
@@ -853,7 +847,7 @@ pub async fn container_start() -> anyhow::Result<()> {
     );
     let per = |d: Duration| ms(d / STARTS as u32);
     println!(
-        "  CPU per start + delete: flotilla-agent {} + its children (runc, CNI plugins, ip) {}; runc peer (run -d + delete -f) {}",
+        "  CPU per start + delete: flotilla-agent {} + its children (runc, iptables) {}; runc peer (run -d + delete -f) {}",
         per(agent_cpu),
         per(agent_children),
         per(peer_cpu)

@@ -400,8 +400,8 @@ pub fn busybox_image(cmd: &[&str], extra: serde_json::Value) -> anyhow::Result<T
     })
 }
 
-/// Fails clearly (naming `what` tests) unless this process is root and runc, the CNI bridge
-/// plugin and docker-registry are installed (scripts/setup installs them; CI runs as root).
+/// Fails clearly (naming `what` tests) unless this process is root and runc, iptables and
+/// docker-registry are installed (scripts/setup installs them; CI runs as root).
 pub fn require_container_tools(what: &str) {
     assert!(
         std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s
@@ -411,7 +411,7 @@ pub fn require_container_tools(what: &str) {
     );
     for p in [
         "/usr/sbin/runc",
-        "/usr/lib/cni/bridge",
+        "/usr/sbin/iptables",
         "/usr/bin/docker-registry",
     ] {
         assert!(

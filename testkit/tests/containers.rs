@@ -1,6 +1,7 @@
 //! OCI containers end to end: a real registry on loopback holding images built here from
-//! busybox-static, real runc, real CNI plugins, curl. Needs root, runc, docker-registry,
-//! busybox-static and the CNI plugins (scripts/setup installs them); fails clearly without.
+//! busybox-static, real runc, the agent's own pod networks (netlink, iptables), curl. Needs
+//! root, runc, iptables, docker-registry and busybox-static (scripts/setup installs them);
+//! fails clearly without.
 use flotilla_proto::api::Pod;
 use flotilla_testkit::registry::{
     Layer, Registry, TestImage, busybox_image, image_config, require_container_tools,

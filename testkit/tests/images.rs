@@ -2,8 +2,8 @@
 //! version and the known-vulnerability condition, `fleet get images` shows them, and image
 //! garbage collection (thresholds forced to 0/0) removes an image no pod uses, its snapshot
 //! and the blobs no other image shares, while the image a running pod uses stays. Needs
-//! root, runc, docker-registry, busybox-static and the CNI plugins (scripts/setup installs
-//! them); fails clearly without.
+//! root, runc, iptables, docker-registry and busybox-static (scripts/setup installs them);
+//! fails clearly without.
 use flotilla_proto::api::{Kind, Node, Object, Pod};
 use flotilla_testkit::registry::{
     Layer, Registry, TestImage, busybox_image, require_container_tools,

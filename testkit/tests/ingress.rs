@@ -14,7 +14,7 @@
 //! idle connections, the connection cap) with redirectRegex and the Warning events of an
 //! Ingress naming what does not exist; and a container pod on the other node (pulled from a
 //! registry in the hub's namespace) reached through the ingress. Needs root, iproute2 and
-//! curl, and for the last test runc, the CNI plugins and docker-registry (CI has them).
+//! curl, and for the last test runc, iptables and docker-registry (CI has them).
 use flotilla_proto::Object;
 use flotilla_testkit::netns::Net;
 use flotilla_testkit::{Cluster, eventually};

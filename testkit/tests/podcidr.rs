@@ -1,9 +1,9 @@
 //! Per-node pod CIDRs end to end: the hub gives each node its own range of the cluster CIDR
 //! (`spec.podCIDR`), container pods get their addresses from their node's range (real runc
-//! and CNI, images built from busybox-static in a loopback registry), the range survives
-//! agent and hub restarts, a node without a free range waits with a Warning event and takes
-//! the range a deleted node gave back. Needs root, runc, docker-registry, busybox-static and
-//! the CNI plugins (scripts/setup installs them); fails clearly without.
+//! and pod networks, images built from busybox-static in a loopback registry), the range
+//! survives agent and hub restarts, a node without a free range waits with a Warning event
+//! and takes the range a deleted node gave back. Needs root, runc, iptables, docker-registry
+//! and busybox-static (scripts/setup installs them); fails clearly without.
 use flotilla_proto::api::{Event, EventType, Kind, Node, Object, Pod};
 use flotilla_proto::wire::{Request, Response};
 use flotilla_testkit::registry::{Registry, busybox_image, require_container_tools};
