@@ -1,10 +1,14 @@
-//! Where a WASI pod's outgoing wasi:http request goes: refused unless the pod's
+//! Where a WASI pod's outgoing traffic goes. A wasi:http request is refused unless the pod's
 //! `flotilla.io/outbound-http` grant names the host, and a cluster name (`web`,
 //! `web.ns.svc.cluster.local`, a headless service's pods) resolved in process from the node's
 //! copy of the cluster's names, as a container pod's resolver would with the node DNS. The
 //! request then dials the cluster address: a cluster IP is this host's (the mesh's listener
 //! takes it), a headless service's endpoint is a pod. Other names are left to the node's
 //! resolvers (the agent's own lookup, with the node's search list).
+//!
+//! wasi:sockets follow the `flotilla.io/outbound-network` grant the same way: a name lookup
+//! answers only for granted names, from the same copy, and a socket may send to an address
+//! the grant names or one a granted name resolved to for this pod.
 //!
 //! The node itself is reached only where a service is: an address of this host (the node
 //! IP, a cluster IP, which is a local route here, loopback, unspecified) is dialled only at a
@@ -13,12 +17,14 @@
 use crate::mesh::table::Table;
 use flotilla_dns::{Names, Resolved};
 use flotilla_proto::outbound::Grant;
+use flotilla_proto::wire::MeshTarget;
 use http::Uri;
 use http::uri::{Authority, Scheme};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// A pod's outbound grant and what it resolves names with.
@@ -31,12 +37,20 @@ pub struct Outbound {
     node_ip: IpAddr,
     /// Turns over the addresses of a name with several (a headless service's pods).
     next: AtomicUsize,
+    /// Addresses that granted names resolved to in the pod's wasi:sockets lookups: a socket
+    /// may reach them as if they were granted (at most [`MAX_LEARNED`]).
+    learned: Mutex<HashSet<IpAddr>>,
 }
 
-/// Why a request was not sent.
+/// How many looked-up addresses a pod's grant remembers; past it the set starts afresh, and
+/// a name looked up before that must be looked up again before it is dialled.
+const MAX_LEARNED: usize = 1024;
+
+/// Why a request, connection or lookup was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
-    NotGranted(String),
+    /// The host, and the annotation whose grant does not name it.
+    NotGranted(String, &'static str),
     /// A name inside the cluster domain that does not exist (or has no ready address).
     NotFound(String),
     /// TLS to a cluster address: its certificate could not be checked against the name.
@@ -48,11 +62,12 @@ pub enum Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::NotGranted(host) => write!(
-                f,
-                "{host} is not granted by the pod's {} annotation",
-                flotilla_proto::outbound::OUTBOUND_HTTP_ANNOTATION
-            ),
+            Refusal::NotGranted(host, annotation) => {
+                write!(
+                    f,
+                    "{host} is not granted by the pod's {annotation} annotation"
+                )
+            }
             Refusal::NotFound(host) => write!(f, "{host}: no such cluster name"),
             Refusal::Tls(host) => write!(
                 f,
@@ -64,6 +79,26 @@ impl fmt::Display for Refusal {
             ),
         }
     }
+}
+
+/// What a name a pod may use stands for.
+enum Found {
+    /// A cluster name and its addresses.
+    Cluster { name: String, addrs: Vec<IpAddr> },
+    /// A name outside the cluster, to be used as it is.
+    Outside,
+    /// An ExternalName service's target (granted itself).
+    Alias(String),
+}
+
+/// What a wasi:sockets name lookup gives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The name's addresses, known here.
+    Addresses(Vec<IpAddr>),
+    /// A granted name outside the cluster: the node's resolvers answer it (then
+    /// [`Outbound::learn`] their answer).
+    Outside(String),
 }
 
 impl Outbound {
@@ -81,6 +116,7 @@ impl Outbound {
             services,
             node_ip,
             next: AtomicUsize::new(0),
+            learned: Mutex::new(HashSet::new()),
         }
     }
 
@@ -91,7 +127,6 @@ impl Outbound {
         let Some(host) = uri.host() else {
             return Ok(None);
         };
-        let granted = |name: &str| self.grant.allows(host) || self.grant.allows(name);
         let port = uri
             .port_u16()
             .unwrap_or(match uri.scheme() == Some(&Scheme::HTTPS) {
@@ -99,61 +134,124 @@ impl Outbound {
                 false => 80,
             });
         if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
-            if !self.grant.allows(host) {
-                return Err(Refusal::NotGranted(host.to_owned()));
+            if !self.grant.allows_ip(ip) {
+                return Err(self.not_granted(host));
             }
-            return self.reachable(SocketAddr::new(ip, port)).map(|_| None);
+            return self
+                .reachable(SocketAddr::new(ip, port), false)
+                .map(|_| None);
         }
-        let resolved = self.names.borrow().resolve(host, &self.namespace);
-        match resolved {
-            Resolved::Cluster { name, addrs } => {
-                if !self.aliases(&name).any(|n| granted(&n)) {
-                    return Err(Refusal::NotGranted(host.to_owned()));
-                }
+        match self.find(host)? {
+            Found::Cluster { name, addrs } => {
                 if uri.scheme() == Some(&Scheme::HTTPS) {
                     return Err(Refusal::Tls(name));
                 }
                 let ip = addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()];
-                let addr = self.reachable(SocketAddr::new(ip, port))?;
-                with_authority(uri, &addr.to_string()).ok_or(Refusal::NotGranted(name))
+                let addr = self.reachable(SocketAddr::new(ip, port), false)?;
+                with_authority(uri, &addr.to_string()).ok_or_else(|| self.not_granted(&name))
             }
-            Resolved::NotFound if granted(host) => Err(Refusal::NotFound(host.to_owned())),
-            Resolved::NotFound => Err(Refusal::NotGranted(host.to_owned())),
-            Resolved::Outside(name) if !granted(&name) => Err(Refusal::NotGranted(host.to_owned())),
-            Resolved::Outside(name) if name.eq_ignore_ascii_case(host) => Ok(None),
-            // An ExternalName service: what it points at must be granted itself.
-            Resolved::Outside(alias) if !self.grant.allows(&alias) => {
-                Err(Refusal::NotGranted(alias))
-            }
-            Resolved::Outside(alias) => {
+            Found::Outside => Ok(None),
+            Found::Alias(alias) => {
                 if let Ok(ip) = alias.parse::<IpAddr>() {
-                    self.reachable(SocketAddr::new(ip, port))?;
+                    self.reachable(SocketAddr::new(ip, port), false)?;
                 }
                 let authority = match uri.port_u16() {
                     Some(port) => format!("{alias}:{port}"),
                     None => alias.clone(),
                 };
-                with_authority(uri, &authority).ok_or(Refusal::NotGranted(alias))
+                with_authority(uri, &authority).ok_or_else(|| self.not_granted(&alias))
             }
         }
     }
 
-    /// `addr`, unless it is this node's at a port that is no service's or local endpoint's.
-    fn reachable(&self, addr: SocketAddr) -> Result<SocketAddr, Refusal> {
+    /// A wasi:sockets lookup of `name`: a cluster name's addresses (remembered as granted),
+    /// an address as itself, or a granted outside name for the node's resolvers.
+    pub fn lookup(&self, name: &str) -> Result<Lookup, Refusal> {
+        if let Ok(ip) = name.trim_matches(['[', ']']).parse::<IpAddr>() {
+            return Ok(Lookup::Addresses(vec![ip]));
+        }
+        match self.find(name)? {
+            Found::Cluster { addrs, .. } => {
+                self.learn(&addrs);
+                Ok(Lookup::Addresses(addrs))
+            }
+            Found::Outside => Ok(Lookup::Outside(name.to_owned())),
+            Found::Alias(alias) => match alias.parse::<IpAddr>() {
+                Ok(ip) => {
+                    self.learn(&[ip]);
+                    Ok(Lookup::Addresses(vec![ip]))
+                }
+                Err(_) => Ok(Lookup::Outside(alias)),
+            },
+        }
+    }
+
+    /// Remembers addresses a granted name resolved to, so sockets may reach them.
+    pub fn learn(&self, addrs: &[IpAddr]) {
+        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        if learned.len() + addrs.len() > MAX_LEARNED {
+            learned.clear();
+        }
+        learned.extend(addrs.iter().map(|ip| ip.to_canonical()));
+    }
+
+    /// Whether a socket may send to (or hear from) `addr`: an address the grant names, or one
+    /// a granted name resolved to, and on this node only a service port or a local endpoint.
+    pub fn permits(&self, addr: SocketAddr, udp: bool) -> Result<(), Refusal> {
+        let ip = addr.ip().to_canonical();
+        let learned = || {
+            self.learned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&ip)
+        };
+        if !self.grant.allows_ip(ip) && !learned() {
+            return Err(self.not_granted(&ip.to_string()));
+        }
+        self.reachable(SocketAddr::new(ip, addr.port()), udp)
+            .map(|_| ())
+    }
+
+    /// What `host`, a name, stands for, if the grant lets the pod use it.
+    fn find(&self, host: &str) -> Result<Found, Refusal> {
+        let granted = |name: &str| self.grant.allows(host) || self.grant.allows(name);
+        let resolved = self.names.borrow().resolve(host, &self.namespace);
+        match resolved {
+            Resolved::Cluster { name, addrs } => {
+                if !self.aliases(&name).any(|n| granted(&n)) {
+                    return Err(self.not_granted(host));
+                }
+                Ok(Found::Cluster { name, addrs })
+            }
+            Resolved::NotFound if granted(host) => Err(Refusal::NotFound(host.to_owned())),
+            Resolved::NotFound => Err(self.not_granted(host)),
+            Resolved::Outside(name) if !granted(&name) => Err(self.not_granted(host)),
+            Resolved::Outside(name) if name.eq_ignore_ascii_case(host) => Ok(Found::Outside),
+            // An ExternalName service: what it points at must be granted itself.
+            Resolved::Outside(alias) if !self.grant.allows(&alias) => Err(self.not_granted(&alias)),
+            Resolved::Outside(alias) => Ok(Found::Alias(alias)),
+        }
+    }
+
+    fn not_granted(&self, host: &str) -> Refusal {
+        Refusal::NotGranted(host.to_owned(), self.grant.annotation())
+    }
+
+    /// `addr`, unless it is this node's at a port that is no service's or local endpoint's
+    /// (for TCP, or for UDP).
+    fn reachable(&self, addr: SocketAddr, udp: bool) -> Result<SocketAddr, Refusal> {
         let ip = addr.ip();
         let table = self.services.borrow();
-        let cluster_ip = table
-            .frontends
-            .range(SocketAddr::new(ip, 0)..=SocketAddr::new(ip, u16::MAX))
-            .next()
-            .is_some();
+        let ports = SocketAddr::new(ip, 0)..=SocketAddr::new(ip, u16::MAX);
+        let cluster_ip = [&table.frontends, &table.udp_frontends]
+            .iter()
+            .any(|f| f.range(ports.clone()).next().is_some());
         let this_node = ip == self.node_ip || ip.is_loopback() || ip.is_unspecified() || cluster_ip;
-        if this_node
-            && !table.frontends.contains_key(&addr)
-            && !table
-                .local_targets
-                .contains(&flotilla_proto::wire::MeshTarget::tcp(addr))
-        {
+        let (frontends, target) = match udp {
+            true => (&table.udp_frontends, MeshTarget::Udp(addr)),
+            false => (&table.frontends, MeshTarget::tcp(addr)),
+        };
+        if this_node && !frontends.contains_key(&addr) && !table.local_targets.contains(&target) {
             return Err(Refusal::NodePort(addr));
         }
         Ok(addr)
@@ -223,7 +321,7 @@ mod tests {
             flotilla_proto::outbound::OUTBOUND_HTTP_ANNOTATION.to_owned(),
             grant.to_owned(),
         )]);
-        let grant = Grant::from_annotations("m", &annotations).unwrap().unwrap();
+        let grant = Grant::http("m", &annotations).unwrap().unwrap();
         // web's cluster IP serves port 80 and 8080; a WASI pod on this node (10.0.0.5)
         // serves 31000.
         let ports = ["10.96.0.10:80", "10.96.0.10:8080", "10.0.0.5:30080"].map(addr);
@@ -235,6 +333,13 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    fn not_granted(host: &str) -> Refusal {
+        Refusal::NotGranted(
+            host.to_owned(),
+            flotilla_proto::outbound::OUTBOUND_HTTP_ANNOTATION,
+        )
     }
 
     fn target(o: &Outbound, uri: &str) -> Result<Option<String>, Refusal> {
@@ -293,10 +398,10 @@ mod tests {
         assert_eq!(target(&o, "http://lo/"), node_port("127.0.0.1:80"));
         // What an ExternalName points at must be granted itself.
         let o = outbound("db, web");
-        let refused = Err(Refusal::NotGranted("db.example.com".into()));
+        let refused = Err(not_granted("db.example.com"));
         assert_eq!(target(&o, "http://db/"), refused);
         // `web.svc` is the Service web of the namespace svc, not this namespace's web.
-        let refused = Err(Refusal::NotGranted("web.svc".into()));
+        let refused = Err(not_granted("web.svc"));
         assert_eq!(target(&o, "http://web.svc/"), refused);
         let o = outbound("web.svc");
         assert_eq!(
@@ -309,17 +414,14 @@ mod tests {
     fn ungranted_missing_and_tls_cluster_hosts_are_refused() {
         let o = outbound("web, ghost.default.svc.cluster.local");
         let refused = |r: fn(String) -> Refusal, h: &str| Err(r(h.to_owned()));
-        assert_eq!(
-            target(&o, "http://pods/"),
-            refused(Refusal::NotGranted, "pods")
-        );
+        assert_eq!(target(&o, "http://pods/"), Err(not_granted("pods")));
         assert_eq!(
             target(&o, "http://example.org/"),
-            refused(Refusal::NotGranted, "example.org")
+            Err(not_granted("example.org"))
         );
         assert_eq!(
             target(&o, "http://10.96.0.10/"),
-            refused(Refusal::NotGranted, "10.96.0.10")
+            Err(not_granted("10.96.0.10"))
         );
         let ghost = "ghost.default.svc.cluster.local";
         let url = format!("http://{ghost}/");
@@ -337,5 +439,62 @@ mod tests {
         let o = outbound("*.svc.cluster.local");
         assert!(target(&o, "http://web/").is_ok());
         assert!(target(&o, "http://example.org/").is_err());
+    }
+
+    #[test]
+    fn socket_lookups_answer_granted_names_and_teach_their_addresses() {
+        let o = outbound("web, pods, db, db.example.com, example.org, 10.0.0.7, 192.168.0.0/16");
+        let addresses =
+            |a: &[&str]| Ok::<_, Refusal>(Lookup::Addresses(a.iter().map(|a| ip(a)).collect()));
+        // Before any lookup, a cluster IP is no granted address.
+        assert_eq!(
+            o.permits(addr("10.96.0.10:80"), false),
+            Err(not_granted("10.96.0.10"))
+        );
+        assert_eq!(o.lookup("web"), addresses(&["10.96.0.10"]));
+        assert_eq!(o.lookup("pods"), addresses(&["10.1.0.1", "10.1.0.2"]));
+        assert_eq!(o.lookup("10.9.9.9"), addresses(&["10.9.9.9"]));
+        assert_eq!(o.lookup("db"), Ok(Lookup::Outside("db.example.com".into())));
+        assert_eq!(
+            o.lookup("example.org"),
+            Ok(Lookup::Outside("example.org".into()))
+        );
+        assert_eq!(o.lookup("example.net"), Err(not_granted("example.net")));
+        assert_eq!(
+            o.lookup("ghost.default.svc.cluster.local"),
+            Err(not_granted("ghost.default.svc.cluster.local"))
+        );
+        // What the lookups found may be reached, at service ports only where it is this host.
+        assert_eq!(o.permits(addr("10.96.0.10:80"), false), Ok(()));
+        assert_eq!(
+            o.permits(addr("10.96.0.10:22"), false),
+            Err(Refusal::NodePort(addr("10.96.0.10:22")))
+        );
+        assert_eq!(o.permits(addr("10.1.0.2:5432"), false), Ok(()));
+        assert_eq!(o.permits(addr("10.1.0.2:53"), true), Ok(()));
+        // Granted addresses and ranges; the node only at its services and endpoints.
+        assert_eq!(o.permits(addr("10.0.0.7:1"), true), Ok(()));
+        assert_eq!(o.permits(addr("[::ffff:192.168.4.4]:5432"), false), Ok(()));
+        assert_eq!(
+            o.permits(addr("10.0.0.8:1"), false),
+            Err(not_granted("10.0.0.8"))
+        );
+        // An outside name's answer, once the node's resolvers gave it.
+        assert_eq!(
+            o.permits(addr("93.184.215.14:443"), false),
+            Err(not_granted("93.184.215.14"))
+        );
+        o.learn(&[ip("93.184.215.14")]);
+        assert_eq!(o.permits(addr("93.184.215.14:443"), false), Ok(()));
+        let o = outbound("*");
+        assert_eq!(o.permits(addr("10.0.0.5:30080"), false), Ok(()));
+        assert_eq!(
+            o.permits(addr("10.0.0.5:30080"), true),
+            Err(Refusal::NodePort(addr("10.0.0.5:30080")))
+        );
+        assert_eq!(
+            o.permits(addr("127.0.0.1:53"), true),
+            Err(Refusal::NodePort(addr("127.0.0.1:53")))
+        );
     }
 }

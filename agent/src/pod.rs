@@ -943,6 +943,7 @@ fn guest_spec(
         .get(REQUEST_TIMEOUT_ANNOTATION)
         .and_then(|v| humantime::parse_duration(v).ok())
         .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+    const AT: &str = "metadata.annotations";
     GuestSpec {
         pod: format!("{}/{}", pod.namespace(), pod.metadata.name),
         args: c.command.iter().chain(c.args.iter()).cloned().collect(),
@@ -954,19 +955,8 @@ fn guest_spec(
             .and_then(|q| q.bytes().ok()),
         request_timeout,
         log,
-        // Validated at apply; a pod cached before that check is refused outbound.
-        outbound: Grant::from_annotations("metadata.annotations", &pod.metadata.annotations)
-            .ok()
-            .flatten()
-            .map(|grant| {
-                Arc::new(crate::outbound::Outbound::new(
-                    grant,
-                    pod.namespace(),
-                    shared.names.subscribe(),
-                    shared.mesh_table.subscribe(),
-                    shared.cfg.node_ip,
-                ))
-            }),
+        outbound: outbound(shared, pod, Grant::http(AT, &pod.metadata.annotations)),
+        network: outbound(shared, pod, Grant::network(AT, &pod.metadata.annotations)),
         working_dir: c.working_dir.clone(),
         reuse_instances: pod
             .metadata
@@ -976,6 +966,23 @@ fn guest_spec(
             != Some("false"),
         mounts: Vec::new(),
     }
+}
+
+/// A pod's `grant`, with what it resolves names by. Grants are validated at apply; a pod
+/// cached before that check is refused.
+fn outbound(
+    shared: &Shared,
+    pod: &Pod,
+    grant: Result<Option<Grant>, String>,
+) -> Option<Arc<crate::outbound::Outbound>> {
+    let grant = grant.ok()??;
+    Some(Arc::new(crate::outbound::Outbound::new(
+        grant,
+        pod.namespace(),
+        shared.names.subscribe(),
+        shared.mesh_table.subscribe(),
+        shared.cfg.node_ip,
+    )))
 }
 
 /// Refuses what the images' runtimes cannot do, before anything starts: a pod's containers

@@ -286,13 +286,15 @@ pub fn validate(object: &mut Object) -> Result<(), String> {
     }
     if let Object::Pod(_) = object {
         crate::disconnect::Policy::from_annotations("metadata.annotations", &meta.annotations)?;
-        crate::outbound::Grant::from_annotations("metadata.annotations", &meta.annotations)?;
+        crate::outbound::Grant::http("metadata.annotations", &meta.annotations)?;
+        crate::outbound::Grant::network("metadata.annotations", &meta.annotations)?;
     }
     if let Some((at, template)) = pod_template(object) {
         let at_annotations = format!("{at}.metadata.annotations");
         let annotations = &template.metadata.annotations;
         let policy = crate::disconnect::Policy::from_annotations(&at_annotations, annotations)?;
-        crate::outbound::Grant::from_annotations(&at_annotations, annotations)?;
+        crate::outbound::Grant::http(&at_annotations, annotations)?;
+        crate::outbound::Grant::network(&at_annotations, annotations)?;
         // A DaemonSet's pod belongs to its node; a StatefulSet promises at most one pod per
         // identity, which a replacement elsewhere would break while the original still runs.
         if policy.is_some() && matches!(object, Object::DaemonSet(_) | Object::StatefulSet(_)) {

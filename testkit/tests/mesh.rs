@@ -6,7 +6,8 @@
 //! the caller's node is preferred, node ports answer on every node, removing a backend takes
 //! it out of rotation, and traffic keeps flowing with the hub stopped. A WASI pod calls a
 //! service by name only when its `flotilla.io/outbound-http` grant names it, also without
-//! the hub. UDP services: flows are balanced, a flow keeps its endpoint, answers come from the
+//! the hub, and uses wasi:sockets (TCP and UDP, names looked up in process) only where its
+//! `flotilla.io/outbound-network` grant allows. UDP services: flows are balanced, a flow keeps its endpoint, answers come from the
 //! cluster IP, and the mesh link (or the hub) carries them. Needs root, iproute2 and curl (CI
 //! has them).
 use flotilla_proto::Object;
@@ -342,23 +343,30 @@ fn fetch(net: &Net, at: &str, url: &str) -> (String, String) {
         .curl(&[&format!("http://{at}/fetch?url={url}")])
 }
 
+/// Hub and two agents: hello (web-b) on node-1 behind the Services web and other (and
+/// `more`), and the `caller` example pushed for pods on node-0.
+async fn calling_web(net: &Net, caller: &str, more: &[&str]) -> Cluster {
+    let cluster = Cluster::builder().agents(2).on(net).start().await;
+    cluster.wait_nodes_ready(2).await;
+    cluster.push_example("hello").await;
+    cluster.push_example(caller).await;
+    cluster
+        .apply(&backend("web-b", "node-1", READY))
+        .await
+        .expect("apply backend");
+    let other = SERVICE.replace("name: web}", "name: other}");
+    for svc in [SERVICE, &other].into_iter().chain(more.iter().copied()) {
+        cluster.apply(svc).await.expect("apply service");
+    }
+    cluster
+}
+
 #[test]
 fn wasi_pods_call_services_by_name_only_when_granted() {
     flotilla_testkit::init_tracing();
     let net = Net::create(2).expect("network namespaces (needs root and iproute2)");
     net.block_on(async {
-        let mut cluster = Cluster::builder().agents(2).on(&net).start().await;
-        cluster.wait_nodes_ready(2).await;
-        cluster.push_example("hello").await;
-        cluster.push_example("chaos").await;
-        cluster
-            .apply(&backend("web-b", "node-1", READY))
-            .await
-            .expect("apply backend");
-        let other = SERVICE.replace("name: web}", "name: other}");
-        for svc in [SERVICE, &other] {
-            cluster.apply(svc).await.expect("apply service");
-        }
+        let mut cluster = calling_web(&net, "chaos", &[]).await;
         // A grant that is not a host list is refused, naming the field.
         let err = cluster
             .apply(&caller("bad", Some("http://web")))
@@ -443,6 +451,133 @@ fn wasi_pods_call_services_by_name_only_when_granted() {
         assert_eq!(code, "200", "without the hub: {body}");
         cluster.shutdown().await;
     });
+}
+
+/// A batch pod on node-0 that runs once with `env` (`CONNECT`, `UDP`), its wasi:sockets
+/// granted what `grant` names (no annotation when None).
+fn socket_user(name: &str, grant: Option<&str>, env: &[(&str, &str)]) -> String {
+    let annotations = grant
+        .map(|g| format!("annotations: {{flotilla.io/outbound-network: \"{g}\"}}"))
+        .unwrap_or_default();
+    let env: Vec<String> = env
+        .iter()
+        .map(|(k, v)| format!("{{name: {k}, value: \"{v}\"}}"))
+        .collect();
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  {annotations}
+spec:
+  restartPolicy: Never
+  nodeSelector: {{kubernetes.io/hostname: node-0}}
+  containers:
+  - name: batch
+    image: batch:latest
+    env: [{{name: COUNT, value: "0"}}, {}]
+"#,
+        env.join(", ")
+    )
+}
+
+#[test]
+fn wasi_pods_use_sockets_only_where_granted() {
+    flotilla_testkit::init_tracing();
+    let net = Net::create(2).expect("network namespaces (needs root and iproute2)");
+    let stop = Arc::new(AtomicBool::new(false));
+    echo(udp_socket(&net, 1, 5300), "node-1", stop.clone());
+    net.block_on(async {
+        let cluster = calling_web(&net, "batch", &[&echo_service(false)]).await;
+        cluster.wait_ready("web-b", 1).await;
+        let web_ip = service(&cluster, "web").await.spec.cluster_ip.clone();
+        let web_ip = web_ip.expect("web's cluster IP");
+        // A grant that is not a host list is refused, naming the field.
+        let err = cluster
+            .apply(&socket_user("bad", Some("web, 10.0.0.0/40"), &[]))
+            .await
+            .expect_err("a bad grant");
+        assert!(
+            err.to_string().contains(
+                "metadata.annotations[flotilla.io/outbound-network]: \"10.0.0.0/40\" is not"
+            ),
+            "{err:#}"
+        );
+
+        let node_0 = format!("{}:7443", Net::agent_ip(0));
+        let web_vip = format!("{web_ip}:80");
+        let cases = [
+            // A granted service's name resolves in process, its cluster IP takes the
+            // connection, and the mesh carries it to node-1; UDP goes the same way.
+            (
+                "granted",
+                Some("web, echo"),
+                vec![("CONNECT", "web:80"), ("UDP", "echo:53")],
+                vec![
+                    format!("lookup web: [{web_vip}]"),
+                    "connect web:80: HTTP/1.0 200 OK".into(),
+                    "udp echo:53: node-1 got ping from batch".into(),
+                ],
+            ),
+            (
+                "other",
+                Some("other"),
+                vec![("CONNECT", "web:80")],
+                vec![
+                    "connect web:80 failed".into(),
+                    "name lookup of web refused: web is not granted by the pod's flotilla.io/outbound-network annotation".into(),
+                ],
+            ),
+            (
+                "closed",
+                None,
+                vec![("CONNECT", "web:80")],
+                vec![
+                    "connect web:80 failed".into(),
+                    "name lookup of web refused: the pod has no flotilla.io/outbound-network annotation".into(),
+                ],
+            ),
+            // An address is no name: the grant of web does not cover its cluster IP until
+            // the pod has looked web up.
+            (
+                "address",
+                Some("web"),
+                vec![("CONNECT", web_vip.as_str())],
+                vec![
+                    format!("connect {web_vip} failed"),
+                    format!("socket refused: connecting to {web_vip}: {web_ip} is not granted by the pod's flotilla.io/outbound-network annotation"),
+                ],
+            ),
+            // Whatever the grant, the node itself only at service ports.
+            (
+                "node",
+                Some("*"),
+                vec![("CONNECT", node_0.as_str())],
+                vec![
+                    format!("connect {node_0} failed"),
+                    format!("socket refused: connecting to {node_0}: {node_0} is this node"),
+                ],
+            ),
+        ];
+        for (name, grant, env, _) in &cases {
+            cluster
+                .apply(&socket_user(name, *grant, env))
+                .await
+                .expect("apply a socket user");
+        }
+        for (name, _, _, want) in &cases {
+            cluster
+                .wait_pod(name, "succeeded", |p| p.status.phase == "Succeeded")
+                .await;
+            let (_, log, _) = cluster.fleet_cli(&["logs", name], None);
+            for line in want {
+                assert!(log.contains(line.as_str()), "{name}'s log lacks {line:?}: {log}");
+            }
+        }
+        cluster.shutdown().await;
+    });
+    stop.store(true, Ordering::Relaxed);
 }
 
 /// A UDP socket in agent `i`'s namespace, at `port` of its address (0: any).
@@ -628,11 +763,23 @@ fn udp_service_traffic_goes_over_the_mesh_flow_by_flow() {
         conn.close(0u32.into(), b"done");
         ep.wait_idle().await;
 
-        // An endpoint that turns unready gets no new flows.
+        // An endpoint that turns unready gets no new flows, and its busy flows end: their
+        // next datagram starts a flow to another endpoint.
+        let busy = eventually("a flow to node-2", || async {
+            let sock = client(&net);
+            let (said, _) = ask(&sock, vip, "busy").await?;
+            said.starts_with("node-2 ").then_some(sock)
+        })
+        .await;
         cluster
             .apply(&echo_service(false))
             .await
             .expect("node-2's endpoint unready");
+        eventually("the busy flow moved to node-1", || async {
+            let (said, _) = ask(&busy, vip, "still busy").await?;
+            said.starts_with("node-1 ").then_some(())
+        })
+        .await;
         eventually("node-2's endpoint out of rotation", || async {
             let mut nodes = Vec::new();
             for n in 0..4 {

@@ -304,7 +304,8 @@ pub async fn answer(
                 Reached::Udp(socket) => {
                     let flow = super::udp::Datagrams::Socket(socket);
                     let stream = super::udp::framed(send, recv, None);
-                    if let Err(e) = super::udp::pump(stream, flow).await {
+                    let flow = super::udp::pump(stream, flow, std::future::pending());
+                    if let Err(e) = flow.await {
                         debug!(peer, %target, error = %e, "UDP flow ended with an error");
                     }
                 }

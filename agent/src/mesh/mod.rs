@@ -304,7 +304,7 @@ async fn serve_udp(
     udp::serve(socket, stop, |client, side| {
         let peers = table.borrow().clone();
         let backend = peers.udp_frontends.get(&frontend)?.clone();
-        let (shared, link) = (shared.clone(), link.clone());
+        let (shared, link, table) = (shared.clone(), link.clone(), table.clone());
         Some(async move {
             let pick = Pick {
                 client: client.ip(),
@@ -317,12 +317,34 @@ async fn serve_udp(
             })
             .await;
             match dialled {
-                Some((t, up)) => udp::report(&backend, &t, udp::pump(side, up).await),
+                Some((t, up)) => {
+                    let gone = left(table, frontend, t.clone());
+                    udp::report(&backend, &t, udp::pump(side, up, gone).await)
+                }
                 None => debug!(service = backend.service, %client, "no endpoint took the flow"),
             }
         })
     })
     .await
+}
+
+/// Resolves once `t` is no Ready endpoint of the UDP `frontend` any more (or the frontend
+/// is gone): its flows end, as kube-proxy clears their conntrack entries.
+async fn left(mut table: watch::Receiver<Arc<Table>>, frontend: SocketAddr, t: table::Target) {
+    loop {
+        if table.changed().await.is_err() {
+            // The table's sender is gone: the agent is stopping, and the flow with it.
+            return std::future::pending().await;
+        }
+        let current = table.borrow_and_update().clone();
+        if !current
+            .udp_frontends
+            .get(&frontend)
+            .is_some_and(|b| b.serves(&t))
+        {
+            return;
+        }
+    }
 }
 
 /// What [`connect`] got: a connection the caller already held to the endpoint, or a new one.

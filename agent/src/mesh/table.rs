@@ -213,6 +213,11 @@ impl Backend {
     pub fn is_empty(&self) -> bool {
         self.tiers.is_empty()
     }
+
+    /// Whether `t` is one of the Ready endpoints.
+    pub fn serves(&self, t: &Target) -> bool {
+        self.tiers.iter().flatten().any(|x| x == t)
+    }
 }
 
 /// A request in flight to an endpoint, for least-request balancing.

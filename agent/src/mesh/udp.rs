@@ -4,7 +4,11 @@
 //! until neither side has sent anything for [`IDLE`]. The endpoint is reached with a socket
 //! of its own when it is on this node, else over a mesh stream (or the hub's relay) carrying
 //! one frame per datagram to an agent that does the same on its side. Answers leave from the
-//! frontend socket, so the client sees them come from the address it sent to.
+//! frontend socket, so the client sees them come from the address it sent to. A flow whose
+//! endpoint leaves the service's Ready endpoints ends at once (kube-proxy clears its
+//! conntrack entries), so the client's next datagram starts a flow to another one. An
+//! endpoint that refuses a datagram fails its flow, on this node or (the far agent resets
+//! the stream with [`REFUSED`]) on another.
 use super::table::Backend;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -37,6 +41,10 @@ const SEND_WAIT: Duration = Duration::from_millis(200);
 
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
+
+/// The code a mesh stream is reset with when the endpoint on the answering side failed the
+/// flow (refused a datagram), so the origin counts the failure against it.
+pub const REFUSED: u32 = 1;
 
 type MeshFramed =
     Framed<tokio::io::Join<quinn::RecvStream, quinn::SendStream>, LengthDelimitedCodec>;
@@ -126,6 +134,13 @@ impl Datagrams {
         }
     }
 
+    /// Tells a stream's far side that the flow failed at the endpoint.
+    fn fail(&mut self) {
+        if let Datagrams::Stream(f, _) = self {
+            let _ = f.get_mut().writer_mut().reset(REFUSED.into());
+        }
+    }
+
     async fn send(&mut self, d: Bytes) -> io::Result<()> {
         match self {
             Datagrams::Socket(s) => s.send(&d).await.map(drop),
@@ -135,30 +150,48 @@ impl Datagrams {
     }
 }
 
-/// Carries datagrams between the two sides until either ends or fails, or neither has sent
-/// one for [`IDLE`]. An error is `endpoint`'s (refused by the endpoint, a broken stream).
-pub async fn pump(mut client: Datagrams, mut endpoint: Datagrams) -> io::Result<()> {
+/// Carries datagrams between the two sides until either ends or fails, neither has sent
+/// one for [`IDLE`], or `gone` (the endpoint left the service). An error is `endpoint`'s
+/// (refused by the endpoint, a broken stream); a stream on the client's side is then reset.
+pub async fn pump(
+    mut client: Datagrams,
+    mut endpoint: Datagrams,
+    gone: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
     let idle = tokio::time::sleep(IDLE);
-    tokio::pin!(idle);
+    tokio::pin!(idle, gone);
     loop {
         tokio::select! {
             d = client.recv() => match d {
-                Ok(Some(d)) => offer(&mut endpoint, d).await?,
+                Ok(Some(d)) => {
+                    if let Err(e) = offer(&mut endpoint, d).await {
+                        client.fail();
+                        return Err(e);
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     debug!(error = %e, "UDP flow's client side failed");
                     break;
                 }
             },
-            d = endpoint.recv() => match d? {
-                Some(d) => {
+            d = endpoint.recv() => match d {
+                Ok(Some(d)) => {
                     if let Err(e) = offer(&mut client, d).await {
                         debug!(error = %e, "UDP flow's answer not delivered");
                     }
                 }
-                None => break,
+                Ok(None) => break,
+                Err(e) => {
+                    client.fail();
+                    return Err(e);
+                }
             },
             _ = &mut idle => break,
+            () = &mut gone => {
+                debug!("UDP flow's endpoint left the service");
+                break;
+            }
         }
         idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
     }
@@ -265,7 +298,7 @@ mod tests {
             let done = done.clone();
             Some(async move {
                 let up = Datagrams::Socket(connect(endpoint).unwrap());
-                let _ = done.send(pump(side, up).await);
+                let _ = done.send(pump(side, up, std::future::pending()).await);
             })
         }));
         (addr, outcomes)
@@ -315,5 +348,85 @@ mod tests {
             .expect("an outcome");
         let err = outcome.expect_err("refused");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+    }
+
+    /// Both ends of a QUIC connection on loopback (a self-signed certificate: what is tested
+    /// is the stream, not the mesh's TLS).
+    async fn quic_pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
+        flotilla_transport::install_crypto_provider();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config = quinn::ServerConfig::with_single_cert(vec![der.clone()], key).unwrap();
+        let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(
+            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap(),
+        );
+        let addr = server.local_addr().unwrap();
+        let (origin, answering) = tokio::join!(
+            async { client.connect(addr, "localhost").unwrap().await.unwrap() },
+            async { server.accept().await.unwrap().await.unwrap() }
+        );
+        (server, origin, answering)
+    }
+
+    #[tokio::test]
+    async fn a_refusal_on_the_far_side_of_a_mesh_stream_fails_the_flow_at_the_origin() {
+        let (_server, origin, answering) = quic_pair().await;
+        let closed = bound().await.local_addr().unwrap();
+        // Held here so the connection outlives the far side's task.
+        let _answering = answering.clone();
+        let far = tokio::spawn(async move {
+            let (send, recv) = answering.accept_bi().await.unwrap();
+            let up = Datagrams::Socket(connect(closed).unwrap());
+            pump(framed(send, recv, None), up, std::future::pending()).await
+        });
+        let (send, recv) = origin.open_bi().await.unwrap();
+        let mut stream = framed(send, recv, None);
+        stream.send(Bytes::from_static(b"anyone?")).await.unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(5), stream.recv())
+            .await
+            .expect("the flow ends")
+            .expect_err("the far side's refusal");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        let far = far.await.unwrap().expect_err("refused on the far side");
+        assert_eq!(far.kind(), io::ErrorKind::ConnectionRefused, "{far}");
+    }
+
+    #[tokio::test]
+    async fn a_flow_ends_when_its_endpoint_leaves() {
+        let echo = bound().await;
+        let echo_addr = echo.local_addr().unwrap();
+        let (client, _rx_keep) = {
+            let (tx, rx) = mpsc::channel(1);
+            let socket = Arc::new(bound().await);
+            (
+                Datagrams::Client {
+                    socket,
+                    client: echo_addr,
+                    rx,
+                },
+                tx,
+            )
+        };
+        let (leave, left) = tokio::sync::oneshot::channel::<()>();
+        let flow = tokio::spawn(pump(
+            client,
+            Datagrams::Socket(connect(echo_addr).unwrap()),
+            async move {
+                let _ = left.await;
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !flow.is_finished(),
+            "the flow lasts while its endpoint serves"
+        );
+        leave.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), flow).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! This is the only module that touches wasmtime. Everything a guest can reach
 //! is denied unless the pod spec grants it: no inherited environment, no
-//! preopened directories, no sockets, no stdin, and outgoing HTTP only to the hosts
-//! the pod's grant names (`GuestSpec::outbound`). Guest stdout/stderr go to the pod log.
+//! preopened directories, no stdin, outgoing HTTP only to the hosts the pod's grant
+//! names (`GuestSpec::outbound`), and sockets only to those of its network grant
+//! (`GuestSpec::network`, [`sockets`]). Guest stdout/stderr go to the pod log.
+
+mod sockets;
 
 use crate::logs::{LogStream, PodLog};
 use bytes::Bytes;
@@ -321,6 +324,9 @@ pub struct GuestSpec {
     /// The hosts outgoing wasi:http requests may reach, and how their names resolve; None:
     /// every request is refused.
     pub outbound: Option<Arc<crate::outbound::Outbound>>,
+    /// What wasi:sockets may reach and how their name lookups resolve; None: no sockets and
+    /// no lookups.
+    pub network: Option<Arc<crate::outbound::Outbound>>,
     /// The pod's `workingDir`, reported to the guest as wasi:cli's initial-cwd (no files are
     /// granted by it: preopened directories come with volumes).
     pub working_dir: Option<String>,
@@ -396,6 +402,8 @@ impl WasmRuntime {
         // wasi:http, so the full WASI set is linked and only the HTTP
         // interfaces are added on top.
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)
+            .map_err(|e| WasmError::Engine(error_text(&e)))?;
+        sockets::add_name_lookup(&mut component_linker)
             .map_err(|e| WasmError::Engine(error_text(&e)))?;
 
         let mut module_linker = Linker::new(&engine);
@@ -926,6 +934,8 @@ struct ComponentState {
     http: WasiHttpCtx,
     table: ResourceTable,
     outbound: OutboundPolicy,
+    /// The pod's wasi:sockets grant (name lookups use it; the socket check has its own).
+    network: Option<Arc<crate::outbound::Outbound>>,
     limits: GuestLimiter,
 }
 
@@ -973,6 +983,13 @@ fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, WasmError> {
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
+    if let Some(network) = &spec.network {
+        builder
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(true)
+            .socket_addr_check(sockets::check(network.clone(), spec.log.clone()));
+    }
     if let Some(dir) = &spec.working_dir {
         builder.initial_cwd(dir);
     }
@@ -1010,6 +1027,7 @@ fn component_store(
             pod: spec.pod.clone(),
             log: spec.log.clone(),
         },
+        network: spec.network.clone(),
         limits: GuestLimiter::new(spec.memory_limit_bytes, max_memory_bytes),
     };
     let mut store = Store::new(engine, state);
@@ -1626,6 +1644,7 @@ mod tests {
                 request_timeout: Duration::from_secs(2),
                 log: PodLog::open(&self.dir.path().join("logs/default/test.log"), 1 << 20).unwrap(),
                 outbound: None,
+                network: None,
                 reuse_instances: true,
                 working_dir: None,
                 mounts: vec![],
