@@ -472,10 +472,7 @@ const STAGES: [(&str, &str); 6] = [
         "hosts, hostname, resolv.conf; to a blocking thread",
     ),
     ("config.json written", "overlay mount, runtime spec"),
-    (
-        "container's process ran",
-        "runc run --keep in the foreground, sh",
-    ),
+    ("container's process ran", "runc run --detach, sh"),
 ];
 
 /// Applies pod `name` and waits until its container has run (its marker appeared) and the
@@ -911,7 +908,7 @@ pub async fn container_start() -> anyhow::Result<()> {
         up.as_secs_f64()
     );
     println!(
-        "  plus the agent's {} foreground `runc run` processes: {} ({:.1} MiB each)",
+        "  plus {} `runc` processes left beside the containers: {} ({:.1} MiB each)",
         runcs.len(),
         mib(runc_rss),
         runc_rss as f64 / runcs.len().max(1) as f64 / (1024.0 * 1024.0)

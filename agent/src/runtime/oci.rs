@@ -2,16 +2,19 @@
 //!
 //! One container is one bundle under `<data>/containers/<id>/`: `config.json`, an overlayfs
 //! `rootfs` (the image's shared read-only snapshot below, the container's own `upper/` above;
-//! a full copy where overlayfs is unavailable), and nothing else. `runc run` stays in the
-//! foreground as the agent's child, so its exit status is the container's; its stdout and
-//! stderr are pipes into the pod log. Containers live in runc's state directory
-//! `<data>/runc`, which is how an agent that crashed finds what it left behind.
+//! a full copy where overlayfs is unavailable), and a pid file. `runc run --detach` starts
+//! the container and returns; the container's process, orphaned by runc, becomes the agent's
+//! child (the agent is a child subreaper), so the agent reaps it and has its exit status
+//! without a runc (10 MiB each) waiting beside every container. Its stdout and stderr are
+//! pipes into the pod log, whose reading ends only the agent holds. Containers live in runc's
+//! state directory `<data>/runc`, which is how an agent that crashed finds what it left
+//! behind.
 use crate::logs::{LogStream, PodLog};
 use flotilla_oci::spec;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -33,6 +36,8 @@ pub enum ContainerError {
     },
     #[error("runc {what}: {message}")]
     Runc { what: String, message: String },
+    #[error("cannot become the containers' subreaper: {0}")]
+    Subreaper(nix::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContainerError {
@@ -77,6 +82,9 @@ impl ContainerRuntime {
             .unwrap_or("runc")
             .trim()
             .to_string();
+        // Detached containers are orphaned by runc at start: as a subreaper the agent gets
+        // them as children (else init would), and with them their exit status.
+        nix::sys::prctl::set_child_subreaper(true).map_err(ContainerError::Subreaper)?;
         let state = data_dir.join("runc");
         let bundles = data_dir.join("containers");
         for d in [&state, &bundles] {
@@ -145,35 +153,48 @@ impl ContainerRuntime {
         grace: Duration,
     ) -> Result<Exit, ContainerError> {
         let bundle = self.bundle(id);
-        let mut child = self
-            .runc()
-            .arg("run")
-            .arg("--keep")
+        let pid_file = bundle.join("pid");
+        let (stdout, stdout_w) = std::io::pipe().map_err(io("create a log pipe"))?;
+        let (stderr, stderr_w) = std::io::pipe().map_err(io("create a log pipe"))?;
+        let pumps = [
+            pump(stdout, log.clone(), LogStream::Stdout)?,
+            pump(stderr, log.clone(), LogStream::Stderr)?,
+        ];
+        let mut runc = self.runc();
+        runc.args(["run", "--detach", "--pid-file"])
+            .arg(&pid_file)
             .arg("--bundle")
             .arg(&bundle)
             .arg(id)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(io("spawn runc"))?;
-        let pumps = [
-            child
-                .stdout
-                .take()
-                .map(|s| pump(s, log.clone(), LogStream::Stdout)),
-            child
-                .stderr
-                .take()
-                .map(|s| pump(s, log.clone(), LogStream::Stderr)),
-        ];
-        let status = tokio::select! {
-            s = child.wait() => s.map_err(io("wait for runc"))?,
-            _ = stop.cancelled() => self.stop(id, &mut child, grace).await?,
+            .stdout(stdout_w)
+            .stderr(stderr_w);
+        let started = runc.status().await;
+        // The command holds the pipes' writing ends; from here only the container does, so
+        // the pumps end when it exits. What runc itself says on failure is in the log.
+        drop(runc);
+        let started = started.map_err(io("run runc"))?;
+        let code = match (started.success(), read_pid(&pid_file)) {
+            (true, Some(pid)) => {
+                let mut exited = reap(id, pid)?;
+                tokio::select! {
+                    s = &mut exited => s.unwrap_or(EXIT_KILLED),
+                    _ = stop.cancelled() => self.stop(id, exited, grace).await,
+                }
+            }
+            // runc failed before the container ran: its exit code stands for the container's.
+            (false, _) => exit_code(&started),
+            (true, None) => {
+                warn!(
+                    container = id,
+                    "runc started the container but wrote no pid"
+                );
+                self.kill(id, "KILL").await;
+                EXIT_KILLED
+            }
         };
-        for p in pumps.into_iter().flatten() {
+        for p in pumps {
             let _ = p.await;
         }
-        let code = exit_code(&status);
         let oom = self.oom_killed(id);
         self.delete(id).await;
         self.remove_bundle(id);
@@ -190,26 +211,19 @@ impl ContainerRuntime {
         })
     }
 
-    /// SIGTERM, then SIGKILL after `grace`; returns runc's exit status.
-    async fn stop(
-        &self,
-        id: &str,
-        child: &mut Child,
-        grace: Duration,
-    ) -> Result<std::process::ExitStatus, ContainerError> {
+    /// SIGTERM, then SIGKILL after `grace`; returns the container's exit code.
+    async fn stop(&self, id: &str, mut exited: Exited, grace: Duration) -> i32 {
         self.kill(id, "TERM").await;
-        match tokio::time::timeout(grace, child.wait()).await {
-            Ok(s) => s.map_err(io("wait for runc")),
+        if let Ok(code) = tokio::time::timeout(grace, &mut exited).await {
+            return code.unwrap_or(EXIT_KILLED);
+        }
+        info!(container = id, "container ignored SIGTERM; killing it");
+        self.kill(id, "KILL").await;
+        match tokio::time::timeout(Duration::from_secs(10), exited).await {
+            Ok(code) => code.unwrap_or(EXIT_KILLED),
             Err(_) => {
-                info!(container = id, "container ignored SIGTERM; killing it");
-                self.kill(id, "KILL").await;
-                match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-                    Ok(s) => s.map_err(io("wait for runc")),
-                    Err(_) => {
-                        let _ = child.kill().await;
-                        child.wait().await.map_err(io("wait for runc"))
-                    }
-                }
+                warn!(container = id, "container still there 10 s after SIGKILL");
+                EXIT_KILLED
             }
         }
     }
@@ -360,19 +374,62 @@ pub fn exit_code(status: &std::process::ExitStatus) -> i32 {
         .unwrap_or(128)
 }
 
-/// Copies a container's output into the pod log as it arrives.
+/// Copies a container's output into the pod log as it arrives, until every writer has
+/// closed the pipe.
 fn pump(
-    from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    from: std::io::PipeReader,
     log: PodLog,
     stream: LogStream,
-) -> tokio::task::JoinHandle<()> {
+) -> Result<tokio::task::JoinHandle<()>, ContainerError> {
     use futures::StreamExt as _;
-    tokio::spawn(async move {
+    let from = tokio::net::unix::pipe::Receiver::from_owned_fd(from.into())
+        .map_err(io("read a log pipe"))?;
+    Ok(tokio::spawn(async move {
         let mut chunks = tokio_util::io::ReaderStream::new(from);
         while let Some(Ok(bytes)) = chunks.next().await {
             log.append(stream, &bytes);
         }
-    })
+    }))
+}
+
+/// The pid runc wrote for a container it started.
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A container's exit code, once the agent has reaped its process.
+type Exited = tokio::sync::oneshot::Receiver<i32>;
+
+/// Waits for the container's process `pid`, the agent's child since runc left it, on a
+/// small thread of its own (a blocking `waitpid` for that pid only, so no other child's
+/// status is taken), and gives its exit code as a shell says it.
+fn reap(id: &str, pid: i32) -> Result<Exited, ContainerError> {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = format!("reap-{}", id.chars().take(10).collect::<String>());
+    let container = id.to_owned();
+    std::thread::Builder::new()
+        .name(name)
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let code = loop {
+                match waitpid(pid, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break code,
+                    Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
+                    Ok(_) | Err(nix::Error::EINTR) => continue,
+                    Err(e) => {
+                        // Not the agent's child (reaped elsewhere, or never reparented here):
+                        // its status is lost, and it counts as killed.
+                        warn!(container, %e, "cannot wait for the container's process");
+                        break EXIT_KILLED;
+                    }
+                }
+            };
+            let _ = tx.send(code);
+        })
+        .map_err(io("start a thread to wait for the container"))?;
+    Ok(rx)
 }
 
 /// Mounts an overlay of `snapshot` (read-only, shared) and the bundle's `upper` at `rootfs`;
