@@ -55,7 +55,7 @@ pub async fn serve(
         .await;
     }
     info!(pod = %req.name, container = %container.name, command = ?req.command, tty = req.tty, "exec");
-    let mut cmd = rt.exec_command(&id, &req.command, req.tty);
+    let (mut cmd, mut guard) = rt.exec_command(&id, &req.command, req.tty);
     let terminal = if req.tty {
         let (master, slave) = match open_pty() {
             Ok(p) => p,
@@ -145,6 +145,7 @@ pub async fn serve(
             status = child.wait() => break status?,
         }
     };
+    guard.finished();
     // What the command wrote before exiting still goes out before its exit code.
     while let Ok(Some(out)) =
         tokio::time::timeout(std::time::Duration::from_secs(2), out_rx.recv()).await

@@ -20,7 +20,7 @@ use flotilla_proto::outbound::Grant;
 use flotilla_proto::wire::MeshTarget;
 use http::Uri;
 use http::uri::{Authority, Scheme};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,13 +38,20 @@ pub struct Outbound {
     /// Turns over the addresses of a name with several (a headless service's pods).
     next: AtomicUsize,
     /// Addresses that granted names resolved to in the pod's wasi:sockets lookups: a socket
-    /// may reach them as if they were granted (at most [`MAX_LEARNED`]).
-    learned: Mutex<HashSet<IpAddr>>,
+    /// may reach them as if they were granted.
+    learned: Mutex<Learned>,
 }
 
-/// How many looked-up addresses a pod's grant remembers; past it the set starts afresh, and
-/// a name looked up before that must be looked up again before it is dialled.
+/// How many looked-up addresses a pod's grant remembers; past it the oldest learned go, and
+/// a name looked up that long ago must be looked up again before it is dialled.
 const MAX_LEARNED: usize = 1024;
+
+/// Learned addresses, oldest first.
+#[derive(Default)]
+struct Learned {
+    set: HashSet<IpAddr>,
+    order: VecDeque<IpAddr>,
+}
 
 /// Why a request, connection or lookup was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -116,7 +123,7 @@ impl Outbound {
             services,
             node_ip,
             next: AtomicUsize::new(0),
-            learned: Mutex::new(HashSet::new()),
+            learned: Mutex::new(Learned::default()),
         }
     }
 
@@ -189,10 +196,16 @@ impl Outbound {
     /// Remembers addresses a granted name resolved to, so sockets may reach them.
     pub fn learn(&self, addrs: &[IpAddr]) {
         let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
-        if learned.len() + addrs.len() > MAX_LEARNED {
-            learned.clear();
+        for ip in addrs.iter().map(|ip| ip.to_canonical()) {
+            if learned.set.insert(ip) {
+                learned.order.push_back(ip);
+            }
         }
-        learned.extend(addrs.iter().map(|ip| ip.to_canonical()));
+        while learned.order.len() > MAX_LEARNED {
+            if let Some(old) = learned.order.pop_front() {
+                learned.set.remove(&old);
+            }
+        }
     }
 
     /// Whether a socket may send to (or hear from) `addr`: an address the grant names, or one
@@ -203,6 +216,7 @@ impl Outbound {
             self.learned
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .set
                 .contains(&ip)
         };
         if !self.grant.allows_ip(ip) && !learned() {
@@ -238,15 +252,22 @@ impl Outbound {
     }
 
     /// `addr`, unless it is this node's at a port that is no service's or local endpoint's
-    /// (for TCP, or for UDP).
+    /// (for TCP, or for UDP). This node is any address of its own: the node IP, loopback, a
+    /// cluster IP, the pod bridge's gateway, any other address the kernel says is local.
     fn reachable(&self, addr: SocketAddr, udp: bool) -> Result<SocketAddr, Refusal> {
+        // `::ffff:10.0.0.5` is 10.0.0.5 to a dual-stack socket.
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         let ip = addr.ip();
         let table = self.services.borrow();
         let ports = SocketAddr::new(ip, 0)..=SocketAddr::new(ip, u16::MAX);
         let cluster_ip = [&table.frontends, &table.udp_frontends]
             .iter()
             .any(|f| f.range(ports.clone()).next().is_some());
-        let this_node = ip == self.node_ip || ip.is_loopback() || ip.is_unspecified() || cluster_ip;
+        let this_node = ip == self.node_ip
+            || ip.is_loopback()
+            || ip.is_unspecified()
+            || cluster_ip
+            || is_local(ip);
         let (frontends, target) = match udp {
             true => (&table.udp_frontends, MeshTarget::Udp(addr)),
             false => (&table.frontends, MeshTarget::tcp(addr)),
@@ -268,6 +289,13 @@ impl Outbound {
             .chain([base, local].map(|b| b.map(str::to_owned)))
             .flatten()
     }
+}
+
+/// Whether `ip` is an address of this host: it can be bound only then (without
+/// `ip_nonlocal_bind`, where every address counts as this host's and is refused but at
+/// service ports: failing closed).
+fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// `uri` with its authority replaced (`authority` comes from a resolved name or address);
@@ -395,6 +423,13 @@ mod tests {
             node_port("127.0.0.1:8080")
         );
         assert_eq!(target(&o, "http://[::1]/"), node_port("[::1]:80"));
+        // An IPv4-mapped address is the IPv4 address it maps.
+        assert_eq!(
+            target(&o, "http://[::ffff:10.0.0.5]:22/"),
+            node_port("10.0.0.5:22")
+        );
+        // Addresses the kernel holds as this host's are this node too.
+        assert!(is_local(ip("127.0.0.1")) && !is_local(ip("192.0.2.1")));
         assert_eq!(target(&o, "http://lo/"), node_port("127.0.0.1:80"));
         // What an ExternalName points at must be granted itself.
         let o = outbound("db, web");

@@ -821,12 +821,13 @@ async fn run_once(
             let shared = shared.clone();
             let log = log.clone();
             let stop = stop.clone();
+            let host_pid = pod.spec.host_pid;
             let run = async move {
                 let rt = shared
                     .containers
                     .as_ref()
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let exit = rt.run(&id, log, stop, grace).await?;
+                let exit = rt.run(&id, log, stop, grace, host_pid).await?;
                 Ok((exit.code, exit.reason))
             };
             (target, futures_box(run))

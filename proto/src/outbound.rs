@@ -77,7 +77,7 @@ impl Grant {
                     .suffixes
                     .push(format!(".{}", suffix.to_ascii_lowercase()));
             } else if let Ok(ip) = entry.trim_matches(['[', ']']).parse::<IpAddr>() {
-                grant.exact.push(ip.to_string());
+                grant.exact.push(ip.to_canonical().to_string());
             } else {
                 check_host(&at, entry, entry)?;
                 grant
@@ -175,6 +175,9 @@ mod tests {
         ] {
             assert!(!g.allows(host), "{host}");
         }
+        // A mapped address is granted as the IPv4 address it maps.
+        let g = grant("::ffff:10.0.0.3").unwrap().unwrap();
+        assert!(g.allows("10.0.0.3") && g.allows("[::ffff:10.0.0.3]"));
         let g = grant("*.0.1, *.1").unwrap().unwrap();
         for host in ["10.0.0.1", "127.0.0.1"] {
             assert!(!g.allows(host), "{host}");

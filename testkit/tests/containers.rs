@@ -99,6 +99,24 @@ async fn delete_leaving_nothing(cluster: &Cluster, names: &[&str], what: &str) {
     .await;
 }
 
+/// This process's children that have exited and that nobody has waited for.
+fn zombies() -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?;
+            let ppid: u32 = fields.next()?.parse().ok()?;
+            (ppid == me && state == "Z").then_some(pid)
+        })
+        .collect()
+}
+
 /// What runc, the kernel's mount table and `ip netns` still hold for this agent.
 fn leftovers(cluster: &Cluster, i: usize) -> (String, Vec<String>, Vec<String>) {
     let data = cluster.agent_config(i).data_dir.clone();
@@ -690,6 +708,40 @@ spec:
         )
     });
     assert_eq!((rc, stdout.as_str()), (5, "from-cli\n"));
+
+    // Exec probes that time out: their commands are killed, not orphaned to the agent (a
+    // subreaper since containers run detached), so no zombie is left to it.
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: slow, labels: {{app: slow}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {host}/test/box:v1
+    command: [sh, -c, 'sleep 3600']
+    readinessProbe: {{exec: {{command: [sleep, "2"]}}, timeoutSeconds: 1, periodSeconds: 1}}
+"#
+        ))
+        .await
+        .unwrap();
+    cluster
+        .wait_pod("slow", "running", |p| p.status.phase == "Running")
+        .await;
+    // Several probes time out; the sleep of each would have ended within 2 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    eventually("no zombie left to the agent", || async {
+        zombies().is_empty().then_some(())
+    })
+    .await;
+    let c = cluster.fleet().await;
+    c.delete(flotilla_proto::Kind::Pod, "default", "slow")
+        .await
+        .unwrap();
+    c.close().await;
 
     // An agent restart: nothing is left while it is down; afterwards the pod runs again and
     // the run from before the restart is its previous log.

@@ -6,13 +6,16 @@
 //! the container and returns; the container's process, orphaned by runc, becomes the agent's
 //! child (the agent is a child subreaper), so the agent reaps it and has its exit status
 //! without a runc (10 MiB each) waiting beside every container. Its stdout and stderr are
-//! pipes into the pod log, whose reading ends only the agent holds. Containers live in runc's
-//! state directory `<data>/runc`, which is how an agent that crashed finds what it left
-//! behind.
+//! pipes into the pod log, whose reading ends only the agent holds. A pod in the host's pid
+//! namespace is the exception: its orphans would be the agent's to reap, so its `runc run`
+//! stays in the foreground (a subreaper itself) and its exit status is the container's.
+//! Containers live in runc's state directory `<data>/runc`, which is how an agent that
+//! crashed finds what it left behind.
 use crate::logs::{LogStream, PodLog};
 use flotilla_oci::spec;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -145,12 +148,14 @@ impl ContainerRuntime {
 
     /// Runs the container until it exits or `stop` fires; then SIGTERM, `grace`, SIGKILL.
     /// Output goes to `log`. The bundle and runc's state are removed before returning.
+    /// `host_pid`: the container shares the host's pid namespace (see the module's notes).
     pub async fn run(
         &self,
         id: &str,
         log: PodLog,
         stop: CancellationToken,
         grace: Duration,
+        host_pid: bool,
     ) -> Result<Exit, ContainerError> {
         let bundle = self.bundle(id);
         let pid_file = bundle.join("pid");
@@ -161,36 +166,28 @@ impl ContainerRuntime {
             pump(stderr, log.clone(), LogStream::Stderr)?,
         ];
         let mut runc = self.runc();
-        runc.args(["run", "--detach", "--pid-file"])
-            .arg(&pid_file)
-            .arg("--bundle")
+        runc.arg("run");
+        if !host_pid {
+            runc.args(["--detach", "--pid-file"]).arg(&pid_file);
+        }
+        runc.arg("--bundle")
             .arg(&bundle)
             .arg(id)
             .stdout(stdout_w)
             .stderr(stderr_w);
-        let started = runc.status().await;
-        // The command holds the pipes' writing ends; from here only the container does, so
+        let exited = match host_pid {
+            true => Ok(Ok(foreground(runc.spawn().map_err(io("spawn runc"))?))),
+            false => self.detached(id, runc.status().await, &pid_file).await,
+        };
+        // The command held the pipes' writing ends; from here only the container does, so
         // the pumps end when it exits. What runc itself says on failure is in the log.
         drop(runc);
-        let started = started.map_err(io("run runc"))?;
-        let code = match (started.success(), read_pid(&pid_file)) {
-            (true, Some(pid)) => {
-                let mut exited = reap(id, pid)?;
-                tokio::select! {
-                    s = &mut exited => s.unwrap_or(EXIT_KILLED),
-                    _ = stop.cancelled() => self.stop(id, exited, grace).await,
-                }
-            }
-            // runc failed before the container ran: its exit code stands for the container's.
-            (false, _) => exit_code(&started),
-            (true, None) => {
-                warn!(
-                    container = id,
-                    "runc started the container but wrote no pid"
-                );
-                self.kill(id, "KILL").await;
-                EXIT_KILLED
-            }
+        let code = match exited? {
+            Ok(mut exited) => tokio::select! {
+                s = &mut exited => s.unwrap_or(EXIT_KILLED),
+                _ = stop.cancelled() => self.stop(id, exited, grace).await,
+            },
+            Err(code) => code,
         };
         for p in pumps {
             let _ = p.await;
@@ -209,6 +206,35 @@ impl ContainerRuntime {
             code: if oom { EXIT_KILLED } else { code },
             reason: reason.to_string(),
         })
+    }
+
+    /// What `runc run --detach` left: the container's exit code to come, or the code runc
+    /// failed with before the container ran (its stands for the container's).
+    async fn detached(
+        &self,
+        id: &str,
+        started: std::io::Result<std::process::ExitStatus>,
+        pid_file: &Path,
+    ) -> Result<Result<Exited, i32>, ContainerError> {
+        let started = started.map_err(io("run runc"))?;
+        if !started.success() {
+            return Ok(Err(exit_code(&started)));
+        }
+        let Some(pid) = read_pid(pid_file) else {
+            warn!(
+                container = id,
+                "runc started the container but wrote no pid"
+            );
+            self.kill(id, "KILL").await;
+            return Ok(Err(EXIT_KILLED));
+        };
+        match reap(id, pid) {
+            Ok(exited) => Ok(Ok(exited)),
+            Err(e) => {
+                self.kill(id, "KILL").await;
+                Err(e)
+            }
+        }
     }
 
     /// SIGTERM, then SIGKILL after `grace`; returns the container's exit code.
@@ -244,15 +270,24 @@ impl ContainerRuntime {
     /// `runc exec` of `argv` in the running container.
     /// `runc exec` of `argv` in the container; with `tty`, under a terminal of its own (runc
     /// then relays its own stdio, which must be a terminal, to it).
-    pub fn exec_command(&self, id: &str, argv: &[String], tty: bool) -> Command {
+    /// The guard kills the command (not runc, which then reaps it and exits) unless it is told
+    /// the command finished, so nothing is orphaned to the agent when a caller gives up.
+    pub fn exec_command(&self, id: &str, argv: &[String], tty: bool) -> (Command, ExecGuard) {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid_file = self.bundle(id).join(format!("exec-{n}.pid"));
         let mut cmd = self.runc();
-        cmd.arg("exec");
+        cmd.arg("exec").arg("--pid-file").arg(&pid_file);
         if tty {
             // What CRI runtimes give a terminal.
             cmd.args(["--tty", "--env", "TERM=xterm"]);
         }
-        cmd.arg(id).args(argv).kill_on_drop(true);
-        cmd
+        cmd.arg(id).args(argv);
+        let guard = ExecGuard {
+            pid_file,
+            finished: false,
+        };
+        (cmd, guard)
     }
 
     /// Runs `argv` inside the running container; returns its exit code and output.
@@ -262,7 +297,7 @@ impl ContainerRuntime {
         argv: &[String],
         timeout: Duration,
     ) -> Result<(i32, Vec<u8>), ContainerError> {
-        let mut cmd = self.exec_command(id, argv, false);
+        let (mut cmd, mut guard) = self.exec_command(id, argv, false);
         let out = tokio::time::timeout(timeout, cmd.output())
             .await
             .map_err(|_| ContainerError::Runc {
@@ -270,6 +305,7 @@ impl ContainerRuntime {
                 message: format!("timed out after {}", humantime::format_duration(timeout)),
             })?
             .map_err(io("spawn runc exec"))?;
+        guard.finished();
         let mut output = out.stdout;
         output.extend_from_slice(&out.stderr);
         Ok((exit_code(&out.status), output))
@@ -392,19 +428,59 @@ fn pump(
     }))
 }
 
-/// The pid runc wrote for a container it started.
+/// A `runc exec` under way. Dropped before [`ExecGuard::finished`], it kills the command
+/// runc started in the container: runc, a subreaper, then reaps it and exits (tokio reaps
+/// runc), whereas killing runc would hand the command to the agent, which never reaps it.
+pub struct ExecGuard {
+    pid_file: PathBuf,
+    finished: bool,
+}
+
+impl ExecGuard {
+    /// The command has exited and runc has reaped it: its pid may belong to anyone now.
+    pub fn finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Some(pid) = read_pid(&self.pid_file)
+        {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+/// The pid runc wrote for a container it started (or an exec'd process).
 fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    (pid > 0).then_some(pid)
 }
 
 /// A container's exit code, once the agent has reaped its process.
 type Exited = tokio::sync::oneshot::Receiver<i32>;
 
+/// A foreground `runc run`'s exit code: the container's.
+fn foreground(mut runc: tokio::process::Child) -> Exited {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let code = match runc.wait().await {
+            Ok(status) => exit_code(&status),
+            Err(_) => EXIT_KILLED,
+        };
+        let _ = tx.send(code);
+    });
+    rx
+}
+
 /// Waits for the container's process `pid`, the agent's child since runc left it, on a
-/// small thread of its own (a blocking `waitpid` for that pid only, so no other child's
-/// status is taken), and gives its exit code as a shell says it.
+/// small thread of its own (a blocking wait for that pid only, so no other child's status is
+/// taken), and gives its exit code as a shell says it.
 fn reap(id: &str, pid: i32) -> Result<Exited, ContainerError> {
-    use nix::sys::wait::{WaitStatus, waitpid};
     let (tx, rx) = tokio::sync::oneshot::channel();
     let name = format!("reap-{}", id.chars().take(10).collect::<String>());
     let container = id.to_owned();
@@ -412,24 +488,48 @@ fn reap(id: &str, pid: i32) -> Result<Exited, ContainerError> {
         .name(name)
         .stack_size(64 * 1024)
         .spawn(move || {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let code = loop {
-                match waitpid(pid, None) {
-                    Ok(WaitStatus::Exited(_, code)) => break code,
-                    Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
-                    Ok(_) | Err(nix::Error::EINTR) => continue,
-                    Err(e) => {
-                        // Not the agent's child (reaped elsewhere, or never reparented here):
-                        // its status is lost, and it counts as killed.
-                        warn!(container, %e, "cannot wait for the container's process");
-                        break EXIT_KILLED;
-                    }
+            let code = wait_for(pid).unwrap_or_else(|e| {
+                // Not the agent's child (reaped elsewhere, or never handed to the agent): its
+                // status is lost, so it counts as killed once it is gone.
+                warn!(container, %e, "cannot wait for the container's process");
+                let pid = nix::unistd::Pid::from_raw(pid);
+                while nix::sys::signal::kill(pid, None).is_ok() {
+                    std::thread::sleep(Duration::from_millis(200));
                 }
-            };
+                EXIT_KILLED
+            });
             let _ = tx.send(code);
         })
         .map_err(io("start a thread to wait for the container"))?;
     Ok(rx)
+}
+
+/// Blocks until the child `pid` exits and reaps it: its exit code, or 128 + the signal that
+/// killed it (any signal, real-time ones too).
+#[allow(
+    unsafe_code,
+    reason = "waitpid has no safe wrapper that reports every signal"
+)]
+fn wait_for(pid: i32) -> std::io::Result<i32> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid, writable c_int for the call's duration; waitpid takes
+        // no other pointer. `pid` > 0 names one process, so no other child is reaped.
+        let got = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if got == pid {
+            if libc::WIFEXITED(status) {
+                return Ok(libc::WEXITSTATUS(status));
+            }
+            if libc::WIFSIGNALED(status) {
+                return Ok(128 + libc::WTERMSIG(status));
+            }
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Mounts an overlay of `snapshot` (read-only, shared) and the bundle's `upper` at `rootfs`;

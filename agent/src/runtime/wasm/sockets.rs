@@ -16,7 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::warn;
+use tokio::sync::Semaphore;
+use tracing::debug;
 use wasmtime::component::{Linker, Resource, ResourceType};
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddress};
 use wasmtime_wasi::p2::{Network, Pollable};
@@ -28,6 +29,11 @@ const IP_NAME_LOOKUP: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 
 /// How long the node's resolvers may take for a name outside the cluster.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Lookups of outside names at once, from all pods: each holds a thread of tokio's blocking
+/// pool (getaddrinfo) for as long as the resolvers take, which may outlast
+/// [`LOOKUP_TIMEOUT`], so guests can never take the whole pool.
+static OUTSIDE_LOOKUPS: Semaphore = Semaphore::const_new(16);
 
 /// The answers of one lookup, handed to the guest one at a time. A lookup finishes before
 /// `resolve-addresses` returns, so the stream is always ready.
@@ -66,7 +72,7 @@ pub(super) fn add_name_lookup(linker: &mut Linker<ComponentState>) -> wasmtime::
                 let answer = match resolve(grant.as_deref(), &name).await {
                     Ok(addrs) => Ok(store.data_mut().table.push(Answers(addrs.into()))?),
                     Err(Unresolved::Refused(why)) => {
-                        warn!(pod = %pod, name = %name, reason = %why, "name lookup refused");
+                        debug!(pod = %pod, name = ?name, reason = %why, "name lookup refused");
                         log.note(&format!("name lookup of {name} refused: {why}"));
                         Err(ErrorCode::AccessDenied)
                     }
@@ -106,22 +112,27 @@ enum Unresolved {
 
 /// The addresses of `name` for a pod with the grant `network` (none: no lookups at all).
 async fn resolve(network: Option<&Outbound>, name: &str) -> Result<Vec<IpAddr>, Unresolved> {
+    // No name is longer (and the guest's string goes into the pod log below).
+    if name.is_empty() || name.len() > 253 {
+        return Err(Unresolved::Error(ErrorCode::InvalidArgument));
+    }
     let Some(network) = network else {
         return Err(Unresolved::Refused(format!(
             "the pod has no {} annotation",
             flotilla_proto::outbound::OUTBOUND_NETWORK_ANNOTATION
         )));
     };
-    if name.is_empty() || name.len() > 253 {
-        return Err(Unresolved::Error(ErrorCode::InvalidArgument));
-    }
     let outside = match network.lookup(name) {
         Ok(Lookup::Addresses(addrs)) => return Ok(addrs),
         Ok(Lookup::Outside(host)) => host,
         Err(Refusal::NotFound(_)) => return Err(Unresolved::Error(ErrorCode::NameUnresolvable)),
         Err(refusal) => return Err(Unresolved::Refused(refusal.to_string())),
     };
-    let found = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((&*outside, 0))).await;
+    let found = tokio::time::timeout(LOOKUP_TIMEOUT, async {
+        let _turn = OUTSIDE_LOOKUPS.acquire().await;
+        tokio::net::lookup_host((&*outside, 0)).await
+    })
+    .await;
     match found {
         Ok(Ok(addrs)) => {
             let mut ips: Vec<IpAddr> = Vec::new();
