@@ -709,6 +709,30 @@ spec:
     });
     assert_eq!((rc, stdout.as_str()), (5, "from-cli\n"));
 
+    // An agent restart: nothing is left while it is down; afterwards the pod runs again and
+    // the run from before the restart is its previous log.
+    cluster.stop_agent(0).await;
+    let (runc, mounts, nets) = leftovers(&cluster, 0);
+    assert!(
+        runc.is_empty() && mounts.is_empty() && nets.is_empty(),
+        "{runc:?} {mounts:?} {nets:?}"
+    );
+    cluster.start_agent(0).await;
+    cluster
+        .wait_pod("probed", "Ready again", |p| p.is_ready())
+        .await;
+    let run_line = before.lines().find(|l| l.starts_with("run-")).unwrap();
+    eventually("the run before the restart kept as previous", || async {
+        let l = logs_of(&cluster, "probed", None, true).await.ok()?;
+        l.contains(run_line).then_some(())
+    })
+    .await;
+    eventually("a new run logged after the restart", || async {
+        let l = logs(&cluster, "probed").await;
+        (l.contains("run-") && !l.contains(run_line)).then_some(())
+    })
+    .await;
+
     // Exec probes that time out: their commands are killed, not orphaned to the agent (a
     // subreaper since containers run detached), so no zombie is left to it.
     cluster
@@ -742,30 +766,6 @@ spec:
         .await
         .unwrap();
     c.close().await;
-
-    // An agent restart: nothing is left while it is down; afterwards the pod runs again and
-    // the run from before the restart is its previous log.
-    cluster.stop_agent(0).await;
-    let (runc, mounts, nets) = leftovers(&cluster, 0);
-    assert!(
-        runc.is_empty() && mounts.is_empty() && nets.is_empty(),
-        "{runc:?} {mounts:?} {nets:?}"
-    );
-    cluster.start_agent(0).await;
-    cluster
-        .wait_pod("probed", "Ready again", |p| p.is_ready())
-        .await;
-    let run_line = before.lines().find(|l| l.starts_with("run-")).unwrap();
-    eventually("the run before the restart kept as previous", || async {
-        let l = logs_of(&cluster, "probed", None, true).await.ok()?;
-        l.contains(run_line).then_some(())
-    })
-    .await;
-    eventually("a new run logged after the restart", || async {
-        let l = logs(&cluster, "probed").await;
-        (l.contains("run-") && !l.contains(run_line)).then_some(())
-    })
-    .await;
     cluster.shutdown().await;
 }
 
