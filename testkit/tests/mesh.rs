@@ -314,11 +314,16 @@ fn service_traffic_is_balanced_across_nodes_over_the_mesh() {
     });
 }
 
+/// The metadata line of a pod whose `annotation` grants `grant` (nothing when None).
+fn granting(annotation: &str, grant: Option<&str>) -> String {
+    grant
+        .map(|g| format!("annotations: {{{annotation}: \"{g}\"}}"))
+        .unwrap_or_default()
+}
+
 /// A chaos pod on node-0 that may call what `grant` names (no annotation when None).
 fn caller(name: &str, grant: Option<&str>) -> String {
-    let annotations = grant
-        .map(|g| format!("annotations: {{flotilla.io/outbound-http: \"{g}\"}}"))
-        .unwrap_or_default();
+    let annotations = granting("flotilla.io/outbound-http", grant);
     format!(
         r#"
 apiVersion: v1
@@ -456,9 +461,7 @@ fn wasi_pods_call_services_by_name_only_when_granted() {
 /// A batch pod on node-0 that runs once with `env` (`CONNECT`, `UDP`), its wasi:sockets
 /// granted what `grant` names (no annotation when None).
 fn socket_user(name: &str, grant: Option<&str>, env: &[(&str, &str)]) -> String {
-    let annotations = grant
-        .map(|g| format!("annotations: {{flotilla.io/outbound-network: \"{g}\"}}"))
-        .unwrap_or_default();
+    let annotations = granting("flotilla.io/outbound-network", grant);
     let env: Vec<String> = env
         .iter()
         .map(|(k, v)| format!("{{name: {k}, value: \"{v}\"}}"))
