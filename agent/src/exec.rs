@@ -85,6 +85,7 @@ pub async fn serve(
         }
     }
     let mut child = cmd.spawn()?;
+    guard.spawned(child.id());
     // The agent's copies of the terminal's other end go, so its end reads EOF with runc's.
     drop(cmd);
 

@@ -291,11 +291,15 @@ impl Outbound {
     }
 }
 
-/// Whether `ip` is an address of this host: it can be bound only then (without
-/// `ip_nonlocal_bind`, where every address counts as this host's and is refused but at
-/// service ports: failing closed).
+/// Whether `ip` is an address of this host: it can be bound only then. Only "not an
+/// address here" counts as not local; any other failure (out of descriptors) counts as local,
+/// and so does everything under `ip_nonlocal_bind`: refused but at service ports, failing
+/// closed.
 fn is_local(ip: IpAddr) -> bool {
-    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+    match std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() != Some(libc::EADDRNOTAVAIL),
+    }
 }
 
 /// `uri` with its authority replaced (`authority` comes from a resolved name or address);

@@ -231,8 +231,9 @@ impl ContainerRuntime {
         match reap(id, pid) {
             Ok(exited) => Ok(Ok(exited)),
             Err(e) => {
+                warn!(container = id, error = %e, "killing the container: it cannot be waited for");
                 self.kill(id, "KILL").await;
-                Err(e)
+                Ok(Err(EXIT_KILLED))
             }
         }
     }
@@ -285,6 +286,7 @@ impl ContainerRuntime {
         cmd.arg(id).args(argv);
         let guard = ExecGuard {
             pid_file,
+            runc: None,
             finished: false,
         };
         (cmd, guard)
@@ -298,7 +300,14 @@ impl ContainerRuntime {
         timeout: Duration,
     ) -> Result<(i32, Vec<u8>), ContainerError> {
         let (mut cmd, mut guard) = self.exec_command(id, argv, false);
-        let out = tokio::time::timeout(timeout, cmd.output())
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io("spawn runc exec"))?;
+        guard.spawned(child.id());
+        drop(cmd);
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
             .await
             .map_err(|_| ContainerError::Runc {
                 what: "exec".into(),
@@ -433,10 +442,17 @@ fn pump(
 /// runc), whereas killing runc would hand the command to the agent, which never reaps it.
 pub struct ExecGuard {
     pid_file: PathBuf,
+    /// The `runc exec` process, once spawned.
+    runc: Option<u32>,
     finished: bool,
 }
 
 impl ExecGuard {
+    /// `runc exec` is running as `pid`.
+    pub fn spawned(&mut self, pid: Option<u32>) {
+        self.runc = pid;
+    }
+
     /// The command has exited and runc has reaped it: its pid may belong to anyone now.
     pub fn finished(&mut self) {
         self.finished = true;
@@ -445,14 +461,27 @@ impl ExecGuard {
 
 impl Drop for ExecGuard {
     fn drop(&mut self) {
-        if !self.finished
-            && let Some(pid) = read_pid(&self.pid_file)
-        {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        if let Some(runc) = self.runc.filter(|_| !self.finished) {
+            // Only a process that is still runc's child is the command (else runc reaped it
+            // and its pid may be anyone's); without one, runc itself, while it is still ours.
+            let target = match read_pid(&self.pid_file) {
+                Some(pid) => (parent_of(pid as u32) == Some(runc)).then_some(pid as u32),
+                None => (parent_of(runc) == Some(std::process::id())).then_some(runc),
+            };
+            if let Some(pid) = target {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
         }
         let _ = std::fs::remove_file(&self.pid_file);
     }
+}
+
+/// The parent of process `pid`, from `/proc`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The pid runc wrote for a container it started (or an exec'd process).

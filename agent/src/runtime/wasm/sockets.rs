@@ -33,7 +33,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lookups of outside names at once, from all pods: each holds a thread of tokio's blocking
 /// pool (getaddrinfo) for as long as the resolvers take, which may outlast
 /// [`LOOKUP_TIMEOUT`], so guests can never take the whole pool.
-static OUTSIDE_LOOKUPS: Semaphore = Semaphore::const_new(16);
+static OUTSIDE_LOOKUPS: std::sync::LazyLock<Arc<Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(Semaphore::new(16)));
 
 /// The answers of one lookup, handed to the guest one at a time. A lookup finishes before
 /// `resolve-addresses` returns, so the stream is always ready.
@@ -128,9 +129,16 @@ async fn resolve(network: Option<&Outbound>, name: &str) -> Result<Vec<IpAddr>, 
         Err(Refusal::NotFound(_)) => return Err(Unresolved::Error(ErrorCode::NameUnresolvable)),
         Err(refusal) => return Err(Unresolved::Refused(refusal.to_string())),
     };
+    // The permit goes with the blocking lookup itself, which may outlast the timeout.
     let found = tokio::time::timeout(LOOKUP_TIMEOUT, async {
-        let _turn = OUTSIDE_LOOKUPS.acquire().await;
-        tokio::net::lookup_host((&*outside, 0)).await
+        let turn = OUTSIDE_LOOKUPS.clone().acquire_owned().await;
+        let host = outside.clone();
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 0))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     })
     .await;
     match found {
