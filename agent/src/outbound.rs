@@ -140,7 +140,7 @@ impl Outbound {
                 true => 443,
                 false => 80,
             });
-        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        if let Some(ip) = literal(host) {
             if !self.grant.allows_ip(ip) {
                 return Err(self.not_granted(host));
             }
@@ -174,7 +174,7 @@ impl Outbound {
     /// A wasi:sockets lookup of `name`: a cluster name's addresses (remembered as granted),
     /// an address as itself, or a granted outside name for the node's resolvers.
     pub fn lookup(&self, name: &str) -> Result<Lookup, Refusal> {
-        if let Ok(ip) = name.trim_matches(['[', ']']).parse::<IpAddr>() {
+        if let Some(ip) = literal(name) {
             return Ok(Lookup::Addresses(vec![ip]));
         }
         match self.find(name)? {
@@ -259,23 +259,31 @@ impl Outbound {
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         let ip = addr.ip();
         let table = self.services.borrow();
-        let ports = SocketAddr::new(ip, 0)..=SocketAddr::new(ip, u16::MAX);
-        let cluster_ip = [&table.frontends, &table.udp_frontends]
-            .iter()
-            .any(|f| f.range(ports.clone()).next().is_some());
-        let this_node = ip == self.node_ip
-            || ip.is_loopback()
-            || ip.is_unspecified()
-            || cluster_ip
-            || is_local(ip);
         let (frontends, target) = match udp {
             true => (&table.udp_frontends, MeshTarget::Udp(addr)),
             false => (&table.frontends, MeshTarget::tcp(addr)),
         };
-        if this_node && !frontends.contains_key(&addr) && !table.local_targets.contains(&target) {
-            return Err(Refusal::NodePort(addr));
+        // A service port or a local endpoint may be reached wherever it is, so the costlier
+        // questions (a cluster IP's other ports, the kernel's bind test) are asked only of
+        // the rest.
+        if frontends.contains_key(&addr) || table.local_targets.contains(&target) {
+            return Ok(addr);
         }
-        Ok(addr)
+        let ports = SocketAddr::new(ip, 0)..=SocketAddr::new(ip, u16::MAX);
+        let cluster_ip = || {
+            [&table.frontends, &table.udp_frontends]
+                .iter()
+                .any(|f| f.range(ports.clone()).next().is_some())
+        };
+        let this_node = ip == self.node_ip
+            || ip.is_loopback()
+            || ip.is_unspecified()
+            || cluster_ip()
+            || is_local(ip);
+        match this_node {
+            true => Err(Refusal::NodePort(addr)),
+            false => Ok(addr),
+        }
     }
 
     /// The names a pod of this namespace may write for the cluster name `fqdn`
@@ -289,6 +297,11 @@ impl Outbound {
             .chain([base, local].map(|b| b.map(str::to_owned)))
             .flatten()
     }
+}
+
+/// `host` when it is an address (`10.0.0.1`, `[fd00::1]`, `fd00::1`) rather than a name.
+fn literal(host: &str) -> Option<IpAddr> {
+    host.trim_matches(['[', ']']).parse().ok()
 }
 
 /// Whether `ip` is an address of this host: it can be bound only then. Only "not an

@@ -209,7 +209,7 @@ impl ContainerRuntime {
     }
 
     /// What `runc run --detach` left: the container's exit code to come, or the code runc
-    /// failed with before the container ran (its stands for the container's).
+    /// failed with before the container ran (it stands for the container's).
     async fn detached(
         &self,
         id: &str,
