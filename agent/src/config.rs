@@ -79,6 +79,9 @@ pub struct Config {
     pub ingress_max_body_size: u64,
     /// Client connections the ingress serves at once; past them, new ones get a 503.
     pub ingress_max_connections: usize,
+    /// Threads the ingress serves connections on, each with its own runtime (nginx's
+    /// worker processes); by default one per CPU.
+    pub ingress_workers: usize,
 }
 
 /// The mesh link's default UDP port (the hub's is 7443).
@@ -121,6 +124,7 @@ impl Config {
             ingress_idle_timeout: Duration::from_secs(60),
             ingress_max_body_size: 100 << 20,
             ingress_max_connections: 10_000,
+            ingress_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

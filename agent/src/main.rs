@@ -96,6 +96,10 @@ struct Args {
     /// Client connections the ingress serves at once; past them, new ones get a 503.
     #[arg(long, default_value_t = 10_000)]
     ingress_max_connections: usize,
+    /// Threads the ingress serves connections on, each with its own event loop (as nginx's
+    /// worker_processes); one per CPU when not given.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    ingress_workers: Option<u16>,
 }
 
 fn body_size(s: &str) -> Result<u64, String> {
@@ -162,6 +166,9 @@ async fn main() -> anyhow::Result<()> {
     cfg.ingress_idle_timeout = args.ingress_idle_timeout;
     cfg.ingress_max_body_size = args.ingress_max_body_size;
     cfg.ingress_max_connections = args.ingress_max_connections;
+    if let Some(n) = args.ingress_workers {
+        cfg.ingress_workers = n.into();
+    }
     cfg.mesh_listen = args.mesh_listen;
     cfg.service_proxy = !args.no_service_proxy;
     if let Some(d) = args.secret_dir {

@@ -10,7 +10,8 @@
 //! ingress (handed over without a socket), against `wasmtime serve` of the same component
 //! called directly.
 use crate::{
-    cpu_time, mib, nginx_in, pin_to, rss, start_agent_in, start_hub_at, wait_nodes_ready, wrk_in,
+    cpu_time, mib, nginx_in, pin_to, rss, rss_anon, start_agent_in, start_hub_at, wait_nodes_ready,
+    wrk_in,
 };
 use anyhow::Context as _;
 use flotilla_testkit::netns::Net;
@@ -37,7 +38,15 @@ async fn bench(net: &Net) -> anyhow::Result<()> {
         hub_addr,
         &token,
         "a",
-        &["--node-ip", &ip.to_string(), "--dns-listen", "none"],
+        // One worker, as the nginx peer has (worker_processes 1).
+        &[
+            "--node-ip",
+            &ip.to_string(),
+            "--dns-listen",
+            "none",
+            "--ingress-workers",
+            "1",
+        ],
     )?;
     wait_nodes_ready(&client, 1).await?;
     let backend = nginx_in(
@@ -124,8 +133,9 @@ spec:
         let cpu = cpu_time(server.pid()).saturating_sub(cpu0);
         let per = cpu.as_secs_f64() * 1e6 / reqs.max(1) as f64;
         println!(
-            "  {label:<14} {rps:>9.0} req/s  p99 {p99:>8}  CPU {per:>6.1} µs/req  RSS {}",
-            mib(rss(server.pid()))
+            "  {label:<14} {rps:>9.0} req/s  p99 {p99:>8}  CPU {per:>6.1} µs/req  RSS {} (anonymous {})",
+            mib(rss(server.pid())),
+            mib(rss_anon(server.pid()))
         );
         figures.push((label, rps, per));
     }

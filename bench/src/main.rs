@@ -59,15 +59,25 @@ fn bin(name: &str) -> PathBuf {
 
 /// Resident set size in bytes (VmRSS).
 fn rss(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+/// The anonymous part of the resident set in bytes (RssAnon: heap and stacks, without the
+/// program's own pages, which the page cache shares and can drop).
+fn rss_anon(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:") * 1024
+}
+
+/// A kB field of /proc/PID/status; 0 when unreadable.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<u64>().ok())
         })
-        .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
 

@@ -10,9 +10,12 @@
 //! of the backend Service, on any node: it picks the endpoint and reaches it the way the
 //! mesh does (directly on this node, over the mesh link elsewhere, through the hub as a last
 //! resort), trying the next endpoint when one cannot be connected. Connections to endpoints
-//! are kept alive in a [`pool`]. Requests carry `X-Forwarded-For/-Host/-Proto/-Port`,
-//! `X-Real-IP` (the ingress's own values: clients cannot forge them) and an `X-Request-Id`
-//! (the client's, or a new one). WebSocket and other upgrades pass through.
+//! are kept alive in a [`pool`]. Clients are served by `--ingress-workers` threads (one per
+//! CPU by default), each with a single-threaded runtime and a pool of its own, as nginx's
+//! worker processes are: a request and its endpoint connection stay on one thread.
+//! Requests carry `X-Forwarded-For/-Host/-Proto/-Port`, `X-Real-IP` (the ingress's own
+//! values: clients cannot forge them) and an `X-Request-Id` (the client's, or a new one).
+//! WebSocket and other upgrades pass through.
 //!
 //! Bounds: request headers must arrive within [`HEADER_TIMEOUT`] and fit in
 //! [`MAX_HEADER_BYTES`] and [`MAX_HEADERS`] fields; a connection on which nothing moves for
@@ -74,7 +77,9 @@ struct Ingress {
     shared: Arc<Shared>,
     link: Arc<Link>,
     routes: watch::Sender<Arc<Routes>>,
-    pool: Arc<Pool>,
+    /// Each worker's kept-alive endpoint connections (a connection belongs to the runtime
+    /// that opened it).
+    pools: Vec<Arc<Pool>>,
     connections: Arc<Semaphore>,
     tls: tokio_rustls::TlsAcceptor,
     state: Arc<middleware::State>,
@@ -131,7 +136,9 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
         shared: shared.clone(),
         link,
         routes: watch::channel(Arc::default()).0,
-        pool: Arc::default(),
+        pools: (0..shared.cfg.ingress_workers.max(1))
+            .map(|_| Arc::default())
+            .collect(),
         connections: Arc::new(Semaphore::new(shared.cfg.ingress_max_connections)),
         tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
         state: Arc::default(),
@@ -144,32 +151,35 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
             let table = table_rx.borrow_and_update();
             let routes = Routes::build(&shared.discovery.borrow());
             ingress.routes.send_replace(Arc::new(routes));
-            ingress.pool.retain(|t| {
-                table
-                    .services
-                    .values()
-                    .flatten()
-                    .any(|p| p.backend.tiers.iter().flatten().any(|x| x == t))
-            });
+            for pool in &ingress.pools {
+                pool.retain(|t| {
+                    table
+                        .services
+                        .values()
+                        .flatten()
+                        .any(|p| p.backend.tiers.iter().flatten().any(|x| x == t))
+                });
+            }
             table.gateway
         };
         match (&serving, gateway) {
             (None, true) => {
                 let stop = cancel.child_token();
+                let mut listeners = Vec::new();
                 for (list, https) in &addrs {
                     for addr in list {
-                        match TcpListener::bind(addr).await {
+                        match std::net::TcpListener::bind(addr) {
                             Ok(l) => {
                                 info!(%addr, https, "ingress listening");
-                                shared.tracker.spawn(accept(
-                                    l,
-                                    *https,
-                                    ingress.clone(),
-                                    stop.clone(),
-                                ));
+                                listeners.push((l, *https));
                             }
                             Err(e) => warn!(%addr, error = %e, "ingress cannot listen here"),
                         }
+                    }
+                }
+                for worker in 0..ingress.pools.len() {
+                    if let Err(e) = start_worker(worker, &listeners, &ingress, &stop) {
+                        warn!(worker, error = %e, "cannot start an ingress worker");
                     }
                 }
                 shared.tracker.spawn(refresh_secrets(
@@ -218,18 +228,80 @@ async fn refresh_secrets(
     }
 }
 
+/// How long a stopping worker lets its connections finish what they carry.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Starts ingress worker `worker`, nginx-style: a thread with a single-threaded runtime of
+/// its own that accepts on its copies of `listeners` and serves each connection it accepts
+/// to the end, endpoint connections included (its own pool), so a request never moves
+/// between threads. The agent's task tracker waits for it to end after `stop`.
+fn start_worker(
+    worker: usize,
+    listeners: &[(std::net::TcpListener, bool)],
+    ingress: &Arc<Ingress>,
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut mine = Vec::with_capacity(listeners.len());
+    for (l, https) in listeners {
+        let l = l.try_clone()?;
+        l.set_nonblocking(true)?;
+        mine.push((l, *https));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (ingress, stop) = (ingress.clone(), stop.clone());
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    ingress.shared.tracker.spawn(async move {
+        let _ = ended.await;
+    });
+    std::thread::Builder::new()
+        .name(format!("ingress-{worker}"))
+        .spawn(move || {
+            runtime.block_on(async {
+                let pool = ingress.pools[worker].clone();
+                let connections = tokio_util::task::TaskTracker::new();
+                for (l, https) in mine {
+                    match TcpListener::from_std(l) {
+                        Ok(l) => {
+                            tokio::spawn(accept(
+                                l,
+                                https,
+                                ingress.clone(),
+                                pool.clone(),
+                                connections.clone(),
+                                stop.clone(),
+                            ));
+                        }
+                        Err(e) => warn!(worker, error = %e, "ingress worker cannot accept"),
+                    }
+                }
+                stop.cancelled().await;
+                connections.close();
+                let _ = tokio::time::timeout(DRAIN, connections.wait()).await;
+            });
+            // What is left (upgraded connections, endpoint connections) ends here.
+            drop(runtime);
+            drop(done);
+        })?;
+    Ok(())
+}
+
 async fn accept(
     listener: TcpListener,
     https: bool,
     ingress: Arc<Ingress>,
+    pool: Arc<Pool>,
+    connections: tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) {
     while let Some((tcp, client)) = crate::mesh::next_connection(&listener, &stop).await {
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(client);
         let ingress = ingress.clone();
+        let pool = pool.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let permit = ingress.connections.clone().try_acquire_owned().ok();
             let at = Peers {
                 client,
@@ -237,11 +309,11 @@ async fn accept(
                 https,
             };
             if !https {
-                return serve(tcp, at, ingress, permit, stop).await;
+                return serve(tcp, at, ingress, pool, permit, stop).await;
             }
             let tls = tokio::time::timeout(HEADER_TIMEOUT, ingress.tls.accept(tcp)).await;
             match tls {
-                Ok(Ok(tls)) => serve(tls, at, ingress, permit, stop).await,
+                Ok(Ok(tls)) => serve(tls, at, ingress, pool, permit, stop).await,
                 Ok(Err(e)) => debug!(%client, error = %e, "ingress TLS handshake failed"),
                 Err(_) => debug!(%client, "ingress TLS handshake timed out"),
             }
@@ -263,6 +335,7 @@ async fn serve<I>(
     io: I,
     at: Peers,
     ingress: Arc<Ingress>,
+    pool: Arc<Pool>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     stop: CancellationToken,
 ) where
@@ -274,6 +347,7 @@ async fn serve<I>(
     let waiting = activity.clone();
     let service = hyper::service::service_fn(move |req| {
         let ingress = ingress.clone();
+        let pool = pool.clone();
         let waiting = waiting.waiting();
         async move {
             let resp = if overloaded {
@@ -282,7 +356,7 @@ async fn serve<I>(
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 r
             } else {
-                ingress.handle(req, at).await
+                ingress.handle(req, at, &pool).await
             };
             drop(waiting);
             Ok::<_, std::convert::Infallible>(resp)
@@ -322,10 +396,15 @@ async fn serve<I>(
 
 impl Ingress {
     /// Answers a request, and writes it to the access log when there is one.
-    async fn handle(&self, mut req: Request<Incoming>, at: Peers) -> Response<Body> {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        at: Peers,
+        pool: &Arc<Pool>,
+    ) -> Response<Body> {
         let id = request_id(req.headers_mut());
         let Some(log) = &self.access else {
-            return self.respond(req, at).await;
+            return self.respond(req, at, pool).await;
         };
         let started = Instant::now();
         let line = access::Line::of(
@@ -334,12 +413,12 @@ impl Ingress {
             at.https,
             id.to_str().unwrap_or_default(),
         );
-        let resp = self.respond(req, at).await;
+        let resp = self.respond(req, at, pool).await;
         log.write(&line.finish(resp.status(), started.elapsed()));
         resp
     }
 
-    async fn respond(&self, req: Request<Incoming>, at: Peers) -> Response<Body> {
+    async fn respond(&self, req: Request<Incoming>, at: Peers, pool: &Arc<Pool>) -> Response<Body> {
         if head_size(&req) > MAX_HEADER_BYTES || req.headers().len() > MAX_HEADERS {
             return text(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -391,8 +470,12 @@ impl Ingress {
             Ok(()) => {
                 let upgrade = wants_upgrade(req.headers());
                 forward_headers(&mut req, &host, at, &ctx, trusted, upgrade);
-                self.forward(req, dest.pick(), dest.how, upgrade, ctx.client)
-                    .await
+                let to = Upstream {
+                    backend: dest.pick(),
+                    how: dest.how,
+                    pool,
+                };
+                self.forward(req, to, upgrade, ctx.client).await
             }
             Err(answer) => answer.map(|b| Either::Right(Either::Left(Full::new(b)))),
         };
@@ -406,8 +489,11 @@ impl Ingress {
     async fn forward(
         &self,
         mut req: Request<limits::Capped>,
-        to: &BackendRef,
-        how: Balancing,
+        Upstream {
+            backend: to,
+            how,
+            pool,
+        }: Upstream<'_>,
         upgrade: bool,
         client: IpAddr,
     ) -> Response<Body> {
@@ -451,7 +537,7 @@ impl Ingress {
             let in_process = fresh.is_some() && upgrade.is_none();
             let picked =
                 crate::mesh::connect(&self.shared, &self.link, &table, backend, pick, |t| {
-                    self.held(t, in_process, pooled_ok)
+                    self.held(t, in_process, pooled_ok.then_some(pool))
                 })
                 .await;
             let Some((target, conn)) = picked else {
@@ -559,9 +645,17 @@ impl Ingress {
             return Response::from_parts(parts, Either::Right(Either::Left(Full::default())));
         }
         strip_hop_by_hop(&mut parts.headers, false);
-        let body = PooledBody::new(body, self.pool.clone(), target, sender, in_flight);
+        let body = PooledBody::new(body, pool.clone(), target, sender, in_flight);
         Response::from_parts(parts, Either::Left(body))
     }
+}
+
+/// Where a request goes: a backend Service, how its endpoint is picked, and the worker's
+/// pool of endpoint connections.
+struct Upstream<'a> {
+    backend: &'a BackendRef,
+    how: Balancing,
+    pool: &'a Arc<Pool>,
 }
 
 /// What a request to an endpoint carries: the client's body, or none for a request sent
@@ -652,9 +746,9 @@ fn head_size<B>(req: &Request<B>) -> usize {
 
 impl Ingress {
     /// What the ingress already has for endpoint `t`: the wasi:http pod itself when it runs
-    /// on this node (not for upgrades, which need a socket), else a pooled connection (when
-    /// `pooled`).
-    fn held(&self, t: &Target, in_process: bool, pooled: bool) -> Option<Via> {
+    /// on this node (not for upgrades, which need a socket), else a connection from `pool`
+    /// (when given).
+    fn held(&self, t: &Target, in_process: bool, pool: Option<&Arc<Pool>>) -> Option<Via> {
         let cfg = &self.shared.cfg;
         let here = t.node.as_deref() == Some(cfg.node_name.as_str()) && t.addr.ip() == cfg.node_ip;
         if in_process
@@ -663,7 +757,7 @@ impl Ingress {
         {
             return Some(Via::InProcess(pod));
         }
-        pooled.then(|| self.pool.take(t)).flatten().map(Via::Pooled)
+        pool.and_then(|p| p.take(t)).map(Via::Pooled)
     }
 }
 
@@ -757,12 +851,14 @@ fn forward_headers<B>(
     trusted: bool,
     upgrade: bool,
 ) {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    *req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    let mut origin_form = http::uri::Parts::default();
+    origin_form.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    *req.uri_mut() = Uri::from_parts(origin_form).unwrap_or_else(|_| Uri::from_static("/"));
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
     strip_hop_by_hop(h, upgrade);
@@ -784,14 +880,16 @@ fn forward_headers<B>(
         (&X_FORWARDED_FOR, HeaderValue::from_str(&chain).ok()),
         (
             &X_REAL_IP,
-            HeaderValue::from_str(&ctx.client.to_string()).ok(),
+            if ctx.client == peer && ctx.forwarded_for.is_empty() {
+                // The chain is then the peer alone: no second formatting of the address.
+                HeaderValue::from_str(&chain).ok()
+            } else {
+                HeaderValue::from_str(&ctx.client.to_string()).ok()
+            },
         ),
         (&X_FORWARDED_HOST, HeaderValue::from_str(host).ok()),
         (&X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto))),
-        (
-            &X_FORWARDED_PORT,
-            HeaderValue::from_str(&at.local.port().to_string()).ok(),
-        ),
+        (&X_FORWARDED_PORT, Some(HeaderValue::from(at.local.port()))),
     ] {
         let keep = trusted && name != X_FORWARDED_FOR && name != X_REAL_IP && h.contains_key(name);
         if keep {
@@ -815,7 +913,9 @@ fn request_id(h: &mut HeaderMap) -> HeaderValue {
         return v.clone();
     }
     let id: [u8; 16] = rand::random();
-    let v = HeaderValue::from_str(&hex::encode(id)).unwrap_or(HeaderValue::from_static("-"));
+    // Hex digits are always a valid header value; the bytes move in without a copy.
+    let v = HeaderValue::from_maybe_shared(Bytes::from(hex::encode(id)))
+        .unwrap_or(HeaderValue::from_static("-"));
     h.insert(X_REQUEST_ID.clone(), v.clone());
     v
 }
