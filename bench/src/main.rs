@@ -51,7 +51,14 @@ fn root() -> PathBuf {
 /// Where the release binaries are; set once in `main` (from `CARGO_TARGET_DIR`).
 static RELEASE_DIR: OnceLock<PathBuf> = OnceLock::new();
 
+/// A binary of the release build; for the agent, `FLOTILLA_BENCH_AGENT` when set (scripts/bench
+/// sets it to the `dist` profile's build, the one to deploy).
 fn bin(name: &str) -> PathBuf {
+    if name == "flotilla-agent"
+        && let Some(agent) = std::env::var_os("FLOTILLA_BENCH_AGENT")
+    {
+        return PathBuf::from(agent);
+    }
     RELEASE_DIR
         .get_or_init(|| root().join("target/release"))
         .join(name)
@@ -461,6 +468,7 @@ async fn main() -> anyhow::Result<()> {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     let _ = RELEASE_DIR.set(target.join("release"));
+    println!("(agent: {})", bin("flotilla-agent").display());
     let only: Vec<String> = std::env::args().skip(1).collect();
     if only.iter().any(|a| a == "container-start") {
         return containers::container_start().await;
