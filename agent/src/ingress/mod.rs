@@ -77,9 +77,9 @@ struct Ingress {
     shared: Arc<Shared>,
     link: Arc<Link>,
     routes: watch::Sender<Arc<Routes>>,
-    /// Each worker's kept-alive endpoint connections (a connection belongs to the runtime
-    /// that opened it).
-    pools: Vec<Arc<Pool>>,
+    /// The running workers' kept-alive endpoint connections, one pool each (a connection
+    /// belongs to the runtime that opened it, so each start of the workers has new ones).
+    pools: std::sync::Mutex<Vec<Arc<Pool>>>,
     connections: Arc<Semaphore>,
     tls: tokio_rustls::TlsAcceptor,
     state: Arc<middleware::State>,
@@ -136,9 +136,7 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
         shared: shared.clone(),
         link,
         routes: watch::channel(Arc::default()).0,
-        pools: (0..shared.cfg.ingress_workers.max(1))
-            .map(|_| Arc::default())
-            .collect(),
+        pools: Default::default(),
         connections: Arc::new(Semaphore::new(shared.cfg.ingress_max_connections)),
         tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
         state: Arc::default(),
@@ -151,7 +149,12 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
             let table = table_rx.borrow_and_update();
             let routes = Routes::build(&shared.discovery.borrow());
             ingress.routes.send_replace(Arc::new(routes));
-            for pool in &ingress.pools {
+            for pool in ingress
+                .pools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
                 pool.retain(|t| {
                     table
                         .services
@@ -177,8 +180,16 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, cancel: CancellationToken
                         }
                     }
                 }
-                for worker in 0..ingress.pools.len() {
-                    if let Err(e) = start_worker(worker, &listeners, &ingress, &stop) {
+                // Without a listener there is nothing for workers to do.
+                let workers = if listeners.is_empty() {
+                    0
+                } else {
+                    shared.cfg.ingress_workers.max(1)
+                };
+                let pools: Vec<Arc<Pool>> = (0..workers).map(|_| Arc::default()).collect();
+                *ingress.pools.lock().unwrap_or_else(|p| p.into_inner()) = pools.clone();
+                for (worker, pool) in pools.into_iter().enumerate() {
+                    if let Err(e) = start_worker(worker, &listeners, pool, &ingress, &stop) {
                         warn!(worker, error = %e, "cannot start an ingress worker");
                     }
                 }
@@ -230,14 +241,17 @@ async fn refresh_secrets(
 
 /// How long a stopping worker lets its connections finish what they carry.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Blocking threads per worker (bcrypt for basicAuth, mostly).
+const BLOCKING_THREADS: usize = 16;
 
 /// Starts ingress worker `worker`, nginx-style: a thread with a single-threaded runtime of
 /// its own that accepts on its copies of `listeners` and serves each connection it accepts
-/// to the end, endpoint connections included (its own pool), so a request never moves
-/// between threads. The agent's task tracker waits for it to end after `stop`.
+/// to the end, endpoint connections included (`pool`), so a request never moves between
+/// threads. The agent's task tracker waits for it to end after `stop`.
 fn start_worker(
     worker: usize,
     listeners: &[(std::net::TcpListener, bool)],
+    pool: Arc<Pool>,
     ingress: &Arc<Ingress>,
     stop: &CancellationToken,
 ) -> std::io::Result<()> {
@@ -249,6 +263,7 @@ fn start_worker(
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()?;
     let (ingress, stop) = (ingress.clone(), stop.clone());
     let (done, ended) = tokio::sync::oneshot::channel::<()>();
@@ -259,7 +274,6 @@ fn start_worker(
         .name(format!("ingress-{worker}"))
         .spawn(move || {
             runtime.block_on(async {
-                let pool = ingress.pools[worker].clone();
                 let connections = tokio_util::task::TaskTracker::new();
                 for (l, https) in mine {
                     match TcpListener::from_std(l) {
@@ -281,7 +295,7 @@ fn start_worker(
                 let _ = tokio::time::timeout(DRAIN, connections.wait()).await;
             });
             // What is left (upgraded connections, endpoint connections) ends here.
-            drop(runtime);
+            runtime.shutdown_timeout(Duration::from_secs(1));
             drop(done);
         })?;
     Ok(())

@@ -35,6 +35,9 @@ pub struct Link {
     lost: Mutex<HashMap<String, Instant>>,
     /// Permits for UDP flows on mesh streams ([`MAX_UDP_FLOWS`]).
     udp_flows: Arc<tokio::sync::Semaphore>,
+    /// The agent's main runtime. quinn runs a connection's driver on the runtime that dials
+    /// it, and an ingress worker's runtime ends with the worker, so peers are dialled here.
+    runtime: tokio::runtime::Handle,
 }
 
 /// Why a stream to a peer's endpoint was not had.
@@ -83,15 +86,20 @@ impl Link {
         let server = serve
             .then(|| flotilla_transport::mesh_server_config(&id.ca_pem, &id.cert_pem, &id.key_pem))
             .transpose()?;
-        let runtime = quinn::default_runtime().context("no async runtime")?;
-        let endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)?;
+        let quinn_runtime = quinn::default_runtime().context("no async runtime")?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            server,
+            socket,
+            quinn_runtime,
+        )?;
         Ok(Link {
             endpoint,
             client: flotilla_transport::mesh_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem)?,
             conns: Mutex::new(HashMap::new()),
             lost: Mutex::new(HashMap::new()),
             udp_flows: Arc::new(tokio::sync::Semaphore::new(MAX_UDP_FLOWS)),
+            runtime: tokio::runtime::Handle::try_current().context("no async runtime")?,
         })
     }
 
@@ -171,9 +179,11 @@ impl Link {
             return Ok(c);
         }
         let name = flotilla_transport::mesh_server_name(node);
-        let connecting = self
-            .endpoint
-            .connect_with(self.client.clone(), addr, &name)?;
+        let connecting = {
+            let _main = self.runtime.enter();
+            self.endpoint
+                .connect_with(self.client.clone(), addr, &name)?
+        };
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .with_context(|| format!("node {node}'s mesh link at {addr} did not answer"))??;
