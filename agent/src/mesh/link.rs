@@ -327,3 +327,72 @@ pub async fn answer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Node `node`'s identity, its certificate signed by `pki` as the hub signs joining nodes'.
+    fn identity(pki: &flotilla_hub::pki::Pki, node: &str) -> Identity {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        Identity {
+            node_name: node.into(),
+            hub: "127.0.0.1:7443".parse().unwrap(),
+            ca_pem: pki.ca_pem.clone(),
+            cert_pem: pki.sign_node(node, &csr).unwrap(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A peer first dialled from a runtime that has ended since (an ingress worker's) still
+    /// answers on that connection: it is driven by the runtime the link was made on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_outlives_the_runtime_that_dialled_it() {
+        flotilla_transport::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = flotilla_hub::pki::Pki::load_or_init(dir.path(), &[]).unwrap();
+        let socket = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = Arc::new(Link::new(&identity(&pki, "a"), socket(), false).unwrap());
+        let b = Arc::new(Link::new(&identity(&pki, "b"), socket(), true).unwrap());
+        let b_addr = b.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let (_table, table) = watch::channel(Arc::new(Table::default()));
+        tokio::spawn(b.clone().serve(table, cancel.clone()));
+        let dialler = a.clone();
+        let dialled = tokio::task::spawn_blocking(move || {
+            let worker = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            worker.block_on(dialler.connection("b", b_addr)).unwrap()
+        })
+        .await
+        .unwrap();
+        // b has no endpoints: an answer on the kept connection is a refusal, while a
+        // connection left without its driver would stay silent (Unreachable).
+        let nowhere = MeshTarget::tcp("127.0.0.1:9".parse().unwrap());
+        let answer = a.open("b", b_addr, nowhere).await;
+        assert!(
+            matches!(answer, Err(Dial::Refused(_))),
+            "b should refuse over the kept connection, got {}",
+            match answer {
+                Ok(_) => "a stream".to_string(),
+                Err(Dial::Refused(e)) => format!("refused: {e:#}"),
+                Err(Dial::Unreachable(e)) => format!("unreachable: {e:#}"),
+            }
+        );
+        let kept = a.cached("b").expect("a keeps its connection to b");
+        assert_eq!(
+            (kept.stable_id(), kept.close_reason()),
+            (dialled.stable_id(), None),
+            "the connection dialled from the ended runtime should be the one in use, open"
+        );
+        cancel.cancel();
+    }
+}
