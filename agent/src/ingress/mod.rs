@@ -484,12 +484,8 @@ impl Ingress {
             Ok(()) => {
                 let upgrade = wants_upgrade(req.headers());
                 forward_headers(&mut req, &host, at, &ctx, trusted, upgrade);
-                let to = Upstream {
-                    backend: dest.pick(),
-                    how: dest.how,
-                    pool,
-                };
-                self.forward(req, to, upgrade, ctx.client).await
+                self.forward(req, dest.pick(), dest.how, pool, upgrade, ctx.client)
+                    .await
             }
             Err(answer) => answer.map(|b| Either::Right(Either::Left(Full::new(b)))),
         };
@@ -498,16 +494,15 @@ impl Ingress {
         resp
     }
 
-    /// Sends a request from `client` to an endpoint of `to` and streams its response back
-    /// (or, for an upgrade, passes the connection through).
+    /// Sends a request from `client` to an endpoint of `to` (on a connection from the worker's
+    /// `pool` when one is idle) and streams its response back (or, for an upgrade, passes the
+    /// connection through).
     async fn forward(
         &self,
         mut req: Request<limits::Capped>,
-        Upstream {
-            backend: to,
-            how,
-            pool,
-        }: Upstream<'_>,
+        to: &BackendRef,
+        how: Balancing,
+        pool: &Arc<Pool>,
         upgrade: bool,
         client: IpAddr,
     ) -> Response<Body> {
@@ -662,14 +657,6 @@ impl Ingress {
         let body = PooledBody::new(body, pool.clone(), target, sender, in_flight);
         Response::from_parts(parts, Either::Left(body))
     }
-}
-
-/// Where a request goes: a backend Service, how its endpoint is picked, and the worker's
-/// pool of endpoint connections.
-struct Upstream<'a> {
-    backend: &'a BackendRef,
-    how: Balancing,
-    pool: &'a Arc<Pool>,
 }
 
 /// What a request to an endpoint carries: the client's body, or none for a request sent
@@ -894,12 +881,7 @@ fn forward_headers<B>(
         (&X_FORWARDED_FOR, HeaderValue::from_str(&chain).ok()),
         (
             &X_REAL_IP,
-            if ctx.client == peer && ctx.forwarded_for.is_empty() {
-                // The chain is then the peer alone: no second formatting of the address.
-                HeaderValue::from_str(&chain).ok()
-            } else {
-                HeaderValue::from_str(&ctx.client.to_string()).ok()
-            },
+            HeaderValue::from_str(&ctx.client.to_string()).ok(),
         ),
         (&X_FORWARDED_HOST, HeaderValue::from_str(host).ok()),
         (&X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto))),
