@@ -16,6 +16,17 @@ pub fn is_temporary(path: &Path) -> bool {
 /// then renamed over `path`. A reader sees the old file or the whole new one, even if the
 /// agent dies mid-write; two writers that race both succeed and the last rename wins.
 pub fn write_atomic(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
+    write(path, parts, mode, true)
+}
+
+/// [`write_atomic`] without the sync: the whole file or none survives the agent dying, but
+/// not the machine losing power. For files about kernel state (network namespaces, veths)
+/// that a reboot takes away too, where an fsync would only slow every pod start.
+pub fn write_atomic_unsynced(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
+    write(path, parts, mode, false)
+}
+
+fn write(path: &Path, parts: &[&[u8]], mode: u32, sync: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -31,7 +42,9 @@ pub fn write_atomic(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
     for part in parts {
         file.write_all(part)?;
     }
-    file.as_file().sync_all()?;
+    if sync {
+        file.as_file().sync_all()?;
+    }
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
 }

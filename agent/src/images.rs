@@ -399,7 +399,11 @@ async fn load_registry_held(
     let store = images.store.clone();
     let names = flotilla_oci::pull::image_names(image, &img.digest);
     let recorded = img.clone();
-    match tokio::task::spawn_blocking(move || store.remember(&recorded, &names, unix_now())).await {
+    match tokio::task::spawn_blocking(move || {
+        store.remember(&recorded, &names, unix_now(), TOUCH_SLACK)
+    })
+    .await
+    {
         Ok(Ok(true)) => images.bump(),
         Ok(Ok(false)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, image, "failed to record the image"),

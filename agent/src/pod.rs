@@ -818,16 +818,20 @@ async fn run_once(
                 ports: container.ports.clone(),
                 exec,
             };
+            // Running is reported once runc has started the container's process.
+            let rt = shared
+                .containers
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let running = rt.start(&id, log.clone(), pod.spec.host_pid).await?;
             let shared = shared.clone();
-            let log = log.clone();
             let stop = stop.clone();
-            let host_pid = pod.spec.host_pid;
             let run = async move {
                 let rt = shared
                     .containers
                     .as_ref()
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let exit = rt.run(&id, log, stop, grace, host_pid).await?;
+                let exit = rt.finish(running, stop, grace).await;
                 Ok((exit.code, exit.reason))
             };
             (target, futures_box(run))

@@ -334,8 +334,17 @@ impl Store {
     /// Records that `image` is held under `names` and was used `now` (seconds since the
     /// epoch); the names are taken from any other image that had them. Measures the snapshot
     /// the first time it is seen. Returns whether the list of images, names or sizes changed
-    /// (a changed `last_used` alone does not count). Blocking (it may walk the snapshot).
-    pub fn remember(&self, image: &Image, names: &[String], now: u64) -> Result<bool, StoreError> {
+    /// (a changed `last_used` alone does not count). A record whose only change is its time
+    /// is written only when the stored time is older than `slack` seconds, as with
+    /// [`Store::touch`], so that starting pods of an image costs no disk write each time.
+    /// Blocking (it may walk the snapshot).
+    pub fn remember(
+        &self,
+        image: &Image,
+        names: &[String],
+        now: u64,
+        slack: u64,
+    ) -> Result<bool, StoreError> {
         let hex = digest_hex(&image.digest)?.to_string();
         let manifest_bytes = std::fs::metadata(self.blob_path(&image.digest)?)
             .map(|m| m.len())
@@ -400,7 +409,10 @@ impl Store {
                 changed = true;
             }
         }
-        if before.as_ref() != Some(&rec) {
+        let stale = before
+            .as_ref()
+            .is_none_or(|b| b.last_used.saturating_add(slack) < rec.last_used);
+        if changed || stale {
             self.write_record(&rec)?;
         }
         records.insert(rec.digest.clone(), rec);
@@ -777,11 +789,22 @@ mod tests {
         store.snapshot(&a).unwrap();
         assert!(
             store
-                .remember(&a, &names(&["r.io/a:v1", "r.io/a@x"]), 100)
+                .remember(&a, &names(&["r.io/a:v1", "r.io/a@x"]), 100, 60)
                 .unwrap()
         );
-        // Used again under a name it has: only the time moves, which is no change to list.
-        assert!(!store.remember(&a, &names(&["r.io/a:v1"]), 200).unwrap());
+        // Used again under a name it has: only the time moves, which is no change to list,
+        // and within the slack it is not written.
+        assert!(!store.remember(&a, &names(&["r.io/a:v1"]), 150, 60).unwrap());
+        assert_eq!(store.records()[&a.digest].last_used, 150);
+        assert_eq!(
+            Store::open(dir.path()).unwrap().records()[&a.digest].last_used,
+            100
+        );
+        assert!(!store.remember(&a, &names(&["r.io/a:v1"]), 200, 60).unwrap());
+        assert_eq!(
+            Store::open(dir.path()).unwrap().records()[&a.digest].last_used,
+            200
+        );
         let rec = store.records()[&a.digest].clone();
         assert_eq!(rec.names, names(&["r.io/a:v1", "r.io/a@x"]));
         assert_eq!(rec.last_used, 200);
@@ -789,7 +812,7 @@ mod tests {
         assert!(rec.blob_bytes > 0 && rec.snapshot_bytes > 0, "{rec:?}");
         // The tag moves to the image it was pulled as last.
         let b = put_image(&store, &[b"shared base", b"b's own"]);
-        assert!(store.remember(&b, &names(&["r.io/a:v1"]), 300).unwrap());
+        assert!(store.remember(&b, &names(&["r.io/a:v1"]), 300, 60).unwrap());
         assert_eq!(store.digest_of("r.io/a:v1"), Some(b.digest.clone()));
         assert_eq!(store.records()[&a.digest].names, names(&["r.io/a@x"]));
         // Touch persists only past the slack.
@@ -813,7 +836,7 @@ mod tests {
         let b = put_image(&store, &[b"shared base", b"b's own"]);
         for (img, name) in [(&a, "r.io/a:v1"), (&b, "r.io/b:v1")] {
             store.snapshot(img).unwrap();
-            store.remember(img, &names(&[name]), 1).unwrap();
+            store.remember(img, &names(&[name]), 1, 60).unwrap();
         }
         let shared_layer = a.manifest.layers()[0].digest().to_string();
         let a_layer = a.manifest.layers()[1].digest().to_string();

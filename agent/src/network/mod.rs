@@ -335,9 +335,10 @@ impl PodNetwork {
                 ports: ports.to_vec(),
             };
             let path = self.record_path(uid);
-            if let Err(e) =
-                crate::files::write_atomic(&path, &[record.to_json().to_string().as_bytes()], 0o600)
-            {
+            // Unsynced: it outlives the agent, which is all it is for, as the namespace
+            // and veth it names do not outlive the machine.
+            let json = record.to_json().to_string();
+            if let Err(e) = crate::files::write_atomic_unsynced(&path, &[json.as_bytes()], 0o600) {
                 self.leases().release(uid);
                 return Err(NetworkError::Setup {
                     what: format!("record the pod's network in {}", path.display()),
