@@ -5,6 +5,7 @@ use flotilla_proto::{Object, ObjectKey};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const PODS: TableDefinition<&str, &str> = TableDefinition::new("pods");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -31,12 +32,15 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 pub struct Cache {
     db: Database,
     sealer: flotilla_transport::seal::Sealer,
+    /// A change to the desired set is committed but not yet on disk.
+    unpersisted: AtomicBool,
 }
 
 /// A change to the cached Services and EndpointSlices, as received from the hub.
@@ -70,6 +74,7 @@ impl Cache {
         Ok(Cache {
             db,
             sealer: flotilla_transport::seal::Sealer::new(key),
+            unpersisted: AtomicBool::new(false),
         })
     }
 
@@ -101,9 +106,13 @@ impl Cache {
         Ok(out)
     }
 
-    /// Applies a change and the revision it brings us to, durably and atomically.
+    /// Applies a change and the revision it brings us to, atomically. It is seen at once
+    /// (the supervisor starts a pod from it without waiting for the disk), and is durable
+    /// once [`Cache::persist`] has run after it. Until then a crash leaves the cache at an
+    /// earlier revision, which the hub's watch resumes from, so nothing is lost but time.
     pub fn apply(&self, change: Change, revision: u64) -> Result<(), CacheError> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
         {
             let mut pods = txn.open_table(PODS)?;
             match change {
@@ -126,6 +135,21 @@ impl Cache {
             txn.open_table(META)?.insert("revision", revision)?;
         }
         txn.commit()?;
+        self.unpersisted.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes the changes [`Cache::apply`] committed durable (a no-op when there are none).
+    /// Blocking: an fsync.
+    pub fn persist(&self) -> Result<(), CacheError> {
+        if self.unpersisted.swap(false, Ordering::AcqRel) {
+            // A durable commit makes the non-durable ones before it durable too.
+            let txn = self.db.begin_write()?;
+            if let Err(e) = txn.commit() {
+                self.unpersisted.store(true, Ordering::Release);
+                return Err(e.into());
+            }
+        }
         Ok(())
     }
 
@@ -249,5 +273,40 @@ impl Cache {
         }
         txn.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = format!("pod-{uid}");
+        p.metadata.uid = uid.to_string();
+        p
+    }
+
+    #[test]
+    fn applied_changes_are_seen_at_once_and_kept_once_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let cache = Cache::open(&path, &[7; 32]).unwrap();
+        cache.apply(Change::Put(Box::new(pod("a"))), 3).unwrap();
+        cache
+            .apply(Change::Replace(vec![pod("b"), pod("c")]), 5)
+            .unwrap();
+        cache.apply(Change::Delete { uid: "c".into() }, 6).unwrap();
+        let uids = |c: &Cache| c.pods().unwrap().into_keys().collect::<Vec<_>>();
+        assert_eq!(uids(&cache), ["b"]);
+        assert_eq!(cache.revision().unwrap(), 6);
+        cache.persist().unwrap();
+        assert!(!cache.unpersisted.load(Ordering::Acquire));
+        // Nothing new: no commit.
+        cache.persist().unwrap();
+        drop(cache);
+        let cache = Cache::open(&path, &[7; 32]).unwrap();
+        assert_eq!(uids(&cache), ["b"]);
+        assert_eq!(cache.revision().unwrap(), 6);
     }
 }

@@ -29,6 +29,7 @@ pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
         let batch = tokio::select! {
             _ = cancel.cancelled() => return,
             b = next_batch(&mut rx, Duration::from_secs(10), None, |e| match e.key.kind {
+                Kind::Pod if !wakes_scheduler(e) => vec![],
                 Kind::Pod | Kind::Node | Kind::PersistentVolumeClaim => vec![()],
                 _ => vec![],
             }) => b,
@@ -37,6 +38,21 @@ pub async fn run(hub: Arc<Hub>, cancel: CancellationToken) {
             None => return,
             Some(BatchKind::Resync | BatchKind::Keys(_)) => pass_logged(&hub),
         }
+    }
+}
+
+/// Whether a change of a pod can change what the scheduler would do. A bound pod's status
+/// report (the agents' steady stream) cannot, unless it ends the pod, which gives its share
+/// of the node back; skipping them spares a write transaction and its fsync per report.
+fn wakes_scheduler(e: &crate::store::StoreEvent) -> bool {
+    match (&e.prev, &e.object) {
+        (Some(Object::Pod(before)), Some(Object::Pod(after))) => {
+            before.spec.node_name.is_none()
+                || before.spec != after.spec
+                || before.metadata.labels != after.metadata.labels
+                || before.is_terminal() != after.is_terminal()
+        }
+        _ => true,
     }
 }
 
@@ -794,6 +810,41 @@ mod tests {
             ..Default::default()
         });
         n
+    }
+
+    #[test]
+    fn only_changes_that_matter_to_placement_wake_the_scheduler() {
+        let event = |prev: Option<&Pod>, now: Option<&Pod>| crate::store::StoreEvent {
+            revision: 1,
+            key: Object::Pod(prev.or(now).unwrap().clone()).key(),
+            object: now.cloned().map(Object::Pod),
+            prev: prev.cloned().map(Object::Pod),
+        };
+        let pending = pod("a", "100m", "64Mi", None, "", None);
+        let bound = pod("a", "100m", "64Mi", None, "", Some("n1"));
+        let mut running = bound.clone();
+        running.status.phase = "Running".into();
+        let mut failed = running.clone();
+        failed.status.phase = "Failed".into();
+        let mut relabelled = running.clone();
+        relabelled
+            .metadata
+            .labels
+            .insert("tier".into(), "web".into());
+        // A bound pod's status report does not; its end, its labels, a binding, a new or a
+        // deleted pod, and any change of a pod still pending do.
+        assert!(!wakes_scheduler(&event(Some(&bound), Some(&running))));
+        assert!(wakes_scheduler(&event(Some(&running), Some(&failed))));
+        assert!(wakes_scheduler(&event(Some(&running), Some(&relabelled))));
+        assert!(wakes_scheduler(&event(Some(&pending), Some(&bound))));
+        assert!(wakes_scheduler(&event(None, Some(&pending))));
+        assert!(wakes_scheduler(&event(Some(&running), None)));
+        let mut unschedulable = pending.clone();
+        unschedulable.status.phase = "Pending".into();
+        assert!(wakes_scheduler(&event(
+            Some(&pending),
+            Some(&unschedulable)
+        )));
     }
 
     fn pod(

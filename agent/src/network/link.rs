@@ -149,40 +149,37 @@ pub async fn bridge(
 
 /// Creates the veth pair `host` (on the node, a port of bridge `bridge`, hairpin on so a pod
 /// reaches itself through a hostPort) and `eth0` (in the namespace `netns`). A `host` link
-/// left by an earlier attempt is replaced.
+/// left by an earlier attempt is replaced. Three round trips to the kernel: the pair, up and
+/// on the bridge, in one request; its index; hairpin.
 pub async fn veth(
     h: &Handle,
     host: &str,
     netns: &impl AsFd,
     bridge: u32,
 ) -> Result<(), NetworkError> {
-    delete(h, host).await?;
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(POD_IFNAME.to_string())
-        .setns_by_fd(netns.as_fd().as_raw_fd())
-        .build();
-    let pair = LinkVeth::new(host, POD_IFNAME)
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .build();
-    h.link()
-        .add(pair)
-        .execute()
-        .await
-        .map_err(failed(format!("create veth {host}")))?;
+    let pair = || {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(POD_IFNAME.to_string())
+            .setns_by_fd(netns.as_fd().as_raw_fd())
+            .build();
+        LinkVeth::new(host, POD_IFNAME)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .controller(bridge)
+            .up()
+            .build()
+    };
+    match h.link().add(pair()).execute().await {
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {
+            delete(h, host).await?;
+            h.link().add(pair()).execute().await
+        }
+        added => added,
+    }
+    .map_err(failed(format!("create veth {host} on the bridge")))?;
     let index = index(h, host).await?.ok_or_else(|| NetworkError::Setup {
         what: format!("create veth {host}"),
         message: "it is not there after creating it".into(),
     })?;
-    h.link()
-        .set(
-            LinkUnspec::new_with_index(index)
-                .controller(bridge)
-                .up()
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(failed(format!("attach {host} to the bridge")))?;
     h.link()
         .set_port(LinkBridgePort::new(index).hairpin(true).build())
         .execute()
