@@ -824,6 +824,15 @@ async fn run_once(
                 .as_ref()
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let running = rt.start(&id, log.clone(), pod.spec.host_pid).await?;
+            if !pod.spec.host_network {
+                // The next pod's namespace, made now that this one has started.
+                let spare = shared.clone();
+                shared.tracker.spawn(async move {
+                    if let Ok(net) = &spare.network {
+                        net.keep_spare().await;
+                    }
+                });
+            }
             let shared = shared.clone();
             let stop = stop.clone();
             let run = async move {

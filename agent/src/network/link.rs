@@ -14,8 +14,8 @@ use rtnetlink::{
 };
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
 
 /// The pod's end of its veth pair.
 const POD_IFNAME: &str = "eth0";
@@ -201,14 +201,60 @@ pub async fn delete(h: &Handle, name: &str) -> Result<(), NetworkError> {
 /// Creates a network namespace bound at `path` (as `ip netns add` does, so `ip netns`
 /// knows it) with `lo` up.
 pub async fn create_netns(path: &Path) -> Result<(), NetworkError> {
-    in_netns(path.to_path_buf(), true, |h| async move {
-        let lo = index(&h, "lo").await?.ok_or_else(|| NetworkError::Setup {
-            what: "set lo up".into(),
-            message: "the new namespace has no lo".into(),
-        })?;
-        up(&h, lo, "lo").await
+    let path = path.to_path_buf();
+    in_netns(move || enter_new(&path), |h| async move { lo_up(&h).await }).await
+}
+
+/// Creates a network namespace with `lo` up, held only by the returned descriptor (nothing
+/// in `/run/netns`): it goes when the descriptor is closed, the agent's end included, so a
+/// namespace kept ready this way is never left behind. [`bind_netns`] gives it a path.
+pub async fn unbound_netns() -> Result<OwnedFd, NetworkError> {
+    in_netns(unshare_net, |h| async move {
+        lo_up(&h).await?;
+        let ns = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(io_failed("open the new network namespace"))?;
+        Ok(OwnedFd::from(ns))
     })
     .await
+}
+
+/// Binds the namespace `ns` at `path`, as [`create_netns`] would have bound a new one.
+pub fn bind_netns(ns: &OwnedFd, path: &Path) -> Result<(), NetworkError> {
+    bind_at(&format!("/proc/self/fd/{}", ns.as_raw_fd()), path)
+}
+
+/// Binds the namespace file `from` at `path` (a new file, removed again if the bind fails).
+fn bind_at(from: &str, path: &Path) -> Result<(), NetworkError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_failed(format!("create {}", dir.display())))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_failed(format!("create {}", path.display())))?;
+    let bound = nix::mount::mount(
+        Some(from),
+        path,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    );
+    bound.map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        NetworkError::Setup {
+            what: format!("bind {}", path.display()),
+            message: e.to_string(),
+        }
+    })
+}
+
+async fn lo_up(h: &Handle) -> Result<(), NetworkError> {
+    let lo = index(h, "lo").await?.ok_or_else(|| NetworkError::Setup {
+        what: "set lo up".into(),
+        message: "the new namespace has no lo".into(),
+    })?;
+    up(h, lo, "lo").await
 }
 
 /// Gives the pod's `eth0` in `netns` its address `ip/prefix`, sets it up, and routes
@@ -219,34 +265,38 @@ pub async fn configure(
     prefix: u8,
     gateway: IpAddr,
 ) -> Result<(), NetworkError> {
-    in_netns(netns.to_path_buf(), false, move |h| async move {
-        let eth0 = index(&h, POD_IFNAME)
-            .await?
-            .ok_or_else(|| NetworkError::Setup {
-                what: format!("configure {POD_IFNAME}"),
-                message: "the pod's namespace has no eth0".into(),
-            })?;
-        add_address(&h, eth0, ip, prefix).await?;
-        up(&h, eth0, POD_IFNAME).await?;
-        let any = match ip {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        };
-        let route = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(any, 0)
-            .and_then(|r| r.gateway(gateway))
-            .map_err(|e| NetworkError::Setup {
-                what: "default route".into(),
-                message: e.to_string(),
-            })?
-            .build();
-        match h.route().add(route).execute().await {
-            Err(e) if errno(&e) != Some(libc::EEXIST) => {
-                Err(failed(format!("route via {gateway}"))(e))
+    let netns = netns.to_path_buf();
+    in_netns(
+        move || enter(&netns),
+        move |h| async move {
+            let eth0 = index(&h, POD_IFNAME)
+                .await?
+                .ok_or_else(|| NetworkError::Setup {
+                    what: format!("configure {POD_IFNAME}"),
+                    message: "the pod's namespace has no eth0".into(),
+                })?;
+            add_address(&h, eth0, ip, prefix).await?;
+            up(&h, eth0, POD_IFNAME).await?;
+            let any = match ip {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            };
+            let route = RouteMessageBuilder::<IpAddr>::new()
+                .destination_prefix(any, 0)
+                .and_then(|r| r.gateway(gateway))
+                .map_err(|e| NetworkError::Setup {
+                    what: "default route".into(),
+                    message: e.to_string(),
+                })?
+                .build();
+            match h.route().add(route).execute().await {
+                Err(e) if errno(&e) != Some(libc::EEXIST) => {
+                    Err(failed(format!("route via {gateway}"))(e))
+                }
+                _ => Ok(()),
             }
-            _ => Ok(()),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -271,10 +321,11 @@ pub fn delete_netns(path: &Path) -> Result<(), NetworkError> {
     }
 }
 
-/// Runs `work` on a thread inside the namespace at `path` (a new one bound there, when
-/// `create`), with a netlink connection of that namespace.
-async fn in_netns<F, Fut, T>(path: PathBuf, create: bool, work: F) -> Result<T, NetworkError>
+/// Runs `work` on a thread of its own, which `enter` first moves into a namespace, with a
+/// netlink connection of that namespace.
+async fn in_netns<E, F, Fut, T>(enter: E, work: F) -> Result<T, NetworkError>
 where
+    E: FnOnce() -> Result<(), NetworkError> + Send + 'static,
     F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, NetworkError>>,
     T: Send + 'static,
@@ -284,11 +335,7 @@ where
         .name("flotilla-netns".into())
         .spawn(move || {
             let run = || {
-                if create {
-                    enter_new(&path)?;
-                } else {
-                    enter(&path)?;
-                }
+                enter()?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_io()
                     .build()
@@ -320,35 +367,14 @@ fn enter(path: &Path) -> Result<(), NetworkError> {
 
 /// Moves this thread into a new namespace and binds it at `path`.
 fn enter_new(path: &Path) -> Result<(), NetworkError> {
-    let setup = |what: &str| {
-        let what = format!("{what} {}", path.display());
-        move |e: nix::errno::Errno| NetworkError::Setup {
-            what,
-            message: e.to_string(),
-        }
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_failed(format!("create {}", dir.display())))?;
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_failed(format!("create {}", path.display())))?;
-    let bound = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(setup("unshare the network for"))
-        .and_then(|()| {
-            nix::mount::mount(
-                Some("/proc/thread-self/ns/net"),
-                path,
-                None::<&str>,
-                nix::mount::MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(setup("bind"))
-        });
-    if bound.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    bound
+    unshare_net()?;
+    bind_at("/proc/thread-self/ns/net", path)
+}
+
+/// Moves this thread into a new network namespace.
+fn unshare_net() -> Result<(), NetworkError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Setup {
+        what: "unshare the network".into(),
+        message: e.to_string(),
+    })
 }

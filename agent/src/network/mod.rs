@@ -19,6 +19,7 @@ mod rules;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokio::io::AsyncWriteExt;
@@ -85,6 +86,9 @@ pub struct PodNetwork {
     prepared: tokio::sync::Mutex<Option<(String, u32)>>,
     /// Netlink in the agent's namespace, opened at first use.
     netlink: tokio::sync::OnceCell<rtnetlink::Handle>,
+    /// A namespace made ahead (lo up, held by its descriptor only) for the next pod, which
+    /// then only binds it: making one is most of the kernel's work of a pod network.
+    spare: Mutex<Option<OwnedFd>>,
 }
 
 /// The pod CIDR's addresses in use.
@@ -216,6 +220,7 @@ impl PodNetwork {
             leases: Mutex::new(Leases::default()),
             prepared: tokio::sync::Mutex::new(None),
             netlink: tokio::sync::OnceCell::new(),
+            spare: Mutex::new(None),
         };
         let mut leases = net.leases();
         for uid in net.recorded() {
@@ -376,7 +381,15 @@ impl PodNetwork {
             .and_then(|n| Some((n.hosts().next()?, n.prefix_len())))
             .ok_or_else(|| NetworkError::BadPodCidr(subnet.to_string()))?;
         let netns = Self::netns_path(uid);
-        link::create_netns(&netns).await?;
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match spare.map(|ns| link::bind_netns(&ns, &netns)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                debug!(pod = uid, error = %e, "cannot use the spare namespace; making one");
+                link::create_netns(&netns).await?;
+            }
+            None => link::create_netns(&netns).await?,
+        }
         let ns = std::fs::File::open(&netns).map_err(|e| NetworkError::Setup {
             what: format!("open {}", netns.display()),
             message: e.to_string(),
@@ -395,6 +408,27 @@ impl PodNetwork {
         configured?;
         mapped?;
         Ok(netns)
+    }
+
+    /// Makes a namespace for the next pod, unless one is waiting. Called once a container
+    /// has started, so as not to slow its start; a node that never runs a container pod
+    /// never has one.
+    pub async fn keep_spare(&self) {
+        if self
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        match link::unbound_netns().await {
+            Ok(ns) => {
+                let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+                spare.get_or_insert(ns);
+            }
+            Err(e) => debug!(error = %e, "cannot make a spare network namespace"),
+        }
     }
 
     /// Sets up the bridge and the node's rules for `subnet` once (again when the range
@@ -738,7 +772,11 @@ mod tests {
             host_ip: None,
         }];
         let pod_a = net.attach(&a, &[]).await.unwrap();
+        // Pod b gets a namespace made ahead, and works as pod a does.
+        net.keep_spare().await;
+        assert!(net.spare.lock().unwrap().is_some(), "a spare namespace");
         let pod_b = net.attach(&b, &ports).await.unwrap();
+        assert!(net.spare.lock().unwrap().is_none(), "pod b took the spare");
         assert_eq!(pod_a.ip.to_string(), "10.77.0.2");
         assert_eq!(pod_b.ip.to_string(), "10.77.0.3");
         let ns_a = PodNetwork::netns_name(&a);
