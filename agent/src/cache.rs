@@ -106,13 +106,18 @@ impl Cache {
         Ok(out)
     }
 
-    /// Applies a change and the revision it brings us to, atomically. It is seen at once
-    /// (the supervisor starts a pod from it without waiting for the disk), and is durable
-    /// once [`Cache::persist`] has run after it. Until then a crash leaves the cache at an
-    /// earlier revision, which the hub's watch resumes from, so nothing is lost but time.
+    /// Applies a change and the revision it brings us to, atomically. A new or changed pod
+    /// is seen at once (the supervisor starts it without waiting for the disk) and is
+    /// durable once [`Cache::persist`] has run after it: until then a crash leaves the
+    /// cache at an earlier revision, which the hub's watch resumes from, so nothing is lost
+    /// but time. Removals are durable before they are acted on, so that a crash cannot bring
+    /// back a pod already stopped (cached pods start before the hub is reached).
     pub fn apply(&self, change: Change, revision: u64) -> Result<(), CacheError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::None)?;
+        let deferred = matches!(change, Change::Put(_));
+        if deferred {
+            txn.set_durability(redb::Durability::None)?;
+        }
         {
             let mut pods = txn.open_table(PODS)?;
             match change {
@@ -135,7 +140,9 @@ impl Cache {
             txn.open_table(META)?.insert("revision", revision)?;
         }
         txn.commit()?;
-        self.unpersisted.store(true, Ordering::Release);
+        if deferred {
+            self.unpersisted.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -144,11 +151,15 @@ impl Cache {
     pub fn persist(&self) -> Result<(), CacheError> {
         if self.unpersisted.swap(false, Ordering::AcqRel) {
             // A durable commit makes the non-durable ones before it durable too.
-            let txn = self.db.begin_write()?;
-            if let Err(e) = txn.commit() {
+            let committed = self
+                .db
+                .begin_write()
+                .map_err(CacheError::from)
+                .and_then(|txn| Ok(txn.commit()?));
+            if committed.is_err() {
                 self.unpersisted.store(true, Ordering::Release);
-                return Err(e.into());
             }
+            committed?;
         }
         Ok(())
     }

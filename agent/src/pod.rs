@@ -824,6 +824,16 @@ async fn run_once(
                 .as_ref()
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let running = rt.start(&id, log.clone(), pod.spec.host_pid).await?;
+            if let Some(code) = running.failed() {
+                // Never Running: runc said why in the container's log.
+                rt.finish(running, stop.clone(), grace).await;
+                let message = format!(
+                    "Error: runc could not start container {} (exit code {code}); see its log",
+                    container.name
+                );
+                event(shared, pod, Warning, "Failed", message);
+                return Ok((code, "StartError".to_string()));
+            }
             if !pod.spec.host_network {
                 // The next pod's namespace, made now that this one has started.
                 let spare = shared.clone();

@@ -115,11 +115,11 @@ async fn session(
                 let ev = ev?.context("hub closed the watch")?;
                 apply(shared, ev)?;
                 let _ = events.send(Event::Desired);
-                // To disk while the supervisor acts on it (a burst shares one fsync).
+                // To disk while the supervisor acts on it.
                 let persisting = shared.clone();
-                tokio::task::spawn_blocking(move || {
+                shared.tracker.spawn_blocking(move || {
                     if let Err(e) = persisting.cache.persist() {
-                        warn!(error = %e, "cannot persist the desired pods; the hub will send them again after a restart");
+                        warn!(error = %e, "cannot persist the desired pods");
                     }
                 });
             }

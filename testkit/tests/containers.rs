@@ -402,6 +402,8 @@ async fn bad_images_are_refused_and_indexes_pick_this_platform() {
         pod("multi", "test/multi:v1", ""),
         pod("zstd", "test/zstd:v1", ""),
         pod("absent", "test/absent:v1", ", imagePullPolicy: Never"),
+        // runc cannot start it: its command does not exist.
+        pod("nostart", "test/zstd:v1", ", command: [/no/such/binary]"),
         pod(
             "hello",
             "test/hello-wasm:v1",
@@ -438,6 +440,19 @@ async fn bad_images_are_refused_and_indexes_pick_this_platform() {
         .await;
     assert!(waiting(&p).unwrap().1.contains("pull policy of Never"));
 
+    // Never Running: the container ends with StartError, runc's reason in its log.
+    let p = cluster
+        .wait_pod("nostart", "Failed", |p| p.status.phase == "Failed")
+        .await;
+    let ended = p.status.container_statuses[0].state.terminated.clone();
+    assert_eq!(
+        ended.and_then(|t| t.reason).as_deref(),
+        Some("StartError"),
+        "{:?}",
+        p.status.container_statuses
+    );
+    let log = logs(&cluster, "nostart").await;
+    assert!(log.contains("/no/such/binary"), "{log}");
     let p = cluster
         .wait_pod("multi", "Succeeded", |p| p.status.phase == "Succeeded")
         .await;

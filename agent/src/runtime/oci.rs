@@ -542,6 +542,13 @@ pub struct Running {
     pumps: [tokio::task::JoinHandle<()>; 2],
 }
 
+impl Running {
+    /// The code runc failed with, when it did not start the container.
+    pub fn failed(&self) -> Option<i32> {
+        self.started.as_ref().err().copied()
+    }
+}
+
 /// A container that runc started.
 struct Started {
     exited: Exited,
