@@ -277,7 +277,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         .map(|a| a.port());
     let names = flotilla_dns::Names::empty(&cfg.cluster_domain)
         .map_err(|e| anyhow::anyhow!("--cluster-domain: {e}"))?;
-    let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         cfg,
@@ -301,6 +300,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<AgentHandle> {
         Ok(pods) => volumes::sweep(&shared, &pods.keys().cloned().collect()),
         Err(e) => tracing::warn!(error = %e, "cannot read cached pods to sweep volumes"),
     }
+    let cancel = CancellationToken::new();
     let dns_addrs = dns::start(shared.clone(), cancel.child_token()).await?;
     mesh::start(shared.clone(), &identity, mesh_socket, cancel.child_token())
         .await

@@ -209,12 +209,15 @@ pub async fn create_netns(path: &Path) -> Result<(), NetworkError> {
 /// in `/run/netns`): it goes when the descriptor is closed, the agent's end included, so a
 /// namespace kept ready this way is never left behind. [`bind_netns`] gives it a path.
 pub async fn unbound_netns() -> Result<OwnedFd, NetworkError> {
-    in_netns(unshare_net, |h| async move {
-        lo_up(&h).await?;
-        let ns = std::fs::File::open("/proc/thread-self/ns/net")
-            .map_err(io_failed("open the new network namespace"))?;
-        Ok(OwnedFd::from(ns))
-    })
+    in_netns(
+        || unshare_net("a spare namespace"),
+        |h| async move {
+            lo_up(&h).await?;
+            let ns = std::fs::File::open("/proc/thread-self/ns/net")
+                .map_err(io_failed("open the new network namespace"))?;
+            Ok(OwnedFd::from(ns))
+        },
+    )
     .await
 }
 
@@ -367,14 +370,14 @@ fn enter(path: &Path) -> Result<(), NetworkError> {
 
 /// Moves this thread into a new namespace and binds it at `path`.
 fn enter_new(path: &Path) -> Result<(), NetworkError> {
-    unshare_net()?;
+    unshare_net(&path.display().to_string())?;
     bind_at("/proc/thread-self/ns/net", path)
 }
 
-/// Moves this thread into a new network namespace.
-fn unshare_net() -> Result<(), NetworkError> {
+/// Moves this thread into a new network namespace, the one meant for `what`.
+fn unshare_net(what: &str) -> Result<(), NetworkError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Setup {
-        what: "unshare the network".into(),
+        what: format!("unshare the network for {what}"),
         message: e.to_string(),
     })
 }
