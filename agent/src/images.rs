@@ -80,6 +80,9 @@ pub struct Images {
     gc_lock: tokio::sync::RwLock<()>,
     /// The container images pods hold, by digest: pinned while any `Loaded` has them.
     live: Mutex<HashMap<String, Weak<Image>>>,
+    /// Images read from the store, by digest: their blobs never change, so a pod start need
+    /// not read and parse them again. An image leaves when it is collected.
+    parsed: Mutex<HashMap<String, Image>>,
     /// Bumped when the images on the node (names, sizes, the set) change: node status.
     changed: tokio::sync::watch::Sender<u64>,
     /// Wakes the collector after a pull.
@@ -96,6 +99,7 @@ impl Images {
             locks: Mutex::new(HashMap::new()),
             gc_lock: tokio::sync::RwLock::new(()),
             live: Mutex::new(HashMap::new()),
+            parsed: Mutex::new(HashMap::new()),
             changed: tokio::sync::watch::channel(0).0,
             pulled: tokio::sync::Notify::new(),
             gc_failed: Mutex::new(None),
@@ -121,6 +125,17 @@ impl Images {
         let img = Arc::new(img);
         live.insert(img.digest.clone(), Arc::downgrade(&img));
         img
+    }
+
+    /// The stored image `digest`, from memory when it was read before.
+    fn stored(&self, digest: &str) -> Option<Image> {
+        let parsed = || self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(img) = parsed().get(digest) {
+            return Some(img.clone());
+        }
+        let img = self.store.image(digest).ok()?;
+        parsed().insert(digest.to_string(), img.clone());
+        Some(img)
     }
 
     /// Digests of the images in use: held by a pod, or named by a desired pod.
@@ -251,6 +266,7 @@ pub async fn load(
                 ),
             });
         }
+        pulling(shared, pod, image);
         let a = crate::artifacts::load(shared, image)
             .await
             .map_err(pull_error)?;
@@ -271,6 +287,15 @@ pub async fn load(
         }),
         _ => Ok(loaded),
     }
+}
+
+/// The `Pulling` event, as the kubelet sends it: only when the image is fetched (an image
+/// already present gets only `Pulled`, "already present on machine").
+fn pulling(shared: &Shared, pod: &Pod, image: &str) {
+    let message = format!("Pulling image {image:?}");
+    shared
+        .events
+        .push(pod, EventType::Normal, "Pulling", message);
 }
 
 async fn load_registry(
@@ -304,7 +329,7 @@ async fn load_registry_held(
         .image(image)
         .ok()
         .flatten()
-        .and_then(|d| images.store.image(&d).ok())
+        .and_then(|d| images.stored(&d))
         .filter(|i| images.store.has_layers(i));
     let (img, message) = match (policy, cached) {
         ("Never", None) => {
@@ -378,7 +403,11 @@ async fn load_registry_held(
             Loaded::Wasm(artifact)
         }
         ImageKind::Container => {
-            let snapshot = {
+            // Unpacked before: no blocking thread needed to find it.
+            let unpacked = (images.store.snapshot_path(&img).ok()).filter(|p| p.is_dir());
+            let snapshot = if let Some(path) = unpacked {
+                path
+            } else {
                 let shared_img = img.clone();
                 let store = images.store.clone();
                 tokio::task::spawn_blocking(move || store.snapshot(&shared_img))
@@ -481,6 +510,10 @@ pub async fn collect_garbage(shared: &Shared) -> Option<Collected> {
             return None;
         }
     };
+    {
+        let mut parsed = images.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        done.removed.iter().for_each(|d| drop(parsed.remove(d)));
+    }
     if !done.removed.is_empty() {
         tracing::info!(
             removed = done.removed.len(),
@@ -529,6 +562,7 @@ pub async fn gc_loop(shared: Arc<Shared>, cancel: CancellationToken) {
 
 /// Resolves and fetches `image` from its registry with the pod's pull secrets.
 async fn pull(shared: &Shared, pod: &Pod, image: &str) -> Result<(Image, Pulled), LoadError> {
+    pulling(shared, pod, image);
     let images = &shared.images;
     let reference = flotilla_oci::pull::parse_reference(image).map_err(|e| LoadError {
         reason: "InvalidImageName",

@@ -546,13 +546,6 @@ async fn pull(
     let mut backoff = shared.cfg.backoff_base;
     let mut failed = false;
     loop {
-        event(
-            shared,
-            pod,
-            Normal,
-            "Pulling",
-            format!("Pulling image {image:?}"),
-        );
         let pull_started = Instant::now();
         match crate::images::load(shared, pod, container).await {
             Ok((a, said)) => {

@@ -135,6 +135,7 @@ pub async fn start(config: Config, socket: std::net::UdpSocket) -> anyhow::Resul
     tracker.spawn(scheduler::run(hub.clone(), cancel.child_token()));
     tracker.spawn(controller::node::run(hub.clone(), cancel.child_token()));
     tracker.spawn(events::run(hub.clone(), cancel.child_token()));
+    tracker.spawn(store::flush_soft_writes(hub.clone(), cancel.child_token()));
     tracing::info!(addr = %addr, data_dir = %data_dir.display(), "hub started");
     Ok(HubHandle {
         addr,

@@ -1427,7 +1427,7 @@ fn report_node(hub: &Hub, node: &str, json: &str) -> Response {
 /// Stores pod statuses from the agent that runs them; reports for pods bound elsewhere (or
 /// replaced since) are ignored.
 fn report_pods(hub: &Hub, node: &str, pods: Vec<PodReport>) -> Response {
-    let result = hub.store.write(|tx| {
+    let result = hub.store.write_soft(|tx| {
         // A report sent during a partition may land before the heartbeat that brings the node
         // back; the node lifecycle would mark its pods Unknown again. The agent sends every
         // status anew once its heartbeat is answered ResendPods.
@@ -1476,7 +1476,7 @@ const AGENT_CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(15
 fn report_events(hub: &Hub, node: &str, events: Vec<EventReport>) -> Response {
     let now = std::time::SystemTime::now();
     let mut ignored = 0;
-    let result = hub.store.write(|tx| {
+    let result = hub.store.write_soft(|tx| {
         // One report carries what an agent queues (512 at most); more is not an agent's.
         ignored = events.len().saturating_sub(MAX_EVENTS_PER_REPORT);
         for r in events.iter().take(MAX_EVENTS_PER_REPORT) {

@@ -22,6 +22,8 @@ const FORMAT_SEALED_JSON: u8 = 2;
 const LOG_RETAIN: u64 = 50_000;
 /// Meta key present once the per-kind object counts (`count/<Kind>`) are maintained.
 const COUNTED: &str = "counted";
+/// The longest a soft write ([`Store::write_soft`]) stays without a durable commit after it.
+const SOFT_SPAN: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn count_key_str(kind: &str) -> String {
     format!("count/{kind}")
@@ -49,10 +51,11 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
-/// One change, published after its commit is durable.
+/// One change, published after its commit (durable, or soft: see [`Store::write_soft`]).
 #[derive(Clone, Debug)]
 pub struct StoreEvent {
     pub revision: u64,
@@ -77,7 +80,15 @@ pub struct Store {
     events: broadcast::Sender<StoreEvent>,
     sealing: Sealer,
     /// Serialises writers in-process so revision numbers are handed out in commit order.
-    write_lock: Mutex<()>,
+    write_lock: Mutex<Commits>,
+}
+
+/// What the writers know about commits, kept under the write lock.
+struct Commits {
+    /// When a commit was last made durable.
+    durable_at: std::time::Instant,
+    /// Whether a soft commit was made since.
+    soft: bool,
 }
 
 pub fn now_rfc3339() -> String {
@@ -117,7 +128,10 @@ impl Store {
             db,
             events,
             sealing: Sealer::new(sealing_key),
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(Commits {
+                durable_at: std::time::Instant::now(),
+                soft: false,
+            }),
         };
         store.bootstrap()?;
         Ok(store)
@@ -279,8 +293,47 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let txn = self.db.begin_write()?;
+        self.write_with(false, f)
+    }
+
+    /// [`Store::write`] for state that its source sends again if the hub forgets it (agents
+    /// report every pod status anew on each connection; their events are best effort, as in
+    /// Kubernetes): committed without waiting for the disk, unless no commit has been made
+    /// durable for [`SOFT_SPAN`]. A hub that crashes loses at most that span of such writes,
+    /// and anything written after them (durably) carries them to disk, so no durable state
+    /// rests on a lost one. It spares the disk flushes that pod starts and stops would
+    /// otherwise wait for on a small machine.
+    pub fn write_soft<R>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.write_with(true, f)
+    }
+
+    /// Makes soft writes durable, if any are not yet. Blocking (a disk flush).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut commits = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if commits.soft {
+            self.db.begin_write()?.commit()?;
+            *commits = Commits {
+                durable_at: std::time::Instant::now(),
+                soft: false,
+            };
+        }
+        Ok(())
+    }
+
+    fn write_with<R>(
+        &self,
+        soft: bool,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut commits = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut txn = self.db.begin_write()?;
+        let soft = soft && commits.durable_at.elapsed() < SOFT_SPAN;
+        if soft {
+            txn.set_durability(redb::Durability::None)?;
+        }
         let (result, events) = {
             let mut tx = Tx {
                 store: self,
@@ -297,11 +350,52 @@ impl Store {
             (result, tx.events)
         };
         txn.commit()?;
+        if soft {
+            commits.soft = true;
+        } else {
+            *commits = Commits {
+                durable_at: std::time::Instant::now(),
+                soft: false,
+            };
+        }
         for e in events {
             // No receivers is fine: nobody is watching yet.
             let _ = self.events.send(e);
         }
         Ok(result)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "cannot make the last pod reports durable");
+        }
+    }
+}
+
+/// Flushes soft writes every [`SOFT_SPAN`] when no durable write did, and once more when
+/// cancelled.
+pub async fn flush_soft_writes(
+    hub: std::sync::Arc<crate::Hub>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SOFT_SPAN);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = cancel.cancelled() => true,
+        };
+        let flushing = hub.clone();
+        match tokio::task::spawn_blocking(move || flushing.store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot make pod reports durable"),
+            Err(e) => tracing::warn!(error = %e, "cannot make pod reports durable"),
+        }
+        if stop {
+            return;
+        }
     }
 }
 
@@ -519,6 +613,37 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(a.meta().uid, uid);
+    }
+
+    #[test]
+    fn soft_writes_are_seen_at_once_and_made_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let key = [7u8; 32];
+        let soft = |s: &Store| s.write_lock.lock().unwrap().soft;
+        let get = |s: &Store, name: &str| {
+            s.get(&ObjectKey::new(Kind::ConfigMap, "default", name))
+                .unwrap()
+        };
+        {
+            let s = Store::open(&path, &key).unwrap();
+            s.write_soft(|tx| tx.put(cm("a", "1"))).unwrap();
+            assert!(soft(&s), "committed without a flush");
+            assert!(get(&s, "a").is_some(), "and seen at once");
+            s.flush().unwrap();
+            assert!(!soft(&s), "flushed");
+            s.write(|tx| tx.put(cm("b", "1"))).unwrap();
+            s.write_soft(|tx| tx.put(cm("c", "1"))).unwrap();
+            assert!(soft(&s));
+            s.write(|tx| tx.put(cm("d", "1"))).unwrap();
+            assert!(!soft(&s), "a durable write carries the soft ones");
+            s.write_soft(|tx| tx.put(cm("e", "1"))).unwrap();
+            // Dropped: the last soft write is flushed on the way.
+        }
+        let s = Store::open(&path, &key).unwrap();
+        for name in ["a", "b", "c", "d", "e"] {
+            assert!(get(&s, name).is_some(), "{name}");
+        }
     }
 
     #[test]

@@ -306,6 +306,12 @@ impl Store {
         let tmp = self.temp_path("snapshot");
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         let built = self.unpack_into(image, &tmp);
+        if built.is_ok()
+            && let Err(e) = unpack::add_mount_points(&tmp)
+        {
+            // runc makes what is missing in each container's writable layer instead.
+            tracing::debug!(image = %image.digest, error = %e, "cannot add mount points to the snapshot");
+        }
         if let Err(e) = built {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);

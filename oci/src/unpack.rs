@@ -153,6 +153,42 @@ pub enum UnpackError {
     Archive(#[source] io::Error),
 }
 
+/// Directories runc mounts over in every container (`/proc`, `/sys`, `/dev`), and the files
+/// the agent bind-mounts per pod (`/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`).
+const MOUNT_POINT_DIRS: &[&str] = &["proc", "sys", "dev", "etc"];
+const MOUNT_POINT_FILES: &[&str] = &["hosts", "hostname", "resolv.conf"];
+
+/// Adds the mount points every container needs to an unpacked rootfs that lacks them (Docker's
+/// "init layer"), empty and root-owned. Otherwise runc creates them in each container's
+/// writable layer, and on overlayfs every one of those is a copy-up at each container start.
+/// Whatever the layers put there is kept, and nothing is followed: a symlinked `/etc` gets no
+/// files. A caller may ignore the error: runc makes any mount point still missing.
+pub fn add_mount_points(root: &Path) -> io::Result<()> {
+    let root = open_dir_nofollow(CWD, root.as_os_str().as_encoded_bytes())?;
+    for dir in MOUNT_POINT_DIRS {
+        match mkdirat(&root, *dir, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let Ok(etc) = open_dir_nofollow(root.as_fd(), b"etc") else {
+        return Ok(());
+    };
+    for file in MOUNT_POINT_FILES {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+        match openat(
+            &etc,
+            *file,
+            flags | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(_) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Applies one layer onto `root` (an existing directory). Entries are applied in order, then
 /// directory modification times are set (their contents changed them along the way). The whole
 /// stream is consumed, including anything after the end-of-archive marker, so that the
@@ -1826,6 +1862,53 @@ mod tests {
         assert_eq!(fx.read(&format!("{inside}/secret")), "confined");
         assert_eq!(fx.read(&format!("{inside}/secret2")), "confined too");
         fx.assert_outside_untouched();
+    }
+
+    #[test]
+    fn mount_points_are_added_without_following_anything() {
+        // A plain image: the directories and /etc's files are made, empty.
+        let fx = Fixture::new();
+        fx.apply(Tar::new().file("etc/hosts", "127.0.0.1 mine").bytes())
+            .unwrap();
+        add_mount_points(&fx.root).unwrap();
+        for dir in ["proc", "sys", "dev"] {
+            assert!(fx.path(dir).is_dir(), "{dir}");
+        }
+        assert_eq!(
+            fx.read("etc/hosts"),
+            "127.0.0.1 mine",
+            "the image's file is kept"
+        );
+        assert_eq!(fx.read("etc/hostname"), "");
+        assert_eq!(fx.read("etc/resolv.conf"), "");
+        add_mount_points(&fx.root).expect("a second time changes nothing");
+
+        // /etc a symlink out of the rootfs, resolv.conf a dangling symlink: nothing is made
+        // through either, and the symlinks stay.
+        let fx = Fixture::new();
+        let canary = fx.canary_str();
+        fx.apply(
+            Tar::new()
+                .symlink("etc", &canary)
+                .symlink("proc", &canary)
+                .bytes(),
+        )
+        .unwrap();
+        add_mount_points(&fx.root).unwrap();
+        assert!(fx.path("etc").is_symlink() && fx.path("proc").is_symlink());
+        fx.assert_outside_untouched();
+        let fx = Fixture::new();
+        fx.apply(
+            Tar::new()
+                .dir("etc/")
+                .symlink("etc/resolv.conf", "../run/resolv.conf")
+                .bytes(),
+        )
+        .unwrap();
+        add_mount_points(&fx.root).unwrap();
+        assert!(fx.path("etc/resolv.conf").is_symlink());
+        assert!(!fx.exists("run/resolv.conf"));
+        assert_eq!(fx.read("etc/hosts"), "");
     }
 
     #[test]

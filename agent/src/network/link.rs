@@ -148,15 +148,17 @@ pub async fn bridge(
 }
 
 /// Creates the veth pair `host` (on the node, a port of bridge `bridge`, hairpin on so a pod
-/// reaches itself through a hostPort) and `eth0` (in the namespace `netns`). A `host` link
-/// left by an earlier attempt is replaced. Three round trips to the kernel: the pair, up and
-/// on the bridge, in one request; its index; hairpin.
+/// reaches itself through a hostPort) and `eth0` (in the namespace `netns`); returns the
+/// index of `host`. With `replace`, a `host` link left by an earlier attempt is replaced;
+/// without, it is an error. Three round trips to the kernel: the pair, up and on the bridge,
+/// in one request; its index; hairpin.
 pub async fn veth(
     h: &Handle,
     host: &str,
     netns: &impl AsFd,
     bridge: u32,
-) -> Result<(), NetworkError> {
+    replace: bool,
+) -> Result<u32, NetworkError> {
     let pair = || {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(POD_IFNAME.to_string())
@@ -169,7 +171,7 @@ pub async fn veth(
             .build()
     };
     match h.link().add(pair()).execute().await {
-        Err(e) if errno(&e) == Some(libc::EEXIST) => {
+        Err(e) if replace && errno(&e) == Some(libc::EEXIST) => {
             delete(h, host).await?;
             h.link().add(pair()).execute().await
         }
@@ -184,16 +186,30 @@ pub async fn veth(
         .set_port(LinkBridgePort::new(index).hairpin(true).build())
         .execute()
         .await
-        .map_err(failed(format!("set hairpin on {host}")))
+        .map_err(failed(format!("set hairpin on {host}")))?;
+    Ok(index)
+}
+
+/// Whether link `index` is there, named `name`.
+pub async fn is_there(h: &Handle, index: u32, name: &str) -> bool {
+    let mut links = h.link().get().match_index(index).execute();
+    matches!(links.try_next().await, Ok(Some(link)) if link.attributes.iter().any(
+        |a| matches!(a, rtnetlink::packet_route::link::LinkAttribute::IfName(n) if n == name)
+    ))
 }
 
 /// Deletes link `name` (and so its veth peer); one that is not there is fine.
 pub async fn delete(h: &Handle, name: &str) -> Result<(), NetworkError> {
-    let Some(index) = index(h, name).await? else {
-        return Ok(());
-    };
+    match index(h, name).await? {
+        Some(index) => delete_index(h, index, name).await,
+        None => Ok(()),
+    }
+}
+
+/// Deletes link `index` (`what` names it in errors); one that is not there is fine.
+pub async fn delete_index(h: &Handle, index: u32, what: &str) -> Result<(), NetworkError> {
     match h.link().del(index).execute().await {
-        Err(e) if errno(&e) != Some(libc::ENODEV) => Err(failed(format!("delete {name}"))(e)),
+        Err(e) if errno(&e) != Some(libc::ENODEV) => Err(failed(format!("delete {what}"))(e)),
         _ => Ok(()),
     }
 }

@@ -86,9 +86,27 @@ pub struct PodNetwork {
     prepared: tokio::sync::Mutex<Option<(String, u32)>>,
     /// Netlink in the agent's namespace, opened at first use.
     netlink: tokio::sync::OnceCell<rtnetlink::Handle>,
-    /// A namespace made ahead (lo up, held by its descriptor only) for the next pod, which
-    /// then only binds it: making one is most of the kernel's work of a pod network.
-    spare: Mutex<Option<OwnedFd>>,
+    /// A namespace made ahead for the next pod, which then only binds it and names its veth:
+    /// making them is most of the kernel's work of a pod network.
+    spare: Mutex<Option<Spare>>,
+}
+
+/// A network namespace with `lo` up, held by its descriptor only (nothing in `/run/netns`,
+/// so it goes with the agent), and, once the bridge is up, a veth pair: `eth0` inside, and
+/// the node's end up on the bridge. Closing the namespace removes both ends.
+struct Spare {
+    ns: OwnedFd,
+    veth: Option<SpareVeth>,
+}
+
+/// The node's end of a spare's veth pair. It keeps its (random) name when a pod takes it:
+/// renaming a link means taking it down and up again, which costs as much as half a new
+/// pair. The pod's network record names it.
+struct SpareVeth {
+    name: String,
+    index: u32,
+    /// The bridge it is on.
+    bridge: u32,
 }
 
 /// The pod CIDR's addresses in use.
@@ -142,6 +160,9 @@ struct Record {
     /// None for pods attached by agents that ran the CNI plugins.
     ip: Option<IpAddr>,
     ports: Vec<PortMapping>,
+    /// The node's end of the pod's veth; None: [`veth_name`] of the uid (as agents before
+    /// spare veths recorded it).
+    veth: Option<String>,
 }
 
 impl Record {
@@ -158,7 +179,12 @@ impl Record {
                 ])
             })
             .collect();
-        json!({"subnet": self.subnet, "ip": self.ip.map(|i| i.to_string()), "ports": ports})
+        json!({
+            "subnet": self.subnet,
+            "ip": self.ip.map(|i| i.to_string()),
+            "ports": ports,
+            "veth": self.veth,
+        })
     }
 
     fn from_json(v: &Value) -> Record {
@@ -180,6 +206,7 @@ impl Record {
             subnet: v["subnet"].as_str().map(str::to_string),
             ip: v["ip"].as_str().and_then(|s| s.parse().ok()),
             ports,
+            veth: v["veth"].as_str().map(str::to_string),
         }
     }
 }
@@ -189,6 +216,11 @@ fn veth_name(uid: &str) -> String {
     use sha2::Digest as _;
     let hash = hex::encode(sha2::Sha256::digest(uid.as_bytes()));
     format!("flt{}", &hash[..12])
+}
+
+/// A name of the same form for a spare veth, drawn at random.
+fn spare_veth_name() -> String {
+    format!("flt{:012x}", rand::random::<u64>() >> 16)
 }
 
 impl PodNetwork {
@@ -322,6 +354,10 @@ impl PodNetwork {
         if self.record_path(uid).exists() || Self::netns_path(uid).exists() {
             self.detach(uid).await;
         }
+        // The spare (if any) names the veth, which the record must know.
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let host = (spare.as_ref().and_then(|s| s.veth.as_ref()))
+            .map_or_else(|| veth_name(uid), |v| v.name.clone());
         // The range is picked, the address leased and the pod recorded under the lock
         // `assign` takes, so the range cannot change under a pod being attached.
         let (subnet, ip) = {
@@ -338,6 +374,7 @@ impl PodNetwork {
                 subnet: Some(subnet.clone()),
                 ip: Some(ip),
                 ports: ports.to_vec(),
+                veth: Some(host.clone()),
             };
             let path = self.record_path(uid);
             // Unsynced: it outlives the agent, which is all it is for, as the namespace
@@ -352,7 +389,7 @@ impl PodNetwork {
             }
             (subnet, ip)
         };
-        match self.plumb(uid, &subnet, ip, ports).await {
+        match self.plumb(uid, &subnet, ip, ports, spare, &host).await {
             Ok(netns) => {
                 debug!(pod = uid, %ip, "pod network attached");
                 Ok(Attachment { netns, ip })
@@ -366,13 +403,16 @@ impl PodNetwork {
         }
     }
 
-    /// Sets up pod `uid`'s namespace, veth, address, route and hostPorts.
+    /// Sets up pod `uid`'s namespace, veth (`host` on the node's side), address, route and
+    /// hostPorts, from `spare` as far as it goes.
     async fn plumb(
         &self,
         uid: &str,
         subnet: &str,
         ip: IpAddr,
         ports: &[PortMapping],
+        spare: Option<Spare>,
+        host: &str,
     ) -> Result<PathBuf, NetworkError> {
         let bridge = self.prepare(subnet).await?;
         let (gateway, prefix) = subnet
@@ -381,22 +421,37 @@ impl PodNetwork {
             .and_then(|n| Some((n.hosts().next()?, n.prefix_len())))
             .ok_or_else(|| NetworkError::BadPodCidr(subnet.to_string()))?;
         let netns = Self::netns_path(uid);
-        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match spare.map(|ns| link::bind_netns(&ns, &netns)) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
+        let netlink = self.netlink().await?;
+        // A spare that cannot be bound is dropped, and its veth goes with its namespace.
+        let veth = match spare.map(|s| (link::bind_netns(&s.ns, &netns), s.veth)) {
+            Some((Ok(()), veth)) => veth,
+            Some((Err(e), _)) => {
                 debug!(pod = uid, error = %e, "cannot use the spare namespace; making one");
                 link::create_netns(&netns).await?;
+                None
             }
-            None => link::create_netns(&netns).await?,
+            None => {
+                link::create_netns(&netns).await?;
+                None
+            }
+        };
+        // Deleted by hand meanwhile, its eth0 went with it.
+        let veth = match veth {
+            Some(v) if link::is_there(netlink, v.index, &v.name).await => Some(v),
+            _ => None,
+        };
+        if veth.as_ref().is_none_or(|v| v.bridge != bridge) {
+            if let Some(v) = veth {
+                // On a bridge made again since: its eth0 is in the pod's namespace, and the
+                // new pair needs that name and the veth's.
+                link::delete_index(netlink, v.index, &v.name).await?;
+            }
+            let ns = std::fs::File::open(&netns).map_err(|e| NetworkError::Setup {
+                what: format!("open {}", netns.display()),
+                message: e.to_string(),
+            })?;
+            link::veth(netlink, host, &ns, bridge, true).await?;
         }
-        let ns = std::fs::File::open(&netns).map_err(|e| NetworkError::Setup {
-            what: format!("open {}", netns.display()),
-            message: e.to_string(),
-        })?;
-        let netlink = self.netlink().await?;
-        link::veth(netlink, &veth_name(uid), &ns, bridge).await?;
-        drop(ns);
         let mapped = async {
             if ports.is_empty() {
                 return Ok(());
@@ -422,13 +477,35 @@ impl PodNetwork {
         {
             return;
         }
-        match link::unbound_netns().await {
-            Ok(ns) => {
-                let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-                spare.get_or_insert(ns);
+        let ns = match link::unbound_netns().await {
+            Ok(ns) => ns,
+            Err(e) => {
+                debug!(error = %e, "cannot make a spare network namespace");
+                return;
             }
-            Err(e) => debug!(error = %e, "cannot make a spare network namespace"),
-        }
+        };
+        let bridge = self.prepared.lock().await.as_ref().map(|(_, index)| *index);
+        let veth = match (bridge, self.netlink().await) {
+            (Some(bridge), Ok(netlink)) => {
+                let name = spare_veth_name();
+                // A name taken already (by chance) is not the spare's to replace.
+                let made = link::veth(netlink, &name, &ns, bridge, false).await;
+                match made {
+                    Ok(index) => Some(SpareVeth {
+                        name,
+                        index,
+                        bridge,
+                    }),
+                    Err(e) => {
+                        debug!(error = %e, "cannot make a spare veth");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        spare.get_or_insert(Spare { ns, veth });
     }
 
     /// Sets up the bridge and the node's rules for `subnet` once (again when the range
@@ -505,7 +582,8 @@ impl PodNetwork {
         if record.ip.is_some() {
             match self.netlink().await {
                 Ok(h) => {
-                    if let Err(e) = link::delete(h, &veth_name(uid)).await {
+                    let veth = record.veth.clone().unwrap_or_else(|| veth_name(uid));
+                    if let Err(e) = link::delete(h, &veth).await {
                         debug!(pod = uid, error = %e, "cannot delete the pod's veth");
                     }
                 }
@@ -649,16 +727,19 @@ mod tests {
                 protocol: "TCP".into(),
                 host_ip: Some("127.0.0.1".parse().unwrap()),
             }],
+            veth: Some("flt0123456789ab".into()),
         };
         let back = Record::from_json(&record.to_json());
         assert_eq!(back.subnet, record.subnet);
         assert_eq!(back.ip, record.ip);
         assert_eq!(back.ports, record.ports);
+        assert_eq!(back.veth, record.veth);
         // As agents that ran the CNI plugins wrote them.
         let cni = Record::from_json(
             &json!({"subnet": "10.88.0.0/24", "masquerade": "node", "ports": [[8080, 80, "TCP", null]]}),
         );
         assert_eq!(cni.ip, None);
+        assert_eq!(cni.veth, None, "older records name no veth");
         assert_eq!(cni.ports[0].host_ip, None);
         assert_eq!(veth_name("0123abcd-aaaa-bbbb-cccc-0123456789ab").len(), 15);
     }
@@ -772,11 +853,28 @@ mod tests {
             host_ip: None,
         }];
         let pod_a = net.attach(&a, &[]).await.unwrap();
-        // Pod b gets a namespace made ahead, and works as pod a does.
+        // Pod b gets a namespace and veth made ahead, and works as pod a does.
         net.keep_spare().await;
-        assert!(net.spare.lock().unwrap().is_some(), "a spare namespace");
+        let spare = net
+            .spare
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.veth.as_ref().unwrap().name.clone());
+        let spare = spare.expect("a spare namespace");
+        let links = sh("ip -o link show master flt-test0");
+        assert!(
+            links.contains(&spare),
+            "the spare's veth is on the bridge: {links}"
+        );
         let pod_b = net.attach(&b, &ports).await.unwrap();
         assert!(net.spare.lock().unwrap().is_none(), "pod b took the spare");
+        assert_eq!(
+            net.record(&b).veth.as_deref(),
+            Some(spare.as_str()),
+            "and its veth"
+        );
+        assert_eq!(net.record(&a).veth, Some(veth_name(&a)));
         assert_eq!(pod_a.ip.to_string(), "10.77.0.2");
         assert_eq!(pod_b.ip.to_string(), "10.77.0.3");
         let ns_a = PodNetwork::netns_name(&a);
@@ -808,7 +906,7 @@ mod tests {
         .unwrap();
         let listener = listener.lock().unwrap().take().unwrap();
         let server = std::thread::spawn(move || {
-            for _ in 0..5 {
+            for _ in 0..6 {
                 use std::io::Write as _;
                 let (mut conn, from) = listener.accept().unwrap();
                 writeln!(conn, "{}", from.ip()).unwrap();
@@ -833,16 +931,31 @@ mod tests {
         // ... and b through its own (hairpin).
         let hairpin = inside(&pod_b.netns, || ask("10.77.0.1:18080"));
         assert_eq!(hairpin.join().unwrap(), "10.77.0.1");
+        // A spare whose veth went meanwhile: the pod gets a new pair of the same name.
+        let c = id("pod-c");
+        net.keep_spare().await;
+        let spare = net
+            .spare
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.veth.as_ref().unwrap().name.clone());
+        sh(&format!("ip link del {}", spare.unwrap()));
+        let pod_c = net.attach(&c, &[]).await.unwrap();
+        let from_c = inside(&pod_c.netns, || ask("10.77.0.3:80"));
+        assert_eq!(from_c.join().unwrap(), "10.77.0.4");
+        net.detach(&c).await;
         server.join().unwrap();
 
         net.detach(&a).await;
         net.detach(&b).await;
         assert!(net.recorded().is_empty());
         assert!(net.leases().held.is_empty());
-        for (uid, pod) in [(&a, &pod_a), (&b, &pod_b)] {
+        for pod in [&pod_a, &pod_b, &pod_c] {
             assert!(!pod.netns.exists(), "{}", pod.netns.display());
-            assert!(!sh("ip link").contains(&veth_name(uid)));
         }
+        let links = sh("ip -o link show master flt-test0");
+        assert!(links.is_empty(), "no veth is left: {links}");
         let nat = sh("iptables -w -t nat -S");
         assert!(!nat.contains("FLT-HP-"), "{nat}");
         assert!(nat.contains("-A FLT-MASQ-flt-test0 -j MASQUERADE"), "{nat}");
