@@ -854,14 +854,14 @@ mod tests {
         }];
         let pod_a = net.attach(&a, &[]).await.unwrap();
         // Pod b gets a namespace and veth made ahead, and works as pod a does.
+        let spare_veth = |net: &PodNetwork| {
+            let spare = net.spare.lock().unwrap();
+            spare
+                .as_ref()
+                .map(|s| s.veth.as_ref().unwrap().name.clone())
+        };
         net.keep_spare().await;
-        let spare = net
-            .spare
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|s| s.veth.as_ref().unwrap().name.clone());
-        let spare = spare.expect("a spare namespace");
+        let spare = spare_veth(&net).expect("a spare namespace");
         let links = sh("ip -o link show master flt-test0");
         assert!(
             links.contains(&spare),
@@ -934,13 +934,7 @@ mod tests {
         // A spare whose veth went meanwhile: the pod gets a new pair of the same name.
         let c = id("pod-c");
         net.keep_spare().await;
-        let spare = net
-            .spare
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|s| s.veth.as_ref().unwrap().name.clone());
-        sh(&format!("ip link del {}", spare.unwrap()));
+        sh(&format!("ip link del {}", spare_veth(&net).unwrap()));
         let pod_c = net.attach(&c, &[]).await.unwrap();
         let from_c = inside(&pod_c.netns, || ask("10.77.0.3:80"));
         assert_eq!(from_c.join().unwrap(), "10.77.0.4");
