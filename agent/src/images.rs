@@ -512,7 +512,9 @@ pub async fn collect_garbage(shared: &Shared) -> Option<Collected> {
     };
     {
         let mut parsed = images.parsed.lock().unwrap_or_else(|p| p.into_inner());
-        done.removed.iter().for_each(|d| drop(parsed.remove(d)));
+        for d in &done.removed {
+            parsed.remove(d);
+        }
     }
     if !done.removed.is_empty() {
         tracing::info!(

@@ -91,6 +91,16 @@ struct Commits {
     soft: bool,
 }
 
+impl Commits {
+    /// Just after a durable commit.
+    fn durable() -> Commits {
+        Commits {
+            durable_at: std::time::Instant::now(),
+            soft: false,
+        }
+    }
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
@@ -128,10 +138,7 @@ impl Store {
             db,
             events,
             sealing: Sealer::new(sealing_key),
-            write_lock: Mutex::new(Commits {
-                durable_at: std::time::Instant::now(),
-                soft: false,
-            }),
+            write_lock: Mutex::new(Commits::durable()),
         };
         store.bootstrap()?;
         Ok(store)
@@ -315,10 +322,7 @@ impl Store {
         let mut commits = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         if commits.soft {
             self.db.begin_write()?.commit()?;
-            *commits = Commits {
-                durable_at: std::time::Instant::now(),
-                soft: false,
-            };
+            *commits = Commits::durable();
         }
         Ok(())
     }
@@ -353,10 +357,7 @@ impl Store {
         if soft {
             commits.soft = true;
         } else {
-            *commits = Commits {
-                durable_at: std::time::Instant::now(),
-                soft: false,
-            };
+            *commits = Commits::durable();
         }
         for e in events {
             // No receivers is fine: nobody is watching yet.

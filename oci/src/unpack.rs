@@ -153,8 +153,9 @@ pub enum UnpackError {
     Archive(#[source] io::Error),
 }
 
-/// Directories runc mounts over in every container (`/proc`, `/sys`, `/dev`), and the files
-/// the agent bind-mounts per pod (`/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`).
+/// Directories runc mounts over in every container (`/proc`, `/sys`, `/dev`) and `/etc`, in
+/// which the agent bind-mounts per pod files (`/etc/hosts`, `/etc/hostname`,
+/// `/etc/resolv.conf`).
 const MOUNT_POINT_DIRS: &[&str] = &["proc", "sys", "dev", "etc"];
 const MOUNT_POINT_FILES: &[&str] = &["hosts", "hostname", "resolv.conf"];
 

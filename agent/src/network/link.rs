@@ -7,7 +7,7 @@
 use super::NetworkError;
 use futures::TryStreamExt as _;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
-use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
@@ -194,7 +194,7 @@ pub async fn veth(
 pub async fn is_there(h: &Handle, index: u32, name: &str) -> bool {
     let mut links = h.link().get().match_index(index).execute();
     matches!(links.try_next().await, Ok(Some(link)) if link.attributes.iter().any(
-        |a| matches!(a, rtnetlink::packet_route::link::LinkAttribute::IfName(n) if n == name)
+        |a| matches!(a, LinkAttribute::IfName(n) if n == name)
     ))
 }
 
